@@ -1,0 +1,84 @@
+"""Where models are: bundled in the package, saved by the user, or any file.
+
+Saved (fine-tuned) models live in the user's data directory (platformdirs), or in
+``$NAPARI_ATTENTION_UNET_HOME/models`` when that variable is set (tests use it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from platformdirs import user_data_dir
+
+from .core.model import AttentionUNet
+from .core.weights import BUNDLED_DEFAULT, SUFFIX, ModelFileError, ModelInfo, bundled_models, load_model
+
+__all__ = ["ModelNotFoundError", "all_models", "resolve_model", "saved_models", "saved_models_dir"]
+
+
+class ModelNotFoundError(LookupError):
+    """No model of that name or path; the message lists what exists."""
+
+
+def home_dir() -> Path:
+    env = os.environ.get("NAPARI_ATTENTION_UNET_HOME")
+    return Path(env) if env else Path(user_data_dir("napari-attention-unet", appauthor=False))
+
+
+def saved_models_dir() -> Path:
+    return home_dir() / "models"
+
+
+def saved_models() -> list[ModelInfo]:
+    folder = saved_models_dir()
+    if not folder.is_dir():
+        return []
+    return [ModelInfo(p.name[: -len(SUFFIX)], p, False) for p in sorted(folder.glob("*" + SUFFIX))]
+
+
+def all_models() -> list[ModelInfo]:
+    """Bundled models first (the default first of all), then saved ones."""
+    bundled = sorted(bundled_models(), key=lambda m: (m.name != BUNDLED_DEFAULT, m.name))
+    return bundled + saved_models()
+
+
+def safe_model_name(name: str) -> str:
+    """A file-system-safe version of a user-chosen model name."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-.")
+    if not cleaned:
+        raise ValueError(f"{name!r} is not usable as a model name: use letters, digits, '-', '_' or '.'")
+    return cleaned
+
+
+def resolve_model(name_or_path: str | os.PathLike | None = None) -> ModelInfo:
+    """Find a model by bundled name, saved name, or file path (None = the bundled default)."""
+    if name_or_path is None:
+        name_or_path = BUNDLED_DEFAULT
+        if not any(m.name == BUNDLED_DEFAULT for m in bundled_models()):
+            raise ModelNotFoundError(
+                "no bundled model is installed yet: pass --model with a model file or a saved model's name "
+                f"(saved models: {[m.name for m in saved_models()] or 'none'})"
+            )
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.suffix == SUFFIX or os.sep in text or "/" in text:
+        if path.is_file():
+            return ModelInfo(path.stem, path, False)
+        raise ModelNotFoundError(f"no model file at {path}")
+    for info in all_models():
+        if info.name == text:
+            return info
+    names = [m.name for m in all_models()]
+    raise ModelNotFoundError(f"no model named {text!r}; available: {', '.join(names) if names else 'none'}")
+
+
+def open_model(name_or_path: str | os.PathLike | None = None) -> tuple[AttentionUNet, dict, ModelInfo]:
+    """Resolve and load a model; errors are :class:`ModelNotFoundError` or :class:`ModelFileError`."""
+    info = resolve_model(name_or_path)
+    model, meta = load_model(info.path)
+    return model, meta, info
+
+
+__all__ += ["ModelFileError", "open_model", "safe_model_name"]

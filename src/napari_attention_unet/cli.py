@@ -1,0 +1,114 @@
+"""``attention-unet``: predict (and, later, fine-tune) from the command line.
+
+    attention-unet predict IMAGE [IMAGE ...] --out DIR [--model NAME_OR_PATH] [--device auto|cpu|cuda|mps]
+    attention-unet models
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import __version__
+
+__all__ = ["main"]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attention-unet", description="Attention U-Net segmentation with attention maps.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="segment images; writes <stem>_labels.tif and <stem>_attention.tif")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="TIFF or PNG files")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="bundled or saved model name, or a .safetensors file")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CYX (default: guessed)")
+    p.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default 512 in 2D)")
+    p.add_argument("--semantic", action="store_true", help="write a 0/1 foreground mask instead of instance labels")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.set_defaults(func=_cmd_predict)
+
+    m = sub.add_parser("models", help="list bundled and saved models")
+    m.set_defaults(func=_cmd_models)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"attention-unet: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ._registry import all_models, saved_models_dir
+
+    models = all_models()
+    for info in models:
+        kind = "bundled" if info.bundled else "saved"
+        print(f"{info.name:30s} {kind:8s} {info.path}")
+    if not models:
+        print("no models yet")
+    print(f"(saved models folder: {saved_models_dir()})")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ._io import ImageReadError, read_image, write_attention, write_labels
+    from ._registry import ModelFileError, ModelNotFoundError, open_model
+    from .core.data import ImageShapeError
+    from .core.device import describe_device, pick_device
+    from .core.predict import predict, prepare_model
+
+    try:
+        model, _, info = open_model(args.model)
+        device = pick_device(args.device)
+    except (ModelNotFoundError, ModelFileError, RuntimeError, ValueError) as exc:
+        return _fail(str(exc))
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"model {info.name} on {describe_device(device)}", file=sys.stderr)
+    net = prepare_model(model, device)
+    failures = 0
+    images = tqdm(args.images, desc="images", unit="image", disable=len(args.images) < 2, file=sys.stderr)
+    for path in images:
+        try:
+            image = read_image(path)
+            gen = predict(
+                model, image, axes=args.axes, device=device, tile_size=args.tile_size,
+                instances=not args.semantic, precision=args.precision, inference_model=net,
+            )
+            with tqdm(desc=path.name, unit="tile", leave=len(args.images) == 1, file=sys.stderr) as bar:
+                while True:
+                    try:
+                        progress = next(gen)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    bar.total = progress.total
+                    bar.set_postfix_str(progress.stage)
+                    bar.update(progress.done - bar.n)
+        except (ImageReadError, ImageShapeError, ValueError) as exc:
+            failures += 1
+            tqdm.write(f"attention-unet: skipping {path}: {exc}", file=sys.stderr)
+            continue
+        stem = path.name.split(".")[0]
+        write_labels(args.out / f"{stem}_labels.tif", result.labels)
+        write_attention(args.out / f"{stem}_attention.tif", result.gate_maps, result.spatial_axes)
+    if failures:
+        print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""Tiled prediction as a generator.
+
+``predict(model, image)`` yields :class:`Progress` after every batch of tiles and
+returns a :class:`Prediction` (instance labels, foreground probability and every
+attention gate's coefficients on the image grid). Scripts drive it with
+:func:`run_to_end`; the napari widget runs the same generator in a worker, and
+closing the generator (``gen.close()`` or ``worker.quit()``) stops the work before
+the next tile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .data import ImageShapeError, match_channels, normalize, probabilities_to_instances, to_channel_first
+from .device import autocast_dtype, pick_device
+from .model import AttentionUNet
+
+__all__ = ["Prediction", "Progress", "predict", "run_to_end", "tile_starts"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report: ``done`` of ``total`` units of ``stage``."""
+
+    done: int
+    total: int
+    stage: str = "predicting"
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+@dataclass
+class Prediction:
+    """Result of :func:`predict`; every array has the image's spatial shape.
+
+    ``labels`` are instance ids (0 = background), or a 0/1 mask when instances were
+    not asked for. ``probability`` is the foreground probability. ``gate_maps`` maps
+    gate names (``gate1`` finest ... coarsest) to float32 coefficients in [0, 1].
+    """
+
+    labels: np.ndarray
+    probability: np.ndarray
+    gate_maps: dict[str, np.ndarray]
+    spatial_axes: str
+    device: str
+    class_probabilities: np.ndarray | None = field(default=None, repr=False)
+
+
+def run_to_end(generator: Generator[object, None, T]) -> T:
+    """Drive a progress generator to its end and return its result."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering ``size`` with tiles of ``tile`` overlapping by at least ``overlap``."""
+    if size <= tile:
+        return [0]
+    stride = max(tile - overlap, 1)
+    n = math.ceil((size - tile) / stride) + 1
+    # Spread the tiles evenly so every seam gets about the same overlap.
+    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
+
+
+def _taper(tile: int, overlap: int) -> torch.Tensor:
+    """1-D blending weights: flat in the middle, a raised-cosine ramp over ``overlap`` at each end."""
+    w = torch.ones(tile)
+    ramp = min(overlap, tile // 2)
+    if ramp > 0:
+        t = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
+        edge = 0.5 - 0.5 * torch.cos(math.pi * t)
+        w[:ramp] = edge
+        w[tile - ramp :] = edge.flip(0)
+    return w.clamp_min(1e-3)
+
+
+def _blend_window(tile: Sequence[int], overlap: int) -> torch.Tensor:
+    window = torch.ones(())
+    for size in tile:
+        window = window[..., None] * _taper(size, overlap)
+    return window
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pad_to(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    pads = [(0, 0)] + [(0, s - n) for n, s in zip(x.shape[1:], shape)]
+    if not any(p[1] for p in pads):
+        return x
+    # Mirror where the image is big enough: zeros would look like a dark border.
+    mode = "reflect" if all(p[1] < n for p, n in zip(pads[1:], x.shape[1:])) else "symmetric"
+    return np.pad(x, pads, mode=mode)
+
+
+def _batches(items: list[T], size: int) -> Iterable[list[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def prepare_model(model: AttentionUNet, device: torch.device) -> AttentionUNet:
+    """An inference copy: batch norm folded, on ``device``, channels-last for 2D."""
+    fused = model.fused_for_inference().to(device)
+    if model.config.spatial_dims == 2:
+        fused = fused.to(memory_format=torch.channels_last)
+    return fused
+
+
+def predict(
+    model: AttentionUNet,
+    image: np.ndarray,
+    *,
+    axes: str | None = None,
+    device: str | torch.device = "auto",
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    precision: str = "auto",
+    instances: bool = True,
+    gates: Sequence[str] | None = None,
+    min_size: int = 8,
+    keep_class_probabilities: bool = False,
+    inference_model: AttentionUNet | None = None,
+) -> Generator[Progress, None, Prediction]:
+    """Predict ``image`` tile by tile; yields :class:`Progress`, returns :class:`Prediction`.
+
+    ``axes`` names the image's axes (e.g. ``"YX"``, ``"YXC"``, ``"ZYX"``, ``"CZYX"``);
+    by default they are guessed as napari does (a last axis of 3 or 4 is colour).
+    A 3D image goes through a 3D model in 3D tiles, or through a 2D model slice by
+    slice. ``gates`` limits which gate maps are stitched (all by default, none with
+    ``[]``). ``inference_model`` reuses a copy made by :func:`prepare_model`.
+    """
+    config = model.config
+    dev = pick_device(device)
+    channels_first, spatial_axes = to_channel_first(image, axes)
+    if not np.issubdtype(channels_first.dtype, np.number) or np.issubdtype(channels_first.dtype, np.complexfloating):
+        raise ImageShapeError(f"cannot predict on an image of dtype {channels_first.dtype}: use integer or float pixels")
+    if min(channels_first.shape[1:]) < 1:
+        raise ImageShapeError(f"the image is empty (shape {image.shape})")
+    ndim = len(spatial_axes)
+    if ndim < config.spatial_dims:
+        raise ImageShapeError(f"a {config.spatial_dims}D model needs a {config.spatial_dims}D image; got axes {spatial_axes}")
+    gate_names = list(config.gate_names if gates is None else gates)
+    unknown = set(gate_names) - set(config.gate_names)
+    if unknown:
+        raise ValueError(f"unknown gate(s) {sorted(unknown)}; this model has {list(config.gate_names)}")
+
+    net = inference_model if inference_model is not None else prepare_model(model, dev)
+    amp = autocast_dtype(dev, precision)
+    if tile_size is None:
+        tile_size = 512 if config.spatial_dims == 2 else 96
+    if overlap is None:
+        overlap = max(tile_size // 8, 16)
+    if batch_size is None:
+        batch_size = 1 if dev.type == "cpu" else (8 if config.spatial_dims == 2 else 2)
+
+    x = match_channels(channels_first, config.in_channels)
+    x = normalize(x)
+
+    # A 2D model on a Z stack: predict plane by plane, reporting progress over the whole stack.
+    planes = [x[:, z] for z in range(x.shape[1])] if ndim > config.spatial_dims else [x]
+    plane_shape = planes[0].shape[1:]
+    tiling = _Tiling(plane_shape, tile_size, overlap, config.size_multiple)
+    total = len(planes) * len(tiling.tiles) + 1
+    done = 0
+    results = []
+    for plane in planes:
+        stitched = yield from _predict_plane(net, plane, tiling, dev, amp, batch_size, gate_names, done, total)
+        done += len(tiling.tiles)
+        results.append(stitched)
+
+    yield Progress(done, total, "post-processing")
+    probs = np.stack([r[0] for r in results], axis=1) if len(planes) > 1 else results[0][0]
+    gate_maps = {
+        name: (np.stack([r[1][name] for r in results]) if len(planes) > 1 else results[0][1][name])
+        for name in gate_names
+    }
+    foreground = 1.0 - probs[0]
+    if not instances:
+        labels = (foreground > 0.5).astype(np.uint8)
+    elif len(planes) > 1:
+        labels = _instances_per_plane(probs, min_size)
+    else:
+        labels = probabilities_to_instances(probs, min_size=min_size)
+    yield Progress(total, total, "done")
+    return Prediction(
+        labels=labels,
+        probability=foreground.astype(np.float32, copy=False),
+        gate_maps=gate_maps,
+        spatial_axes=spatial_axes,
+        device=str(dev),
+        class_probabilities=probs if keep_class_probabilities else None,
+    )
+
+
+def _instances_per_plane(probs: np.ndarray, min_size: int) -> np.ndarray:
+    """Instances plane by plane with ids unique across the stack."""
+    out = np.zeros(probs.shape[1:], dtype=np.int32)
+    offset = 0
+    for z in range(probs.shape[1]):
+        plane = probabilities_to_instances(probs[:, z], min_size=min_size)
+        out[z] = np.where(plane > 0, plane + offset, 0)
+        offset = max(offset, int(out[z].max()))
+    return out
+
+
+class _Tiling:
+    """Tile grid over one (padded) plane or volume."""
+
+    def __init__(self, shape: Sequence[int], tile_size: int, overlap: int, multiple: int) -> None:
+        self.shape = tuple(shape)
+        self.tile = tuple(_round_up(min(tile_size, n), multiple) for n in shape)
+        self.padded = tuple(max(n, t) for n, t in zip(shape, self.tile))
+        self.overlap = overlap
+        starts = [tile_starts(n, t, overlap) for n, t in zip(self.padded, self.tile)]
+        self.tiles = [tuple(s) for s in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape))]
+        self.window = _blend_window(self.tile, overlap)
+
+    def slices(self, start: Sequence[int]) -> tuple[slice, ...]:
+        return tuple(slice(s, s + t) for s, t in zip(start, self.tile))
+
+
+def _predict_plane(net, x, tiling: _Tiling, dev, amp, batch_size, gate_names, done, total):
+    """Stitch class probabilities and gate maps over one plane (generator)."""
+    x = _pad_to(x, tiling.padded)
+    n_classes = net.config.out_channels
+    probs = torch.zeros((n_classes, *tiling.padded))
+    gates = torch.zeros((len(gate_names), *tiling.padded))
+    weights = torch.zeros(tiling.padded)
+    window = tiling.window
+    mode = "bilinear" if net.config.spatial_dims == 2 else "trilinear"
+    channels_last = net.config.spatial_dims == 2
+    source = torch.from_numpy(x)
+    with torch.inference_mode():
+        for batch in _batches(tiling.tiles, batch_size):
+            tiles = torch.stack([source[(slice(None), *tiling.slices(s))] for s in batch]).to(dev, non_blocking=True)
+            if channels_last:
+                tiles = tiles.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                logits, alphas = net(tiles)
+            tile_probs = torch.softmax(logits.float(), dim=1)
+            if gate_names:
+                tile_gates = torch.cat(
+                    [F.interpolate(alphas[g].float(), size=tiling.tile, mode=mode, align_corners=False) for g in gate_names],
+                    dim=1,
+                )
+            tile_probs = tile_probs.cpu()
+            tile_gates = tile_gates.cpu() if gate_names else None
+            for i, start in enumerate(batch):
+                region = tiling.slices(start)
+                probs[(slice(None), *region)] += tile_probs[i] * window
+                weights[region] += window
+                if gate_names:
+                    gates[(slice(None), *region)] += tile_gates[i] * window
+            done += len(batch)
+            yield Progress(done, total)
+    crop = tuple(slice(0, n) for n in tiling.shape)
+    norm = weights[crop]
+    out_probs = (probs[(slice(None), *crop)] / norm).numpy()
+    out_gates = {name: (gates[(i, *crop)] / norm).clamp_(0, 1).numpy() for i, name in enumerate(gate_names)}
+    return out_probs, out_gates

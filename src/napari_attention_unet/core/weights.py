@@ -1,0 +1,120 @@
+"""Saving and loading models without executing code.
+
+A model file is one ``.safetensors`` file: the tensors, plus the network's
+:class:`ModelConfig` and free-form info (name, training notes, scores) as JSON in
+the safetensors metadata. Loading reads only tensors and JSON, so a file from a
+colleague cannot run code on the user's machine.
+
+Bundled models live in the package's ``models/`` folder, each with a model card
+(``<name>.json`` or ``<name>.md``) beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import AttentionUNet, ModelConfig
+
+__all__ = ["BUNDLED_DEFAULT", "ModelFileError", "ModelInfo", "bundled_models", "load_model", "save_model"]
+
+FORMAT = "napari-attention-unet/1"
+BUNDLED_DEFAULT = "nuclei"
+SUFFIX = ".safetensors"
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, not ours, or damaged; the message says which."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: Path
+    bundled: bool
+
+
+def save_model(model: AttentionUNet, path: str | Path, info: dict | None = None, half: bool = False) -> Path:
+    """Write ``model`` to ``path`` (``.safetensors`` is added if missing).
+
+    ``half`` stores floating-point tensors as float16 (half the size; loaded back
+    as float32). ``info`` is any JSON-serialisable dict kept with the weights.
+    """
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        path = path.with_name(path.name + SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[key] = value.contiguous()
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(model.config.to_dict()),
+        "info": json.dumps(info or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)  # never leave a half-written model behind
+    return path
+
+
+def read_metadata(path: str | Path) -> tuple[ModelConfig, dict]:
+    """The config and info stored in a model file, without loading the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"no model file at {path}")
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len < 100_000_000:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(header_len))
+        metadata = header.get("__metadata__") or {}
+        if metadata.get("format") != FORMAT:
+            raise ModelFileError(f"{path.name} is a safetensors file but not an Attention U-Net model saved by this plugin")
+        return ModelConfig.from_dict(json.loads(metadata["config"])), json.loads(metadata.get("info", "{}"))
+    except ModelFileError:
+        raise
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path.name} is not a readable model file ({exc}); expected a .safetensors model") from exc
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[AttentionUNet, dict]:
+    """Load a model file; returns ``(model in eval mode, info)``.
+
+    Raises :class:`ModelFileError` with a readable message for missing, foreign or
+    damaged files.
+    """
+    path = Path(path)
+    config, info = read_metadata(path)
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path.name} is damaged and could not be read ({exc})") from exc
+    model = AttentionUNet(config)
+    expected = model.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+        raise ModelFileError(f"{path.name} does not match its own architecture description; the file is damaged")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return model.eval(), info
+
+
+def bundled_dir() -> Path:
+    return Path(str(resources.files("napari_attention_unet") / "models"))
+
+
+def bundled_models() -> list[ModelInfo]:
+    """Models shipped inside the package."""
+    folder = bundled_dir()
+    if not folder.is_dir():
+        return []
+    return [ModelInfo(p.name[: -len(SUFFIX)], p, True) for p in sorted(folder.glob("*" + SUFFIX))]
