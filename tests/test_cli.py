@@ -1,0 +1,88 @@
+"""The `attention-unet` command on real files, run as a user would run it."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.weights import save_model
+
+DATA = Path(__file__).parent / "data" / "images"
+FLUO = DATA / "00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552.tif"
+HE = DATA / "00ae65c1c6631ae6f2be1a449902976e6eb8483bf6b0740d00530220832c6d3e.tif"
+EXE = shutil.which("attention-unet") or str(Path(sys.executable).with_name("attention-unet"))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_ATTENTION_UNET_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    return save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), tmp_path / "tiny.safetensors")
+
+
+def run_cli(*args):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+
+
+def test_predict_writes_labels_and_attention(tmp_path, model_file, home):
+    out = tmp_path / "out"
+    done = run_cli("predict", FLUO, HE, "--out", out, "--model", model_file, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    for image_path in (FLUO, HE):
+        image = tifffile.imread(image_path)
+        labels = tifffile.imread(out / f"{image_path.stem}_labels.tif")
+        attention = tifffile.imread(out / f"{image_path.stem}_attention.tif")
+        assert labels.shape == image.shape[:2] and np.issubdtype(labels.dtype, np.integer)
+        assert attention.shape == (2, *image.shape[:2]) and attention.dtype == np.float32
+        assert attention.min() >= 0 and attention.max() <= 1
+
+
+def test_predict_png_and_3d_stack(tmp_path, model_file, home):
+    from skimage.io import imsave
+
+    png = tmp_path / "rgb.png"
+    imsave(png, tifffile.imread(HE), check_contrast=False)
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([tifffile.imread(FLUO)[:96, :96]] * 3))
+    out = tmp_path / "out"
+    done = run_cli("predict", png, stack, "--out", out, "--model", model_file)
+    assert done.returncode == 0, done.stderr
+    assert tifffile.imread(out / "rgb_labels.tif").shape == (256, 320)
+    assert tifffile.imread(out / "stack_labels.tif").shape == (3, 96, 96)
+    assert tifffile.imread(out / "stack_attention.tif").shape == (2, 3, 96, 96)  # gate first, then ZYX
+
+
+def test_saved_model_by_name_and_models_listing(tmp_path, home):
+    save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), home / "models" / "my-cells")
+    listing = run_cli("models")
+    assert listing.returncode == 0 and "my-cells" in listing.stdout and "saved" in listing.stdout
+    done = run_cli("predict", FLUO, "--out", tmp_path / "o", "--model", "my-cells")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / f"{FLUO.stem}_labels.tif").is_file()
+
+
+def test_clear_errors(tmp_path, model_file, home):
+    missing = run_cli("predict", FLUO, "--out", tmp_path / "o", "--model", "no-such-model")
+    assert missing.returncode == 2 and "no model named 'no-such-model'" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model at all")
+    broken = run_cli("predict", FLUO, "--out", tmp_path / "o", "--model", bad)
+    assert broken.returncode == 2 and "not a readable model file" in broken.stderr
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    skipped = run_cli("predict", text, FLUO, "--out", tmp_path / "o", "--model", model_file)
+    assert skipped.returncode == 1 and "unsupported file type" in skipped.stderr
+    assert (tmp_path / "o" / f"{FLUO.stem}_labels.tif").is_file()  # the good image was still done

@@ -1,0 +1,99 @@
+"""Axes, channels, normalisation, targets and instance post-processing."""
+
+import numpy as np
+import pytest
+
+from napari_attention_unet.core.data import (
+    BOUNDARY,
+    INTERIOR,
+    ImageShapeError,
+    guess_axes,
+    instances_to_classes,
+    match_channels,
+    normalize,
+    probabilities_to_instances,
+    to_channel_first,
+)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes"),
+    [((64, 64), "YX"), ((64, 64, 3), "YXC"), ((64, 64, 4), "YXC"), ((5, 64, 64), "ZYX"), ((5, 64, 64, 3), "ZYXC")],
+)
+def test_guess_axes(shape, axes):
+    assert guess_axes(shape) == axes
+
+
+def test_unsupported_shapes_explain_themselves():
+    with pytest.raises(ImageShapeError, match="4D image"):
+        guess_axes((2, 5, 64, 64))
+    with pytest.raises(ImageShapeError, match="5 dimensions"):
+        guess_axes((1, 2, 3, 4, 5))
+    with pytest.raises(ImageShapeError, match="do not describe"):
+        to_channel_first(np.zeros((4, 4)), "ZYX")
+
+
+def test_channel_first_orders_axes():
+    image = np.zeros((2, 5, 6, 7))  # CZYX
+    out, spatial = to_channel_first(image, "CZYX")
+    assert out.shape == (2, 5, 6, 7) and spatial == "ZYX"
+    out, spatial = to_channel_first(np.zeros((6, 7, 3)), None)
+    assert out.shape == (3, 6, 7) and spatial == "YX"
+    out, spatial = to_channel_first(np.zeros((6, 2, 7)), "YCX")
+    assert out.shape == (2, 6, 7)
+
+
+def test_match_channels():
+    grey = np.random.rand(1, 8, 8).astype(np.float32)
+    assert match_channels(grey, 3).shape == (3, 8, 8)
+    rgba = np.random.rand(4, 8, 8).astype(np.float32)
+    assert match_channels(rgba, 3).shape == (3, 8, 8)
+    assert np.allclose(match_channels(rgba, 1)[0], rgba[:3].mean(0))
+    with pytest.raises(ImageShapeError, match="takes 3 channel"):
+        match_channels(np.zeros((5, 8, 8)), 3)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
+def test_normalize_any_dtype(dtype):
+    rng = np.random.default_rng(0)
+    image = (rng.random((1, 64, 64)) * 200).astype(dtype)
+    out = normalize(image)
+    assert out.dtype == np.float32
+    assert -0.05 < np.percentile(out, 1) < 0.05 and 0.95 < np.percentile(out, 99.8) < 1.05
+
+
+def test_normalize_constant_image_is_zero_not_nan():
+    out = normalize(np.full((2, 16, 16), 7, dtype=np.uint16))
+    assert np.all(out == 0)
+
+
+def test_touching_instances_are_separated_by_boundary():
+    labels = np.zeros((20, 30), np.uint16)
+    labels[5:15, 5:15] = 1
+    labels[5:15, 15:25] = 2  # touches object 1
+    classes = instances_to_classes(labels)
+    assert classes[10, 14] == BOUNDARY and classes[10, 15] == BOUNDARY
+    assert classes[10, 10] == INTERIOR and classes[0, 0] == 0
+    # a binary mask is split into connected components first
+    binary = instances_to_classes(labels > 0)
+    assert binary[10, 10] == INTERIOR and binary[10, 14] == INTERIOR
+
+
+def test_watershed_splits_touching_objects():
+    truth = np.zeros((40, 60), np.int32)
+    yy, xx = np.mgrid[:40, :60]
+    truth[(yy - 20) ** 2 + (xx - 20) ** 2 < 150] = 1
+    truth[(yy - 20) ** 2 + (xx - 40) ** 2 < 150] = 2
+    classes = instances_to_classes(truth)
+    probabilities = np.stack([classes == c for c in range(3)]).astype(np.float32)
+    labels = probabilities_to_instances(probabilities)
+    assert labels.max() == 2
+    assert labels[20, 20] != labels[20, 40] and labels[20, 20] > 0 and labels[0, 0] == 0
+
+
+def test_watershed_drops_tiny_objects_and_handles_empty():
+    probabilities = np.zeros((3, 30, 30), np.float32)
+    probabilities[0] = 1
+    assert probabilities_to_instances(probabilities).max() == 0
+    probabilities[:, 2:4, 2:4] = [[[0]], [[1]], [[0]]]  # a 4-pixel speck
+    assert probabilities_to_instances(probabilities, min_size=8).max() == 0

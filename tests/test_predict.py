@@ -1,0 +1,151 @@
+"""Tiled prediction: shapes for every kind of input, tiling agreement, progress and cancel."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_attention_unet.core.data import ImageShapeError
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.predict import Progress, predict, run_to_end, tile_starts
+
+DATA = Path(__file__).parent / "data" / "images"
+FLUO = DATA / "00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552.tif"
+HE = DATA / "00ae65c1c6631ae6f2be1a449902976e6eb8483bf6b0740d00530220832c6d3e.tif"
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(base_width=4, depth=3))
+    model.train()
+    model(torch.rand(4, 3, 32, 32))  # non-trivial batch-norm statistics
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def fluo():
+    return tifffile.imread(FLUO)
+
+
+def check_result(result, spatial_shape, gate_names=("gate1", "gate2")):
+    assert result.labels.shape == spatial_shape
+    assert np.issubdtype(result.labels.dtype, np.integer) and result.labels.min() == 0
+    assert result.probability.shape == spatial_shape and result.probability.dtype == np.float32
+    assert 0 <= result.probability.min() and result.probability.max() <= 1
+    assert sorted(result.gate_maps) == sorted(gate_names)
+    for gate in result.gate_maps.values():
+        assert gate.shape == spatial_shape and gate.dtype == np.float32
+        assert 0 <= gate.min() and gate.max() <= 1
+
+
+def test_tile_starts_cover_with_overlap():
+    assert tile_starts(100, 128, 16) == [0]
+    starts = tile_starts(1000, 256, 32)
+    assert starts[0] == 0 and starts[-1] == 1000 - 256
+    assert all(b - a <= 256 - 32 for a, b in zip(starts, starts[1:]))
+
+
+def test_tiled_and_untiled_agree_on_a_real_image(tiny_model, fluo):
+    tiled = run_to_end(predict(tiny_model, fluo, tile_size=64, overlap=16))
+    whole = run_to_end(predict(tiny_model, fluo, tile_size=1024))
+    check_result(tiled, fluo.shape)
+    assert np.abs(tiled.probability - whole.probability).max() < 1e-3
+    for name in whole.gate_maps:
+        assert np.abs(tiled.gate_maps[name] - whole.gate_maps[name]).max() < 1e-3
+
+
+def test_rgb_uint8_and_float(tiny_model):
+    rgb = tifffile.imread(HE)
+    check_result(run_to_end(predict(tiny_model, rgb, tile_size=128)), rgb.shape[:2])
+    check_result(run_to_end(predict(tiny_model, rgb.astype(np.float64) / 255, tile_size=128)), rgb.shape[:2])
+
+
+def test_multichannel_with_stated_channel_axis():
+    model = AttentionUNet(ModelConfig(in_channels=2, base_width=4, depth=3)).eval()
+    image = np.random.default_rng(0).random((2, 40, 50)).astype(np.float32)
+    check_result(run_to_end(predict(model, image, axes="CYX")), (40, 50))
+    with pytest.raises(ImageShapeError, match="takes 2 channel"):
+        run_to_end(predict(model, np.zeros((40, 50, 3), np.uint8)))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32, np.float64])
+def test_any_dtype_and_odd_sizes(tiny_model, dtype):
+    image = (np.random.default_rng(1).random((37, 53)) * 1000).astype(dtype)
+    check_result(run_to_end(predict(tiny_model, image, tile_size=32, overlap=8)), (37, 53))
+
+
+def test_stack_with_2d_model_is_predicted_slice_by_slice(tiny_model, fluo):
+    plane = fluo[:64, :64]
+    stack = np.stack([plane, plane, plane])  # normalisation is stack-wide, so use identical planes
+    result = run_to_end(predict(tiny_model, stack, tile_size=64))
+    check_result(result, stack.shape)
+    single = run_to_end(predict(tiny_model, plane, tile_size=64))
+    for z in range(3):
+        assert np.allclose(result.probability[z], single.probability, atol=1e-5)
+    # ids are unique across slices
+    ids = [set(np.unique(plane)) - {0} for plane in result.labels]
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+
+
+def test_volume_with_3d_model():
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=2, depth=3)).eval()
+    volume = np.random.default_rng(2).random((10, 40, 36)).astype(np.float32)
+    result = run_to_end(predict(model, volume, tile_size=16, overlap=4))
+    check_result(result, volume.shape)
+    whole = run_to_end(predict(model, volume, tile_size=64))
+    assert np.abs(result.probability - whole.probability).max() < 1e-3
+
+
+def test_unsupported_inputs_raise_clear_errors(tiny_model):
+    with pytest.raises(ImageShapeError, match="dimensions"):
+        run_to_end(predict(tiny_model, np.zeros((2, 2, 3, 32, 32))))
+    with pytest.raises(ImageShapeError, match="dtype"):
+        run_to_end(predict(tiny_model, np.zeros((32, 32), np.complex64)))
+    with pytest.raises(ValueError, match="unknown gate"):
+        run_to_end(predict(tiny_model, np.zeros((32, 32)), gates=["gate9"]))
+
+
+def test_progress_is_monotonic_and_complete(tiny_model, fluo):
+    reports = list(predict(tiny_model, fluo, tile_size=64, overlap=16))
+    assert all(isinstance(r, Progress) for r in reports)
+    done = [r.done for r in reports]
+    assert done == sorted(done) and reports[-1].done == reports[-1].total and reports[-1].stage == "done"
+    assert len(reports) >= 16  # one report per tile at least
+
+
+def test_cancel_stops_within_one_tile(tiny_model, fluo):
+    calls = []
+    net = tiny_model.fused_for_inference()
+    net.register_forward_hook(lambda *_: calls.append(1))
+    gen = predict(tiny_model, fluo, tile_size=64, overlap=16, inference_model=net)
+    first = next(gen)
+    assert first.done == 1 and first.total > 10
+    gen.close()
+    assert len(calls) == 1
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_gate_selection_and_semantic_output(tiny_model, fluo):
+    result = run_to_end(predict(tiny_model, fluo, gates=["gate2"], instances=False))
+    assert list(result.gate_maps) == ["gate2"]
+    assert set(np.unique(result.labels)) <= {0, 1}
+    assert run_to_end(predict(tiny_model, fluo, gates=[])).gate_maps == {}
+
+
+def test_device_is_reported(tiny_model):
+    result = run_to_end(predict(tiny_model, np.zeros((32, 32), np.uint8), device="cpu"))
+    assert result.device == "cpu"
+
+
+def test_instance_ids_are_unique_across_planes():
+    from napari_attention_unet.core.predict import _instances_per_plane
+
+    probabilities = np.zeros((3, 2, 20, 20), np.float32)
+    probabilities[0] = 1
+    probabilities[:, :, 5:12, 5:12] = np.array([0, 1, 0], np.float32)[:, None, None, None]
+    labels = _instances_per_plane(probabilities, min_size=4)
+    assert labels[0, 8, 8] > 0 and labels[1, 8, 8] > 0 and labels[0, 8, 8] != labels[1, 8, 8]
