@@ -1,7 +1,7 @@
 """``attention-unet``: predict (and, later, fine-tune) from the command line.
 
-    attention-unet predict IMAGE [IMAGE ...] --out DIR [--model NAME_OR_PATH] [--device auto|cpu|cuda|mps]
-    attention-unet models
+attention-unet predict IMAGE [IMAGE ...] --out DIR [--model NAME_OR_PATH] [--device auto|cpu|cuda|mps]
+attention-unet models
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ __all__ = ["main"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attention-unet", description="Attention U-Net segmentation with attention maps.")
+    parser = argparse.ArgumentParser(
+        prog="attention-unet", description="Attention U-Net segmentation with attention maps."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="segment images; writes <stem>_labels.tif and <stem>_attention.tif")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="TIFF or PNG files")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="bundled or saved model name, or a .safetensors file")
+    p.add_argument(
+        "--model", default=None, metavar="NAME_OR_PATH", help="bundled or saved model name, or a .safetensors file"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CYX (default: guessed)")
     p.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default 512 in 2D)")
@@ -78,8 +82,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         try:
             image = read_image(path)
             gen = predict(
-                model, image, axes=args.axes, device=device, tile_size=args.tile_size,
-                instances=not args.semantic, precision=args.precision, inference_model=net,
+                model,
+                image,
+                axes=args.axes,
+                device=device,
+                tile_size=args.tile_size,
+                instances=not args.semantic,
+                precision=args.precision,
+                inference_model=net,
             )
             with tqdm(desc=path.name, unit="tile", leave=len(args.images) == 1, file=sys.stderr) as bar:
                 while True:

@@ -8,7 +8,6 @@ normalised with robust percentiles.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 from skimage.measure import label as connected_components
 from skimage.segmentation import find_boundaries, watershed
 
@@ -164,7 +163,3 @@ def _relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, int, np.ndarray
     lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int64)
     lut[ids] = np.arange(1, len(ids) + 1)
     return lut[labels], len(ids), ids
-
-
-def fill_small_holes(mask: np.ndarray) -> np.ndarray:
-    return ndi.binary_fill_holes(mask)

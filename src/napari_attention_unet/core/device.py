@@ -30,9 +30,13 @@ def pick_device(preference: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but no CUDA GPU is available; available: {available_devices()}")
+        raise RuntimeError(
+            f"device {name!r} was asked for but no CUDA GPU is available; available: {available_devices()}"
+        )
     if name == "mps" and not _mps_available():
-        raise RuntimeError(f"device 'mps' was asked for but Apple MPS is not available; available: {available_devices()}")
+        raise RuntimeError(
+            f"device 'mps' was asked for but Apple MPS is not available; available: {available_devices()}"
+        )
     if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
         raise ValueError(f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     return torch.device(name)

@@ -206,7 +206,9 @@ class AttentionUNet(nn.Module):
         blocks = list(fused.encoder) + list(fused.decoder) + [gate.out for gate in fused.gates.values()]
         for block in blocks:
             for i in range(len(block) - 1):
-                if isinstance(block[i], nn.Conv2d | nn.Conv3d) and isinstance(block[i + 1], nn.BatchNorm2d | nn.BatchNorm3d):
+                if isinstance(block[i], nn.Conv2d | nn.Conv3d) and isinstance(
+                    block[i + 1], nn.BatchNorm2d | nn.BatchNorm3d
+                ):
                     block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
                     block[i + 1] = nn.Identity()
         return fused

@@ -150,12 +150,16 @@ def predict(
     dev = pick_device(device)
     channels_first, spatial_axes = to_channel_first(image, axes)
     if not np.issubdtype(channels_first.dtype, np.number) or np.issubdtype(channels_first.dtype, np.complexfloating):
-        raise ImageShapeError(f"cannot predict on an image of dtype {channels_first.dtype}: use integer or float pixels")
+        raise ImageShapeError(
+            f"cannot predict on an image of dtype {channels_first.dtype}: use integer or float pixels"
+        )
     if min(channels_first.shape[1:]) < 1:
         raise ImageShapeError(f"the image is empty (shape {image.shape})")
     ndim = len(spatial_axes)
     if ndim < config.spatial_dims:
-        raise ImageShapeError(f"a {config.spatial_dims}D model needs a {config.spatial_dims}D image; got axes {spatial_axes}")
+        raise ImageShapeError(
+            f"a {config.spatial_dims}D model needs a {config.spatial_dims}D image; got axes {spatial_axes}"
+        )
     gate_names = list(config.gate_names if gates is None else gates)
     unknown = set(gate_names) - set(config.gate_names)
     if unknown:
@@ -257,7 +261,10 @@ def _predict_plane(net, x, tiling: _Tiling, dev, amp, batch_size, gate_names, do
             tile_probs = torch.softmax(logits.float(), dim=1)
             if gate_names:
                 tile_gates = torch.cat(
-                    [F.interpolate(alphas[g].float(), size=tiling.tile, mode=mode, align_corners=False) for g in gate_names],
+                    [
+                        F.interpolate(alphas[g].float(), size=tiling.tile, mode=mode, align_corners=False)
+                        for g in gate_names
+                    ],
                     dim=1,
                 )
             tile_probs = tile_probs.cpu()

@@ -80,12 +80,16 @@ def read_metadata(path: str | Path) -> tuple[ModelConfig, dict]:
             header = json.loads(f.read(header_len))
         metadata = header.get("__metadata__") or {}
         if metadata.get("format") != FORMAT:
-            raise ModelFileError(f"{path.name} is a safetensors file but not an Attention U-Net model saved by this plugin")
+            raise ModelFileError(
+                f"{path.name} is a safetensors file but not an Attention U-Net model saved by this plugin"
+            )
         return ModelConfig.from_dict(json.loads(metadata["config"])), json.loads(metadata.get("info", "{}"))
     except ModelFileError:
         raise
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path.name} is not a readable model file ({exc}); expected a .safetensors model") from exc
+        raise ModelFileError(
+            f"{path.name} is not a readable model file ({exc}); expected a .safetensors model"
+        ) from exc
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[AttentionUNet, dict]:
