@@ -1,0 +1,253 @@
+"""Prediction results -> napari layers: names, placement, colormaps; no Qt.
+
+:func:`result_layers` turns a :class:`~napari_attention_unet._session.PartPrediction`
+and the source layer's geometry into :class:`ResultLayer` objects (each one a napari
+layer data tuple plus where its block goes). :func:`apply_results` puts them into a
+layer list: it updates the plugin's own layers from an earlier run and never touches a
+layer the user made or painted on; such a layer is kept and the new result gets a new
+name (``"<image> masks [2]"``).
+
+Our layers carry ``metadata[MARKER]`` with the source layer's id, their role, and a
+fingerprint of the data we last wrote, so a change by the user is noticed even when it
+did not come through a paint event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import napari.layers
+    from napari.components import LayerList
+
+    from ._session import PartPrediction
+
+__all__ = [
+    "MARKER",
+    "Placement",
+    "ResultLayer",
+    "apply_results",
+    "attention_name",
+    "is_user_modified",
+    "masks_name",
+    "placement_from_layer",
+    "result_layers",
+    "slice_index",
+]
+
+MARKER = "napari_attention_unet"
+GATE_COLORMAP = "magma"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where results go in the world: the source layer's spatial shape, scale and translate.
+
+    For an RGB layer these cover the spatial axes only, as napari's own ``scale`` does.
+    """
+
+    shape: tuple[int, ...]
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    source_id: str
+    source_name: str
+
+
+@dataclass
+class ResultLayer:
+    """One result layer: napari ``(data, kwargs, type)`` for the predicted block ``data`` at ``index``."""
+
+    role: str  # "masks" or "attention"
+    gate: str | None
+    data: np.ndarray
+    kwargs: dict
+    layer_type: str
+    index: tuple[int, ...]
+    shape: tuple[int, ...]
+
+    def full_data(self) -> np.ndarray:
+        """The data for a new layer of the full image shape, zeros outside the predicted block."""
+        if not self.index:
+            return self.data
+        full = np.zeros(self.shape, dtype=self.data.dtype)
+        full[self.index] = self.data
+        return full
+
+    def as_layer_data_tuple(self) -> tuple:
+        return (self.full_data(), self.kwargs, self.layer_type)
+
+
+def masks_name(image_name: str) -> str:
+    return f"{image_name} masks"
+
+
+def attention_name(image_name: str, gate: str) -> str:
+    return f"{image_name} attention {gate}"
+
+
+def placement_from_layer(layer: napari.layers.Image) -> Placement:
+    """The geometry of an image layer (spatial axes only for RGB)."""
+    shape = tuple(layer.data.shape[:-1] if layer.rgb else layer.data.shape)
+    return Placement(
+        shape=shape,
+        scale=tuple(float(s) for s in layer.scale),
+        translate=tuple(float(t) for t in layer.translate),
+        source_id=str(layer.unique_id),
+        source_name=layer.name,
+    )
+
+
+def slice_index(world_point: Sequence[float], placement: Placement, n_leading: int) -> tuple[int, ...]:
+    """Data indices of the leading axes at a world point (the viewer's current slice).
+
+    ``world_point`` is ``viewer.dims.point``; a layer's axes are the last ones of the viewer's.
+    """
+    if n_leading <= 0:
+        return ()
+    point = list(world_point)[-len(placement.shape) :]
+    index = []
+    for axis in range(n_leading):
+        i = round((point[axis] - placement.translate[axis]) / placement.scale[axis]) if axis < len(point) else 0
+        index.append(int(min(max(i, 0), placement.shape[axis] - 1)))
+    return tuple(index)
+
+
+def result_layers(prediction: PartPrediction, placement: Placement, visible_gates: int = 1) -> list[ResultLayer]:
+    """Layer data for the masks and each gate map, aligned with the source image.
+
+    Only the first ``visible_gates`` attention layers start visible: several additive
+    magma layers on top of each other would hide the image.
+    """
+    common = {"scale": placement.scale, "translate": placement.translate}
+    index = tuple(prediction.index)
+
+    def marker(role: str, gate: str | None = None) -> dict:
+        return {MARKER: {"role": role, "gate": gate, "source": placement.source_id, "model": prediction.model_name}}
+
+    layers = [
+        ResultLayer(
+            role="masks",
+            gate=None,
+            data=prediction.labels,
+            kwargs={**common, "name": masks_name(placement.source_name), "metadata": marker("masks")},
+            layer_type="labels",
+            index=index,
+            shape=placement.shape,
+        )
+    ]
+    for k, (gate, values) in enumerate(prediction.gate_maps.items()):
+        kwargs = {
+            **common,
+            "name": attention_name(placement.source_name, gate),
+            "colormap": GATE_COLORMAP,
+            "blending": "additive",
+            "opacity": 0.5,
+            "contrast_limits": (0.0, 1.0),
+            "visible": k < visible_gates,
+            "metadata": marker("attention", gate),
+        }
+        layers.append(ResultLayer("attention", gate, values, kwargs, "image", index, placement.shape))
+    return layers
+
+
+# -- putting results into a layer list (napari model objects only, no Qt) -------------------
+
+
+def fingerprint(data: np.ndarray) -> str:
+    """A digest of an array's contents, to notice edits that bypassed paint events."""
+    array = np.ascontiguousarray(data)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{array.shape}{array.dtype}".encode())
+    digest.update(array.view(np.uint8).reshape(-1) if array.size else b"")
+    return digest.hexdigest()
+
+
+def is_ours(layer: napari.layers.Layer) -> bool:
+    return isinstance(layer.metadata.get(MARKER), dict)
+
+
+def is_user_modified(layer: napari.layers.Layer) -> bool:
+    """True when the user painted on one of our layers, or its data changed since we set it."""
+    info = layer.metadata.get(MARKER) or {}
+    return bool(info.get("painted")) or info.get("fingerprint") != fingerprint(np.asarray(layer.data))
+
+
+def _on_paint(event) -> None:
+    layer = event.source
+    if is_ours(layer):
+        layer.metadata[MARKER]["painted"] = True
+
+
+def _own_layer(layers: Iterable[napari.layers.Layer], result: ResultLayer, source_id: str):
+    """The latest of our layers for this source, role and gate, or None."""
+    matches = [
+        layer
+        for layer in layers
+        if is_ours(layer)
+        and layer.metadata[MARKER].get("source") == source_id
+        and layer.metadata[MARKER].get("role") == result.role
+        and layer.metadata[MARKER].get("gate") == result.gate
+    ]
+    return matches[-1] if matches else None
+
+
+def unique_name(existing: Iterable[str], base: str) -> str:
+    """``base``, or ``base [2]``, ``base [3]``, ... whichever is free."""
+    names = set(existing)
+    if base not in names:
+        return base
+    n = 2
+    while f"{base} [{n}]" in names:
+        n += 1
+    return f"{base} [{n}]"
+
+
+def _stamp(layer: napari.layers.Layer) -> None:
+    layer.metadata[MARKER]["fingerprint"] = fingerprint(np.asarray(layer.data))
+    layer.metadata[MARKER]["painted"] = False
+
+
+def _update(layer: napari.layers.Layer, result: ResultLayer, placement: Placement) -> bool:
+    """Write ``result`` into our earlier layer; False if it cannot take it (shape changed)."""
+    if tuple(layer.data.shape) != placement.shape:
+        return False
+    if result.index:
+        layer.data[result.index] = result.data
+        layer.refresh()
+    else:
+        layer.data = result.data
+    layer.scale, layer.translate = placement.scale, placement.translate
+    if result.layer_type == "image":
+        layer.contrast_limits = (0.0, 1.0)
+    return True
+
+
+def apply_results(layers: LayerList, results: Sequence[ResultLayer], placement: Placement) -> list:
+    """Update our own layers from an earlier run, or add new ones; returns the layers shown.
+
+    A layer the user painted on or changed is left as it is and the new result is
+    added beside it under a free name. Call on the main thread only.
+    """
+    from napari.layers import Layer
+
+    shown = []
+    for result in results:
+        own = _own_layer(layers, result, placement.source_id)
+        if own is not None and not is_user_modified(own) and _update(own, result, placement):
+            _stamp(own)
+            shown.append(own)
+            continue
+        data, kwargs, layer_type = result.as_layer_data_tuple()
+        kwargs = {**kwargs, "name": unique_name((layer.name for layer in layers), kwargs["name"])}
+        layer = Layer.create(data, kwargs, layer_type)
+        layers.append(layer)
+        _stamp(layer)
+        if layer_type == "labels":
+            layer.events.paint.connect(_on_paint)
+        shown.append(layer)
+    return shown

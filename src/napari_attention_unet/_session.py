@@ -1,0 +1,234 @@
+"""One prediction session per widget: the current model, its inference copy and the device.
+
+No Qt and no napari here. The widget owns one :class:`Session` and drives
+:meth:`Session.predict` (a generator) in a napari worker; scripts and tests can drive
+the same generator with :func:`napari_attention_unet.core.predict.run_to_end`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import _registry
+from .core.data import ImageShapeError
+from .core.device import DEVICE_CHOICES, describe_device, pick_device
+from .core.model import AttentionUNet
+from .core.predict import Progress, predict, prepare_model
+from .core.weights import BUNDLED_DEFAULT, ModelFileError, ModelInfo
+
+__all__ = ["DEVICE_CHOICES", "PartPrediction", "Session", "explain_error", "missing_bundled_model_message"]
+
+#: Progress is reported in these many steps, whatever the number of tiles and planes.
+PROGRESS_STEPS = 1000
+
+
+@dataclass
+class PartPrediction:
+    """What one Predict run produced, ready to be put into layers.
+
+    ``labels`` and every array in ``gate_maps`` cover the predicted part of the image:
+    the whole image when ``index`` is ``()``, or the block at ``index`` (the leading,
+    non-spatial indices, e.g. ``(z,)`` or ``(t,)``) when only the current slice was predicted.
+    """
+
+    labels: np.ndarray
+    gate_maps: dict[str, np.ndarray]
+    index: tuple[int, ...]
+    device: str
+    model_name: str
+    semantic: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Session:
+    """Holds the model and the device of one widget, and runs predictions with them.
+
+    The inference copy (batch norm folded, moved to the device) is built once per
+    model and device, on the first prediction, and reused by later ones.
+    """
+
+    def __init__(self, device: str = "auto") -> None:
+        self.model: AttentionUNet | None = None
+        self.model_info: ModelInfo | None = None
+        self.device: torch.device = pick_device(device)
+        self.device_choice = device
+        self._inference: AttentionUNet | None = None
+
+    # -- models -------------------------------------------------------------------------
+    @staticmethod
+    def available_models() -> list[ModelInfo]:
+        """Bundled models (the default first), then the user's saved models."""
+        return _registry.all_models()
+
+    @staticmethod
+    def bundled_model_missing() -> bool:
+        return not any(m.bundled and m.name == BUNDLED_DEFAULT for m in _registry.all_models())
+
+    def load_model(self, name_or_path: str | os.PathLike) -> ModelInfo:
+        """Load a bundled or saved model by name, or a model file by path."""
+        model, _meta, info = _registry.open_model(name_or_path)
+        self.model, self.model_info, self._inference = model, info, None
+        return info
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        return self.model.config.gate_names if self.model is not None else ()
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.model.config.spatial_dims if self.model is not None else 2
+
+    def describe_model(self) -> str:
+        if self.model is None or self.model_info is None:
+            return "no model loaded"
+        cfg = self.model.config
+        if self.model_info.bundled:
+            origin = "bundled"
+        else:
+            origin = "saved" if self.model_info.path.parent == _registry.saved_models_dir() else "file"
+        return f"{self.model_info.name} ({origin}; {cfg.spatial_dims}D, {cfg.in_channels} channel(s), {len(cfg.gate_names)} gates)"
+
+    # -- device -------------------------------------------------------------------------
+    def set_device(self, choice: str) -> torch.device:
+        """Use ``choice`` (auto, cpu, cuda, mps); raises if that device is not there."""
+        device = pick_device(choice)
+        if device != self.device:
+            self._inference = None
+        self.device, self.device_choice = device, choice
+        return device
+
+    def describe_device(self) -> str:
+        return describe_device(self.device)
+
+    def inference_model(self) -> AttentionUNet:
+        """The prepared copy of the model on the device, built on first use."""
+        if self.model is None:
+            raise _registry.ModelNotFoundError(missing_bundled_model_message())
+        if self._inference is None:
+            self._inference = prepare_model(self.model, self.device)
+        return self._inference
+
+    # -- prediction ---------------------------------------------------------------------
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        rgb: bool = False,
+        tile_size: int | None = None,
+        instances: bool = True,
+        gates: Sequence[str] | None = None,
+        index: Sequence[int] | None = None,
+    ) -> Generator[Progress, None, PartPrediction]:
+        """Predict a whole image or one block of it; yields :class:`Progress`, returns :class:`PartPrediction`.
+
+        ``image`` is the layer's data (numpy or dask), ``rgb`` says its last axis is colour.
+        The model predicts blocks of its own dimensionality (YX planes for a 2D model,
+        ZYX volumes for a 3D one); leading axes (Z for a 2D model, time, ...) are looped
+        over. ``index`` picks one block by its leading indices (the current slice);
+        ``None`` predicts them all.
+        """
+        if self.model is None:
+            raise _registry.ModelNotFoundError(missing_bundled_model_message())
+        block_dims = self.spatial_dims
+        spatial_shape = tuple(image.shape[:-1] if rgb else image.shape)
+        _check_shape(spatial_shape, block_dims, rgb)
+        leading = spatial_shape[: len(spatial_shape) - block_dims]
+        partial = index is not None and len(leading) > 0
+        if partial:
+            index = tuple(int(i) for i in index)
+            if len(index) != len(leading) or any(not 0 <= i < n for i, n in zip(index, leading)):
+                raise ValueError(f"slice index {index} does not fit the image's leading axes {leading}")
+            blocks, part_shape = [index], spatial_shape[len(leading) :]
+        else:
+            blocks, part_shape = list(np.ndindex(*leading)), spatial_shape
+        gate_names = list(self.gate_names if gates is None else gates)
+        net = self.inference_model()
+        axes = "ZYX"[-block_dims:] + ("C" if rgb else "")
+
+        labels = np.zeros(part_shape, dtype=np.int32)
+        gate_maps = {name: np.zeros(part_shape, dtype=np.float32) for name in gate_names}
+        offset = 0
+        for k, block in enumerate(blocks):
+            result = yield from _scaled(
+                predict(
+                    self.model,
+                    np.asarray(image[block]),
+                    axes=axes,
+                    device=self.device,
+                    tile_size=tile_size,
+                    instances=instances,
+                    gates=gate_names,
+                    inference_model=net,
+                ),
+                k,
+                len(blocks),
+            )
+            where = () if partial else block
+            block_labels = result.labels.astype(np.int32, copy=False)
+            if instances and offset:
+                block_labels = np.where(block_labels > 0, block_labels + offset, 0)
+            labels[where] = block_labels
+            if instances:
+                offset = max(offset, int(labels[where].max(initial=0)))
+            for name in gate_names:
+                gate_maps[name][where] = result.gate_maps[name]
+        return PartPrediction(
+            labels=labels,
+            gate_maps=gate_maps,
+            index=blocks[0] if partial else (),
+            device=describe_device(self.device),
+            model_name=self.model_info.name if self.model_info else "model",
+            semantic=not instances,
+        )
+
+
+def _check_shape(spatial_shape: tuple[int, ...], block_dims: int, rgb: bool) -> None:
+    what = "colour " if rgb else ""
+    if len(spatial_shape) < block_dims:
+        raise ImageShapeError(
+            f"this is a {block_dims}D model but the {what}image is {len(spatial_shape)}D: "
+            "choose a 3D stack, or a 2D model"
+        )
+    if min(spatial_shape, default=0) < 1:
+        raise ImageShapeError(f"the image is empty (shape {spatial_shape})")
+
+
+def _scaled(generator: Generator[Progress, None, object], k: int, n: int):
+    """Re-express one block's progress as progress over ``n`` blocks."""
+    while True:
+        try:
+            step = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        done = round(PROGRESS_STEPS * (k + step.fraction) / n)
+        yield Progress(done, PROGRESS_STEPS, step.stage)
+
+
+def missing_bundled_model_message() -> str:
+    return (
+        f"The bundled '{BUNDLED_DEFAULT}' model is not installed in this version of the plugin, and no "
+        "saved model was found. Choose a model file (.safetensors) under 'model file', "
+        "or fine-tune and save a model first."
+    )
+
+
+def explain_error(exc: BaseException) -> str:
+    """One sentence a biologist can act on, for an error raised while predicting."""
+    text = str(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text.lower():
+        return (
+            "The graphics card ran out of memory. Choose a smaller tile size, or set the device to 'cpu' "
+            "(slower, but limited only by the computer's memory)."
+        )
+    if isinstance(exc, ImageShapeError):
+        return f"This image cannot be segmented as it is: {text.rstrip('.')}."
+    if isinstance(exc, (_registry.ModelNotFoundError, ModelFileError)):
+        return f"The model could not be loaded: {text}"
+    if isinstance(exc, MemoryError):
+        return "The computer ran out of memory. Tick 'current slice only', or crop the image first."
+    return f"Prediction failed: {text}"

@@ -1,0 +1,255 @@
+"""The "Attention U-Net" dock widget: a thin magicgui Container over a :class:`Session`.
+
+Controls only: the model lives in the session, compute in ``core.predict`` (run in a
+napari worker), and the results are turned into layers by ``_layers`` on the main thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+    create_widget,
+)
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from . import _layers
+from ._session import DEVICE_CHOICES, PROGRESS_STEPS, Session, explain_error, missing_bundled_model_message
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+    from .core.predict import Progress
+
+__all__ = ["AttentionUNetWidget"]
+
+NO_MODEL = "(no model found)"
+INSTANCES, SEMANTIC = "instances (one id per nucleus)", "semantic (foreground = 1)"
+
+
+class AttentionUNetWidget(Container):
+    """Segment the chosen image layer with an Attention U-Net and show its attention maps."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self._session = Session()
+        self._worker: GeneratorWorker | None = None
+
+        self._image = create_widget(annotation="napari.layers.Image", label="image")
+        self._model = ComboBox(label="model", choices=self._model_choices, nullable=False)
+        self._refresh = PushButton(text="Refresh model list")
+        self._model_file = FileEdit(label="model file", mode="r", filter="*.safetensors", value="")
+        self._model_info = Label(label="")
+        self._device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
+        self._device_info = Label(label="in use", value=self._session.describe_device())
+        self._tile_size = SpinBox(label="tile size", min=32, max=4096, step=32, value=512)
+        self._output = ComboBox(label="masks", choices=[INSTANCES, SEMANTIC], value=INSTANCES)
+        self._gates = Select(label="attention maps", choices=self._gate_choices, allow_multiple=True)
+        self._current_slice = CheckBox(text="current slice only (3D stacks, time series)", value=True)
+        self._predict = PushButton(text="Predict")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(label="progress", min=0, max=PROGRESS_STEPS, value=0)
+        self._status = Label(label="", value="")
+        super().__init__(
+            widgets=[
+                self._image,
+                self._model,
+                self._refresh,
+                self._model_file,
+                self._model_info,
+                self._device,
+                self._device_info,
+                self._tile_size,
+                self._output,
+                self._gates,
+                self._current_slice,
+                self._predict,
+                self._cancel,
+                self._progress,
+                self._status,
+            ]
+        )
+        self._gates.native.setMaximumHeight(90)
+        self._current_slice.tooltip = "Predict only the plane (or time point) shown; untick to predict the whole stack"
+        self._tile_size.tooltip = "Images are predicted in tiles of this size; smaller tiles need less memory"
+
+        self._model.changed.connect(self._on_model_changed)
+        self._refresh.changed.connect(self._on_refresh)
+        self._model_file.changed.connect(self._on_model_file)
+        self._device.changed.connect(self._on_device_changed)
+        self._predict.changed.connect(self._on_predict)
+        self._cancel.changed.connect(self._on_cancel)
+        viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self.reset_choices()
+        self._on_active_layer()
+        self._on_model_changed()
+
+    def reset_choices(self, *_) -> None:
+        """Refresh the layer choices (napari calls this when layers change), keeping the chosen gates."""
+        gates = list(self._gates.value)
+        super().reset_choices()
+        self._gates.value = [g for g in gates if g in self._gates.choices]
+
+    # -- public, for scripts and tests --------------------------------------------------
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def predict(self) -> None:
+        """Start a prediction, as the Predict button does."""
+        self._on_predict()
+
+    def cancel(self) -> None:
+        """Stop the running prediction at the next tile; no layers are added."""
+        self._on_cancel()
+
+    # -- models and device --------------------------------------------------------------
+    def _model_choices(self, _widget=None) -> list[str]:
+        names = [m.name for m in self._session.available_models()]
+        return names or [NO_MODEL]
+
+    def _gate_choices(self, _widget=None) -> list[str]:
+        return list(self._session.gate_names)
+
+    def _on_refresh(self) -> None:
+        current = self._model.value
+        self._model.reset_choices()
+        if current in self._model.choices and self._model.value != current:
+            self._model.value = current
+        elif self._model.value == NO_MODEL:
+            self._on_model_changed()
+
+    def _on_model_file(self) -> None:
+        path = self._model_file.value
+        if path and Path(path).is_file():
+            self._load(str(path))
+
+    def _on_model_changed(self) -> None:
+        if self._model.value == NO_MODEL:
+            self._model_info.value = "No model yet: choose a model file below."
+            self._status.value = missing_bundled_model_message()
+            self._status.native.setWordWrap(True)
+            return
+        self._load(self._model.value)
+
+    def _load(self, name_or_path: str) -> None:
+        try:
+            self._session.load_model(name_or_path)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a notification; the widget stays usable
+            show_error(explain_error(exc))
+            return
+        self._model_info.value = self._session.describe_model()
+        self._status.value = "Bundled 'nuclei' model not installed; using another model." if (
+            self._session.bundled_model_missing()
+        ) else ""
+        self._gates.reset_choices()
+        self._gates.value = list(self._session.gate_names)
+        self._tile_size.value = 512 if self._session.spatial_dims == 2 else 96
+
+    def _on_device_changed(self) -> None:
+        try:
+            self._session.set_device(self._device.value)
+        except (RuntimeError, ValueError) as exc:
+            show_warning(f"{exc}. Using the automatic choice instead.")
+            self._device.value = "auto"
+            return
+        self._device_info.value = self._session.describe_device()
+
+    # -- image layer ----------------------------------------------------------------------
+    def _on_active_layer(self, event=None) -> None:
+        active = self._viewer.layers.selection.active
+        if active is not None and active in self._image.choices and not self.is_running:
+            self._image.value = active
+
+    # -- predicting -----------------------------------------------------------------------
+    def _on_predict(self) -> None:
+        if self.is_running:
+            return
+        layer = self._image.value
+        if layer is None:
+            show_error("Choose an image layer to segment (for a try: File > Open Sample > Attention U-Net).")
+            return
+        if self._session.model is None:
+            show_error(missing_bundled_model_message())
+            return
+        if layer.multiscale:
+            show_error("Multiscale (pyramid) images are not supported: open the full-resolution level as an image.")
+            return
+        placement = _layers.placement_from_layer(layer)
+        n_leading = len(placement.shape) - self._session.spatial_dims
+        index = None
+        if self._current_slice.value and n_leading > 0:
+            index = _layers.slice_index(self._viewer.dims.point, placement, n_leading)
+        self._worker = create_worker(
+            self._session.predict,
+            layer.data,
+            rgb=bool(layer.rgb),
+            tile_size=self._tile_size.value,
+            instances=self._output.value == INSTANCES,
+            gates=list(self._gates.value),
+            index=index,
+            _start_thread=False,
+            _connect={
+                "yielded": self._on_progress,
+                "returned": lambda result: self._on_returned(result, placement),
+                "errored": self._on_error,
+                "aborted": self._on_aborted,
+                "finished": self._on_finished,
+            },
+        )
+        self._set_running(True, f"Predicting {layer.name} on {self._session.describe_device()}…")
+        self._worker.start()
+
+    def _on_cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self._status.value = "Cancelling…"
+
+    def _on_progress(self, progress: Progress) -> None:
+        self._progress.value = progress.done
+        if progress.stage != "predicting":
+            self._status.value = f"{progress.stage.capitalize()}…"
+
+    def _on_returned(self, result, placement: _layers.Placement) -> None:
+        results = _layers.result_layers(result, placement)
+        _layers.apply_results(self._viewer.layers, results, placement)
+        self._device_info.value = result.device
+        n = int(result.labels.max(initial=0))
+        self._status.value = f"Done: {n} object(s) in {placement.source_name}." if not result.semantic else "Done."
+
+    def _on_error(self, exc: BaseException) -> None:
+        show_error(explain_error(exc))
+        self._status.value = "Failed; see the notification."
+
+    def _on_aborted(self) -> None:
+        self._status.value = "Cancelled; no layers were changed."
+        show_info("Prediction cancelled.")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool, message: str | None = None) -> None:
+        for widget in (self._predict, self._image, self._model, self._refresh, self._model_file, self._device):
+            widget.enabled = not running
+        self._cancel.enabled = running
+        if running:
+            self._progress.value = 0
+        if message is not None:
+            self._status.value = message

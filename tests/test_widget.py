@@ -1,0 +1,242 @@
+"""The dock widget in a real viewer: opens through the manifest, predicts, cancels, respects user layers."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_attention_unet import _layers, _widget
+from napari_attention_unet._widget import AttentionUNetWidget
+
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Messages the widget sends to napari's notifications, by kind."""
+    seen = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(_widget, f"show_{kind}", seen[kind].append)
+    return seen
+
+
+def run_prediction(qtbot, widget):
+    widget.predict()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+
+
+@pytest.fixture
+def with_nuclei(plugin_widget, nuclei_image):
+    viewer, widget = plugin_widget
+    viewer.add_image(nuclei_image, name="nuclei")
+    widget._tile_size.value = 128
+    return viewer, widget
+
+
+def test_widget_opens_through_manifest(plugin_widget):
+    viewer, widget = plugin_widget
+    assert isinstance(widget, AttentionUNetWidget)
+    assert widget._model.value == "tiny"
+    assert widget.session.model is not None
+    assert widget._gates.value == ["gate1", "gate2"]
+    assert "CPU" in widget._device_info.value
+    assert widget._predict.enabled and not widget._cancel.enabled
+
+
+def test_image_picker_follows_selected_layer(plugin_widget, nuclei_image):
+    viewer, widget = plugin_widget
+    first = viewer.add_image(nuclei_image, name="first")
+    second = viewer.add_image(nuclei_image, name="second")
+    viewer.add_labels(np.zeros((8, 8), dtype=np.uint8), name="not an image")
+    viewer.layers.selection.active = first
+    assert widget._image.value is first
+    viewer.layers.selection.active = second
+    assert widget._image.value is second
+
+
+def test_predict_adds_masks_and_attention_layers(qtbot, with_nuclei, monkeypatch, notes):
+    viewer, widget = with_nuclei
+    threads = []
+    apply = _layers.apply_results
+    monkeypatch.setattr(_layers, "apply_results", lambda *a: threads.append(threading.current_thread()) or apply(*a))
+    run_prediction(qtbot, widget)
+
+    assert not notes["error"]
+    assert threads == [threading.main_thread()]  # layers are touched on the main thread only
+    image = viewer.layers["nuclei"]
+    masks = viewer.layers["nuclei masks"]
+    assert masks.data.shape == image.data.shape
+    for gate in ("gate1", "gate2"):
+        attention = viewer.layers[f"nuclei attention {gate}"]
+        assert attention.colormap.name == "magma"
+        assert attention.blending == "additive"
+        assert attention.opacity == 0.5
+        assert tuple(attention.contrast_limits) == (0.0, 1.0)
+        assert 0.0 <= attention.data.min() and attention.data.max() <= 1.0
+        np.testing.assert_allclose(attention.extent.world, image.extent.world)
+    np.testing.assert_allclose(masks.extent.world, image.extent.world)
+    assert widget._progress.value == widget._progress.max
+    assert widget._predict.enabled and not widget._cancel.enabled
+
+
+def test_results_follow_scale_and_translate(qtbot, plugin_widget, nuclei_image):
+    viewer, widget = plugin_widget
+    image = viewer.add_image(nuclei_image[:96, :160], name="scaled", scale=(0.5, 2.0), translate=(10.0, -5.0))
+    run_prediction(qtbot, widget)
+    for name in ("scaled masks", "scaled attention gate1"):
+        layer = viewer.layers[name]
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+        np.testing.assert_allclose(layer.extent.world, image.extent.world)
+
+
+def test_rgb_image_gets_spatial_results(qtbot, plugin_widget):
+    from napari_attention_unet._sample_data import he_sample
+
+    viewer, widget = plugin_widget
+    data, kwargs, _ = he_sample()[0]
+    image = viewer.add_image(data, **kwargs, scale=(2.0, 2.0))
+    widget._tile_size.value = 128
+    run_prediction(qtbot, widget)
+    masks = viewer.layers[f"{image.name} masks"]
+    assert masks.data.shape == data.shape[:2]
+    np.testing.assert_allclose(masks.extent.world, image.extent.world)
+
+
+def test_cancel_adds_no_layers_and_widget_stays_usable(qtbot, plugin_widget, notes):
+    viewer, widget = plugin_widget
+    viewer.add_image(np.random.default_rng(0).random((1024, 1024), dtype=np.float32), name="big")
+    widget._tile_size.value = 64  # hundreds of tiles: plenty of time to cancel
+    widget.predict()
+    assert widget.is_running and widget._cancel.enabled
+    qtbot.waitUntil(lambda: widget._progress.value > 0, timeout=TIMEOUT_MS)
+    widget._cancel.changed.emit(True)  # as a click does
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert [layer.name for layer in viewer.layers] == ["big"]
+    assert "Cancelled" in widget._status.value and not notes["error"]
+
+    viewer.layers["big"].data = viewer.layers["big"].data[:128, :128]
+    run_prediction(qtbot, widget)
+    assert "big masks" in viewer.layers
+
+
+def test_user_layers_are_not_modified(qtbot, with_nuclei):
+    viewer, widget = with_nuclei
+    image = viewer.layers["nuclei"]
+    original = image.data.copy()
+    user_masks = viewer.add_labels(np.full(original.shape, 7, dtype=np.int32), name="nuclei masks")
+    viewer.layers.selection.active = image
+    run_prediction(qtbot, widget)
+    np.testing.assert_array_equal(image.data, original)
+    assert (user_masks.data == 7).all()
+    assert "nuclei masks [2]" in viewer.layers
+    assert _layers.MARKER not in user_masks.metadata
+
+
+def test_repredict_updates_own_layers_and_keeps_painted_ones(qtbot, with_nuclei):
+    viewer, widget = with_nuclei
+    run_prediction(qtbot, widget)
+    masks, gate1 = viewer.layers["nuclei masks"], viewer.layers["nuclei attention gate1"]
+    n_layers = len(viewer.layers)
+
+    widget._tile_size.value = 64
+    run_prediction(qtbot, widget)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers["nuclei masks"] is masks and viewer.layers["nuclei attention gate1"] is gate1
+
+    masks.paint((20, 20), 99)  # a brush stroke, as the user makes it
+    painted = masks.data.copy()
+    run_prediction(qtbot, widget)
+    np.testing.assert_array_equal(masks.data, painted)
+    assert viewer.layers["nuclei masks [2]"] is not masks
+    assert len(viewer.layers) == n_layers + 1
+    assert viewer.layers["nuclei attention gate1"] is gate1  # untouched maps are still updated in place
+
+
+def test_masks_changed_without_paint_event_are_kept(qtbot, with_nuclei):
+    viewer, widget = with_nuclei
+    run_prediction(qtbot, widget)
+    masks = viewer.layers["nuclei masks"]
+    masks.data[:5, :5] = 42  # e.g. edited from the console
+    run_prediction(qtbot, widget)
+    assert (masks.data[:5, :5] == 42).all()
+    assert "nuclei masks [2]" in viewer.layers
+
+
+def test_stack_current_slice_and_whole_stack(qtbot, plugin_widget, nuclei_image):
+    viewer, widget = plugin_widget
+    stack = np.stack([nuclei_image[:96, :96]] * 3)
+    viewer.add_image(stack, name="stack", scale=(3.0, 1.0, 1.0))
+    viewer.dims.set_point(0, 3.0)  # world z = 3 -> plane 1
+    widget._current_slice.value = True
+    run_prediction(qtbot, widget)
+    gate = viewer.layers["stack attention gate1"].data
+    assert gate.shape == stack.shape
+    assert gate[1].any() and not gate[0].any() and not gate[2].any()
+
+    widget._current_slice.value = False
+    run_prediction(qtbot, widget)
+    assert viewer.layers["stack attention gate1"].data.all(axis=(1, 2)).any()
+    assert all(viewer.layers["stack attention gate1"].data[z].any() for z in range(3))
+
+
+def test_semantic_masks_and_chosen_gates(qtbot, with_nuclei):
+    viewer, widget = with_nuclei
+    widget._output.value = _widget.SEMANTIC
+    widget._gates.value = ["gate2"]
+    run_prediction(qtbot, widget)
+    assert set(np.unique(viewer.layers["nuclei masks"].data)) <= {0, 1}
+    assert "nuclei attention gate2" in viewer.layers and "nuclei attention gate1" not in viewer.layers
+    assert viewer.layers["nuclei attention gate2"].visible
+
+
+def test_errors_become_notifications_and_widget_stays_usable(qtbot, plugin_widget, model_home, notes):
+    import torch
+
+    from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+    from napari_attention_unet.core.weights import save_model
+
+    viewer, widget = plugin_widget
+    widget.predict()  # no image layer yet
+    assert "Choose an image layer" in notes["error"][-1]
+
+    save_model(AttentionUNet(ModelConfig(spatial_dims=3, base_width=2, depth=2)), model_home / "models" / "tiny3d")
+    widget._refresh.changed.emit(True)
+    widget._model.value = "tiny3d"
+    viewer.add_image(np.zeros((64, 64), dtype=np.uint8), name="flat")
+    run_prediction(qtbot, widget)
+    assert "3D model" in notes["error"][-1] and "flat masks" not in viewer.layers
+
+    widget._model_file.value = model_home / "models" / "missing.safetensors"  # not there: ignored
+    (model_home / "broken.safetensors").write_bytes(b"not a model")
+    widget._model_file.value = model_home / "broken.safetensors"
+    assert "could not be loaded" in notes["error"][-1]
+
+    if not torch.cuda.is_available():
+        widget._device.value = "cuda"
+        assert "no CUDA GPU" in notes["warning"][-1] and widget._device.value == "auto"
+
+    widget._model.value = "tiny"
+    widget._tile_size.value = 64
+    run_prediction(qtbot, widget)
+    assert "flat masks" in viewer.layers
+
+
+def test_out_of_memory_message_is_readable():
+    import torch
+
+    from napari_attention_unet._session import explain_error
+
+    message = explain_error(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert "smaller tile size" in message and "cpu" in message
+
+
+def test_without_any_model_the_widget_says_so(make_napari_viewer, model_home, notes):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-attention-unet", "Attention U-Net")
+    assert "not installed" in widget._status.value
+    viewer.add_image(np.zeros((32, 32), dtype=np.uint8))
+    widget.predict()
+    assert "nuclei" in notes["error"][-1] and not widget.is_running
