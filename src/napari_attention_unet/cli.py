@@ -38,6 +38,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.set_defaults(func=_cmd_predict)
 
+    f = sub.add_parser("finetune", help="fine-tune a model on corrected labels; writes a new model file")
+    f.add_argument("--image", action="append", required=True, type=Path, metavar="IMG", help="image (repeatable)")
+    f.add_argument("--labels", action="append", required=True, type=Path, metavar="LBL", help="its labels (repeatable)")
+    f.add_argument("--out", required=True, type=Path, metavar="PATH", help="where to write the fine-tuned model")
+    f.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="model to start from (default: bundled)")
+    budget = f.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None, help="time budget (default 5 minutes)")
+    budget.add_argument("--steps", type=int, default=None, help="step budget")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    f.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC (default: guessed)")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=_cmd_finetune)
+
     m = sub.add_parser("models", help="list bundled and saved models")
     m.set_defaults(func=_cmd_models)
     return parser
@@ -111,6 +124,57 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if failures:
         print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from ._io import ImageReadError, read_image
+    from ._registry import ModelFileError, ModelNotFoundError, open_model
+    from .core.data import ImageShapeError
+    from .core.device import describe_device, pick_device
+    from .core.train import TrainConfig, Trainer
+    from .core.weights import save_model
+
+    if len(args.image) != len(args.labels):
+        return _fail(f"give one --labels per --image (got {len(args.image)} images and {len(args.labels)} labels)")
+    try:
+        model, _, info = open_model(args.model)
+        device = pick_device(args.device)
+        pairs = [(read_image(i), read_image(lbl), args.axes) for i, lbl in zip(args.image, args.labels)]
+        minutes = 5.0 if args.minutes is None and args.steps is None else args.minutes
+        config = TrainConfig(
+            max_steps=args.steps, time_budget=None if minutes is None else 60.0 * minutes, seed=args.seed
+        )
+        trainer = Trainer(model, pairs, config=config, device=device)
+    except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, RuntimeError, ValueError) as exc:
+        return _fail(str(exc))
+    print(f"fine-tuning {info.name} on {len(pairs)} image(s), {describe_device(device)}", file=sys.stderr)
+    total = config.max_steps if config.time_budget is None else None
+    run = trainer.run()
+    try:
+        with tqdm(total=total, unit="step", file=sys.stderr) as bar:
+            for report in run:
+                bar.update(report.step - bar.n)
+                score = "-" if report.best_val_dice is None else f"{report.best_val_dice:.3f}"
+                bar.set_postfix_str(f"loss {report.loss:.3f}, best val Dice {score}")
+                if report.val_dice is not None:
+                    tqdm.write(f"step {report.step}: validation Dice {report.val_dice:.3f}", file=sys.stderr)
+    except KeyboardInterrupt:
+        run.close()
+        print("interrupted: keeping the best model so far", file=sys.stderr)
+    result = trainer.result()
+    print(result.message, file=sys.stderr)
+    if not result.accepted:
+        return _fail(f"the fine-tuned model was not written: {result.message}")
+    meta = {
+        "name": args.out.stem,
+        "parent": info.name,
+        "steps": result.steps,
+        "best_val_dice": result.best_val_dice,
+        "trained_on": [str(p) for p in args.image],
+    }
+    path = save_model(result.model, args.out, info=meta)
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
