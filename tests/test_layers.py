@@ -1,0 +1,110 @@
+"""Result layers without Qt: names, placement, and which layers a new result may replace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.components import LayerList
+from napari.layers import Image, Labels
+
+from napari_attention_unet import _layers
+from napari_attention_unet._layers import MARKER, Placement, apply_results, result_layers, slice_index
+from napari_attention_unet._session import PartPrediction
+
+
+def make_prediction(shape=(6, 8), index=(), gates=("gate1", "gate2"), fill=1):
+    labels = np.full(shape, fill, dtype=np.int32)
+    maps = {g: np.full(shape, 0.25 * (k + 1), dtype=np.float32) for k, g in enumerate(gates)}
+    return PartPrediction(labels=labels, gate_maps=maps, index=index, device="CPU", model_name="tiny")
+
+
+@pytest.fixture
+def placement():
+    return Placement(shape=(6, 8), scale=(0.5, 2.0), translate=(10.0, -3.0), source_id="abc", source_name="cells")
+
+
+def test_names():
+    assert _layers.masks_name("cells") == "cells masks"
+    assert _layers.attention_name("cells", "gate3") == "cells attention gate3"
+    assert _layers.unique_name(["a", "a [2]"], "a") == "a [3]"
+    assert _layers.unique_name(["b"], "a") == "a"
+
+
+def test_placement_from_rgb_layer_is_spatial_only():
+    layer = Image(np.zeros((6, 8, 3), dtype=np.uint8), rgb=True, scale=(2, 3), translate=(1, 1), name="he")
+    placement = _layers.placement_from_layer(layer)
+    assert placement.shape == (6, 8) and placement.scale == (2.0, 3.0) and placement.translate == (1.0, 1.0)
+    assert placement.source_name == "he" and placement.source_id == str(layer.unique_id)
+
+
+def test_result_layers_kwargs(placement):
+    masks, gate1, gate2 = result_layers(make_prediction(), placement)
+    data, kwargs, kind = masks.as_layer_data_tuple()
+    assert kind == "labels" and kwargs["name"] == "cells masks" and data.shape == (6, 8)
+    assert kwargs["scale"] == placement.scale and kwargs["translate"] == placement.translate
+    assert kwargs["metadata"][MARKER] == {"role": "masks", "gate": None, "source": "abc", "model": "tiny"}
+    _, kwargs, kind = gate1.as_layer_data_tuple()
+    assert kind == "image" and kwargs["name"] == "cells attention gate1"
+    assert kwargs["colormap"] == "magma" and kwargs["blending"] == "additive"
+    assert kwargs["opacity"] == 0.5 and kwargs["contrast_limits"] == (0.0, 1.0)
+    assert kwargs["visible"] and not gate2.kwargs["visible"]  # only the first map starts visible
+
+
+def test_block_is_embedded_in_a_full_size_layer():
+    placement = Placement((3, 6, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), "abc", "stack")
+    masks = result_layers(make_prediction(index=(1,)), placement)[0]
+    full = masks.full_data()
+    assert full.shape == (3, 6, 8) and (full[1] == 1).all() and not full[0].any() and not full[2].any()
+
+
+def test_slice_index_uses_world_coordinates():
+    placement = Placement((5, 6, 8), (2.0, 1.0, 1.0), (10.0, 0.0, 0.0), "abc", "stack")
+    assert slice_index((14.0, 0.0, 0.0), placement, 1) == (2,)
+    assert slice_index((0.0, 14.0, 0.0, 0.0), placement, 1) == (2,)  # the viewer may have more axes
+    assert slice_index((99.0, 0.0, 0.0), placement, 1) == (4,)  # clipped to the stack
+    assert slice_index((99.0, 0.0, 0.0), placement, 0) == ()
+
+
+def test_apply_adds_then_updates_own_layers(placement):
+    layers = LayerList()
+    first = apply_results(layers, result_layers(make_prediction(), placement), placement)
+    assert [layer.name for layer in layers] == ["cells masks", "cells attention gate1", "cells attention gate2"]
+    assert isinstance(first[0], Labels) and isinstance(first[1], Image)
+    np.testing.assert_allclose(layers["cells masks"].scale, placement.scale)
+
+    second = apply_results(layers, result_layers(make_prediction(fill=2), placement), placement)
+    assert len(layers) == 3 and all(a is b for a, b in zip(first, second))
+    assert (layers["cells masks"].data == 2).all()
+
+
+def test_apply_keeps_painted_and_user_layers(placement):
+    layers = LayerList()
+    user = Labels(np.full((6, 8), 5, dtype=np.int32), name="cells masks")
+    layers.append(user)
+    apply_results(layers, result_layers(make_prediction(), placement), placement)
+    ours = layers["cells masks [2]"]
+    assert (user.data == 5).all() and MARKER not in user.metadata
+
+    ours.paint((1, 1), 9)
+    assert _layers.is_user_modified(ours)
+    apply_results(layers, result_layers(make_prediction(fill=3), placement), placement)
+    assert ours.data[1, 1] == 9 and (layers["cells masks [3]"].data == 3).all()
+
+
+def test_apply_slice_into_existing_stack_layer():
+    placement = Placement((3, 6, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), "abc", "stack")
+    layers = LayerList()
+    apply_results(layers, result_layers(make_prediction(index=(0,), fill=1), placement), placement)
+    apply_results(layers, result_layers(make_prediction(index=(2,), fill=4), placement), placement)
+    masks = layers["stack masks"]
+    assert len(layers) == 3
+    assert (masks.data[0] == 1).all() and not masks.data[1].any() and (masks.data[2] == 4).all()
+    assert not _layers.is_user_modified(masks)
+
+
+def test_apply_replaces_layer_of_other_shape(placement):
+    layers = LayerList()
+    apply_results(layers, result_layers(make_prediction(), placement), placement)
+    bigger = Placement((12, 8), placement.scale, placement.translate, "abc", "cells")
+    apply_results(layers, result_layers(make_prediction(shape=(12, 8)), bigger), bigger)
+    assert layers["cells masks [2]"].data.shape == (12, 8)
