@@ -240,3 +240,12 @@ def test_without_any_model_the_widget_says_so(make_napari_viewer, model_home, no
     viewer.add_image(np.zeros((32, 32), dtype=np.uint8))
     widget.predict()
     assert "nuclei" in notes["error"][-1] and not widget.is_running
+
+
+def test_use_model_by_name_or_file(plugin_widget, tiny_model_path):
+    _viewer, widget = plugin_widget
+    widget.use_model(str(tiny_model_path))
+    assert widget.session.model_info.path == tiny_model_path
+    assert "tiny" in widget._model_info.value
+    widget.use_model("tiny")
+    assert widget._model.value == "tiny"

@@ -111,6 +111,13 @@ class AttentionUNetWidget(Container):
     def is_running(self) -> bool:
         return self._worker is not None
 
+    def use_model(self, name_or_path: str) -> None:
+        """Choose a model by name (bundled or saved) or by file path, as the pickers do."""
+        if name_or_path in self._model.choices:
+            self._model.value = name_or_path
+        else:
+            self._model_file.value = name_or_path
+
     def predict(self) -> None:
         """Start a prediction, as the Predict button does."""
         self._on_predict()
