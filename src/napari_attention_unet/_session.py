@@ -91,7 +91,8 @@ class Session:
             origin = "bundled"
         else:
             origin = "saved" if self.model_info.path.parent == _registry.saved_models_dir() else "file"
-        return f"{self.model_info.name} ({origin}; {cfg.spatial_dims}D, {cfg.in_channels} channel(s), {len(cfg.gate_names)} gates)"
+        shape = f"{cfg.spatial_dims}D, {cfg.in_channels} channel(s), {len(cfg.gate_names)} gates"
+        return f"{self.model_info.name} ({origin}; {shape})"
 
     # -- device -------------------------------------------------------------------------
     def set_device(self, choice: str) -> torch.device:

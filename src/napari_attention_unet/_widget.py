@@ -21,6 +21,7 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
+from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["AttentionUNetWidget"]
 
 NO_MODEL = "(no model found)"
+AUTO_TILE = 0  # shown as "auto": the core fits the tiles to the image
 INSTANCES, SEMANTIC = "instances (one id per nucleus)", "semantic (foreground = 1)"
 
 
@@ -54,7 +56,7 @@ class AttentionUNetWidget(Container):
         self._model_info = Label(label="")
         self._device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
         self._device_info = Label(label="in use", value=self._session.describe_device())
-        self._tile_size = SpinBox(label="tile size", min=32, max=4096, step=32, value=512)
+        self._tile_size = SpinBox(label="tile size", min=0, max=4096, step=32, value=AUTO_TILE)
         self._output = ComboBox(label="masks", choices=[INSTANCES, SEMANTIC], value=INSTANCES)
         self._gates = Select(label="attention maps", choices=self._gate_choices, allow_multiple=True)
         self._current_slice = CheckBox(text="current slice only (3D stacks, time series)", value=True)
@@ -83,7 +85,10 @@ class AttentionUNetWidget(Container):
         )
         self._gates.native.setMaximumHeight(90)
         self._current_slice.tooltip = "Predict only the plane (or time point) shown; untick to predict the whole stack"
-        self._tile_size.tooltip = "Images are predicted in tiles of this size; smaller tiles need less memory"
+        self._tile_size.native.setSpecialValueText("auto")
+        self._tile_size.tooltip = (
+            "Images are predicted in tiles of this size (auto: fitted to the image); smaller tiles need less memory"
+        )
 
         self._model.changed.connect(self._on_model_changed)
         self._refresh.changed.connect(self._on_refresh)
@@ -162,12 +167,13 @@ class AttentionUNetWidget(Container):
             show_error(explain_error(exc))
             return
         self._model_info.value = self._session.describe_model()
-        self._status.value = "Bundled 'nuclei' model not installed; using another model." if (
-            self._session.bundled_model_missing()
-        ) else ""
+        self._status.value = (
+            "Bundled 'nuclei' model not installed; using another model."
+            if (self._session.bundled_model_missing())
+            else ""
+        )
         self._gates.reset_choices()
         self._gates.value = list(self._session.gate_names)
-        self._tile_size.value = 512 if self._session.spatial_dims == 2 else 96
 
     def _on_device_changed(self) -> None:
         try:
@@ -195,6 +201,9 @@ class AttentionUNetWidget(Container):
         if self._session.model is None:
             show_error(missing_bundled_model_message())
             return
+        if not isinstance(layer, Image):
+            show_error(f"'{layer.name}' is not an image layer: choose an image to segment.")
+            return
         if layer.multiscale:
             show_error("Multiscale (pyramid) images are not supported: open the full-resolution level as an image.")
             return
@@ -207,7 +216,7 @@ class AttentionUNetWidget(Container):
             self._session.predict,
             layer.data,
             rgb=bool(layer.rgb),
-            tile_size=self._tile_size.value,
+            tile_size=max(self._tile_size.value, 32) if self._tile_size.value else None,
             instances=self._output.value == INSTANCES,
             gates=list(self._gates.value),
             index=index,
