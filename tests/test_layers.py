@@ -108,3 +108,15 @@ def test_apply_replaces_layer_of_other_shape(placement):
     bigger = Placement((12, 8), placement.scale, placement.translate, "abc", "cells")
     apply_results(layers, result_layers(make_prediction(shape=(12, 8)), bigger), bigger)
     assert layers["cells masks [2]"].data.shape == (12, 8)
+
+
+def test_layers_and_session_import_no_qt():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari_attention_unet._layers, napari_attention_unet._session; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert not {"qtpy", "PyQt6", "PySide6", "magicgui", "superqt", "vispy"} & set(out)

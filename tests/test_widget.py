@@ -249,3 +249,21 @@ def test_use_model_by_name_or_file(plugin_widget, tiny_model_path):
     assert "tiny" in widget._model_info.value
     widget.use_model("tiny")
     assert widget._model.value == "tiny"
+
+
+def test_session_predicts_time_series_headless(tiny_model_path):
+    """The session alone (no viewer): a TZYX series through a 2D model, one plane or all of them."""
+    from napari_attention_unet._session import Session
+    from napari_attention_unet.core.predict import run_to_end
+
+    session = Session(device="cpu")
+    session.load_model("tiny")
+    series = np.random.default_rng(1).random((2, 3, 32, 40), dtype=np.float32)
+    one = run_to_end(session.predict(series, tile_size=32, gates=["gate1"], index=(1, 2)))
+    assert one.index == (1, 2) and one.labels.shape == (32, 40) and list(one.gate_maps) == ["gate1"]
+    prepared = session.inference_model()
+    everything = run_to_end(session.predict(series, tile_size=32))
+    assert everything.index == () and everything.labels.shape == series.shape
+    assert set(everything.gate_maps) == {"gate1", "gate2"}
+    assert session.inference_model() is prepared  # built once per model and device, not per run
+    np.testing.assert_allclose(everything.gate_maps["gate1"][1, 2], one.gate_maps["gate1"], atol=1e-5)
