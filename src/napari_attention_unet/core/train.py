@@ -1,0 +1,606 @@
+"""Training and fine-tuning as a generator.
+
+``train(model, pairs, config=TrainConfig())`` yields a :class:`StepReport` every few
+steps and returns a :class:`TrainResult`. The loop is one flat sequence in
+:meth:`Trainer.run` (lr -> evaluate/keep best -> forward/backward -> clip -> step ->
+report), in the shape of nanoGPT's ``train.py``.
+
+Cancelling is closing the generator (``gen.close()``, or ``worker.quit()`` in napari).
+The :class:`Trainer` object survives that: ``trainer.result()`` afterwards gives the
+best model seen so far, checked like a finished run. The model passed in is never
+modified; a result that fails the sanity check hands it back unchanged.
+
+Validation: unless explicit validation pairs are given, the right-most
+``val_fraction`` of every image (a vertical strip) is held out. Its labels are
+never trained on; the network is scored there (foreground Dice and IoU).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .augment import IGNORE, augment
+from .data import BACKGROUND, instances_to_classes, match_channels, normalize, to_channel_first
+from .device import autocast_dtype, pick_device
+from .model import AttentionUNet
+
+__all__ = [
+    "StepReport",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingSample",
+    "foreground_scores",
+    "prepare_sample",
+    "segmentation_loss",
+    "train",
+]
+
+
+@dataclass
+class TrainConfig:
+    """Settings for one training run; defaults suit fine-tuning on a few images.
+
+    Stops at ``max_steps`` or after ``time_budget`` seconds, whichever comes first
+    (either may be None, not both), or after ``patience`` evaluations without a
+    better validation Dice. ``freeze_batchnorm=None`` means "on when fine-tuning":
+    batches of a few patches give noisy statistics that would wreck the ones learnt
+    from a large data set.
+    """
+
+    max_steps: int | None = 300
+    time_budget: float | None = None
+    patch_size: int = 256
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    min_lr_fraction: float = 0.05
+    grad_clip: float = 1.0
+    dice_weight: float = 1.0
+    val_fraction: float = 0.2
+    eval_every: int = 25
+    patience: int = 6
+    edited_fraction: float = 0.5
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    freeze_batchnorm: bool | None = None
+    from_scratch: bool = False
+    report_every: int = 1
+    precision: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.time_budget is None:
+            raise ValueError("give max_steps or time_budget (or both), so that training ends")
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """Progress after ``step`` optimiser steps. ``val_dice`` is None between evaluations."""
+
+    step: int
+    total_steps: int | None
+    elapsed: float
+    eta: float | None
+    loss: float
+    val_dice: float | None
+    best_val_dice: float | None
+    lr: float
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    ``model`` is the model to use from now on: the best trained one when
+    ``accepted``, else the original model, untouched. ``trained_model`` is the best
+    trained model either way (for inspection). ``stopped`` says why the loop ended.
+    """
+
+    model: AttentionUNet
+    trained_model: AttentionUNet
+    accepted: bool
+    message: str
+    steps: int
+    best_step: int
+    best_val_dice: float | None
+    best_val_iou: float | None
+    stopped: str
+    history: list[StepReport] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class TrainingSample:
+    """One image ready for sampling: normalised channel-first image and class target.
+
+    ``target`` holds IGNORE where the loss must skip; ``val_target`` (optional) is
+    the target of the held-out region with IGNORE elsewhere.
+    """
+
+    image: np.ndarray
+    target: np.ndarray
+    val_target: np.ndarray | None = None
+    weight_map: np.ndarray | None = None
+    edited: np.ndarray | None = None  # (n, ndim) coordinates of user-edited pixels
+
+
+def prepare_image(image: np.ndarray, axes: str | None, in_channels: int) -> tuple[np.ndarray, str]:
+    """Channel-first, normalised float32, exactly as :func:`core.predict.predict` sees it.
+
+    Grey images keep one channel (repeated to ``in_channels`` per batch, which is
+    what predict does too) so that big data sets cost a third of the memory.
+    """
+    channels_first, spatial = to_channel_first(image, axes)
+    if channels_first.shape[0] == 1:
+        return normalize(channels_first), spatial
+    return normalize(match_channels(channels_first, in_channels)), spatial
+
+
+def prepare_sample(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    axes: str | None = None,
+    in_channels: int = 3,
+    ignore: np.ndarray | None = None,
+    weight_map: np.ndarray | None = None,
+    edited: np.ndarray | None = None,
+    val_fraction: float = 0.0,
+) -> TrainingSample:
+    """Turn an (image, labels) pair into a :class:`TrainingSample`.
+
+    ``labels`` are instance ids or a binary mask (0 = background); ``ignore`` marks
+    pixels that must not count; ``edited`` marks pixels the user painted (patches
+    are centred near them more often). ``val_fraction`` holds out a right-hand strip.
+    """
+    x, spatial = prepare_image(image, axes, in_channels)
+    labels = np.asarray(labels)
+    if labels.shape != x.shape[1:]:
+        raise ValueError(f"labels of shape {labels.shape} do not match the image's spatial shape {x.shape[1:]}")
+    target = instances_to_classes(labels)
+    if ignore is not None:
+        target[np.asarray(ignore, dtype=bool)] = IGNORE
+    val_target = None
+    width = target.shape[-1]
+    n_val = int(round(width * val_fraction))
+    if n_val > 0:
+        if width - n_val < 1:
+            raise ValueError(f"image too narrow ({width} px) to hold out {val_fraction:.0%} for validation")
+        val_target = np.full_like(target, IGNORE)
+        val_target[..., -n_val:] = target[..., -n_val:]
+        target[..., -n_val:] = IGNORE  # never trained on
+    edited_coords = None
+    if edited is not None:
+        edited_mask = np.asarray(edited, dtype=bool) & (target != IGNORE)
+        edited_coords = np.argwhere(edited_mask) if edited_mask.any() else None
+    weights = None if weight_map is None else np.asarray(weight_map, dtype=np.float32)[np.newaxis]
+    return TrainingSample(x, target, val_target, weights, edited_coords)
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    dice_weight: float = 1.0,
+    weight_map: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy over the classes plus soft Dice on foreground (1 - p_background).
+
+    Pixels whose target is IGNORE count in neither term. Cross-entropy learns the
+    three-class layout (interior vs boundary splits touching nuclei); Dice keeps
+    small foreground fractions from being drowned by background.
+    """
+    logits = logits.float()
+    valid = target != IGNORE
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+    ce = F.cross_entropy(logits, safe_target, reduction="none")
+    pixel_weight = valid.float() if weight_map is None else valid.float() * weight_map
+    ce = (ce * pixel_weight).sum() / valid.sum().clamp(min=1)
+    if dice_weight == 0:
+        return ce
+    p_fg = 1.0 - torch.softmax(logits, dim=1)[:, BACKGROUND]
+    t_fg = ((safe_target != BACKGROUND) & valid).float()
+    p_fg = p_fg * valid
+    dice = 1.0 - (2.0 * (p_fg * t_fg).sum() + 1.0) / (p_fg.sum() + t_fg.sum() + 1.0)
+    return ce + dice_weight * dice
+
+
+def foreground_scores(predicted: np.ndarray, target: np.ndarray) -> tuple[float, float, float]:
+    """(Dice, IoU, predicted foreground fraction) on pixels where ``target != IGNORE``.
+
+    Both empty counts as a perfect score: nothing to find, nothing found.
+    """
+    valid = target != IGNORE
+    p = predicted[valid]
+    t = target[valid] != BACKGROUND
+    inter, p_sum, t_sum = np.count_nonzero(p & t), np.count_nonzero(p), np.count_nonzero(t)
+    union = p_sum + t_sum - inter
+    dice = 1.0 if p_sum + t_sum == 0 else 2.0 * inter / (p_sum + t_sum)
+    iou = 1.0 if union == 0 else inter / union
+    return dice, iou, p_sum / max(valid.sum(), 1)
+
+
+def _pad_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    shape = x.shape[2:]
+    pads = []
+    for n in reversed(shape):
+        pads += [0, -(-n // multiple) * multiple - n]
+    mode = "reflect" if all(p < n for p, n in zip(pads[1::2], reversed(shape))) else "replicate"
+    return F.pad(x, pads, mode=mode), tuple(slice(0, n) for n in shape)
+
+
+class Trainer:
+    """Holds a run's state so that it outlives the generator.
+
+    ``trainer.run()`` is the training generator; ``trainer.result()`` (any time,
+    also after cancelling) returns the best model so far as a :class:`TrainResult`.
+    ``checkpoint()`` / ``load_checkpoint()`` let long runs span several sessions.
+    """
+
+    def __init__(
+        self,
+        model: AttentionUNet,
+        pairs: Sequence[tuple] | None = None,
+        *,
+        config: TrainConfig | None = None,
+        device: str | torch.device = "auto",
+        ignore_masks: Sequence[np.ndarray | None] | None = None,
+        weight_maps: Sequence[np.ndarray | None] | None = None,
+        edited_masks: Sequence[np.ndarray | None] | None = None,
+        samples: Sequence[TrainingSample] | None = None,
+        validation: Sequence[TrainingSample] | None = None,
+        sample_weights: Sequence[float] | None = None,
+    ) -> None:
+        self.config = config = config or TrainConfig()
+        self.original_model = model
+        self.device = pick_device(device)
+        self.model = copy.deepcopy(model).to(self.device)
+        self.channels_last = model.config.spatial_dims == 2
+        if self.channels_last:
+            # NHWC convolutions are ~25 % faster on the CPU (and on tensor cores).
+            self.model = self.model.to(memory_format=torch.channels_last)
+        in_channels = model.config.in_channels
+        if samples is None:
+            if not pairs:
+                raise ValueError("training needs at least one (image, labels) pair")
+            n = len(pairs)
+            val_fraction = 0.0 if validation is not None else config.val_fraction
+            samples = [
+                prepare_sample(
+                    pair[0],
+                    pair[1],
+                    axes=pair[2] if len(pair) > 2 else None,
+                    in_channels=in_channels,
+                    ignore=(ignore_masks or [None] * n)[i],
+                    weight_map=(weight_maps or [None] * n)[i],
+                    edited=(edited_masks or [None] * n)[i],
+                    val_fraction=val_fraction,
+                )
+                for i, pair in enumerate(pairs)
+            ]
+        self.samples = list(samples)
+        self.validation = (
+            list(validation) if validation is not None else [s for s in self.samples if s.val_target is not None]
+        )
+        spatial_dims = model.config.spatial_dims
+        if any(s.target.ndim != spatial_dims for s in self.samples):
+            raise ValueError(
+                f"a {spatial_dims}D model trains on {spatial_dims}D images; split stacks into planes first"
+            )
+        if not any((s.target != IGNORE).any() for s in self.samples):
+            raise ValueError("every labelled pixel is ignored or held out: nothing to train on")
+        weights = np.asarray(sample_weights if sample_weights is not None else [1.0] * len(self.samples), float)
+        self.sample_p = weights / weights.sum()
+        multiple = model.config.size_multiple
+        size = config.patch_size if spatial_dims == 2 else min(config.patch_size, 64)
+        self.patch = tuple(-(-size // multiple) * multiple for _ in range(spatial_dims))
+
+        self.freeze_bn = (not config.from_scratch) if config.freeze_batchnorm is None else config.freeze_batchnorm
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            # Weight decay on conv kernels only: decaying norm scales and biases just fights the data.
+            (decay if p.ndim > 1 else no_decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+        )
+        self.amp = autocast_dtype(self.device, config.precision) if self.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.rng = np.random.default_rng(config.seed)
+        self.step = 0
+        self.elapsed = 0.0
+        self.best_state: dict | None = None
+        self.best_step = 0
+        self.best_dice: float | None = None
+        self.best_iou: float | None = None
+        self.evals_since_best = 0
+        self.history: list[StepReport] = []
+        self.stopped = "not started"
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self) -> Generator[StepReport, None, TrainResult]:
+        """Train; yields :class:`StepReport`, returns :meth:`result`. Closing it cancels."""
+        cfg = self.config
+        t0 = time.perf_counter() - self.elapsed
+        last_loss = math.nan
+        self.stopped = "cancelled"  # stays so unless the loop ends by itself
+        try:
+            while True:
+                self.elapsed = time.perf_counter() - t0
+                lr = self._lr()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+
+                # Evaluate (and maybe stop) before stepping, so the last state is scored too.
+                done = self._budget_spent()
+                val_dice = None
+                if self.validation and (self.step % cfg.eval_every == 0 or done) and self.step > 0:
+                    val_dice = self._evaluate_and_keep_best()
+                    if self.evals_since_best >= cfg.patience:
+                        self.stopped = "early stop"
+                        done = True
+                if done:
+                    if self.stopped != "early stop":
+                        self.stopped = "budget"
+                    yield self._report(last_loss, val_dice, lr, f"stopping ({self.stopped})")
+                    break
+
+                self._set_train_mode()
+                images, targets, weight_map = self._batch()
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    logits, _ = self.model(images)
+                loss = segmentation_loss(logits, targets, dice_weight=cfg.dice_weight, weight_map=weight_map)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                # Clip after unscaling: a single bad patch (e.g. a mislabelled blob) must not blow up the weights.
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.step += 1
+                last_loss = float(loss.detach())
+                if not math.isfinite(last_loss):
+                    self.stopped = "diverged"
+                    yield self._report(last_loss, None, lr, "loss is not finite; stopping")
+                    break
+
+                if val_dice is not None or self.step % cfg.report_every == 0:
+                    self.elapsed = time.perf_counter() - t0
+                    yield self._report(last_loss, val_dice, lr)
+        finally:
+            self.elapsed = time.perf_counter() - t0
+        return self.result()
+
+    # -- pieces of the loop ----------------------------------------------------------
+
+    def _lr(self) -> float:
+        """Linear warm-up, then cosine decay over the run's progress (steps or time)."""
+        cfg = self.config
+        if self.step < cfg.warmup_steps:
+            return cfg.lr * (self.step + 1) / cfg.warmup_steps
+        progress = self._progress()
+        floor = cfg.lr * cfg.min_lr_fraction
+        return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    def _progress(self) -> float:
+        cfg = self.config
+        parts = []
+        if cfg.max_steps:
+            parts.append((self.step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1))
+        if cfg.time_budget:
+            parts.append(self.elapsed / cfg.time_budget)
+        return max(parts)
+
+    def _budget_spent(self) -> bool:
+        cfg = self.config
+        return (cfg.max_steps is not None and self.step >= cfg.max_steps) or (
+            cfg.time_budget is not None and self.elapsed >= cfg.time_budget
+        )
+
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        if self.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Random augmented patches; a share of them centred on user-edited pixels."""
+        cfg = self.config
+        images, targets, weights = [], [], []
+        any_weights = any(s.weight_map is not None for s in self.samples)
+        for _ in range(cfg.batch_size):
+            sample = self.samples[self.rng.choice(len(self.samples), p=self.sample_p)]
+            centre = None
+            if sample.edited is not None and self.rng.random() < cfg.edited_fraction:
+                centre = tuple(sample.edited[self.rng.integers(len(sample.edited))])
+            extra = sample.weight_map if any_weights else None
+            if any_weights and extra is None:
+                extra = np.ones((1, *sample.target.shape), np.float32)
+            out = augment(sample.image, sample.target, self.rng, self.patch, centre, cfg.scale_range, extra=extra)
+            images.append(np.broadcast_to(out[0], (self.model.config.in_channels, *self.patch)))
+            targets.append(out[1])
+            if any_weights:
+                weights.append(out[2][0])
+        x = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(np.stack(targets)).to(self.device, non_blocking=True)
+        w = torch.from_numpy(np.stack(weights)).to(self.device) if any_weights else None
+        return x, y, w
+
+    @torch.no_grad()
+    def _predict_foreground(self, model: AttentionUNet, image: np.ndarray) -> np.ndarray:
+        """Foreground mask of a whole image (one forward pass, eval mode)."""
+        x = torch.from_numpy(image)[None].to(self.device)
+        x = x.expand(-1, model.config.in_channels, *x.shape[2:])
+        x, crop = _pad_multiple(x, model.config.size_multiple)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits, _ = model(x)
+        p_bg = torch.softmax(logits.float(), dim=1)[0, BACKGROUND][crop]
+        return (p_bg < 0.5).cpu().numpy()
+
+    def validate(self, model: AttentionUNet | None = None) -> tuple[float, float, float]:
+        """Mean (Dice, IoU, predicted foreground fraction) over the validation images."""
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
+        scores = []
+        for sample in self.validation:
+            target = sample.val_target if sample.val_target is not None else sample.target
+            scores.append(foreground_scores(self._predict_foreground(model, sample.image), target))
+        model.train(was_training)
+        return tuple(float(v) for v in np.mean(scores, axis=0)) if scores else (math.nan, math.nan, math.nan)
+
+    def _evaluate_and_keep_best(self) -> float:
+        dice, iou, _ = self.validate()
+        if self.best_dice is None or dice > self.best_dice + 1e-4:
+            self.best_dice, self.best_iou, self.best_step = dice, iou, self.step
+            # A CPU copy: the live weights keep changing, and GPU memory is precious.
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.evals_since_best = 0
+        else:
+            self.evals_since_best += 1
+        return dice
+
+    def _report(self, loss: float, val_dice: float | None, lr: float, message: str = "") -> StepReport:
+        cfg = self.config
+        etas = []
+        if cfg.max_steps and self.step:
+            etas.append(self.elapsed / self.step * max(cfg.max_steps - self.step, 0))
+        if cfg.time_budget:
+            etas.append(max(cfg.time_budget - self.elapsed, 0.0))
+        if not message:
+            message = f"step {self.step}: loss {loss:.4f}"
+            if val_dice is not None:
+                message += f", validation Dice {val_dice:.3f} (best {self.best_dice:.3f})"
+        report = StepReport(
+            step=self.step,
+            total_steps=cfg.max_steps,
+            elapsed=self.elapsed,
+            eta=min(etas) if etas else None,
+            loss=loss,
+            val_dice=val_dice,
+            best_val_dice=self.best_dice,
+            lr=lr,
+            message=message,
+        )
+        self.history.append(report)
+        return report
+
+    # -- results ----------------------------------------------------------------------
+
+    def best_model(self) -> AttentionUNet:
+        """A CPU copy of the best model so far (the current one if never evaluated), in eval mode."""
+        model = copy.deepcopy(self.model).cpu()
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        return model.eval()
+
+    def result(self) -> TrainResult:
+        """The run's outcome so far, with the sanity check; safe to call after cancelling."""
+        if self.best_state is None and self.validation and self.step > 0:
+            self._evaluate_and_keep_best()
+        trained = self.best_model()
+        accepted, message = self._sanity_check(trained)
+        return TrainResult(
+            model=trained if accepted else self.original_model,
+            trained_model=trained,
+            accepted=accepted,
+            message=message,
+            steps=self.step,
+            best_step=self.best_step,
+            best_val_dice=self.best_dice,
+            best_val_iou=self.best_iou,
+            stopped=self.stopped,
+            history=list(self.history),
+        )
+
+    def _sanity_check(self, trained: AttentionUNet) -> tuple[bool, str]:
+        if self.step == 0:
+            return False, "training was stopped before the first step; keeping the previous model"
+        if not self.validation:
+            return True, f"trained {self.step} steps (no validation region, so no check)"
+        trained = trained.to(self.device)
+        _, _, fraction = self.validate(trained)
+        trained.cpu()
+        if fraction <= 1e-4:
+            return False, (
+                "the trained model finds no objects in the held-out region, so it is not used; "
+                "the previous model is kept. Label more objects (or check that the labels layer is the right one)."
+            )
+        if fraction >= 0.99:
+            return False, (
+                "the trained model marks the whole held-out region as objects, so it is not used; "
+                "the previous model is kept. Label some background too, or train for fewer steps."
+            )
+        return True, (
+            f"trained {self.step} steps ({self.stopped}); best validation Dice {self.best_dice:.3f} "
+            f"at step {self.best_step}"
+        )
+
+    # -- long runs --------------------------------------------------------------------
+
+    def checkpoint(self) -> dict:
+        """Everything needed to resume: tensors, numbers and strings only (loads with weights_only=True)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_state": self.best_state,
+            "step": self.step,
+            "best_step": self.best_step,
+            "best_dice": self.best_dice,
+            "best_iou": self.best_iou,
+            "evals_since_best": self.evals_since_best,
+            "rng": self.rng.bit_generator.state,
+            "model_config": self.model.config.to_dict(),
+        }
+
+    def load_checkpoint(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_state = state["best_state"]
+        self.step, self.best_step = int(state["step"]), int(state["best_step"])
+        self.best_dice, self.best_iou = state["best_dice"], state["best_iou"]
+        self.evals_since_best = int(state["evals_since_best"])
+        self.rng.bit_generator.state = state["rng"]
+
+
+def train(
+    model: AttentionUNet,
+    pairs: Sequence[tuple],
+    *,
+    config: TrainConfig | None = None,
+    device: str | torch.device = "auto",
+    ignore_masks: Sequence[np.ndarray | None] | None = None,
+    weight_maps: Sequence[np.ndarray | None] | None = None,
+    edited_masks: Sequence[np.ndarray | None] | None = None,
+) -> Generator[StepReport, None, TrainResult]:
+    """Fine-tune (or train) a copy of ``model`` on ``pairs``; see :class:`Trainer`.
+
+    ``pairs`` holds ``(image, labels)`` or ``(image, labels, axes)``. Use
+    ``Trainer(...).run()`` instead when you need the best model after cancelling.
+    """
+    trainer = Trainer(
+        model,
+        pairs,
+        config=config,
+        device=device,
+        ignore_masks=ignore_masks,
+        weight_maps=weight_maps,
+        edited_masks=edited_masks,
+    )
+    return (yield from trainer.run())

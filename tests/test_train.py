@@ -1,0 +1,210 @@
+"""Training generator: learning, cancelling, ignore masks, early stop, sanity check.
+
+Tiny networks (base width 4, depth 3) on one real DSB2018 image (or a synthetic
+blob image when the test data is missing), so every test takes a few CPU seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_attention_unet.core.augment import IGNORE, augment
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.predict import run_to_end
+from napari_attention_unet.core.train import (
+    StepReport,
+    TrainConfig,
+    Trainer,
+    prepare_sample,
+    segmentation_loss,
+    train,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def _blobs(size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.uint16)
+    for i in range(1, 25):
+        cy, cx = rng.integers(8, size - 8, 2)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(16, 50)] = i
+    image = (labels > 0) * 150.0 + rng.normal(30, 10, labels.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    images = sorted((DATA / "images").glob("*.tif"))
+    if not images:
+        return _blobs()
+    import tifffile
+
+    return tifffile.imread(images[0]), tifffile.imread(DATA / "masks" / images[0].name)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny networks gain nothing from threads, and on a shared machine idle-spinning
+    # OpenMP threads cost a lot of time.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_model() -> AttentionUNet:
+    torch.manual_seed(0)
+    return AttentionUNet(ModelConfig(base_width=4, depth=3))
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(max_steps=40, patch_size=96, batch_size=4, lr=1e-2, warmup_steps=5, eval_every=10, from_scratch=True)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_overfitting_one_image_lowers_loss_and_raises_score(tiny_model, pair):
+    trainer = Trainer(tiny_model, [pair], config=_config(max_steps=60))
+    start_dice = trainer.validate()[0]
+    reports = list(trainer.run())
+    result = trainer.result()
+    assert all(isinstance(r, StepReport) for r in reports)
+    first, last = np.mean([r.loss for r in reports[:5]]), np.mean([r.loss for r in reports[-6:-1]])
+    assert last < 0.8 * first
+    assert result.accepted, result.message
+    assert result.best_val_dice > max(start_dice, 0.6)
+    assert result.model is result.trained_model
+    # The model passed in is never changed.
+    assert not torch.equal(result.model.head.weight, tiny_model.head.weight)
+    assert reports[-1].total_steps == 60 and reports[-1].eta == 0
+
+
+def test_train_function_returns_result(tiny_model, pair):
+    result = run_to_end(train(tiny_model, [pair], config=_config(max_steps=12), device="cpu"))
+    assert result.steps == 12 and result.stopped == "budget"
+
+
+def test_cancel_keeps_best_model(tiny_model, pair):
+    trainer = Trainer(tiny_model, [pair], config=_config(max_steps=1000))
+    gen = trainer.run()
+    for report in gen:
+        if report.step >= 22:
+            break
+    gen.close()  # what worker.quit() does
+    result = trainer.result()
+    assert result.stopped == "cancelled"
+    assert result.steps == 22 and result.best_step in (10, 20)
+    model = result.trained_model
+    logits, gates = model(torch.zeros(1, 3, 64, 64))
+    assert logits.shape == (1, 3, 64, 64) and not model.training
+    assert torch.isfinite(logits).all()
+
+
+def test_cancel_before_first_step_keeps_previous_model(tiny_model, pair):
+    trainer = Trainer(tiny_model, [pair], config=_config())
+    gen = trainer.run()
+    gen.close()
+    result = trainer.result()
+    assert not result.accepted and result.model is tiny_model
+
+
+def test_ignored_labels_do_not_change_the_gradient(tiny_model, pair):
+    image, labels = pair
+    ignore = np.zeros(labels.shape, bool)
+    ignore[:, : labels.shape[1] // 2] = True
+    garbage = labels.copy()
+    garbage[ignore] = np.arange(ignore.sum()) % 7  # nonsense labels where ignored
+
+    def gradient(lab):
+        model = AttentionUNet(ModelConfig(base_width=4, depth=3))
+        model.load_state_dict(tiny_model.state_dict())
+        sample = prepare_sample(image, lab, ignore=ignore)
+        assert (sample.target[ignore] == IGNORE).all()
+        rng = np.random.default_rng(1)
+        x, y = augment(sample.image, sample.target, rng, (96, 96))
+        x = torch.from_numpy(np.broadcast_to(x, (3, 96, 96)).copy())[None]
+        logits, _ = model(x)
+        segmentation_loss(logits, torch.from_numpy(y)[None]).backward()
+        return model.head.weight.grad.clone()
+
+    assert torch.allclose(gradient(labels), gradient(garbage))
+
+
+def test_ignore_mask_equals_training_without_those_labels(tiny_model, pair):
+    image, labels = pair
+    ignore = np.zeros(labels.shape, bool)
+    ignore[: labels.shape[0] // 3] = True
+    changed = labels.copy()
+    changed[ignore] = 0
+    config = _config(max_steps=6, eval_every=100)
+    runs = []
+    for lab in (labels, changed):
+        trainer = Trainer(tiny_model, [(image, lab)], config=config, ignore_masks=[ignore])
+        run_to_end(trainer.run())
+        runs.append(trainer.model.head.weight.detach().clone())
+    assert torch.allclose(runs[0], runs[1])
+
+
+def test_edited_pixels_attract_patches(tiny_model):
+    # A dark 512 x 512 image with one bright edited square in a corner: patches of 64
+    # would rarely contain it by chance, but always do when every patch is centred on an edit.
+    image = np.random.default_rng(0).integers(0, 50, (512, 512)).astype(np.uint8)
+    image[10:20, 10:20] = 255
+    labels = np.zeros((512, 512), np.uint16)
+    labels[100:130, 100:130] = 1
+    edited = image > 200
+
+    def share_with_square(edited_fraction: float) -> float:
+        config = _config(patch_size=64, batch_size=16, edited_fraction=edited_fraction, val_fraction=0.1)
+        trainer = Trainer(tiny_model, [(image, labels)], config=config, edited_masks=[edited])
+        x, _, _ = trainer._batch()
+        return float((x.amax(dim=(1, 2, 3)) > 2.0).float().mean())
+
+    assert share_with_square(1.0) == 1.0
+    assert share_with_square(0.0) < 0.5
+
+
+def test_early_stop(tiny_model, pair):
+    # lr 0: nothing improves after the first evaluation, so patience 2 stops at the third.
+    config = _config(max_steps=1000, lr=0.0, eval_every=3, patience=2)
+    trainer = Trainer(tiny_model, [pair], config=config)
+    run_to_end(trainer.run())
+    assert trainer.stopped == "early stop"
+    assert trainer.step == 9
+
+
+def test_all_background_labels_are_refused(tiny_model, pair):
+    image, labels = pair
+    result = run_to_end(train(tiny_model, [(image, np.zeros_like(labels))], config=_config(max_steps=30, lr=2e-2)))
+    assert not result.accepted
+    assert "no objects" in result.message
+    assert result.model is tiny_model
+
+
+def test_checkpoint_round_trip(tiny_model, pair, tmp_path):
+    trainer = Trainer(tiny_model, [pair], config=_config(max_steps=11))
+    run_to_end(trainer.run())
+    torch.save(trainer.checkpoint(), tmp_path / "last.pt")
+    again = Trainer(tiny_model, [pair], config=_config(max_steps=11))
+    again.load_checkpoint(torch.load(tmp_path / "last.pt", weights_only=True))
+    assert again.step == 11 and again.best_dice == trainer.best_dice
+    assert torch.equal(again.model.head.weight, trainer.model.head.weight)
+
+
+def test_augment_keeps_image_and_target_aligned():
+    rng = np.random.default_rng(0)
+    target = np.zeros((50, 70), np.uint8)
+    target[10:20, 30:45] = 1
+    image = target[None].astype(np.float32)
+    for _ in range(20):
+        x, y = augment(image, target, rng, (64, 64))
+        assert x.shape == (1, 64, 64) and y.shape == (64, 64)
+        inside = y == 1
+        # Image bright exactly where the label is, up to interpolation at the rim and intensity jitter.
+        assert x[0][inside].mean() > x[0][y == 0].mean() + 0.3
