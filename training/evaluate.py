@@ -1,0 +1,175 @@
+"""Score a model on the held-out DSB2018 validation images, next to a classic baseline.
+
+Metrics, per image then averaged (overall and per image kind):
+
+- ``ap50``: DSB2018 / StarDist-style average precision at IoU 0.5. Predicted and true
+  nuclei are paired one-to-one (optimal assignment on IoU, pairs need IoU >= 0.5);
+  AP = TP / (TP + FP + FN).
+- ``dice``: foreground Dice of the binary masks.
+
+The baseline is Otsu thresholding (inverted when the background is the bright side)
+and a distance-transform watershed, computed by this script on the same images.
+
+    python training/evaluate.py --model src/napari_attention_unet/models/nuclei.safetensors \\
+        --out runs/bundled/scores.json --update-card
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+from skimage.color import rgb2gray
+from skimage.feature import peak_local_max
+from skimage.filters import gaussian, threshold_otsu
+from skimage.morphology import remove_small_objects
+from skimage.segmentation import watershed
+
+from napari_attention_unet.core.data import probabilities_to_instances
+from napari_attention_unet.core.predict import predict, run_to_end
+from napari_attention_unet.core.weights import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_bundled import DATA, ROOT, SPLIT, load_pair, read_index  # noqa: E402
+
+CARD = ROOT / "src" / "napari_attention_unet" / "models" / "nuclei.json"
+
+
+def match_ap(true: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) -> tuple[float, int, int, int]:
+    """(AP, TP, FP, FN) with one-to-one matching of instances at ``iou_threshold``."""
+    true_ids, pred_ids = np.unique(true), np.unique(pred)
+    true_ids, pred_ids = true_ids[true_ids > 0], pred_ids[pred_ids > 0]
+    n_true, n_pred = len(true_ids), len(pred_ids)
+    if n_true == 0 and n_pred == 0:
+        return 1.0, 0, 0, 0
+    if n_true == 0 or n_pred == 0:
+        return 0.0, 0, n_pred, n_true
+    # Overlap counts from one joint histogram of (true id, pred id) pairs.
+    t_index = np.searchsorted(true_ids, true) * (true > 0)
+    p_index = np.searchsorted(pred_ids, pred) * (pred > 0)
+    t_index = np.where(true > 0, t_index + 1, 0)
+    p_index = np.where(pred > 0, p_index + 1, 0)
+    joint = np.bincount((t_index * (n_pred + 1) + p_index).ravel(), minlength=(n_true + 1) * (n_pred + 1))
+    joint = joint.reshape(n_true + 1, n_pred + 1)
+    inter = joint[1:, 1:].astype(np.float64)
+    area_true, area_pred = joint[1:, :].sum(1), joint[:, 1:].sum(0)
+    iou = inter / (area_true[:, None] + area_pred[None, :] - inter)
+    rows, cols = linear_sum_assignment(-iou)
+    tp = int(np.count_nonzero(iou[rows, cols] >= iou_threshold))
+    fp, fn = n_pred - tp, n_true - tp
+    return tp / (tp + fp + fn), tp, fp, fn
+
+
+def foreground_dice(true: np.ndarray, pred: np.ndarray) -> float:
+    t, p = true > 0, pred > 0
+    total = np.count_nonzero(t) + np.count_nonzero(p)
+    return 1.0 if total == 0 else 2.0 * np.count_nonzero(t & p) / total
+
+
+def otsu_watershed(image: np.ndarray, min_size: int = 16) -> np.ndarray:
+    """Classic baseline: Otsu (inverted for bright backgrounds) + distance-transform watershed."""
+    grey = rgb2gray(image) if image.ndim == 3 else image.astype(np.float64)
+    grey = gaussian(grey, sigma=1.0)
+    threshold = threshold_otsu(grey)
+    foreground = grey > threshold
+    if np.count_nonzero(foreground) > foreground.size / 2:
+        # Most pixels above the threshold: the background is the bright side (brightfield, H&E).
+        foreground = ~foreground
+    foreground = ndimage.binary_fill_holes(remove_small_objects(foreground, min_size))
+    distance = ndimage.distance_transform_edt(foreground)
+    peaks = peak_local_max(distance, min_distance=5, labels=ndimage.label(foreground)[0], exclude_border=False)
+    markers = np.zeros(foreground.shape, dtype=np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-distance, markers, mask=foreground)
+
+
+def predict_instances(model, image: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Instances from core.predict; with ``tta``, class probabilities averaged over 4 flips."""
+    if not tta:
+        return run_to_end(predict(model, image, gates=[], device="cpu")).labels
+    spatial = (0, 1)
+    total = None
+    for flips in [(), (0,), (1,), (0, 1)]:
+        flipped = np.flip(image, flips) if flips else image
+        probs = run_to_end(predict(model, flipped, gates=[], device="cpu", keep_class_probabilities=True))
+        probs = probs.class_probabilities
+        probs = np.flip(probs, tuple(spatial[a] + 1 for a in flips)) if flips else probs
+        total = probs if total is None else total + probs
+    return probabilities_to_instances(total / 4)
+
+
+def summarise(rows: list[dict], key: str) -> dict:
+    out = {
+        "n": len(rows),
+        "ap50": float(np.mean([r[key]["ap50"] for r in rows])),
+        "dice": float(np.mean([r[key]["dice"] for r in rows])),
+    }
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "src/napari_attention_unet/models/nuclei.safetensors")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bundled" / "scores.json")
+    parser.add_argument("--tta", action="store_true", help="also score flip-averaged prediction")
+    parser.add_argument("--update-card", action="store_true", help=f"write the scores into {CARD.name}")
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    model, info = load_model(args.model)
+    kinds = {r["id"]: r["kind"] for r in read_index()}
+    split = json.loads(SPLIT.read_text())
+    ids = split["validation"][: args.limit]
+    rows, t0 = [], time.perf_counter()
+    times = {"model": 0.0, "tta": 0.0, "baseline": 0.0}
+    for image_id in ids:
+        image, true = load_pair(image_id, DATA)
+        row = {"id": image_id, "kind": kinds[image_id]}
+        for key in ("model", "baseline"):
+            t = time.perf_counter()
+            pred = predict_instances(model, image) if key == "model" else otsu_watershed(image)
+            times[key] += time.perf_counter() - t
+            ap, tp, fp, fn_ = match_ap(true, pred)
+            row[key] = {"ap50": ap, "tp": tp, "fp": fp, "fn": fn_, "dice": foreground_dice(true, pred)}
+        if args.tta:
+            t = time.perf_counter()
+            pred = predict_instances(model, image, tta=True)
+            times["tta"] += time.perf_counter() - t
+            ap, tp, fp, fn_ = match_ap(true, pred)
+            row["tta"] = {"ap50": ap, "tp": tp, "fp": fp, "fn": fn_, "dice": foreground_dice(true, pred)}
+        rows.append(row)
+
+    methods = ["model", "baseline"] + (["tta"] if args.tta else [])
+    scores = {
+        "model_file": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
+        "model_steps": info.get("steps"),
+        "split": str(SPLIT.relative_to(ROOT)),
+        "metric": "mean over images of AP@IoU0.5 = TP/(TP+FP+FN), one-to-one matching; foreground Dice",
+        "seconds": {k: round(v, 1) for k, v in times.items() if k in methods},
+        "overall": {m: summarise(rows, m) for m in methods},
+        "per_kind": {
+            kind: {m: summarise([r for r in rows if r["kind"] == kind], m) for m in methods}
+            for kind in sorted({r["kind"] for r in rows})
+        },
+        "per_image": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(scores, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in scores.items() if k != "per_image"}, indent=1))
+    print(f"{len(rows)} images in {time.perf_counter() - t0:.0f} s; wrote {args.out}")
+    if args.update_card and CARD.exists():
+        card = json.loads(CARD.read_text())
+        card["validation_scores"] = {k: v for k, v in scores.items() if k not in ("per_image", "model_file")}
+        CARD.write_text(json.dumps(card, indent=1) + "\n")
+        print(f"updated {CARD}")
+    return scores
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Train the bundled ``nuclei`` model from scratch on DSB2018 stage1_train (BBBC038).
+
+Reproducible recipe: a fixed seed, a whole-image train/validation split stratified
+by image kind (written to ``training/split.json`` and reused when it exists), and
+the same loss, augmentation and patch sampling as fine-tuning in the plugin
+(``napari_attention_unet.core.train.Trainer``). Checkpoints every few minutes to
+``runs/bundled/last.pt`` so that ``--resume`` can continue in a later session.
+
+    python training/train_bundled.py --minutes 60
+    python training/train_bundled.py --minutes 30 --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig, count_parameters
+from napari_attention_unet.core.train import TrainConfig, Trainer, prepare_sample
+from napari_attention_unet.core.weights import save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path("/work/shared/data/dsb2018_train")
+SPLIT = ROOT / "training" / "split.json"
+MODEL_OUT = ROOT / "src" / "napari_attention_unet" / "models" / "nuclei.safetensors"
+#: Share of training patches per kind. Fluorescence dominates the data (541 of 664);
+#: colour (H&E) and brightfield are oversampled so the model serves them too.
+KIND_SHARE = {"gray_darkbg": 0.55, "color": 0.30, "gray_brightbg": 0.15}
+
+
+def read_index(data: Path = DATA) -> list[dict]:
+    with open(data / "index_train.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def make_split(rows: list[dict], val_fraction: float, seed: int) -> dict:
+    """Whole images, stratified by kind: at least three validation images of every kind."""
+    rng = np.random.default_rng(seed)
+    split = {"seed": seed, "val_fraction": val_fraction, "train": [], "validation": []}
+    for kind in sorted({r["kind"] for r in rows}):
+        ids = sorted(r["id"] for r in rows if r["kind"] == kind)
+        rng.shuffle(ids)
+        n_val = max(3, int(round(len(ids) * val_fraction)))
+        split["validation"] += sorted(ids[:n_val])
+        split["train"] += sorted(ids[n_val:])
+    return split
+
+
+def load_split(rows: list[dict], val_fraction: float, seed: int) -> dict:
+    if SPLIT.exists():
+        return json.loads(SPLIT.read_text())
+    split = make_split(rows, val_fraction, seed)
+    SPLIT.write_text(json.dumps(split, indent=1) + "\n")
+    return split
+
+
+def load_pair(image_id: str, data: Path = DATA) -> tuple[np.ndarray, np.ndarray]:
+    return tifffile.imread(data / "images" / f"{image_id}.tif"), tifffile.imread(data / "masks" / f"{image_id}.tif")
+
+
+def sample_weights(rows: list[dict], patch: int) -> list[float]:
+    """Each kind gets its KIND_SHARE; within a kind, bigger images get more patches (sqrt of area)."""
+    area = [max(1.0, int(r["height"]) * int(r["width"]) / patch**2) ** 0.5 for r in rows]
+    totals: dict[str, float] = {}
+    for r, a in zip(rows, area):
+        totals[r["kind"]] = totals.get(r["kind"], 0.0) + a
+    return [KIND_SHARE[r["kind"]] * a / totals[r["kind"]] for r, a in zip(rows, area)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=60.0, help="time budget of this session")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="total steps of the LR schedule (default: from --minutes)"
+    )
+    parser.add_argument("--steps-per-second", type=float, default=1.1, help="measured throughput, to size --steps")
+    parser.add_argument("--resume", action="store_true", help="continue from runs/bundled/last.pt")
+    parser.add_argument("--patch", type=int, default=192)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--val-fraction", type=float, default=0.11)
+    parser.add_argument("--eval-every", type=int, default=300, help="steps between validation scores")
+    parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="use only this many training images (smoke tests)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bundled")
+    parser.add_argument("--model-out", type=Path, default=MODEL_OUT)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = read_index()
+    split = load_split(rows, args.val_fraction, args.seed)
+    by_id = {r["id"]: r for r in rows}
+    train_rows = [by_id[i] for i in split["train"]][: args.limit]
+    val_rows = [by_id[i] for i in split["validation"]]
+    print(f"{len(train_rows)} training images, {len(val_rows)} validation images", flush=True)
+
+    config = ModelConfig()
+    model = AttentionUNet(config)
+    t0 = time.perf_counter()
+    samples = [prepare_sample(*load_pair(r["id"]), in_channels=config.in_channels) for r in train_rows]
+    validation = [prepare_sample(*load_pair(r["id"]), in_channels=config.in_channels) for r in val_rows]
+    print(f"loaded and prepared the data in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    steps = args.steps or int(args.minutes * 60 * args.steps_per_second)
+    train_config = TrainConfig(
+        max_steps=steps,
+        time_budget=args.minutes * 60,
+        patch_size=args.patch,
+        batch_size=args.batch,
+        lr=args.lr,
+        weight_decay=1e-4,
+        warmup_steps=min(200, steps // 10),
+        eval_every=args.eval_every,
+        patience=10**6,  # a from-scratch run keeps going; the best state is kept anyway
+        from_scratch=True,
+        seed=args.seed,
+    )
+    trainer = Trainer(
+        model,
+        config=train_config,
+        device="cpu" if not torch.cuda.is_available() else "auto",
+        samples=samples,
+        validation=validation,
+        sample_weights=sample_weights(train_rows, args.patch),
+    )
+    last = args.out / "last.pt"
+    if args.resume and last.exists():
+        trainer.load_checkpoint(torch.load(last, weights_only=True, map_location=trainer.device))
+        print(f"resumed from {last} at step {trainer.step}", flush=True)
+        if not args.steps:
+            # The schedule's length was sized for one session: stretch it over this one too.
+            train_config.max_steps = trainer.step + steps
+    steps_before = trainer.step
+
+    def save_checkpoint() -> None:
+        tmp = last.with_suffix(".tmp")
+        torch.save(trainer.checkpoint(), tmp)
+        tmp.replace(last)
+
+    log = open(args.out / "history.jsonl", "a")
+    last_save = time.perf_counter()
+    losses: list[float] = []
+    for report in trainer.run():
+        losses.append(report.loss)
+        if report.val_dice is not None or report.step % 50 == 0 or report.message.startswith("stop"):
+            record = {
+                "step": report.step,
+                "elapsed_s": round(report.elapsed, 1),
+                "loss_mean50": round(float(np.mean(losses[-50:])), 4) if losses else None,
+                "lr": report.lr,
+                "val_dice": report.val_dice,
+                "best_val_dice": report.best_val_dice,
+                "eta_s": None if report.eta is None else round(report.eta),
+            }
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            rate = (report.step - steps_before) / max(report.elapsed, 1e-9)
+            print(f"{record} {rate:.2f} steps/s", flush=True)
+        if time.perf_counter() - last_save > args.checkpoint_minutes * 60:
+            save_checkpoint()
+            last_save = time.perf_counter()
+    save_checkpoint()
+
+    result = trainer.result()
+    best = result.trained_model
+    info = {
+        "name": "nuclei",
+        "description": "Nuclei in fluorescence, brightfield and H&E images (DSB2018 / BBBC038)",
+        "data": "BBBC038v1 / DSB2018 stage1_train with community mask fixes (CC0)",
+        "split": "training/split.json",
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "val_foreground_dice": result.best_val_dice,
+        "val_foreground_iou": result.best_val_iou,
+        "parameters": count_parameters(best),
+        "trained": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "recipe": "python training/train_bundled.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    if result.accepted:
+        save_model(best, args.model_out, info=info, half=True)
+        print(f"wrote {args.model_out}", flush=True)
+    save_model(best, args.out / "best.safetensors", info=info)
+    print(json.dumps({"accepted": result.accepted, "message": result.message, **info}), flush=True)
+    os.sync() if hasattr(os, "sync") else None
+    if not math.isfinite(losses[-1] if losses else math.nan):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
