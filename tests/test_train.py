@@ -208,3 +208,12 @@ def test_augment_keeps_image_and_target_aligned():
         inside = y == 1
         # Image bright exactly where the label is, up to interpolation at the rim and intensity jitter.
         assert x[0][inside].mean() > x[0][y == 0].mean() + 0.3
+
+
+def test_fine_tuning_freezes_batchnorm_statistics(tiny_model, pair):
+    before = tiny_model.encoder[0][1].running_mean.clone()
+    for from_scratch, frozen in ((False, True), (True, False)):
+        trainer = Trainer(tiny_model, [pair], config=_config(max_steps=3, from_scratch=from_scratch))
+        run_to_end(trainer.run())
+        after = trainer.model.encoder[0][1].running_mean
+        assert torch.equal(after, before) == frozen

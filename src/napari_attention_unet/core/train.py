@@ -332,28 +332,12 @@ class Trainer:
         """Train; yields :class:`StepReport`, returns :meth:`result`. Closing it cancels."""
         cfg = self.config
         t0 = time.perf_counter() - self.elapsed
-        last_loss = math.nan
         self.stopped = "cancelled"  # stays so unless the loop ends by itself
         try:
-            while True:
-                self.elapsed = time.perf_counter() - t0
+            while not self._budget_spent():
                 lr = self._lr()
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-
-                # Evaluate (and maybe stop) before stepping, so the last state is scored too.
-                done = self._budget_spent()
-                val_dice = None
-                if self.validation and (self.step % cfg.eval_every == 0 or done) and self.step > 0:
-                    val_dice = self._evaluate_and_keep_best()
-                    if self.evals_since_best >= cfg.patience:
-                        self.stopped = "early stop"
-                        done = True
-                if done:
-                    if self.stopped != "early stop":
-                        self.stopped = "budget"
-                    yield self._report(last_loss, val_dice, lr, f"stopping ({self.stopped})")
-                    break
 
                 self._set_train_mode()
                 images, targets, weight_map = self._batch()
@@ -362,21 +346,31 @@ class Trainer:
                 loss = segmentation_loss(logits, targets, dice_weight=cfg.dice_weight, weight_map=weight_map)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
-                # Clip after unscaling: a single bad patch (e.g. a mislabelled blob) must not blow up the weights.
+                # Clip after unscaling: one bad patch (e.g. a mislabelled blob) must not blow up the weights.
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.step += 1
+                self.elapsed = time.perf_counter() - t0
                 last_loss = float(loss.detach())
                 if not math.isfinite(last_loss):
                     self.stopped = "diverged"
                     yield self._report(last_loss, None, lr, "loss is not finite; stopping")
                     break
 
+                # Score every eval_every steps and at the very end, so the last state can win too.
+                val_dice = None
+                if self.validation and (self.step % cfg.eval_every == 0 or self._budget_spent()):
+                    val_dice = self._evaluate_and_keep_best()
+                    if self.evals_since_best >= cfg.patience:
+                        self.stopped = "early stop"
                 if val_dice is not None or self.step % cfg.report_every == 0:
-                    self.elapsed = time.perf_counter() - t0
                     yield self._report(last_loss, val_dice, lr)
+                if self.stopped == "early stop":
+                    break
+            else:
+                self.stopped = "budget"
         finally:
             self.elapsed = time.perf_counter() - t0
         return self.result()
