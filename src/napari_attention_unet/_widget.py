@@ -18,7 +18,6 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
     Select,
-    SpinBox,
     create_widget,
 )
 from napari.layers import Image
@@ -37,7 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["AttentionUNetWidget"]
 
 NO_MODEL = "(no model found)"
-AUTO_TILE = 0  # shown as "auto": the core fits the tiles to the image
+# None = auto: the core fits the tiles to the image.
+TILE_CHOICES = [("auto", None)] + [(str(n), n) for n in (64, 96, 128, 256, 384, 512, 768, 1024)]
 INSTANCES, SEMANTIC = "instances (one id per nucleus)", "semantic (foreground = 1)"
 
 
@@ -56,7 +56,7 @@ class AttentionUNetWidget(Container):
         self._model_info = Label(label="")
         self._device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
         self._device_info = Label(label="in use", value=self._session.describe_device())
-        self._tile_size = SpinBox(label="tile size", min=0, max=4096, step=32, value=AUTO_TILE)
+        self._tile_size = ComboBox(label="tile size", choices=TILE_CHOICES, value=None)
         self._output = ComboBox(label="masks", choices=[INSTANCES, SEMANTIC], value=INSTANCES)
         self._gates = Select(label="attention maps", choices=self._gate_choices, allow_multiple=True)
         self._current_slice = CheckBox(text="current slice only (3D stacks, time series)", value=True)
@@ -83,9 +83,9 @@ class AttentionUNetWidget(Container):
                 self._status,
             ]
         )
-        self._gates.native.setMaximumHeight(90)
+        self.native.layout().addStretch(1)  # keep the controls together at the top of the dock
+        self._gates.native.setFixedHeight(64)  # room for four gates without taking over the dock
         self._current_slice.tooltip = "Predict only the plane (or time point) shown; untick to predict the whole stack"
-        self._tile_size.native.setSpecialValueText("auto")
         self._tile_size.tooltip = (
             "Images are predicted in tiles of this size (auto: fitted to the image); smaller tiles need less memory"
         )
@@ -216,7 +216,7 @@ class AttentionUNetWidget(Container):
             self._session.predict,
             layer.data,
             rgb=bool(layer.rgb),
-            tile_size=max(self._tile_size.value, 32) if self._tile_size.value else None,
+            tile_size=self._tile_size.value,
             instances=self._output.value == INSTANCES,
             gates=list(self._gates.value),
             index=index,
