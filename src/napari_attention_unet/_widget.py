@@ -83,6 +83,8 @@ class AttentionUNetWidget(Container):
                 self._status,
             ]
         )
+        self._status.native.setWordWrap(True)
+        self._model_info.native.setWordWrap(True)
         self.native.layout().addStretch(1)  # keep the controls together at the top of the dock
         self._gates.native.setFixedHeight(64)  # room for four gates without taking over the dock
         self._current_slice.tooltip = "Predict only the plane (or time point) shown; untick to predict the whole stack"
@@ -156,7 +158,6 @@ class AttentionUNetWidget(Container):
         if self._model.value == NO_MODEL:
             self._model_info.value = "No model yet: choose a model file below."
             self._status.value = missing_bundled_model_message()
-            self._status.native.setWordWrap(True)
             return
         self._load(self._model.value)
 
