@@ -28,9 +28,10 @@ def run_prediction(qtbot, widget):
 
 
 @pytest.fixture
-def with_nuclei(plugin_widget, nuclei_image):
+def with_nuclei(plugin_widget):
+    """The widget with the nuclei sample opened through the manifest, as a user does."""
     viewer, widget = plugin_widget
-    viewer.add_image(nuclei_image, name="nuclei")
+    viewer.open_sample("napari-attention-unet", "nuclei")
     widget._tile_size.value = 128
     return viewer, widget
 
