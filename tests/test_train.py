@@ -217,3 +217,16 @@ def test_fine_tuning_freezes_batchnorm_statistics(tiny_model, pair):
         run_to_end(trainer.run())
         after = trainer.model.encoder[0][1].running_mean
         assert torch.equal(after, before) == frozen
+
+
+def test_weight_maps_follow_the_patches(tiny_model, pair):
+    image, labels = pair
+    weight = np.ones(labels.shape, np.float32)
+    weight[labels > 0] = 5.0
+    trainer = Trainer(tiny_model, [pair], config=_config(max_steps=3), weight_maps=[weight])
+    _, targets, weights = trainer._batch()
+    assert weights.shape == targets.shape
+    # Heavy weights sit on objects (up to resampling at the rims and the ignored strip).
+    on_objects = (targets == 1) & (weights > 0)
+    assert float(weights[on_objects].mean()) > 4.0
+    run_to_end(trainer.run())
