@@ -2,7 +2,7 @@
 
 ``train(model, pairs, config=TrainConfig())`` yields a :class:`StepReport` every few
 steps and returns a :class:`TrainResult`. The loop is one flat sequence in
-:meth:`Trainer.run` (lr -> evaluate/keep best -> forward/backward -> clip -> step ->
+:meth:`Trainer.run` (lr -> forward/backward -> clip -> step -> evaluate/keep best ->
 report), in the shape of nanoGPT's ``train.py``.
 
 Cancelling is closing the generator (``gen.close()``, or ``worker.quit()`` in napari).
