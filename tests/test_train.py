@@ -230,3 +230,17 @@ def test_weight_maps_follow_the_patches(tiny_model, pair):
     on_objects = (targets == 1) & (weights > 0)
     assert float(weights[on_objects].mean()) > 4.0
     run_to_end(trainer.run())
+
+
+def test_3d_model_trains_on_a_volume():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((16, 40, 40), np.uint16)
+    labels[4:10, 8:20, 8:20] = 1
+    labels[6:12, 22:34, 20:32] = 2
+    image = ((labels > 0) * 150 + rng.normal(30, 10, labels.shape)).clip(0, 255).astype(np.uint8)
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=2, depth=2))
+    trainer = Trainer(model, [(image, labels, "ZYX")], config=_config(max_steps=3, patch_size=32, batch_size=2))
+    run_to_end(trainer.run())
+    assert trainer.step == 3 and trainer.patch == (32, 32, 32)
+    assert trainer.result().trained_model.config.spatial_dims == 3
