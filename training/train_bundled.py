@@ -31,7 +31,8 @@ from napari_attention_unet.core.train import TrainConfig, Trainer, prepare_sampl
 from napari_attention_unet.core.weights import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data/dsb2018_train")
+#: The shared data folder sits next to the repository; DSB2018_DATA points elsewhere.
+DATA = Path(os.environ.get("DSB2018_DATA", ROOT.parent / "shared" / "data" / "dsb2018_train"))
 SPLIT = ROOT / "training" / "split.json"
 MODEL_OUT = ROOT / "src" / "napari_attention_unet" / "models" / "nuclei.safetensors"
 #: Share of training patches per kind. Fluorescence dominates the data (541 of 664);

@@ -12,6 +12,7 @@ Bundled models live in the package's ``models/`` folder, each with a model card
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -64,6 +65,9 @@ def save_model(model: AttentionUNet, path: str | Path, info: dict | None = None,
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)  # never leave a half-written model behind
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # an ordinary file, readable by others like any document
     return path
 
 
