@@ -1,0 +1,82 @@
+"""The bundled model ships in the package, is the default, and finds nuclei it was never trained on."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_attention_unet._registry import open_model, resolve_model
+from napari_attention_unet.core.model import count_parameters
+from napari_attention_unet.core.predict import predict, run_to_end
+from napari_attention_unet.core.weights import bundled_dir
+
+SAMPLES = Path(__file__).parents[1] / "src" / "napari_attention_unet" / "sample_data"
+HELDOUT = Path(__file__).parent / "data" / "heldout"
+# (sample file, ground truth, minimum AP@0.5, minimum foreground Dice); measured 0.75/0.92 and 0.58/0.91.
+CASES = [
+    (
+        "nuclei_fluorescence.tif",
+        "449fe932622db3b49366a260ddd20077219f96fb2dc0f912ad4f60b087876f3b_mask.tif",
+        0.65,
+        0.85,
+    ),
+    ("nuclei_he.tif", "2e2d29fc44444a85049b162eb359a523dec108ccd5bd75022b25547491abf0c7_mask.tif", 0.45, 0.85),
+]
+
+
+def average_precision_at_05(true: np.ndarray, pred: np.ndarray) -> float:
+    """DSB2018 / StarDist matching at IoU 0.5: TP / (TP + FP + FN); at IoU > 0.5 matches are unique."""
+    n_true, n_pred = int(true.max()), int(pred.max())
+    overlap = np.zeros((n_true + 1, n_pred + 1), np.int64)
+    np.add.at(overlap, (true.ravel(), pred.ravel()), 1)
+    sizes_true, sizes_pred = overlap.sum(1, keepdims=True), overlap.sum(0, keepdims=True)
+    iou = overlap / np.maximum(sizes_true + sizes_pred - overlap, 1)
+    tp = int(np.count_nonzero(iou[1:, 1:] > 0.5))
+    return tp / max(n_true + n_pred - tp, 1)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    model, info, where = open_model()
+    return model, info, where
+
+
+def test_bundled_model_is_the_default_and_described_by_its_card(bundled):
+    model, info, where = bundled
+    assert where.bundled and where.name == "nuclei" and resolve_model(None).path == where.path
+    card = json.loads((bundled_dir() / "nuclei.json").read_text())
+    assert card["architecture"]["parameters"] == count_parameters(model)
+    assert card["architecture"]["config"] == model.config.to_dict()
+    assert 0 < card["validation_scores"]["overall"]["model"]["ap50"] <= 1
+
+
+@pytest.mark.parametrize(("image_name", "truth_name", "min_ap", "min_dice"), CASES)
+def test_finds_nuclei_on_held_out_images(bundled, image_name, truth_name, min_ap, min_dice):
+    image = tifffile.imread(SAMPLES / image_name)
+    truth = tifffile.imread(HELDOUT / truth_name)
+    result = run_to_end(predict(bundled[0], image, device="cpu"))
+    dice = (
+        2
+        * np.count_nonzero((truth > 0) & (result.labels > 0))
+        / (np.count_nonzero(truth) + np.count_nonzero(result.labels))
+    )
+    assert dice >= min_dice
+    assert average_precision_at_05(truth, result.labels) >= min_ap
+
+
+def test_cli_uses_the_bundled_model_by_default(tmp_path):
+    exe = Path(sys.executable).with_name("attention-unet")
+    done = subprocess.run(
+        [str(exe), "predict", str(SAMPLES / "nuclei_fluorescence.tif"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "model nuclei" in done.stderr
+    labels = tifffile.imread(tmp_path / "nuclei_fluorescence_labels.tif")
+    assert 30 <= labels.max() <= 60  # 44 nuclei in the ground truth
