@@ -1,0 +1,76 @@
+"""How responsive napari stays while the widget predicts.
+
+A 10 ms QTimer runs on napari's event loop while Predict works in its worker on a
+1024x1024 real-content image (a mosaic of the nuclei sample). Every gap between two
+ticks longer than the timer's period is time the viewer could not react. Printed: the
+longest gap and the 99th percentile during prediction, against the same measurement
+with the viewer idle (the reference run in the same process), and the ratio.
+
+Run under an X server: ``xvfb-run -a python benchmarks/bench_responsiveness.py``.
+The issue's bar: no event-loop stall over ~100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def measure_gaps(app, seconds: float | None = None, until=None, period_ms: int = 10) -> np.ndarray:
+    from qtpy.QtCore import QTimer
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(period_ms)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    start = time.perf_counter()
+    while True:
+        app.processEvents()
+        time.sleep(0.001)
+        if seconds is not None and time.perf_counter() - start > seconds:
+            break
+        if until is not None and until():
+            break
+    timer.stop()
+    return np.diff(ticks) * 1000 if len(ticks) > 1 else np.array([0.0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024, help="mosaic side in pixels")
+    args = parser.parse_args()
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_attention_unet._sample_data import nuclei_sample
+
+    viewer = napari.Viewer(show=True)
+    tile = nuclei_sample()[0][0]
+    reps = -(-args.size // tile.shape[0])
+    image = np.tile(tile, (reps, reps))[: args.size, : args.size]
+    viewer.add_image(image, name="mosaic")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-attention-unet", "Attention U-Net")
+    app = QApplication.instance()
+    widget.session.inference_model()  # the model is prepared once per session, not per click
+
+    idle = measure_gaps(app, seconds=3.0)
+    t0 = time.perf_counter()
+    widget.predict()
+    busy = measure_gaps(app, until=lambda: not widget.is_running)
+    elapsed = time.perf_counter() - t0
+    layers = [layer.name for layer in viewer.layers]
+    viewer.close()
+
+    print(f"image {args.size}x{args.size}, prediction took {elapsed:.2f} s; layers now: {layers}")
+    print(f"{'':28s}{'longest gap':>14s}{'99th pct':>12s}{'median':>10s}")
+    for name, gaps in (("viewer idle (reference)", idle), ("while predicting", busy)):
+        print(f"{name:28s}{gaps.max():11.1f} ms{np.percentile(gaps, 99):9.1f} ms{np.median(gaps):7.1f} ms")
+    print(f"longest gap while predicting / idle: {busy.max() / max(idle.max(), 1e-9):.2f}x  (bar: under ~100 ms)")
+
+
+if __name__ == "__main__":
+    main()
