@@ -1,0 +1,59 @@
+"""Model versions: save, list, rename, export, import and delete round-trip."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+import torch
+
+from napari_attention_unet import _registry, _versions
+from napari_attention_unet.core.weights import load_model
+
+
+def test_versions_round_trip(tiny_model_path, tmp_path):
+    model, _ = load_model(tiny_model_path)
+    saved = _versions.save_version(model, "tiny", steps=5, best_val_dice=0.5, image_name="nuclei")
+    assert saved.name.startswith("tiny-ft-")
+    assert {m.name for m in _versions.list_versions()} == {"tiny", saved.name}
+    info = _versions.version_info(saved.name)
+    assert info["parent"] == "tiny" and info["steps"] == 5 and info["best_val_dice"] == 0.5
+    assert info["image"] == "nuclei" and info["date"]
+
+    renamed = _versions.rename_version(saved.name, "my nuclei")
+    assert renamed.name == "my-nuclei"
+    assert "my-nuclei" in [m.name for m in _registry.all_models()]
+    assert saved.name not in [m.name for m in _registry.all_models()]
+    with pytest.raises(FileExistsError):
+        _versions.rename_version("my-nuclei", "tiny")
+
+    exported = _versions.export_version("my-nuclei", tmp_path / "out" / "shared")
+    assert exported.name == "shared.safetensors" and exported.is_file()
+    _versions.delete_version("my-nuclei")
+    assert "my-nuclei" not in [m.name for m in _versions.list_versions()]
+
+    imported = _versions.import_model(exported, name="back")
+    loaded, _, _ = _registry.open_model("back")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+    assert _versions.version_info(imported.name)["parent"] == "tiny"
+
+
+def test_version_names_do_not_collide(tiny_model_path):
+    model, _ = load_model(tiny_model_path)
+    when = datetime(2026, 11, 24, 17, 12)
+    assert _versions.version_name("nuclei", when) == "nuclei-ft-20261124-1712"
+    assert _versions.version_name("nuclei-ft-20261101-0900", when) == "nuclei-ft-20261124-1712"
+    first = _versions.save_version(model, "tiny", name=_versions.version_name("tiny", when))
+    assert _versions.version_name("tiny", when) == f"{first.name}-2"
+
+
+def test_import_refuses_foreign_files(model_home, tmp_path):
+    from napari_attention_unet.core.weights import ModelFileError
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError):
+        _versions.import_model(junk)
+    with pytest.raises(_registry.ModelNotFoundError):
+        _versions.delete_version("nothing")
