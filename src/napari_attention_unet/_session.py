@@ -19,6 +19,7 @@ from .core.data import ImageShapeError
 from .core.device import DEVICE_CHOICES, describe_device, pick_device
 from .core.model import AttentionUNet
 from .core.predict import Progress, predict, prepare_model
+from .core.train import StepReport, TrainConfig, Trainer, TrainResult
 from .core.weights import BUNDLED_DEFAULT, ModelFileError, ModelInfo
 
 __all__ = ["DEVICE_CHOICES", "PartPrediction", "Session", "explain_error", "missing_bundled_model_message"]
@@ -58,6 +59,7 @@ class Session:
         self.device: torch.device = pick_device(device)
         self.device_choice = device
         self._inference: AttentionUNet | None = None
+        self.trainer: Trainer | None = None
 
     # -- models -------------------------------------------------------------------------
     @staticmethod
@@ -74,6 +76,10 @@ class Session:
         model, _meta, info = _registry.open_model(name_or_path)
         self.model, self.model_info, self._inference = model, info, None
         return info
+
+    def set_model(self, model: AttentionUNet, info: ModelInfo) -> None:
+        """Use ``model`` (e.g. a fine-tuned one, already saved as ``info``) from now on."""
+        self.model, self.model_info, self._inference = model.eval(), info, None
 
     @property
     def gate_names(self) -> tuple[str, ...]:
@@ -186,6 +192,55 @@ class Session:
             model_name=self.model_info.name if self.model_info else "model",
             semantic=not instances,
         )
+
+    # -- fine-tuning -----------------------------------------------------------------------
+    def finetune(
+        self,
+        image: np.ndarray,
+        labels: np.ndarray,
+        *,
+        rgb: bool = False,
+        ignore: np.ndarray | None = None,
+        edited: np.ndarray | None = None,
+        minutes: float | None = 2.0,
+        steps: int | None = None,
+    ) -> Generator[StepReport, None, TrainResult]:
+        """Fine-tune the current model on one image and its corrected labels.
+
+        Returns the training generator: it yields :class:`StepReport` and returns the
+        :class:`TrainResult`. Checks (shapes, labels) run at once and raise. Stops after
+        ``minutes`` or ``steps`` (whichever comes first). The :class:`Trainer` stays in
+        ``self.trainer``, so closing the generator (cancel) still leaves
+        ``self.trainer.result()`` with the best model so far. The session's model is
+        not changed here: the caller decides, with :meth:`set_model`.
+        """
+        self.trainer = None
+        if self.model is None:
+            raise _registry.ModelNotFoundError(missing_bundled_model_message())
+        spatial_shape = tuple(image.shape[:-1] if rgb else image.shape)
+        if len(spatial_shape) != self.spatial_dims:
+            raise ImageShapeError(
+                f"fine-tuning a {self.spatial_dims}D model needs a {self.spatial_dims}D image, "
+                f"not one of shape {spatial_shape}"
+            )
+        if tuple(labels.shape) != spatial_shape:
+            raise ImageShapeError(f"the labels (shape {tuple(labels.shape)}) do not match the image {spatial_shape}")
+        axes = "ZYX"[-self.spatial_dims :] + ("C" if rgb else "")
+        config = TrainConfig(
+            max_steps=steps,
+            time_budget=None if minutes is None else 60.0 * minutes,
+            # Evaluate often enough that a short run still keeps its best state.
+            eval_every=max(1, min(25, (steps or 25) // 2)),
+        )
+        self.trainer = Trainer(
+            self.model,
+            [(np.asarray(image), np.asarray(labels), axes)],
+            config=config,
+            device=self.device,
+            ignore_masks=[ignore],
+            edited_masks=[edited],
+        )
+        return self.trainer.run()
 
 
 def _check_shape(spatial_shape: tuple[int, ...], block_dims: int, rgb: bool) -> None:

@@ -25,6 +25,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from . import _layers
+from ._finetune_widget import FinetuneWidget
 from ._session import DEVICE_CHOICES, PROGRESS_STEPS, Session, explain_error, missing_bundled_model_message
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class AttentionUNetWidget(Container):
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", min=0, max=PROGRESS_STEPS, value=0)
         self._status = Label(label="", value="")
+        self._finetune = FinetuneWidget(viewer, self._session, lambda: self._image.value, self._on_new_model)
         super().__init__(
             widgets=[
                 self._image,
@@ -81,6 +83,7 @@ class AttentionUNetWidget(Container):
                 self._cancel,
                 self._progress,
                 self._status,
+                self._finetune,
             ]
         )
         self._status.native.setWordWrap(True)
@@ -125,6 +128,11 @@ class AttentionUNetWidget(Container):
         else:
             self._model_file.value = name_or_path
 
+    @property
+    def finetune(self) -> FinetuneWidget:
+        """The fine-tune controls (corrected labels, budget, Fine-tune, Cancel)."""
+        return self._finetune
+
     def predict(self) -> None:
         """Start a prediction, as the Predict button does."""
         self._on_predict()
@@ -148,6 +156,13 @@ class AttentionUNetWidget(Container):
             self._model.value = current
         elif self._model.value == NO_MODEL:
             self._on_model_changed()
+
+    def _on_new_model(self, info) -> None:
+        """A fine-tuned version was saved: pick it, and show what it predicts on the image."""
+        self._model.reset_choices()
+        self._model.value = info.name
+        if self._image.value is not None and not self.is_running:
+            self.predict()
 
     def _on_model_file(self) -> None:
         path = self._model_file.value

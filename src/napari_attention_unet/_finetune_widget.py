@@ -1,0 +1,283 @@
+"""Fine-tune controls: a magicgui Container below the predict controls of the dock widget.
+
+The user picks the corrected Labels layer, what to train on (the whole image or only the
+pixels they painted), a time budget, and presses Fine-tune. Training is
+:meth:`Session.finetune` (a generator over ``core.train.Trainer.run``) in a napari worker;
+Cancel closes it. When it ends, the trainer's result is checked on the main thread: an
+accepted model becomes the session's model and is saved as a new version (see
+``_versions``); a refused one leaves everything as it was. The user's layers are only read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, create_widget
+from napari.layers import Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from . import _layers, _versions
+from ._session import Session, explain_error
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+    from .core.train import StepReport
+    from .core.weights import ModelInfo
+
+__all__ = ["EditTracker", "FinetuneWidget"]
+
+WHOLE_IMAGE, ONLY_EDITED = "whole image", "only what I edited"
+PROGRESS_STEPS = 1000
+
+
+class EditTracker:
+    """Which pixels the user painted on each Labels layer, from ``Labels.events.paint``; no Qt.
+
+    Keeps one boolean mask per layer (by ``unique_id``), the union of every stroke, fill
+    and polygon since the layer was added (or since :meth:`forget`).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._masks: dict[str, np.ndarray] = {}
+        for layer in viewer.layers:
+            self._watch(layer)
+        viewer.layers.events.inserted.connect(lambda event: self._watch(event.value))
+
+    def _watch(self, layer) -> None:
+        if isinstance(layer, Labels):
+            layer.events.paint.connect(self._on_paint)
+
+    def _on_paint(self, event) -> None:
+        layer = event.source
+        mask = self._masks.get(str(layer.unique_id))
+        if mask is None or mask.shape != tuple(layer.data.shape):
+            mask = self._masks[str(layer.unique_id)] = np.zeros(layer.data.shape, dtype=bool)
+        for atom in event.value:
+            if hasattr(atom, "slice_key"):  # napari's masked paint atom (paint, fill, polygon)
+                if atom.mask is None:
+                    mask[atom.slice_key] = True
+                else:
+                    mask[atom.slice_key] |= atom.mask
+            else:  # (indices, old values, new values)
+                mask[atom[0]] = True
+
+    def edited_mask(self, layer) -> np.ndarray | None:
+        """The pixels painted on ``layer``, or None when no painting was recorded."""
+        mask = self._masks.get(str(layer.unique_id))
+        return mask if mask is not None and mask.any() else None
+
+    def forget(self, layer) -> None:
+        self._masks.pop(str(layer.unique_id), None)
+
+
+def edited_from_prediction(layers, corrected, image) -> np.ndarray | None:
+    """Fallback when no paint was recorded: where ``corrected`` differs from our untouched masks of ``image``."""
+    source = str(image.unique_id)
+    for layer in reversed(list(layers)):
+        info = layer.metadata.get(_layers.MARKER)
+        if (
+            layer is not corrected
+            and isinstance(info, dict)
+            and info.get("role") == "masks"
+            and info.get("source") == source
+            and not _layers.is_user_modified(layer)
+            and tuple(layer.data.shape) == tuple(corrected.data.shape)
+        ):
+            changed = (np.asarray(layer.data) > 0) != (np.asarray(corrected.data) > 0)
+            return changed if changed.any() else None
+    return None
+
+
+class FinetuneWidget(Container):
+    """Fine-tune the session's model on the chosen image and a corrected Labels layer.
+
+    ``image`` returns the image layer chosen in the predict controls; ``on_new_model``
+    is called with the saved version after an accepted fine-tune (the dock widget
+    refreshes its model list and re-predicts).
+    """
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        session: Session,
+        image: Callable[[], object],
+        on_new_model: Callable[[ModelInfo], None],
+    ) -> None:
+        self._viewer = viewer
+        self._session = session
+        self._image = image
+        self._on_new_model = on_new_model
+        self._worker: GeneratorWorker | None = None
+        self._steps: int | None = None  # a step limit besides the time budget (tests, scripts)
+        self._image_name = ""
+        self.edits = EditTracker(viewer)
+
+        self._corrected = create_widget(annotation="napari.layers.Labels", label="corrected labels")
+        self._region = ComboBox(label="train on", choices=[WHOLE_IMAGE, ONLY_EDITED], value=WHOLE_IMAGE)
+        self._minutes = FloatSpinBox(label="time budget (min)", value=2.0, min=0.1, max=120.0, step=0.5)
+        self._start = PushButton(text="Fine-tune")
+        self._cancel = PushButton(text="Cancel fine-tuning", enabled=False)
+        self._progress = ProgressBar(label="training", min=0, max=PROGRESS_STEPS, value=0)
+        self._readout = Label(label="", value="")
+        super().__init__(
+            widgets=[
+                self._corrected,
+                self._region,
+                self._minutes,
+                self._start,
+                self._cancel,
+                self._progress,
+                self._readout,
+            ]
+        )
+        self._readout.native.setWordWrap(True)
+        self._corrected.tooltip = "A Labels layer with your corrections (e.g. the painted masks layer)"
+        self._region.tooltip = "Train on every pixel of the labels, or only on the pixels you painted"
+        self._start.changed.connect(self._on_start)
+        self._cancel.changed.connect(self._on_cancel)
+
+    # -- public, for scripts and tests --------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def start(self, steps: int | None = None) -> None:
+        """Start fine-tuning, as the Fine-tune button does; ``steps`` adds a step limit."""
+        self._steps = steps
+        self._on_start()
+
+    def cancel(self) -> None:
+        self._on_cancel()
+
+    # -- starting -----------------------------------------------------------------------
+    def _training_inputs(self):
+        """(image layer, labels, ignore, edited) or None after telling the user what is missing."""
+        image, corrected = self._image(), self._corrected.value
+        if image is None or corrected is None:
+            show_error("Choose an image above and a corrected Labels layer to fine-tune on.")
+            return None
+        if self._session.model is None:
+            show_error("Load a model first.")
+            return None
+        edited = self.edits.edited_mask(corrected)
+        if edited is None:
+            edited = edited_from_prediction(self._viewer.layers, corrected, image)
+        ignore = None
+        if self._region.value == ONLY_EDITED:
+            if edited is None:
+                show_error(
+                    f"No painted pixels were recorded on '{corrected.name}': "
+                    "paint your corrections, or train on the whole image."
+                )
+                return None
+            ignore = ~edited
+        # Copies: the user may keep painting while the worker trains.
+        return image, np.array(corrected.data, copy=True), ignore, None if edited is None else edited.copy()
+
+    def _on_start(self) -> None:
+        if self.is_running:
+            return
+        inputs = self._training_inputs()
+        if inputs is None:
+            return
+        image, labels, ignore, edited = inputs
+        try:
+            generator = self._session.finetune(
+                np.asarray(image.data),
+                labels,
+                rgb=bool(getattr(image, "rgb", False)),
+                ignore=ignore,
+                edited=edited,
+                minutes=float(self._minutes.value),
+                steps=self._steps,
+            )
+        except Exception as exc:  # noqa: BLE001 - becomes a notification
+            show_error(explain_error(exc))
+            return
+        self._image_name = image.name
+        self._worker = create_worker(
+            _forward,
+            generator,
+            _start_thread=False,
+            _connect={
+                "yielded": self._on_report,
+                "errored": self._on_error,
+                "aborted": lambda: setattr(self._readout, "value", "Cancelled; keeping the best model so far."),
+                "finished": self._on_finished,
+            },
+        )
+        self._set_running(True)
+        self._readout.value = f"Fine-tuning on {image.name}…"
+        self._worker.start()
+
+    def _on_cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self._readout.value = "Cancelling…"
+
+    # -- while training -----------------------------------------------------------------
+    def _on_report(self, report: StepReport) -> None:
+        if report.eta is not None and report.elapsed + report.eta > 0:
+            fraction = report.elapsed / (report.elapsed + report.eta)
+        elif report.total_steps:
+            fraction = report.step / report.total_steps
+        else:
+            fraction = 0.0
+        self._progress.value = round(PROGRESS_STEPS * min(max(fraction, 0.0), 1.0))
+        self._readout.value = describe_report(report)
+
+    def _on_error(self, exc: BaseException) -> None:
+        show_error(explain_error(exc).replace("Prediction failed", "Fine-tuning failed"))
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+        trainer = self._session.trainer
+        if trainer is None or trainer.step == 0:
+            self._readout.value = "Stopped before the first step; the model is unchanged."
+            return
+        result = trainer.result()
+        if not result.accepted:
+            show_warning(result.message)
+            self._readout.value = "Not used: " + result.message
+            return
+        parent = self._session.model_info.name if self._session.model_info else "model"
+        info = _versions.save_version(
+            result.model, parent, steps=result.steps, best_val_dice=result.best_val_dice, image_name=self._image_name
+        )
+        self._session.set_model(result.model, info)
+        self._progress.value = PROGRESS_STEPS
+        self._readout.value = f"Saved as '{info.name}': {result.message}."
+        show_info(f"Fine-tuned model saved as '{info.name}'.")
+        self._on_new_model(info)
+
+    def _set_running(self, running: bool) -> None:
+        for widget in (self._start, self._corrected, self._region, self._minutes):
+            widget.enabled = not running
+        self._cancel.enabled = running
+        if running:
+            self._progress.value = 0
+
+
+def _forward(generator):
+    """The training generator, as a generator function (what create_worker expects)."""
+    return (yield from generator)
+
+
+def describe_report(report: StepReport) -> str:
+    """One line for a step report: step, loss, validation Dice, time left."""
+    steps = f"step {report.step}" + (f"/{report.total_steps}" if report.total_steps else "")
+    parts = [steps, f"loss {report.loss:.3f}"]
+    if report.val_dice is not None:
+        parts.append(f"val Dice {report.val_dice:.3f}")
+    if report.best_val_dice is not None:
+        parts.append(f"best {report.best_val_dice:.3f}")
+    if report.eta is not None:
+        minutes, seconds = divmod(round(report.eta), 60)
+        parts.append(f"ETA {minutes}:{seconds:02d}")
+    return " · ".join(parts) + (f" — {report.message}" if report.message else "")

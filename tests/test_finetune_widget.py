@@ -1,0 +1,148 @@
+"""The fine-tune controls in a real viewer: fine-tune, cancel, painted-pixel tracking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_attention_unet import _finetune_widget, _layers, _versions
+
+TIMEOUT_MS = 180_000
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Messages the fine-tune controls send to napari's notifications, by kind."""
+    seen = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(_finetune_widget, f"show_{kind}", seen[kind].append)
+    return seen
+
+
+@pytest.fixture
+def corrected(plugin_widget, qtbot):
+    """The nuclei sample and a user's Labels layer (the thresholded image) chosen for fine-tuning."""
+    viewer, widget = plugin_widget
+    viewer.open_sample("napari-attention-unet", "nuclei")
+    widget._tile_size.value = 128
+    image = viewer.layers["nuclei"].data
+    layer = viewer.add_labels((image > np.percentile(image, 70)).astype(np.uint8), name="my corrections")
+    widget.finetune._corrected.value = layer
+    widget._image.value = viewer.layers["nuclei"]
+    yield viewer, widget, layer
+    if widget.finetune.is_running:
+        widget.finetune.cancel()
+    qtbot.waitUntil(lambda: not widget.finetune.is_running and not widget.is_running, timeout=TIMEOUT_MS)
+
+
+def wait_idle(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.finetune.is_running and not widget.is_running, timeout=TIMEOUT_MS)
+
+
+@pytest.fixture
+def accept_all(monkeypatch):
+    """Make the trainer's sanity check pass: a tiny random net rarely earns it in 5 steps (core tests cover it)."""
+    from napari_attention_unet.core.train import Trainer
+
+    monkeypatch.setattr(Trainer, "_sanity_check", lambda self, trained: (True, "accepted for the test"))
+
+
+def test_refused_finetune_keeps_the_model(qtbot, corrected, notes):
+    viewer, widget, layer = corrected
+    before = layer.data.copy()
+    widget.finetune.start(steps=5)
+    wait_idle(qtbot, widget)
+
+    # The tiny random net learns to mark everything: the trainer refuses it, deterministically.
+    assert notes["warning"] and "not used" in notes["warning"][0]
+    assert not notes["error"]
+    assert widget._model.value == "tiny" and widget.session.model_info.name == "tiny"
+    assert [m.name for m in _versions.list_versions()] == ["tiny"]
+    assert "nuclei masks" not in [lay.name for lay in viewer.layers]  # no re-prediction
+    np.testing.assert_array_equal(layer.data, before)
+    assert widget.finetune._start.enabled and not widget.finetune._cancel.enabled
+
+
+def test_finetune_saves_a_version_and_repredicts(qtbot, corrected, notes, accept_all):
+    viewer, widget, layer = corrected
+    before = layer.data.copy()
+    widget.finetune.start(steps=5)
+    assert widget.finetune.is_running and not widget.finetune._start.enabled
+    wait_idle(qtbot, widget)
+
+    assert not notes["error"], notes
+    np.testing.assert_array_equal(layer.data, before)  # the user's layer is only read
+    assert not _layers.is_ours(layer)
+    versions = [m.name for m in _versions.list_versions() if m.name.startswith("tiny-ft-")]
+    assert len(versions) == 1, notes["warning"]
+    name = versions[0]
+    assert widget._model.value == name and widget.session.model_info.name == name
+    info = _versions.version_info(name)
+    assert info["parent"] == "tiny" and info["steps"] == 5 and info["image"] == "nuclei"
+    masks = viewer.layers["nuclei masks"]  # re-predicted into the plugin's own layer
+    assert masks.metadata[_layers.MARKER]["model"] == name
+    assert "Saved as" in widget.finetune._readout.value
+    # The viewer stays usable: layers can be added and a new prediction runs.
+    viewer.add_points([[1, 1]])
+    widget.predict()
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_cancel_keeps_a_valid_model(qtbot, corrected, notes, accept_all):
+    viewer, widget, layer = corrected
+    before = layer.data.copy()
+    widget.finetune._minutes.value = 10.0
+    widget.finetune.start()
+    qtbot.waitUntil(lambda: "step" in widget.finetune._readout.value, timeout=TIMEOUT_MS)
+    widget.finetune.cancel()
+    wait_idle(qtbot, widget)
+
+    assert not notes["error"], notes
+    assert widget.session.model is not None
+    assert widget.session.model_info.name == widget._model.value
+    versions = [m.name for m in _versions.list_versions() if m.name.startswith("tiny-ft-")]
+    assert versions == [widget.session.model_info.name]  # the best model so far, kept as a version
+    assert _versions.version_info(versions[0])["steps"] >= 1
+    assert viewer.layers["nuclei masks"].metadata[_layers.MARKER]["model"] == versions[0]
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_paint_events_record_edited_pixels(plugin_widget, notes):
+    viewer, widget = plugin_widget
+    layer = viewer.add_labels(np.zeros((64, 64), dtype=np.uint8), name="painted")
+    untouched = viewer.add_labels(np.zeros((64, 64), dtype=np.uint8), name="untouched")
+    edits = widget.finetune.edits
+    assert edits.edited_mask(layer) is None
+    layer.brush_size = 3
+    layer.paint((10, 10), 1)
+    layer.paint((40, 20), 2)
+    mask = edits.edited_mask(layer)
+    assert mask.shape == layer.data.shape
+    assert mask[10, 10] and mask[40, 20] and not mask[60, 60]
+    np.testing.assert_array_equal(mask, layer.data > 0)
+    assert edits.edited_mask(untouched) is None
+
+
+def test_only_edited_without_painting_is_refused(plugin_widget, notes):
+    viewer, widget = plugin_widget
+    viewer.open_sample("napari-attention-unet", "nuclei")
+    widget._image.value = viewer.layers["nuclei"]
+    widget.finetune._corrected.value = viewer.add_labels(np.zeros((256, 256), dtype=np.uint8))
+    widget.finetune._region.value = _finetune_widget.ONLY_EDITED
+    widget.finetune.start(steps=2)
+    assert not widget.finetune.is_running
+    assert notes["error"] and "painted" in notes["error"][0]
+
+
+def test_edited_falls_back_to_our_last_prediction(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((16, 16), dtype=np.float32), name="img")
+    ours = viewer.add_labels(np.zeros((16, 16), dtype=np.uint32), name="img masks")
+    ours.metadata[_layers.MARKER] = {"role": "masks", "gate": None, "source": str(image.unique_id)}
+    _layers._stamp(ours)
+    user = np.zeros((16, 16), dtype=np.uint8)
+    user[2:4, 5:7] = 1
+    corrected = viewer.add_labels(user, name="fixed")
+    changed = _finetune_widget.edited_from_prediction(viewer.layers, corrected, image)
+    np.testing.assert_array_equal(changed, user > 0)
