@@ -146,3 +146,38 @@ def test_edited_falls_back_to_our_last_prediction(make_napari_viewer):
     corrected = viewer.add_labels(user, name="fixed")
     changed = _finetune_widget.edited_from_prediction(viewer.layers, corrected, image)
     np.testing.assert_array_equal(changed, user > 0)
+
+
+def test_predict_and_model_locked_while_finetuning(qtbot, corrected, notes):
+    viewer, widget, layer = corrected
+    widget.finetune._minutes.value = 10.0
+    widget.finetune.start()
+    assert not widget._predict.enabled and not widget._model.enabled
+    widget.finetune.cancel()
+    wait_idle(qtbot, widget)
+    assert widget._predict.enabled and widget._model.enabled and widget.finetune._start.enabled
+
+
+def test_rename_export_delete_from_the_widget(plugin_widget, tmp_path, monkeypatch):
+    from napari_attention_unet.core.weights import load_model
+
+    viewer, widget = plugin_widget
+    errors = []
+    monkeypatch.setattr(_finetune_widget, "show_error", errors.append)
+    model, _ = load_model(widget.session.model_info.path)
+    saved = _versions.save_version(model, "tiny", steps=3)
+    widget._refresh.changed()  # the Refresh button
+    widget.use_model(saved.name)
+    assert widget.session.model_info.name == saved.name
+
+    widget._versions.rename("nuclei mine")
+    assert widget._model.value == "nuclei-mine" and widget.session.model_info.name == "nuclei-mine"
+    assert saved.name not in widget._model.choices
+    widget._versions.export(tmp_path / "shared.safetensors")
+    assert (tmp_path / "shared.safetensors").is_file()
+    widget._versions._on_delete()
+    assert "nuclei-mine" not in widget._model.choices
+    assert widget.session.model_info.name == "tiny"
+    assert not errors
+    widget.use_model(str(tmp_path / "shared.safetensors"))  # load from a file: the exported copy
+    assert widget.session.model_info.name == "shared"

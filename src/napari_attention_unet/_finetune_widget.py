@@ -14,7 +14,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, create_widget
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    create_widget,
+)
 from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -29,7 +39,7 @@ if TYPE_CHECKING:
     from .core.train import StepReport
     from .core.weights import ModelInfo
 
-__all__ = ["EditTracker", "FinetuneWidget"]
+__all__ = ["EditTracker", "FinetuneWidget", "VersionsWidget"]
 
 WHOLE_IMAGE, ONLY_EDITED = "whole image", "only what I edited"
 PROGRESS_STEPS = 1000
@@ -98,7 +108,8 @@ class FinetuneWidget(Container):
 
     ``image`` returns the image layer chosen in the predict controls; ``on_new_model``
     is called with the saved version after an accepted fine-tune (the dock widget
-    refreshes its model list and re-predicts).
+    refreshes its model list and re-predicts); ``on_busy(running)`` when training
+    starts and ends (the dock widget locks its model and Predict controls meanwhile).
     """
 
     def __init__(
@@ -107,11 +118,13 @@ class FinetuneWidget(Container):
         session: Session,
         image: Callable[[], object],
         on_new_model: Callable[[ModelInfo], None],
+        on_busy: Callable[[bool], None] = lambda running: None,
     ) -> None:
         self._viewer = viewer
         self._session = session
         self._image = image
         self._on_new_model = on_new_model
+        self._on_busy = on_busy
         self._worker: GeneratorWorker | None = None
         self._steps: int | None = None  # a step limit besides the time budget (tests, scripts)
         self._image_name = ""
@@ -212,6 +225,7 @@ class FinetuneWidget(Container):
             },
         )
         self._set_running(True)
+        self._on_busy(True)
         self._readout.value = f"Fine-tuning on {image.name}…"
         self._worker.start()
 
@@ -237,6 +251,7 @@ class FinetuneWidget(Container):
     def _on_finished(self) -> None:
         self._worker = None
         self._set_running(False)
+        self._on_busy(False)
         trainer = self._session.trainer
         if trainer is None or trainer.step == 0:
             self._readout.value = "Stopped before the first step; the model is unchanged."
@@ -256,12 +271,81 @@ class FinetuneWidget(Container):
         show_info(f"Fine-tuned model saved as '{info.name}'.")
         self._on_new_model(info)
 
+    def set_enabled(self, enabled: bool) -> None:
+        """Allow or block starting a fine-tune (the dock widget blocks it while predicting)."""
+        self._start.enabled = enabled and not self.is_running
+
     def _set_running(self, running: bool) -> None:
         for widget in (self._start, self._corrected, self._region, self._minutes):
             widget.enabled = not running
         self._cancel.enabled = running
         if running:
             self._progress.value = 0
+
+
+class VersionsWidget(Container):
+    """Rename, export or delete the model in use; ``on_models_changed(name)`` refreshes the picker."""
+
+    def __init__(self, session: Session, on_models_changed: Callable[[str | None], None]) -> None:
+        self._session = session
+        self._on_models_changed = on_models_changed
+        self._new_name = LineEdit(label="new name", value="")
+        self._rename = PushButton(text="Rename model")
+        self._export_path = FileEdit(label="export to", mode="w", filter="*.safetensors", value="")
+        self._export = PushButton(text="Export model")
+        self._delete = PushButton(text="Delete model")
+        super().__init__(widgets=[self._new_name, self._rename, self._export_path, self._export, self._delete])
+        self._rename.changed.connect(self._on_rename)
+        self._export.changed.connect(self._on_export)
+        self._delete.changed.connect(self._on_delete)
+
+    def rename(self, new_name: str) -> None:
+        self._new_name.value = new_name
+        self._on_rename()
+
+    def export(self, path) -> None:
+        self._export_path.value = path
+        self._on_export()
+
+    def _saved_name(self) -> str | None:
+        """The current model's name if it is one of the user's saved models, else None (and a message)."""
+        info = self._session.model_info
+        if info is None or info.name not in {m.name for m in _versions.list_versions()} or info.bundled:
+            show_error("Only saved models (fine-tuned or imported) can be renamed or deleted.")
+            return None
+        return info.name
+
+    def _on_rename(self) -> None:
+        name = self._saved_name()
+        if name is None or not self._new_name.value.strip():
+            return
+        try:
+            renamed = _versions.rename_version(name, self._new_name.value)
+        except (ValueError, OSError) as exc:
+            show_error(str(exc))
+            return
+        self._new_name.value = ""
+        self._on_models_changed(renamed.name)
+
+    def _on_export(self) -> None:
+        info = self._session.model_info
+        path = str(self._export_path.value or "")
+        if info is None or not path or path == ".":
+            show_error("Choose a file to export the model to.")
+            return
+        try:
+            written = _versions.export_version(info.path, path)
+        except (LookupError, OSError) as exc:
+            show_error(str(exc))
+            return
+        show_info(f"Model '{info.name}' exported to {written}.")
+
+    def _on_delete(self) -> None:
+        name = self._saved_name()
+        if name is None:
+            return
+        _versions.delete_version(name)
+        self._on_models_changed(None)
 
 
 def _forward(generator):

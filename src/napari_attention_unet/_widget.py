@@ -25,7 +25,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from . import _layers
-from ._finetune_widget import FinetuneWidget
+from ._finetune_widget import FinetuneWidget, VersionsWidget
 from ._session import DEVICE_CHOICES, PROGRESS_STEPS, Session, explain_error, missing_bundled_model_message
 
 if TYPE_CHECKING:
@@ -65,7 +65,10 @@ class AttentionUNetWidget(Container):
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", min=0, max=PROGRESS_STEPS, value=0)
         self._status = Label(label="", value="")
-        self._finetune = FinetuneWidget(viewer, self._session, lambda: self._image.value, self._on_new_model)
+        self._finetune = FinetuneWidget(
+            viewer, self._session, lambda: self._image.value, self._on_new_model, on_busy=self._on_finetune_busy
+        )
+        self._versions = VersionsWidget(self._session, self._on_models_changed)
         super().__init__(
             widgets=[
                 self._image,
@@ -84,6 +87,7 @@ class AttentionUNetWidget(Container):
                 self._progress,
                 self._status,
                 self._finetune,
+                self._versions,
             ]
         )
         self._status.native.setWordWrap(True)
@@ -163,6 +167,17 @@ class AttentionUNetWidget(Container):
         self._model.value = info.name
         if self._image.value is not None and not self.is_running:
             self.predict()
+
+    def _on_models_changed(self, name: str | None) -> None:
+        """A saved model was renamed (pick it under its new name) or deleted (fall back to the first)."""
+        self._model.reset_choices()
+        if name is not None:
+            self._model.value = name
+        self._on_model_changed()
+
+    def _on_finetune_busy(self, running: bool) -> None:
+        for widget in (self._predict, self._image, self._model, self._refresh, self._model_file, self._device):
+            widget.enabled = not running
 
     def _on_model_file(self) -> None:
         path = self._model_file.value
@@ -281,6 +296,7 @@ class AttentionUNetWidget(Container):
         for widget in (self._predict, self._image, self._model, self._refresh, self._model_file, self._device):
             widget.enabled = not running
         self._cancel.enabled = running
+        self._finetune.set_enabled(not running)
         if running:
             self._progress.value = 0
         if message is not None:
