@@ -82,6 +82,9 @@ def test_finetune_saves_a_version_and_repredicts(qtbot, corrected, notes, accept
     masks = viewer.layers["nuclei masks"]  # re-predicted into the plugin's own layer
     assert masks.metadata[_layers.MARKER]["model"] == name
     assert "Saved as" in widget.finetune._readout.value
+    assert [step for step, _ in widget.finetune.plot.losses] == [1, 2, 3, 4, 5]
+    assert widget.finetune.plot.dices  # validation scores are plotted too
+    widget.finetune.plot.grab()  # draws without error
     # The viewer stays usable: layers can be added and a new prediction runs.
     viewer.add_points([[1, 1]])
     widget.predict()

@@ -30,6 +30,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from . import _layers, _versions
+from ._plot import TrainingPlot
 from ._session import Session, explain_error
 
 if TYPE_CHECKING:
@@ -149,6 +150,8 @@ class FinetuneWidget(Container):
             ]
         )
         self._readout.native.setWordWrap(True)
+        self.plot = TrainingPlot()
+        self.native.layout().addWidget(self.plot)
         self._corrected.tooltip = "A Labels layer with your corrections (e.g. the painted masks layer)"
         self._region.tooltip = "Train on every pixel of the labels, or only on the pixels you painted"
         self._start.changed.connect(self._on_start)
@@ -244,6 +247,7 @@ class FinetuneWidget(Container):
             fraction = 0.0
         self._progress.value = round(PROGRESS_STEPS * min(max(fraction, 0.0), 1.0))
         self._readout.value = describe_report(report)
+        self.plot.add(report.step, report.loss, report.val_dice)
 
     def _on_error(self, exc: BaseException) -> None:
         show_error(explain_error(exc).replace("Prediction failed", "Fine-tuning failed"))
@@ -281,6 +285,7 @@ class FinetuneWidget(Container):
         self._cancel.enabled = running
         if running:
             self._progress.value = 0
+            self.plot.clear()
 
 
 class VersionsWidget(Container):
