@@ -184,3 +184,20 @@ def test_rename_export_delete_from_the_widget(plugin_widget, tmp_path, monkeypat
     assert not errors
     widget.use_model(str(tmp_path / "shared.safetensors"))  # load from a file: the exported copy
     assert widget.session.model_info.name == "shared"
+
+
+def test_finetune_on_painted_pixels_only(qtbot, corrected, notes, accept_all):
+    viewer, widget, layer = corrected
+    layer.brush_size = 9
+    layer.paint((100, 60), 0)  # erase a blob, left of the held-out strip
+    layer.paint((60, 100), 3)  # a new object (painting an unchanged pixel records nothing)
+    before = layer.data.copy()
+    edited = widget.finetune.edits.edited_mask(layer)
+    assert edited is not None and edited[100, 60] and edited[60, 100]
+    widget.finetune._region.value = _finetune_widget.ONLY_EDITED
+    widget.finetune.start(steps=3)
+    wait_idle(qtbot, widget)
+
+    assert not notes["error"], notes
+    assert widget.session.model_info.name.startswith("tiny-ft-")
+    np.testing.assert_array_equal(layer.data, before)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import napari
     from napari.qt.threading import GeneratorWorker
 
-    from .core.train import StepReport
+    from .core.train import StepReport, TrainResult
     from .core.weights import ModelInfo
 
 __all__ = ["EditTracker", "FinetuneWidget", "VersionsWidget"]
@@ -129,6 +129,8 @@ class FinetuneWidget(Container):
         self._worker: GeneratorWorker | None = None
         self._steps: int | None = None  # a step limit besides the time budget (tests, scripts)
         self._image_name = ""
+        self._failed = False
+        self._result: TrainResult | None = None
         self.edits = EditTracker(viewer)
 
         self._corrected = create_widget(annotation="napari.layers.Labels", label="corrected labels")
@@ -216,6 +218,7 @@ class FinetuneWidget(Container):
             show_error(explain_error(exc))
             return
         self._image_name = image.name
+        self._failed, self._result = False, None
         self._worker = create_worker(
             _forward,
             generator,
@@ -250,17 +253,37 @@ class FinetuneWidget(Container):
         self.plot.add(report.step, report.loss, report.val_dice)
 
     def _on_error(self, exc: BaseException) -> None:
+        self._failed = True
         show_error(explain_error(exc).replace("Prediction failed", "Fine-tuning failed"))
 
     def _on_finished(self) -> None:
+        """Training ended (done, cancelled or failed): check the best model in a second worker."""
+        trainer = self._session.trainer
+        if self._failed or trainer is None or trainer.step == 0:
+            if not self._failed:
+                self._readout.value = "Stopped before the first step; the model is unchanged."
+            self._end()
+            return
+        self._readout.value = "Checking the fine-tuned model on the held-out strip…"
+        # The check predicts the validation region: off the main thread, like the training.
+        self._worker = create_worker(
+            trainer.result,
+            _start_thread=False,
+            _connect={"returned": self._on_result, "errored": self._on_error, "finished": self._end},
+        )
+        self._worker.start()
+
+    def _on_result(self, result: TrainResult) -> None:
+        self._result = result
+
+    def _end(self) -> None:
+        """Unlock the controls, then use an accepted model (which re-predicts) or say why not."""
         self._worker = None
         self._set_running(False)
         self._on_busy(False)
-        trainer = self._session.trainer
-        if trainer is None or trainer.step == 0:
-            self._readout.value = "Stopped before the first step; the model is unchanged."
+        result, self._result = self._result, None
+        if result is None:
             return
-        result = trainer.result()
         if not result.accepted:
             show_warning(result.message)
             self._readout.value = "Not used: " + result.message
