@@ -201,3 +201,20 @@ def test_finetune_on_painted_pixels_only(qtbot, corrected, notes, accept_all):
     assert not notes["error"], notes
     assert widget.session.model_info.name.startswith("tiny-ft-")
     np.testing.assert_array_equal(layer.data, before)
+
+
+def test_finetune_inside_a_rectangle(qtbot, corrected, notes, accept_all):
+    viewer, widget, layer = corrected
+    before = layer.data.copy()
+    widget.finetune._region.value = _finetune_widget.IN_SHAPES
+    widget.finetune.start(steps=2)
+    assert notes["error"] and "Shapes" in notes["error"][0]  # no shapes layer yet
+    rectangle = viewer.add_shapes([[[0, 0], [0, 200], [255, 200], [255, 0]]], shape_type="rectangle")
+    widget.finetune._shapes.value = rectangle
+    inside = _finetune_widget.shapes_mask(rectangle, layer.data.shape)
+    assert inside[10, 10] and inside[200, 150] and not inside[10, 230]
+    widget.finetune.start(steps=3)
+    wait_idle(qtbot, widget)
+    assert len(notes["error"]) == 1, notes
+    assert widget.session.model_info.name.startswith("tiny-ft-")
+    np.testing.assert_array_equal(layer.data, before)

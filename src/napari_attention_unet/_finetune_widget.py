@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EditTracker", "FinetuneWidget", "VersionsWidget"]
 
-WHOLE_IMAGE, ONLY_EDITED = "whole image", "only what I edited"
+WHOLE_IMAGE, ONLY_EDITED, IN_SHAPES = "whole image", "only what I edited", "inside the shapes"
 PROGRESS_STEPS = 1000
 
 
@@ -134,7 +134,8 @@ class FinetuneWidget(Container):
         self.edits = EditTracker(viewer)
 
         self._corrected = create_widget(annotation="napari.layers.Labels", label="corrected labels")
-        self._region = ComboBox(label="train on", choices=[WHOLE_IMAGE, ONLY_EDITED], value=WHOLE_IMAGE)
+        self._region = ComboBox(label="train on", choices=[WHOLE_IMAGE, ONLY_EDITED, IN_SHAPES], value=WHOLE_IMAGE)
+        self._shapes = create_widget(annotation="napari.layers.Shapes", label="shapes", options={"nullable": True})
         self._minutes = FloatSpinBox(label="time budget (min)", value=2.0, min=0.1, max=120.0, step=0.5)
         self._start = PushButton(text="Fine-tune")
         self._cancel = PushButton(text="Cancel fine-tuning", enabled=False)
@@ -144,6 +145,7 @@ class FinetuneWidget(Container):
             widgets=[
                 self._corrected,
                 self._region,
+                self._shapes,
                 self._minutes,
                 self._start,
                 self._cancel,
@@ -194,6 +196,14 @@ class FinetuneWidget(Container):
                 )
                 return None
             ignore = ~edited
+        elif self._region.value == IN_SHAPES:
+            inside = shapes_mask(self._shapes.value, tuple(corrected.data.shape))
+            if inside is None:
+                show_error(
+                    "Choose a Shapes layer with at least one rectangle (or polygon) around the region to train on."
+                )
+                return None
+            ignore = ~inside
         # Copies: the user may keep painting while the worker trains.
         return image, np.array(corrected.data, copy=True), ignore, None if edited is None else edited.copy()
 
@@ -303,7 +313,7 @@ class FinetuneWidget(Container):
         self._start.enabled = enabled and not self.is_running
 
     def _set_running(self, running: bool) -> None:
-        for widget in (self._start, self._corrected, self._region, self._minutes):
+        for widget in (self._start, self._corrected, self._region, self._shapes, self._minutes):
             widget.enabled = not running
         self._cancel.enabled = running
         if running:
@@ -374,6 +384,14 @@ class VersionsWidget(Container):
             return
         _versions.delete_version(name)
         self._on_models_changed(None)
+
+
+def shapes_mask(shapes, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Pixels inside any shape of a Shapes layer (drawn in the labels' data coordinates), or None."""
+    if shapes is None or len(shapes.data) == 0:
+        return None
+    inside = np.asarray(shapes.to_masks(mask_shape=shape)).any(axis=0)
+    return inside if inside.any() else None
 
 
 def _forward(generator):
