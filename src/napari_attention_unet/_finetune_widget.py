@@ -158,7 +158,7 @@ class FinetuneWidget(Container):
         self.native.layout().addWidget(self.plot)
         self._corrected.tooltip = "A Labels layer with your corrections (e.g. the painted masks layer)"
         self._region.tooltip = "Train on every pixel of the labels, or only on the pixels you painted"
-        self._start.changed.connect(self._on_start)
+        self._start.changed.connect(lambda *_: self.start())  # the button: the time budget only
         self._cancel.changed.connect(self._on_cancel)
 
     # -- public, for scripts and tests --------------------------------------------------
@@ -183,6 +183,9 @@ class FinetuneWidget(Container):
             return None
         if self._session.model is None:
             show_error("Load a model first.")
+            return None
+        if getattr(image, "multiscale", False) or getattr(corrected, "multiscale", False):
+            show_error("Multiscale (pyramid) layers cannot be fine-tuned on: open the full-resolution level.")
             return None
         edited = self.edits.edited_mask(corrected)
         if edited is None:
@@ -225,7 +228,7 @@ class FinetuneWidget(Container):
                 steps=self._steps,
             )
         except Exception as exc:  # noqa: BLE001 - becomes a notification
-            show_error(explain_error(exc))
+            show_error(_explain(exc))
             return
         self._image_name = image.name
         self._failed, self._result = False, None
@@ -236,7 +239,7 @@ class FinetuneWidget(Container):
             _connect={
                 "yielded": self._on_report,
                 "errored": self._on_error,
-                "aborted": lambda: setattr(self._readout, "value", "Cancelled; keeping the best model so far."),
+                "aborted": lambda: setattr(self._readout, "value", "Cancelled; checking the best model so far…"),
                 "finished": self._on_finished,
             },
         )
@@ -264,7 +267,7 @@ class FinetuneWidget(Container):
 
     def _on_error(self, exc: BaseException) -> None:
         self._failed = True
-        show_error(explain_error(exc).replace("Prediction failed", "Fine-tuning failed"))
+        show_error(_explain(exc))
 
     def _on_finished(self) -> None:
         """Training ended (done, cancelled or failed): check the best model in a second worker."""
@@ -392,6 +395,10 @@ def shapes_mask(shapes, shape: tuple[int, ...]) -> np.ndarray | None:
         return None
     inside = np.asarray(shapes.to_masks(mask_shape=shape)).any(axis=0)
     return inside if inside.any() else None
+
+
+def _explain(exc: BaseException) -> str:
+    return explain_error(exc).replace("Prediction failed", "Fine-tuning failed")
 
 
 def _forward(generator):
