@@ -91,6 +91,27 @@ def test_watershed_splits_touching_objects():
     assert labels[20, 20] != labels[20, 40] and labels[20, 20] > 0 and labels[0, 0] == 0
 
 
+def test_watershed_splits_touching_objects_without_a_boundary_between_them():
+    # Two overlapping discs predicted as ONE interior blob (no boundary pixels where they
+    # touch, as the network often does): the narrowing of the blob still separates them.
+    yy, xx = np.mgrid[:48, :80]
+    left = (yy - 24) ** 2 + (xx - 25) ** 2 < 15**2
+    right = (yy - 24) ** 2 + (xx - 53) ** 2 < 15**2
+    blob = (left | right).astype(np.int32)
+    classes = instances_to_classes(blob)
+    probabilities = np.stack([classes == c for c in range(3)]).astype(np.float32)
+    labels = probabilities_to_instances(probabilities)
+    assert labels.max() == 2
+    assert labels[24, 20] != labels[24, 58] and labels[24, 20] > 0 and labels[24, 58] > 0
+    # every foreground pixel is assigned, and the split runs near the waist (x = 39)
+    assert np.array_equal(labels > 0, blob > 0)
+    assert labels[24, 35] == labels[24, 20] and labels[24, 43] == labels[24, 58]
+    # one round disc is never split
+    disc = instances_to_classes(left.astype(np.int32))
+    single = probabilities_to_instances(np.stack([disc == c for c in range(3)]).astype(np.float32))
+    assert single.max() == 1
+
+
 def test_watershed_drops_tiny_objects_and_handles_empty():
     probabilities = np.zeros((3, 30, 30), np.float32)
     probabilities[0] = 1

@@ -156,7 +156,7 @@ def predict(
     precision: str = "auto",
     instances: bool = True,
     gates: Sequence[str] | None = None,
-    min_size: int = 8,
+    min_size: int = 16,
     keep_class_probabilities: bool = False,
     inference_model: AttentionUNet | None = None,
 ) -> Generator[Progress, None, Prediction]:
