@@ -36,6 +36,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default 512 in 2D)")
     p.add_argument("--semantic", action="store_true", help="write a 0/1 foreground mask instead of instance labels")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="run on a local dask cluster of N worker processes"
+    )
+    engine.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="run on an existing dask scheduler, e.g. tcp://host:8786"
+    )
     p.set_defaults(func=_cmd_predict)
 
     f = sub.add_parser("finetune", help="fine-tune a model on corrected labels; writes a new model file")
@@ -75,6 +82,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.workers is not None or args.scheduler is not None:
+        return _cmd_predict_dask(args)
     from ._io import ImageReadError, read_image, write_attention, write_labels
     from ._registry import ModelFileError, ModelNotFoundError, open_model
     from .core.data import ImageShapeError
@@ -121,6 +130,37 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         stem = path.name.split(".")[0]
         write_labels(args.out / f"{stem}_labels.tif", result.labels)
         write_attention(args.out / f"{stem}_attention.tif", result.gate_maps, result.spatial_axes)
+    if failures:
+        print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_predict_dask(args: argparse.Namespace) -> int:
+    """``predict`` on dask: one task per file, each worker with its own model (see _distributed)."""
+    from ._distributed import PredictOptions, dask_client, model_spec, predict_batch
+    from ._registry import ModelFileError, ModelNotFoundError, open_model
+
+    if args.workers is not None and args.workers < 1:
+        return _fail(f"--workers must be at least 1, got {args.workers}")
+    try:
+        _model, _meta, info = open_model(args.model)  # a bad model fails here, before any worker starts
+    except (ModelNotFoundError, ModelFileError) as exc:
+        return _fail(str(exc))
+    spec = model_spec(info.name if info.bundled else info.path, args.device)
+    options = PredictOptions(args.axes, args.tile_size, not args.semantic, args.precision)
+    args.out.mkdir(parents=True, exist_ok=True)
+    where = args.scheduler or f"a local cluster of {args.workers} worker process(es)"
+    print(f"model {info.name} on {where} (device {args.device} on each worker)", file=sys.stderr)
+    try:
+        with dask_client(args.scheduler, args.workers) as client:
+            results = predict_batch(client, args.images, args.out, spec, options)
+    except KeyboardInterrupt:
+        print("interrupted: the cluster was stopped; files already written are kept", file=sys.stderr)
+        return 130
+    except OSError as exc:  # no scheduler at that address
+        return _fail(f"could not reach the dask scheduler {args.scheduler}: {exc}")
+    failures = sum(not r.ok for r in results)
     if failures:
         print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
         return 1

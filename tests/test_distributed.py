@@ -1,0 +1,187 @@
+"""Batch prediction on a real dask LocalCluster (2 worker processes on loopback) against one process."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import dask
+import distributed
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_attention_unet import cli
+from napari_attention_unet._distributed import (
+    PredictOptions,
+    dask_client,
+    local_cluster,
+    model_spec,
+    predict_batch,
+    result_paths,
+    worker_model,
+)
+from napari_attention_unet._io import read_image
+from napari_attention_unet._registry import ModelNotFoundError
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.predict import predict, run_to_end
+from napari_attention_unet.core.weights import load_model, save_model
+
+DATA = Path(__file__).parent / "data" / "images"
+SAMPLE = Path(__file__).parents[1] / "src" / "napari_attention_unet" / "sample_data" / "nuclei_fluorescence.tif"
+BATCH = [*sorted(DATA.glob("*.tif")), SAMPLE]  # 3 DSB images (grey and H&E) and the fluorescence sample
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two worker processes, one thread each, on 127.0.0.1, no dashboard; closed after the module."""
+    with local_cluster(2, memory_limit="1.5GiB") as local:
+        yield local
+
+
+@pytest.fixture
+def client(cluster):
+    with distributed.Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    """A tiny random model saved to a file (the workers are told its path, not sent the network)."""
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(base_width=4, depth=3))
+    return save_model(model, tmp_path_factory.mktemp("models") / "tiny.safetensors")
+
+
+def single_process(model: AttentionUNet, path: Path):
+    return run_to_end(predict(model, read_image(path), device="cpu"))
+
+
+def assert_same_instances(a: np.ndarray, b: np.ndarray) -> None:
+    """The same objects, whatever their ids: a one-to-one map between the two label sets."""
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(a > 0, b > 0)
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def assert_matches_single_process(results, model: AttentionUNet, out: Path) -> None:
+    for result in results:
+        assert result.ok, result.error
+        expected = single_process(model, result.path)
+        labels_path, attention_path = result_paths(out, result.path)
+        assert (result.labels_path, result.attention_path) == (labels_path, attention_path)
+        assert_same_instances(tifffile.imread(labels_path), expected.labels)
+        attention = tifffile.imread(attention_path)
+        np.testing.assert_allclose(attention, np.stack(list(expected.gate_maps.values())), atol=1e-4)
+
+
+def test_batch_on_two_workers_matches_one_process(client, tiny_file, tmp_path):
+    out = tmp_path / "out"
+    spec = model_spec(tiny_file, "cpu")
+    assert spec.source == str(tiny_file.resolve())  # a path travels, never a network
+    results = predict_batch(client, BATCH, out, spec, PredictOptions(), progress=False)
+
+    assert [r.path for r in results] == BATCH
+    assert {r.worker for r in results} == {str(w["name"]) for w in client.scheduler_info()["workers"].values()}
+    model, _ = load_model(tiny_file)
+    assert_matches_single_process(results, model, out)
+    # One model per worker process, loaded on its first task and reused by the next ones.
+    cached = client.run(lambda: len(__import__("napari_attention_unet._distributed")._distributed._MODELS))
+    assert sorted(cached.values()) == [1, 1]
+
+
+def test_bundled_model_travels_by_name(client, tmp_path):
+    spec = model_spec(None, "cpu")
+    assert spec.source == "nuclei"
+    out = tmp_path / "out"
+    [result] = predict_batch(client, [SAMPLE], out, spec, PredictOptions(), progress=False)
+    assert result.objects > 10  # real nuclei found
+    model, _, _ = worker_model(spec)
+    assert_matches_single_process([result], model, out)
+
+
+def test_a_bad_file_fails_alone(client, tiny_file, tmp_path, capsys):
+    not_an_image = tmp_path / "notes.tif"
+    not_an_image.write_text("not a TIFF")
+    batch = [BATCH[0], tmp_path / "missing.tif", not_an_image, BATCH[1]]
+    results = predict_batch(client, batch, tmp_path / "out", model_spec(tiny_file), PredictOptions(), progress=False)
+
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert "no such file" in results[1].error and "notes.tif could not be read" in results[2].error
+    assert all(p.is_file() for r in results if r.ok for p in (r.labels_path, r.attention_path))
+    err = capsys.readouterr().err
+    assert "skipping" in err and "missing.tif" in err and "notes.tif" in err
+
+
+def test_model_missing_on_the_workers_is_reported_per_file(client, tiny_file, tmp_path):
+    copy = tmp_path / "gone.safetensors"
+    copy.write_bytes(tiny_file.read_bytes())
+    spec = model_spec(copy)
+    copy.unlink()  # as if the path did not exist on the workers' machines
+    results = predict_batch(client, BATCH[:2], tmp_path / "out", spec, PredictOptions(), progress=False)
+    assert all(not r.ok and "no model file" in r.error and "on worker" in r.error for r in results)
+
+
+def test_model_spec_resolves_on_the_client(model_home, tiny_model_path):
+    assert model_spec("tiny").source == str(tiny_model_path.resolve())  # a saved model goes by path
+    with pytest.raises(ModelNotFoundError):
+        model_spec("no-such-model")
+
+
+def test_cli_on_an_existing_scheduler(cluster, tiny_file, tmp_path, capsys):
+    out = tmp_path / "dask"
+    argv = ["predict", *map(str, BATCH), "--model", str(tiny_file), "--device", "cpu"]
+    assert cli.main([*argv, "--out", str(out), "--scheduler", cluster.scheduler_address]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "local")]) == 0  # the single-process engine
+    for path in BATCH:
+        for dask_file, local_file in zip(result_paths(out, path), result_paths(tmp_path / "local", path)):
+            dask_array, local_array = tifffile.imread(dask_file), tifffile.imread(local_file)
+            assert dask_array.dtype == local_array.dtype
+            if "labels" in dask_file.name:
+                assert_same_instances(dask_array, local_array)
+            else:
+                np.testing.assert_allclose(dask_array, local_array, atol=1e-4)
+    assert cluster.scheduler_address in capsys.readouterr().err
+
+    # One file missing: the others are written and the exit code says something failed.
+    missing = str(tmp_path / "missing.tif")
+    argv = ["predict", *map(str, BATCH), missing, "--model", str(tiny_file), "--out", str(tmp_path / "o2")]
+    assert cli.main([*argv, "--scheduler", cluster.scheduler_address]) == 1
+    assert "1 of 5 image(s) failed" in capsys.readouterr().err
+    assert all(result_paths(tmp_path / "o2", p)[0].is_file() for p in BATCH)
+
+
+def test_cli_local_cluster_starts_and_stops(tiny_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    before = set(multiprocessing.active_children())
+    rc = cli.main(["predict", *map(str, BATCH[:2]), "--out", str(out), "--model", str(tiny_file), "--workers", "2"])
+    assert rc == 0, capsys.readouterr().err
+    assert all(p.is_file() for path in BATCH[:2] for p in result_paths(out, path))
+    assert "local cluster of 2 worker" in capsys.readouterr().err
+    assert set(multiprocessing.active_children()) == before  # its worker processes are gone
+
+
+def test_cli_unreachable_scheduler_is_a_clear_error(tiny_file, tmp_path, capsys):
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        rc = cli.main(
+            [
+                "predict",
+                str(BATCH[0]),
+                "--out",
+                str(tmp_path),
+                "--model",
+                str(tiny_file),
+                "--scheduler",
+                "tcp://127.0.0.1:9",
+            ]
+        )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "could not reach the dask scheduler tcp://127.0.0.1:9" in err and "Traceback" not in err
+
+
+def test_dask_client_refuses_zero_workers():
+    with pytest.raises(ValueError, match="at least 1"), dask_client(workers=0):
+        pass
