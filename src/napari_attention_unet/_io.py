@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-__all__ = ["ImageReadError", "read_image", "write_attention", "write_labels"]
+__all__ = [
+    "LARGE_PIXELS",
+    "ImageReadError",
+    "TiffRegionArray",
+    "create_tiff_sinks",
+    "create_zarr_sinks",
+    "image_shape",
+    "is_zarr_path",
+    "open_lazy_image",
+    "read_image",
+    "write_attention",
+    "write_labels",
+]
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 OTHER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -64,3 +77,255 @@ def write_attention(path: str | Path, gate_maps: dict[str, np.ndarray], spatial_
         metadata={"axes": "Q" + spatial_axes, "gates": ",".join(names)},
     )
     return path
+
+
+# ----------------------------------------------------------------- large images: lazy inputs, on-disk outputs
+
+LARGE_PIXELS = 4096 * 4096  # above this, `predict` goes block by block (core.blocks) instead of whole-image
+
+
+def is_zarr_path(path: str | Path) -> bool:
+    """A zarr store: a ``.zarr`` path or a folder with zarr metadata."""
+    path = Path(path)
+    markers = ("zarr.json", ".zarray", ".zgroup")
+    return path.suffix.lower() == ".zarr" or (path.is_dir() and any((path / m).exists() for m in markers))
+
+
+def image_shape(path: str | Path) -> tuple[int, ...] | None:
+    """The shape of a TIFF or zarr image without reading its pixels (None for other files)."""
+    path = Path(path)
+    if is_zarr_path(path):
+        return tuple(open_lazy_image(path)[0].shape)
+    if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
+        try:
+            with tifffile.TiffFile(path) as tif:
+                return tuple(tif.series[0].shape)
+        except Exception:  # noqa: BLE001 - read_image reports unreadable files
+            return None
+    return None
+
+
+class TiffRegionArray:
+    """An uncompressed, contiguous TIFF's pixels, read and written region by region.
+
+    Each access maps only the rows it touches (``np.memmap``) and unmaps them at once, so
+    the process's resident memory does not grow with the file as a whole-file memmap's
+    would. ``row_axis`` is the axis that runs over image rows (0 for YX / YXC, 1 for
+    gate-first QYX); axes before it are looped over.
+    """
+
+    def __init__(self, path: str | Path, shape, dtype, offset: int, row_axis: int = 0, writable: bool = False):
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self.offset, self.row_axis, self.writable = int(offset), row_axis, writable
+        self.ndim = len(self.shape)
+
+    @classmethod
+    def open(cls, path: str | Path, row_axis: int = 0) -> TiffRegionArray | None:
+        """The TIFF's first series, or None when it is compressed or not contiguous."""
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            if series.dataoffset is None:
+                return None
+            return cls(path, series.shape, series.dtype, series.dataoffset, row_axis)
+
+    @classmethod
+    def create(cls, path: str | Path, shape, dtype, row_axis: int = 0, **kwargs) -> TiffRegionArray:
+        """A new zero-filled TIFF (``tifffile.memmap``); BigTIFF when it needs it; kwargs go to tifffile."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        image = tifffile.memmap(path, shape=tuple(shape), dtype=dtype, bigtiff=nbytes > 2**32 - 2**25, **kwargs)
+        offset = image.offset
+        del image
+        return cls(path, shape, dtype, offset, row_axis, writable=True)
+
+    def _keys(self, key) -> tuple[tuple, list, slice, tuple]:
+        """Split an index into (leading positions, leading ranges, row slice, the rest as slices)."""
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        key = tuple(k if isinstance(k, slice) else slice(int(k), int(k) + 1) for k in key)
+        lead = [range(*k.indices(n)) for k, n in zip(key[: self.row_axis], self.shape)]
+        positions = list(np.ndindex(*[len(r) for r in lead])) if lead else [()]
+        return positions, lead, key[self.row_axis], key[self.row_axis + 1 :]
+
+    @staticmethod
+    def _squeezed(key) -> tuple[int, ...]:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            return ()  # only slices after an ellipsis here (the block engine's use)
+        return tuple(i for i, k in enumerate(key) if not isinstance(k, slice))
+
+    def _map(self, lead_index: tuple[int, ...], start: int, stop: int, mode: str) -> np.memmap:
+        plane_shape = self.shape[self.row_axis + 1 :]
+        row_bytes = int(np.prod(plane_shape)) * self.dtype.itemsize
+        plane = int(np.ravel_multi_index(lead_index, self.shape[: self.row_axis])) if lead_index else 0
+        offset = self.offset + (plane * self.shape[self.row_axis] + start) * row_bytes
+        return np.memmap(self.path, self.dtype, mode, offset=offset, shape=(stop - start, *plane_shape))
+
+    def __getitem__(self, key) -> np.ndarray:
+        positions, lead, rows, rest = self._keys(key)
+        start, stop, step = rows.indices(self.shape[self.row_axis])
+        stop = max(stop, start)
+        parts = []
+        for pos in positions:
+            index = tuple(r[p] for r, p in zip(lead, pos))
+            if stop > start:
+                mapped = self._map(index, start, stop, "r")
+                parts.append(np.array(mapped[(slice(None, None, step), *rest)]))
+                del mapped
+            else:
+                parts.append(np.zeros((0, *self.shape[self.row_axis + 1 :]), self.dtype)[(slice(None), *rest)])
+        out = np.stack(parts).reshape(*[len(r) for r in lead], *parts[0].shape) if lead else parts[0]
+        squeeze = self._squeezed(key)
+        return out.squeeze(squeeze) if squeeze else out
+
+    def __setitem__(self, key, value) -> None:
+        if not self.writable:
+            raise OSError(f"{self.path.name} was opened read-only")
+        positions, lead, rows, rest = self._keys(key)
+        start, stop, step = rows.indices(self.shape[self.row_axis])
+        if step != 1:
+            raise IndexError("TiffRegionArray writes contiguous row ranges only")
+        value = np.asarray(value)
+        expanded = [len(r) for r in lead] + [
+            len(range(*k.indices(n))) for k, n in zip((rows, *rest), self.shape[self.row_axis :])
+        ]
+        value = np.broadcast_to(
+            value.reshape([n for i, n in enumerate(expanded) if i not in self._squeezed(key)]) if value.ndim else value,
+            expanded,
+        )
+        for pos in positions:
+            index = tuple(r[p] for r, p in zip(lead, pos))
+            target = self._map(index, start, stop, "r+")
+            target[(slice(None), *rest)] = value[pos]
+            target.flush()
+            del target
+
+    def __array__(self, dtype=None, copy=None):
+        return self[...].astype(dtype) if dtype is not None else self[...]
+
+
+class _SqueezedArray:
+    """A view of an array-like with singleton axes fixed at index 0 (e.g. OME-Zarr ``t`` and ``z``)."""
+
+    def __init__(self, array, keep: Sequence[int]):
+        self.array, self.keep = array, list(keep)
+        self.shape = tuple(array.shape[i] for i in self.keep)
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        full = [0] * self.array.ndim
+        for i, k in zip(self.keep, key):
+            full[i] = k
+        return np.asarray(self.array[tuple(full)])
+
+
+def open_lazy_image(path: str | Path) -> tuple[object, str | None]:
+    """``(array-like, axes or None)`` for a large TIFF or a zarr / OME-Zarr store, pixels left on disk.
+
+    TIFF: an uncompressed contiguous file is read region by region (:class:`TiffRegionArray`),
+    a tiled or compressed one through tifffile's zarr store. Zarr: an array, or a group with
+    OME-NGFF ``multiscales`` (the full-resolution level; singleton ``t``/``z`` axes dropped,
+    ``c`` kept as the channel axis), or a group with one array.
+    """
+    path = Path(path)
+    if not (path.is_file() or path.is_dir()):
+        raise ImageReadError(f"no such file: {path}")
+    import zarr
+
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            direct = TiffRegionArray.open(path)
+            if direct is not None:
+                return direct, None
+            return zarr.open(tifffile.imread(path, aszarr=True), mode="r"), None
+        node = zarr.open(str(path), mode="r")
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear message
+        raise ImageReadError(f"{path.name} could not be opened as an image ({exc})") from exc
+    if isinstance(node, zarr.Array):
+        return node, None
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+    if multiscales:
+        meta = multiscales[0]
+        array = node[meta["datasets"][0]["path"]]
+        names = [a["name"] if isinstance(a, dict) else a for a in meta.get("axes", [])] or list("tczyx")[-array.ndim :]
+        keep, axes = [], ""
+        for i, name in enumerate(names):
+            letter = name.lower()
+            if letter in ("y", "x", "c"):
+                keep.append(i)
+                axes += letter.upper()
+            elif array.shape[i] != 1:
+                raise ImageReadError(
+                    f"{path.name}: axis {name!r} has {array.shape[i]} entries; the block engine predicts one 2D "
+                    "(YX or CYX) image, so pick one time point / plane"
+                )
+        return _SqueezedArray(array, keep), axes
+    arrays = list(node.array_keys())
+    if len(arrays) == 1:
+        return node[arrays[0]], None
+    raise ImageReadError(f"{path.name} is a zarr group with {len(arrays)} arrays and no OME metadata: name one")
+
+
+def create_tiff_sinks(out_dir: str | Path, stem: str, shape: tuple[int, int], gate_names: Sequence[str]):
+    """``<stem>_labels.tif`` (uint32) and ``<stem>_attention.tif`` (float32, gate first) to fill block by block.
+
+    Uncompressed so that blocks can be written in place; same layout and attention dtype as
+    :func:`write_labels` / :func:`write_attention`.
+    """
+    from .core.blocks import BlockSinks
+
+    out_dir = Path(out_dir)
+    labels = TiffRegionArray.create(out_dir / f"{stem}_labels.tif", shape, np.uint32)
+    attention = None
+    if gate_names:
+        attention = TiffRegionArray.create(
+            out_dir / f"{stem}_attention.tif",
+            (len(gate_names), *shape),
+            np.float32,
+            row_axis=1,
+            metadata={"axes": "QYX", "gates": ",".join(gate_names)},
+        )
+    return BlockSinks(labels=labels, probability=None, attention=attention)
+
+
+def create_zarr_sinks(
+    store: str | Path, group: str, shape: tuple[int, int], gate_names: Sequence[str], chunk: int, instances: bool = True
+):
+    """Arrays ``labels`` (uint32), ``probability`` and ``attention`` (float16, gate first) in ``store/group``.
+
+    ``chunk`` should divide the block size so that parallel blocks never share a chunk.
+    """
+    import zarr
+
+    from .core.blocks import BlockSinks
+
+    root = zarr.open_group(str(store), mode="a")
+    node = root.require_group(group) if group else root
+    yx = (chunk, chunk)
+    labels = node.create_array(
+        "labels", shape=shape, dtype=np.uint32 if instances else np.uint8, chunks=yx, fill_value=0, overwrite=True
+    )
+    probability = node.create_array(
+        "probability", shape=shape, dtype=np.float16, chunks=yx, fill_value=0, overwrite=True
+    )
+    attention = None
+    if gate_names:
+        attention = node.create_array(
+            "attention",
+            shape=(len(gate_names), *shape),
+            dtype=np.float16,
+            chunks=(1, *yx),
+            fill_value=0,
+            overwrite=True,
+        )
+        attention.attrs.update({"axes": "QYX", "gates": list(gate_names)})
+    labels.attrs.update({"axes": "YX"})
+    return BlockSinks(labels=labels, probability=probability, attention=attention)

@@ -36,6 +36,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default 512 in 2D)")
     p.add_argument("--semantic", action="store_true", help="write a 0/1 foreground mask instead of instance labels")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="predict block by block in bounded memory (default for images over 4096x4096 px, zarr input or a "
+        ".zarr --out: blocks of 2048 px)",
+    )
     engine = p.add_mutually_exclusive_group()
     engine.add_argument(
         "--workers", type=int, default=None, metavar="N", help="run on a local dask cluster of N worker processes"
@@ -101,6 +109,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     failures = 0
     images = tqdm(args.images, desc="images", unit="image", disable=len(args.images) < 2, file=sys.stderr)
     for path in images:
+        if _wants_blocks(args, path):
+            failures += not _predict_in_blocks(args, model, net, device, path, leave=len(args.images) == 1)
+            continue
         try:
             image = read_image(path)
             gen = predict(
@@ -134,6 +145,71 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _wants_blocks(args: argparse.Namespace, path: Path) -> bool:
+    """Large 2D images, zarr input and a ``.zarr`` --out go block by block (core.blocks)."""
+    from ._io import LARGE_PIXELS, image_shape, is_zarr_path
+    from .core.data import ImageShapeError, guess_axes
+
+    if args.block_size is not None or args.out.suffix.lower() == ".zarr" or is_zarr_path(path):
+        return True
+    shape = image_shape(path)
+    if shape is None:
+        return False
+    try:
+        axes = (args.axes or guess_axes(shape)).upper()
+    except ImageShapeError:
+        return False
+    if axes not in ("YX", "YXC", "CYX") or len(axes) != len(shape):
+        return False
+    return shape[axes.index("Y")] * shape[axes.index("X")] > LARGE_PIXELS
+
+
+def _predict_in_blocks(args: argparse.Namespace, model, net, device, path: Path, leave: bool) -> bool:
+    """One image through the block engine, outputs written straight to disk; False when it failed."""
+    from ._io import ImageReadError, create_tiff_sinks, create_zarr_sinks, open_lazy_image, read_image
+    from .core.blocks import plan_blocks, predict_blocks
+    from .core.data import ImageShapeError
+
+    stem = path.name.split(".")[0]
+    try:
+        if path.suffix.lower() in {".tif", ".tiff"} or path.is_dir() or path.suffix.lower() == ".zarr":
+            source, axes = open_lazy_image(path)
+        else:
+            source, axes = read_image(path), None
+        axes = args.axes or axes
+        plan = plan_blocks(source.shape, axes, block_size=args.block_size or 2048)
+        gate_names = list(model.config.gate_names)
+        if args.out.suffix.lower() == ".zarr":
+            sinks = create_zarr_sinks(args.out, stem, plan.shape, gate_names, plan.chunk_size(), not args.semantic)
+        else:
+            sinks = create_tiff_sinks(args.out, stem, plan.shape, gate_names)
+        gen = predict_blocks(
+            model,
+            source,
+            axes=plan.axes,
+            sinks=sinks,
+            block_size=plan.block_size,
+            tile_size=args.tile_size,
+            instances=not args.semantic,
+            precision=args.precision,
+            device=device,
+            inference_model=net,
+        )
+        with tqdm(desc=path.name, unit="tile", leave=leave, file=sys.stderr) as bar:
+            while True:
+                try:
+                    progress = next(gen)
+                except StopIteration:
+                    break
+                bar.total = progress.total
+                bar.set_postfix_str(progress.stage)
+                bar.update(progress.done - bar.n)
+    except (ImageReadError, ImageShapeError, ValueError) as exc:
+        tqdm.write(f"attention-unet: skipping {path}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _cmd_predict_dask(args: argparse.Namespace) -> int:

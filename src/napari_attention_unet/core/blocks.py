@@ -317,7 +317,7 @@ class BlockOptions:
 
     gates: tuple[str, ...] | None = None
     instances: bool = True
-    min_size: int = 8
+    min_size: int | None = None  # None: the default of probabilities_to_instances
     tile_size: int | None = None
     overlap: int | None = None
     batch_size: int | None = None
@@ -410,7 +410,8 @@ def predict_block_steps(
     gate_maps = np.stack([gates[g][core[1:]] for g in gate_names]) if gate_names else np.zeros((0, *block.core_shape))
     del gates
     if options.instances:
-        outer_labels = probabilities_to_instances(probs, min_size=options.min_size)
+        sizes = {} if options.min_size is None else {"min_size": options.min_size}
+        outer_labels = probabilities_to_instances(probs, **sizes)
         labels, links = _local_labels(outer_labels, block, plan)
     else:
         labels = (probability > 0.5).astype(np.uint8)
@@ -660,7 +661,7 @@ def predict_blocks(
     link_width: int | None = None,
     gates: Sequence[str] | None = None,
     instances: bool = True,
-    min_size: int = 8,
+    min_size: int | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
