@@ -218,3 +218,47 @@ def test_finetune_inside_a_rectangle(qtbot, corrected, notes, accept_all):
     assert len(notes["error"]) == 1, notes
     assert widget.session.model_info.name.startswith("tiny-ft-")
     np.testing.assert_array_equal(layer.data, before)
+
+
+@pytest.fixture
+def bundled_widget(make_napari_viewer, tmp_path, monkeypatch, qtbot):
+    """The widget with the real bundled model (saved versions go to a temp folder)."""
+    monkeypatch.setenv("NAPARI_ATTENTION_UNET_HOME", str(tmp_path / "home"))
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-attention-unet", "Attention U-Net")
+    yield viewer, widget
+    if widget.finetune.is_running:
+        widget.finetune.cancel()
+    qtbot.waitUntil(lambda: not widget.finetune.is_running and not widget.is_running, timeout=TIMEOUT_MS)
+
+
+def test_finetune_of_the_bundled_model_is_accepted_as_a_new_version(qtbot, bundled_widget, notes):
+    """The user's path with nothing patched: predict, correct a copy of the masks, fine-tune, get a new version."""
+    viewer, widget = bundled_widget
+    assert widget._model.value == "nuclei"
+    viewer.open_sample("napari-attention-unet", "nuclei")
+    widget._image.value = viewer.layers["nuclei"]
+    widget.predict()
+    wait_idle(qtbot, widget)
+    predicted = viewer.layers["nuclei masks"].data.copy()
+    assert predicted.max() > 5
+
+    # The user's corrections: erase the largest predicted nucleus, paint a new one.
+    corrected = predicted.copy()
+    ids, sizes = np.unique(predicted[predicted > 0], return_counts=True)
+    corrected[predicted == ids[sizes.argmax()]] = 0
+    corrected[10:20, 10:20] = corrected.max() + 1
+    layer = viewer.add_labels(corrected, name="my corrections")
+    widget.finetune._corrected.value = layer
+    widget.finetune.start(steps=3)
+    wait_idle(qtbot, widget)
+
+    assert not notes["error"] and not notes["warning"], notes  # accepted by the real sanity check
+    versions = [m.name for m in _versions.list_versions() if m.name.startswith("nuclei-ft-")]
+    assert len(versions) == 1
+    assert widget._model.value == versions[0] and widget.session.model_info.name == versions[0]
+    assert _versions.version_info(versions[0])["parent"] == "nuclei"
+    masks = viewer.layers["nuclei masks"]
+    assert masks.metadata[_layers.MARKER]["model"] == versions[0]  # re-predicted with the new version
+    assert masks.data.max() > 5  # still finds nuclei after 3 small steps
+    np.testing.assert_array_equal(layer.data, corrected)  # the user's layer is only read

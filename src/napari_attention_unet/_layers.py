@@ -223,6 +223,8 @@ def _update(layer: napari.layers.Layer, result: ResultLayer, placement: Placemen
     else:
         layer.data = result.data
     layer.scale, layer.translate = placement.scale, placement.translate
+    # The layer now shows this run's result: say which model made it.
+    layer.metadata[MARKER].update(result.kwargs["metadata"][MARKER])
     if result.layer_type == "image":
         layer.contrast_limits = (0.0, 1.0)
     return True
