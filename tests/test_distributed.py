@@ -185,3 +185,52 @@ def test_cli_unreachable_scheduler_is_a_clear_error(tiny_file, tmp_path, capsys)
 def test_dask_client_refuses_zero_workers():
     with pytest.raises(ValueError, match="at least 1"), dask_client(workers=0):
         pass
+
+
+# --------------------------------------------------------------------------- one large image in blocks
+
+
+@pytest.fixture(scope="module")
+def mosaic():
+    """512 x 512 of real nuclei: the two grey DSB test images and the sample, one of them mirrored."""
+    grey = [read_image(p) for p in (BATCH[0], BATCH[1], SAMPLE)]
+    return np.block([[grey[0], grey[1]], [grey[2], grey[0][:, ::-1]]])
+
+
+@pytest.fixture(scope="module")
+def mosaic_in_one_process(mosaic):
+    """The block engine's sequential driver on the mosaic, bundled model, 192 px blocks (3 x 3)."""
+    from napari_attention_unet.core.blocks import predict_blocks
+
+    model, _, _ = worker_model(model_spec(None, "cpu"))
+    return run_to_end(predict_blocks(model, mosaic, block_size=192, device="cpu"))
+
+
+def test_large_tiff_in_blocks_matches_one_process(client, mosaic, mosaic_in_one_process, tmp_path):
+    from napari_attention_unet._distributed import predict_large
+
+    spec = model_spec(None, "cpu")  # the bundled model: real objects to stitch across block faces
+    model, _, _ = worker_model(spec)
+    image_path, out = tmp_path / "mosaic.tif", tmp_path / "out"
+    tifffile.imwrite(image_path, mosaic)
+
+    # 192 px blocks: 3 x 3 blocks whose faces cut through nuclei, spread over the two workers
+    result = predict_large(client, image_path, out, spec, model.config, block_size=192, progress=False)
+
+    assert result.blocks == 9 and result.n_objects == mosaic_in_one_process.n_objects > 20
+    labels, attention = [tifffile.imread(p) for p in result_paths(out, image_path)]
+    assert_same_instances(labels, mosaic_in_one_process.labels)
+    np.testing.assert_allclose(attention, mosaic_in_one_process.attention, atol=2e-3)
+
+
+def test_cli_zarr_in_zarr_out_on_a_scheduler(cluster, mosaic, mosaic_in_one_process, tmp_path, capsys):
+    zarr = pytest.importorskip("zarr")
+
+    source, out = tmp_path / "slide.zarr", tmp_path / "out.zarr"
+    zarr.create_array(str(source), data=mosaic, chunks=(128, 128))
+    argv = ["predict", str(source), "--out", str(out), "--block-size", "192", "--device", "cpu"]
+    assert cli.main([*argv, "--scheduler", cluster.scheduler_address]) == 0, capsys.readouterr().err
+
+    stored = zarr.open_group(str(out), mode="r")["slide"]
+    assert_same_instances(stored["labels"][...], mosaic_in_one_process.labels)
+    np.testing.assert_allclose(stored["attention"][...].astype(np.float32), mosaic_in_one_process.attention, atol=2e-3)

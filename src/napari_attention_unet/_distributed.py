@@ -34,14 +34,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FileResult",
+    "LargeResult",
     "ModelSpec",
     "PredictOptions",
     "TorchThreads",
+    "block_sinks",
     "dask_client",
     "local_cluster",
     "model_spec",
     "predict_batch",
     "predict_file",
+    "predict_large",
     "result_paths",
     "submit_files",
     "worker_model",
@@ -331,3 +334,133 @@ def predict_batch(
         client.cancel(futures)
         raise
     return [r for r in results if r is not None]
+
+
+# --------------------------------------------------------------------------- one large image, block by block
+
+
+@dataclass(frozen=True)
+class LargeResult:
+    """What :func:`predict_large` wrote for one image: ``n_objects`` stitched objects in ``blocks`` blocks."""
+
+    path: Path
+    labels: object
+    attention: object
+    n_objects: int
+    blocks: int
+    seconds: float
+
+
+def _open_source(source):
+    """A path is opened lazily where the task runs (a worker reads only its block); arrays pass through."""
+    from ._io import open_lazy_image
+
+    return open_lazy_image(source)[0] if isinstance(source, str) else source
+
+
+def _predict_block_task(source, block, plan, spec: ModelSpec, normalization, options, sinks):
+    """One block on a worker: read its outer region, predict, write its core; returns the small links."""
+    from dataclasses import replace
+
+    from .core.blocks import predict_block, write_block
+
+    source = _open_source(source)
+    model, net, device = worker_model(spec)
+    result = predict_block(
+        source, block, plan, model, normalization, replace(options, device=str(device)), inference_model=net
+    )
+    write_block(result, sinks)
+    return result.links
+
+
+def _normalization_task(source, plan, in_channels: int):
+    from .core.blocks import global_normalization
+
+    return global_normalization(_open_source(source), plan, in_channels)
+
+
+def block_sinks(out: Path, stem: str, plan, gate_names: Sequence[str], instances: bool = True):
+    """Where a large image's blocks go: ``out/<stem>/{labels,attention,probability}`` in a ``.zarr`` ``out``,
+    else ``out/<stem>_labels.tif`` and ``out/<stem>_attention.tif`` (uncompressed, written in place)."""
+    from ._io import create_tiff_sinks, create_zarr_sinks
+
+    out = Path(out)
+    if out.suffix.lower() == ".zarr":
+        return create_zarr_sinks(out, stem, plan.shape, gate_names, plan.chunk_size(), instances)
+    out.mkdir(parents=True, exist_ok=True)
+    return create_tiff_sinks(out, stem, plan.shape, gate_names)
+
+
+def predict_large(
+    client: Client,
+    image_path: Path,
+    out: Path,
+    spec: ModelSpec,
+    config,
+    *,
+    axes: str | None = None,
+    block_size: int = 2048,
+    options: PredictOptions = PredictOptions(),
+    progress: bool = True,
+) -> LargeResult:
+    """Predict one large image block by block on the cluster (the engine of ``core.blocks``).
+
+    The workers read their blocks straight from ``image_path`` (a TIFF or zarr / OME-Zarr;
+    other formats are read by the client and scattered) and write their cores into
+    the arrays of :func:`block_sinks` under ``out`` (a folder, or a ``.zarr`` store), which
+    every worker must reach (on several machines: a shared file system or object store);
+    only each block's small link bands come back. The client stitches them
+    (:class:`~.core.blocks.Stitcher`) as blocks finish, then the workers relabel their
+    blocks with the global ids. ``config`` is the model's :class:`~.core.model.ModelConfig`.
+    """
+    from tqdm import tqdm
+
+    from ._io import TIFF_SUFFIXES, is_zarr_path, open_lazy_image, read_image
+    from .core.blocks import BlockOptions, Stitcher, plan_blocks, relabel_block
+
+    start = time.perf_counter()
+    if Path(image_path).suffix.lower() in TIFF_SUFFIXES or is_zarr_path(image_path):
+        source, file_axes = open_lazy_image(image_path)
+        source_arg = str(image_path)  # each worker opens it and reads its own blocks
+    else:  # PNG, JPEG: read here once, shared with the workers
+        source, file_axes = read_image(image_path), None
+        source_arg = client.scatter(source, broadcast=False)
+    plan = plan_blocks(source.shape, axes or file_axes, block_size=block_size)
+    sinks = block_sinks(out, Path(image_path).name.split(".")[0], plan, config.gate_names, options.instances)
+    block_options = BlockOptions(
+        gates=tuple(config.gate_names),
+        instances=options.instances,
+        tile_size=options.tile_size,
+        precision=options.precision,
+        device=spec.device,
+    )
+    normalization = client.submit(_normalization_task, source_arg, plan, config.in_channels, pure=False).result()
+    blocks = plan.blocks
+    futures = [
+        client.submit(_predict_block_task, source_arg, b, plan, spec, normalization, block_options, sinks, pure=False)
+        for b in blocks
+    ]
+    stitcher = Stitcher(plan)
+    try:
+        with tqdm(
+            total=len(blocks), desc=Path(image_path).name, unit="block", disable=not progress, file=sys.stderr
+        ) as bar:
+            for future in as_completed(futures):
+                stitcher.add(future.result())
+                future.release()
+                bar.update(1)
+            n_objects = 0
+            if options.instances:
+                bar.set_postfix_str("relabelling")
+                stitching = stitcher.finish()
+                n_objects = stitching.n_objects
+                futures = [
+                    client.submit(relabel_block, sinks.labels, b, stitching.lut(b.index), pure=False) for b in blocks
+                ]
+                client.gather(futures)
+    except BaseException:  # Ctrl-C, or a block failed: stop the blocks still queued or running
+        client.cancel(futures)
+        raise
+    return LargeResult(
+        Path(image_path), sinks.labels, sinks.attention, n_objects, len(blocks), time.perf_counter() - start
+    )

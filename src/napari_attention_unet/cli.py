@@ -213,30 +213,47 @@ def _predict_in_blocks(args: argparse.Namespace, model, net, device, path: Path,
 
 
 def _cmd_predict_dask(args: argparse.Namespace) -> int:
-    """``predict`` on dask: one task per file, each worker with its own model (see _distributed)."""
-    from ._distributed import PredictOptions, dask_client, model_spec, predict_batch
+    """``predict`` on dask: one task per file, or per block for the images :func:`_wants_blocks` picks.
+
+    Each worker loads the model once (see _distributed); large images are stitched here.
+    """
+    from ._distributed import PredictOptions, dask_client, model_spec, predict_batch, predict_large
+    from ._io import ImageReadError
     from ._registry import ModelFileError, ModelNotFoundError, open_model
+    from .core.data import ImageShapeError
 
     if args.workers is not None and args.workers < 1:
         return _fail(f"--workers must be at least 1, got {args.workers}")
     try:
-        _model, _meta, info = open_model(args.model)  # a bad model fails here, before any worker starts
+        model, _meta, info = open_model(args.model)  # a bad model fails here, before any worker starts
     except (ModelNotFoundError, ModelFileError) as exc:
         return _fail(str(exc))
     spec = model_spec(info.name if info.bundled else info.path, args.device)
     options = PredictOptions(args.axes, args.tile_size, not args.semantic, args.precision)
-    args.out.mkdir(parents=True, exist_ok=True)
+    large = [path for path in args.images if _wants_blocks(args, path)]
+    files = [path for path in args.images if path not in large]
     where = args.scheduler or f"a local cluster of {args.workers} worker process(es)"
     print(f"model {info.name} on {where} (device {args.device} on each worker)", file=sys.stderr)
+    failures = 0
     try:
         with dask_client(args.scheduler, args.workers) as client:
-            results = predict_batch(client, args.images, args.out, spec, options)
+            if files:
+                args.out.mkdir(parents=True, exist_ok=True)
+                failures += sum(not r.ok for r in predict_batch(client, files, args.out, spec, options))
+            for path in large:
+                try:
+                    size = args.block_size or 2048
+                    predict_large(
+                        client, path, args.out, spec, model.config, axes=args.axes, block_size=size, options=options
+                    )
+                except (ImageReadError, ImageShapeError, ValueError) as exc:
+                    failures += 1
+                    tqdm.write(f"attention-unet: skipping {path}: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted: the cluster was stopped; files already written are kept", file=sys.stderr)
         return 130
     except OSError as exc:  # no scheduler at that address
         return _fail(f"could not reach the dask scheduler {args.scheduler}: {exc}")
-    failures = sum(not r.ok for r in results)
     if failures:
         print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
         return 1
