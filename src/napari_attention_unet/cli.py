@@ -2,6 +2,7 @@
 
 attention-unet predict IMAGE [IMAGE ...] --out DIR [--model NAME_OR_PATH] [--device auto|cpu|cuda|mps]
 attention-unet models
+attention-unet export MODEL --format bioimageio|onnx|torchscript --out PATH
 """
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     engine = p.add_mutually_exclusive_group()
     engine.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="run on a local dask cluster of N worker processes"
+        "--workers",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="N",
+        help="run on a local dask cluster of N worker processes (--workers alone: one per core)",
     )
     engine.add_argument(
         "--scheduler", default=None, metavar="ADDRESS", help="run on an existing dask scheduler, e.g. tcp://host:8786"
@@ -68,6 +75,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list bundled and saved models")
     m.set_defaults(func=_cmd_models)
+
+    x = sub.add_parser("export", help="export a model for other tools: BioImage Model Zoo zip, ONNX or TorchScript")
+    x.add_argument("model", metavar="MODEL", help="bundled or saved model name, or a .safetensors file")
+    x.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
+    x.add_argument("--out", required=True, type=Path, metavar="PATH", help="file to write (.zip, .onnx or .pt added)")
+    x.add_argument("--test-image", type=Path, metavar="IMG", help="bioimageio: real image for the test data")
+    x.set_defaults(func=_cmd_export)
     return parser
 
 
@@ -217,13 +231,21 @@ def _cmd_predict_dask(args: argparse.Namespace) -> int:
 
     Each worker loads the model once (see _distributed); large images are stitched here.
     """
-    from ._distributed import PredictOptions, dask_client, model_spec, predict_batch, predict_large
-    from ._io import ImageReadError
+    from ._distributed import (
+        PredictOptions,
+        SchedulerUnreachableError,
+        dask_client,
+        model_spec,
+        predict_batch,
+        predict_large,
+        usable_cores,
+    )
     from ._registry import ModelFileError, ModelNotFoundError, open_model
     from .core.data import ImageShapeError
 
-    if args.workers is not None and args.workers < 1:
+    if args.workers is not None and args.workers < 0:
         return _fail(f"--workers must be at least 1, got {args.workers}")
+    workers = args.workers or usable_cores()  # --workers alone (or 0): one per core
     try:
         model, _meta, info = open_model(args.model)  # a bad model fails here, before any worker starts
     except (ModelNotFoundError, ModelFileError) as exc:
@@ -232,11 +254,11 @@ def _cmd_predict_dask(args: argparse.Namespace) -> int:
     options = PredictOptions(args.axes, args.tile_size, not args.semantic, args.precision)
     large = [path for path in args.images if _wants_blocks(args, path)]
     files = [path for path in args.images if path not in large]
-    where = args.scheduler or f"a local cluster of {args.workers} worker process(es)"
+    where = args.scheduler or f"a local cluster of {workers} worker process(es)"
     print(f"model {info.name} on {where} (device {args.device} on each worker)", file=sys.stderr)
     failures = 0
     try:
-        with dask_client(args.scheduler, args.workers) as client:
+        with dask_client(args.scheduler, None if args.scheduler else workers) as client:
             if files:
                 args.out.mkdir(parents=True, exist_ok=True)
                 failures += sum(not r.ok for r in predict_batch(client, files, args.out, spec, options))
@@ -246,14 +268,14 @@ def _cmd_predict_dask(args: argparse.Namespace) -> int:
                     predict_large(
                         client, path, args.out, spec, model.config, axes=args.axes, block_size=size, options=options
                     )
-                except (ImageReadError, ImageShapeError, ValueError) as exc:
+                except (ImageShapeError, ValueError, OSError) as exc:  # OSError: unreadable input, unwritable output
                     failures += 1
                     tqdm.write(f"attention-unet: skipping {path}: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted: the cluster was stopped; files already written are kept", file=sys.stderr)
         return 130
-    except OSError as exc:  # no scheduler at that address
-        return _fail(f"could not reach the dask scheduler {args.scheduler}: {exc}")
+    except SchedulerUnreachableError as exc:
+        return _fail(str(exc))
     if failures:
         print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
         return 1
@@ -308,6 +330,54 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     }
     path = save_model(result.model, args.out, info=meta)
     print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ._export import ExportError, export_model
+    from ._io import ImageReadError, read_image
+    from ._registry import ModelFileError, ModelNotFoundError, open_model
+    from .core.data import ImageShapeError
+    from .core.weights import bundled_dir
+
+    if args.test_image is not None and args.format != "bioimageio":
+        return _fail("--test-image is only used by --format bioimageio")
+    try:
+        model, meta, info = open_model(args.model)
+        extra = {}
+        if args.format == "bioimageio":
+            card = bundled_dir() / f"{info.name}.json"
+            extra["model_card"] = card if info.bundled and card.is_file() else None
+            extra["test_image"] = None if args.test_image is None else read_image(args.test_image)
+        print(f"exporting {info.name} as {args.format}", file=sys.stderr)
+        path = export_model(model, args.format, args.out, info.name, meta, **extra)
+    except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, ExportError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {path}", file=sys.stderr)
+    return _check_bioimageio(path) if args.format == "bioimageio" else 0
+
+
+def _check_bioimageio(path: Path) -> int:
+    """Validate a package with the bioimage.io libraries when they are installed (offline)."""
+    from ._bioimageio import validate_package
+    from ._export import ExportError
+
+    try:
+        import bioimageio.core  # noqa: F401 - with it, the weights are run on the test data too
+
+        run_test = True
+    except ImportError:
+        run_test = False
+    try:
+        passed, report = validate_package(path, run_test=run_test)
+    except ExportError as exc:
+        print(f"not validated: {exc}", file=sys.stderr)
+        return 0
+    if not passed:
+        print(report, file=sys.stderr)
+        return _fail(f"{path} did not pass bioimage.io validation (report above)")
+    what = "format and test run (bioimageio.core)" if run_test else "format (bioimageio.spec)"
+    print(f"bioimage.io validation passed: {what}", file=sys.stderr)
     return 0
 
 
