@@ -20,6 +20,7 @@ from napari_attention_unet._distributed import (
     model_spec,
     predict_batch,
     result_paths,
+    usable_cores,
     worker_model,
 )
 from napari_attention_unet._io import read_image
@@ -153,13 +154,15 @@ def test_cli_on_an_existing_scheduler(cluster, tiny_file, tmp_path, capsys):
     assert all(result_paths(tmp_path / "o2", p)[0].is_file() for p in BATCH)
 
 
-def test_cli_local_cluster_starts_and_stops(tiny_file, tmp_path, capsys):
+@pytest.mark.parametrize("workers", [["--workers", "2"], ["--workers"]])
+def test_cli_local_cluster_starts_and_stops(tiny_file, tmp_path, capsys, workers):
     out = tmp_path / "out"
     before = set(multiprocessing.active_children())
-    rc = cli.main(["predict", *map(str, BATCH[:2]), "--out", str(out), "--model", str(tiny_file), "--workers", "2"])
+    rc = cli.main(["predict", *map(str, BATCH[:2]), "--out", str(out), "--model", str(tiny_file), *workers])
     assert rc == 0, capsys.readouterr().err
     assert all(p.is_file() for path in BATCH[:2] for p in result_paths(out, path))
-    assert "local cluster of 2 worker" in capsys.readouterr().err
+    n = workers[1] if len(workers) > 1 else str(usable_cores())  # --workers alone: one per core
+    assert f"local cluster of {n} worker" in capsys.readouterr().err
     assert set(multiprocessing.active_children()) == before  # its worker processes are gone
 
 

@@ -14,6 +14,7 @@ connects to an existing scheduler, and closes what it started on exit and on Ctr
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -37,6 +38,7 @@ __all__ = [
     "LargeResult",
     "ModelSpec",
     "PredictOptions",
+    "SchedulerUnreachableError",
     "TorchThreads",
     "block_sinks",
     "dask_client",
@@ -51,6 +53,10 @@ __all__ = [
 ]
 
 PLUGIN_NAME = "napari-attention-unet-threads"
+
+
+class SchedulerUnreachableError(ConnectionError):
+    """No dask scheduler answered at the address given."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,7 @@ def local_cluster(workers: int, *, memory_limit: str | float = "auto", host: str
         dashboard_address=None,
         scheduler_kwargs={"dashboard": False, "dashboard_address": f"{host}:0"},
         memory_limit=memory_limit,
+        silence_logs=logging.ERROR,  # no worker-state warnings on the terminal when Ctrl-C cancels tasks
     )
 
 
@@ -267,7 +274,10 @@ def dask_client(
     are in memory per worker, and torch gets the worker's share of the cores.
     """
     if scheduler is not None:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler)
+        except (OSError, TimeoutError) as exc:
+            raise SchedulerUnreachableError(f"could not reach the dask scheduler {scheduler}: {exc}") from exc
         try:
             yield client
         finally:

@@ -47,7 +47,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     engine = p.add_mutually_exclusive_group()
     engine.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="run on a local dask cluster of N worker processes"
+        "--workers",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="N",
+        help="run on a local dask cluster of N worker processes (--workers alone: one per core)",
     )
     engine.add_argument(
         "--scheduler", default=None, metavar="ADDRESS", help="run on an existing dask scheduler, e.g. tcp://host:8786"
@@ -225,13 +231,21 @@ def _cmd_predict_dask(args: argparse.Namespace) -> int:
 
     Each worker loads the model once (see _distributed); large images are stitched here.
     """
-    from ._distributed import PredictOptions, dask_client, model_spec, predict_batch, predict_large
-    from ._io import ImageReadError
+    from ._distributed import (
+        PredictOptions,
+        SchedulerUnreachableError,
+        dask_client,
+        model_spec,
+        predict_batch,
+        predict_large,
+        usable_cores,
+    )
     from ._registry import ModelFileError, ModelNotFoundError, open_model
     from .core.data import ImageShapeError
 
-    if args.workers is not None and args.workers < 1:
+    if args.workers is not None and args.workers < 0:
         return _fail(f"--workers must be at least 1, got {args.workers}")
+    workers = args.workers or usable_cores()  # --workers alone (or 0): one per core
     try:
         model, _meta, info = open_model(args.model)  # a bad model fails here, before any worker starts
     except (ModelNotFoundError, ModelFileError) as exc:
@@ -240,11 +254,11 @@ def _cmd_predict_dask(args: argparse.Namespace) -> int:
     options = PredictOptions(args.axes, args.tile_size, not args.semantic, args.precision)
     large = [path for path in args.images if _wants_blocks(args, path)]
     files = [path for path in args.images if path not in large]
-    where = args.scheduler or f"a local cluster of {args.workers} worker process(es)"
+    where = args.scheduler or f"a local cluster of {workers} worker process(es)"
     print(f"model {info.name} on {where} (device {args.device} on each worker)", file=sys.stderr)
     failures = 0
     try:
-        with dask_client(args.scheduler, args.workers) as client:
+        with dask_client(args.scheduler, None if args.scheduler else workers) as client:
             if files:
                 args.out.mkdir(parents=True, exist_ok=True)
                 failures += sum(not r.ok for r in predict_batch(client, files, args.out, spec, options))
@@ -254,14 +268,14 @@ def _cmd_predict_dask(args: argparse.Namespace) -> int:
                     predict_large(
                         client, path, args.out, spec, model.config, axes=args.axes, block_size=size, options=options
                     )
-                except (ImageReadError, ImageShapeError, ValueError) as exc:
+                except (ImageShapeError, ValueError, OSError) as exc:  # OSError: unreadable input, unwritable output
                     failures += 1
                     tqdm.write(f"attention-unet: skipping {path}: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted: the cluster was stopped; files already written are kept", file=sys.stderr)
         return 130
-    except OSError as exc:  # no scheduler at that address
-        return _fail(f"could not reach the dask scheduler {args.scheduler}: {exc}")
+    except SchedulerUnreachableError as exc:
+        return _fail(str(exc))
     if failures:
         print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
         return 1
