@@ -369,11 +369,17 @@ def load_inference_model(model: AttentionUNet | str | os.PathLike, device: str |
     return _MODEL_CACHE[key]
 
 
+# A 2048 px block with its 64 px halo is 2176 px across: four tiles of 592 px overlapping by 64 cover
+# it exactly, where predict()'s fitted tiles (at most 576 px) would take five. So blocks fit tiles of
+# up to 592 px (528 * 9 / 8), with predict()'s 64 px overlap.
+BLOCK_TILE, BLOCK_OVERLAP = 528, 64
+
+
 def _tile_policy(tile_size: int | None, overlap: int | None) -> tuple[bool, int, int]:
-    fit = tile_size is None
-    tile_size = 512 if tile_size is None else tile_size
-    overlap = max(tile_size // 8, 16) if overlap is None else overlap
-    return fit, tile_size, overlap
+    """``(fit, tile_size, overlap)`` for the tiling of one block's outer region."""
+    if tile_size is None:
+        return True, BLOCK_TILE, BLOCK_OVERLAP if overlap is None else overlap
+    return False, tile_size, max(tile_size // 8, 16) if overlap is None else overlap
 
 
 def predict_block_steps(
