@@ -89,7 +89,8 @@ def score(model, images, masks, device, foreground, match_ap=None) -> dict:
 
 
 def finetune(model, pairs, args, device) -> tuple:
-    config = TrainConfig(max_steps=args.steps, time_budget=60.0 * args.minutes, seed=args.seed)
+    extra = {"lr": args.lr} if args.lr else {}
+    config = TrainConfig(max_steps=args.steps, time_budget=60.0 * args.minutes, seed=args.seed, **extra)
     trainer = Trainer(model, pairs, config=config, device=device)
     start = time.perf_counter()
     for report in trainer.run():
@@ -136,8 +137,9 @@ def isbi(model, args, device) -> dict:
     def load(names):
         return [imread(ISBI / "images" / n) for n in names], [imread(ISBI / "masks" / n) for n in names]
 
-    return run_domain(f"ISBI 2012 EM (train {', '.join(chosen)})", model, load(chosen), load(rest), args, device,
-                      lambda m: m == 1)
+    return run_domain(
+        f"ISBI 2012 EM (train {', '.join(chosen)})", model, load(chosen), load(rest), args, device, lambda m: m == 1
+    )
 
 
 def he(model, args, device) -> dict:
@@ -154,8 +156,16 @@ def he(model, args, device) -> dict:
             imread(DSB2018 / "masks" / f"{n}.tif") for n in names
         ]
 
-    return run_domain("DSB 2018 H&E (bundled model's validation split)", model, load(order[:N_HE_TRAIN]),
-                      load(order[N_HE_TRAIN:]), args, device, lambda m: m > 0, match_ap_fn())
+    return run_domain(
+        "DSB 2018 H&E (bundled model's validation split)",
+        model,
+        load(order[:N_HE_TRAIN]),
+        load(order[N_HE_TRAIN:]),
+        args,
+        device,
+        lambda m: m > 0,
+        match_ap_fn(),
+    )
 
 
 def table(rows: list[dict]) -> None:
@@ -167,11 +177,15 @@ def table(rows: list[dict]) -> None:
                 continue
             b, a = r["before"][metric], r["after"][metric]
             ratio = f"{a / b:.2f}x" if b > 0 else "-"
-            print(f"| {r['domain']} | {r['n_train']} / {r['n_test']} | {metric} | {b:.3f} | {a:.3f} | "
-                  f"{a - b:+.3f} | {ratio} |")
+            print(
+                f"| {r['domain']} | {r['n_train']} / {r['n_test']} | {metric} | {b:.3f} | {a:.3f} | "
+                f"{a - b:+.3f} | {ratio} |"
+            )
     for r in rows:
-        print(f"- {r['domain']}: {r['steps']} steps in {r['train_seconds']:.0f} s, stopped: {r['stopped']}, "
-              f"best step {r['best_step']}, best val Dice {r['best_val_dice']:.3f}, accepted {r['accepted']}")
+        print(
+            f"- {r['domain']}: {r['steps']} steps in {r['train_seconds']:.0f} s, stopped: {r['stopped']}, "
+            f"best step {r['best_step']}, best val Dice {r['best_val_dice']:.3f}, accepted {r['accepted']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -182,6 +196,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train-slices", default="0,1", help="ISBI slices to fine-tune on (default 0,1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--domain", default="both", choices=["isbi", "he", "both"])
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainConfig's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     require_data()
@@ -189,8 +204,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     model, _meta, info = open_model()
     device = pick_device(args.device)
-    print(f"model: {info.name!r} ({info.path}); device: {describe_device(device)}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"model: {info.name!r} ({info.path}); device: {describe_device(device)}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     budget = f"time_budget={60 * args.minutes:.0f} s, max_steps={args.steps}"
     print(f"TrainConfig defaults except {budget}, seed={args.seed}")
     rows = []
