@@ -86,3 +86,42 @@ def test_clear_errors(tmp_path, model_file, home):
     skipped = run_cli("predict", text, FLUO, "--out", tmp_path / "o", "--model", model_file)
     assert skipped.returncode == 1 and "unsupported file type" in skipped.stderr
     assert (tmp_path / "o" / f"{FLUO.stem}_labels.tif").is_file()  # the good image was still done
+
+
+def test_predict_block_by_block_writes_the_same_files(tmp_path, home):
+    """``--block-size`` (automatic above 4096x4096 px) streams blocks into uncompressed TIFFs."""
+    from napari_attention_unet._registry import open_model
+    from napari_attention_unet.core.blocks import predict_blocks
+    from napari_attention_unet.core.predict import run_to_end
+
+    image = np.tile(tifffile.imread(FLUO), (2, 2))
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    done = run_cli("predict", tmp_path / "big.tif", "--out", tmp_path / "out", "--block-size", 192, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    expected = run_to_end(predict_blocks(open_model()[0], image, block_size=192, device="cpu"))
+    labels = tifffile.imread(tmp_path / "out" / "big_labels.tif")
+    attention = tifffile.imread(tmp_path / "out" / "big_attention.tif")
+    assert expected.n_objects > 20 and np.array_equal(labels, expected.labels)
+    assert attention.shape == (4, 512, 512) and attention.dtype == np.float32
+    assert np.abs(attention - expected.attention).max() < 1e-3
+
+
+def test_predict_ome_zarr_input_to_zarr_output(tmp_path, model_file, home):
+    zarr = pytest.importorskip("zarr")
+    image = tifffile.imread(HE)
+    group = zarr.open_group(str(tmp_path / "slide.ome.zarr"), mode="w")
+    level = group.create_array("0", shape=(1, 3, 1, *image.shape[:2]), dtype=image.dtype, chunks=(1, 3, 1, 128, 128))
+    level[:] = np.moveaxis(image, -1, 0)[None, :, None]
+    axes = [{"name": n, "type": t} for n, t in zip("tczyx", ["time", "channel", "space", "space", "space"])]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [{"path": "0"}]}]}
+    out = tmp_path / "result.zarr"
+    done = run_cli("predict", tmp_path / "slide.ome.zarr", FLUO, "--out", out, "--model", model_file)
+    assert done.returncode == 0, done.stderr
+    results = zarr.open_group(str(out), mode="r")
+    assert results["slide/labels"].shape == image.shape[:2] and results["slide/attention"].shape == (2, 256, 320)
+    assert results["slide/attention"].attrs["gates"] == ["gate1", "gate2"]
+    assert results[f"{FLUO.stem}/probability"].dtype == np.float16
+    from_tiff = run_cli("predict", HE, "--out", tmp_path / "tif", "--model", model_file, "--block-size", 128)
+    assert from_tiff.returncode == 0, from_tiff.stderr
+    same = tifffile.imread(tmp_path / "tif" / f"{HE.stem}_attention.tif")
+    assert np.abs(results["slide/attention"][:].astype(np.float32) - same).max() < 1e-3  # CYX zarr == YXC TIFF

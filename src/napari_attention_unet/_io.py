@@ -84,6 +84,16 @@ def write_attention(path: str | Path, gate_maps: dict[str, np.ndarray], spatial_
 LARGE_PIXELS = 4096 * 4096  # above this, `predict` goes block by block (core.blocks) instead of whole-image
 
 
+def _zarr():
+    try:
+        import zarr
+    except ImportError as exc:  # zarr 3 needs Python 3.11
+        raise ImageReadError(
+            "zarr input and output need the zarr package (3.x, Python 3.11+): pip install zarr"
+        ) from exc
+    return zarr
+
+
 def is_zarr_path(path: str | Path) -> bool:
     """A zarr store: a ``.zarr`` path or a folder with zarr metadata."""
     path = Path(path)
@@ -235,7 +245,7 @@ def open_lazy_image(path: str | Path) -> tuple[object, str | None]:
     path = Path(path)
     if not (path.is_file() or path.is_dir()):
         raise ImageReadError(f"no such file: {path}")
-    import zarr
+    zarr = _zarr()
 
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
@@ -303,7 +313,7 @@ def create_zarr_sinks(
 
     ``chunk`` should divide the block size so that parallel blocks never share a chunk.
     """
-    import zarr
+    zarr = _zarr()
 
     from .core.blocks import BlockSinks
 
