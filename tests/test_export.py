@@ -329,3 +329,18 @@ def test_saved_fine_tuned_model_exports_with_its_info(model_home, tmp_path):
     with torch.inference_mode():
         probabilities, _ = torch.jit.load(str(path))(torch.from_numpy(x))
     assert np.abs(probabilities.numpy() - reference(model, x)[0]).max() < TOLERANCE
+
+
+def test_bundled_models_package_documentation_quotes_its_card(bundled):
+    """The package README of the bundled model carries the held-out scores of its model card."""
+    from napari_attention_unet._bioimageio import _documentation
+    from napari_attention_unet._export import input_contract
+    from napari_attention_unet.core.weights import bundled_dir
+
+    model, info, name = bundled
+    card = json.loads((bundled_dir() / "nuclei.json").read_text())
+    overall = card["validation_scores"]["overall"]["model"]
+    text = _documentation(name, input_contract(model, name, info), info, card)
+    assert "## Validation" in text  # bioimage.io asks for this section
+    assert f"| all | {overall['n']} | {overall['ap50']} | {overall['dice']} |" in text
+    assert "scale_range" in text and "multiples of 16" in text

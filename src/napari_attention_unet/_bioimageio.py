@@ -36,7 +36,7 @@ from ._export import (
 from .core.data import ImageShapeError, match_channels, normalize, to_channel_first
 from .core.model import AttentionUNet
 
-__all__ = ["FORMAT_VERSION", "export_bioimageio", "test_tensors", "validate_package"]
+__all__ = ["FORMAT_VERSION", "export_bioimageio", "reference_tensors", "validate_package"]
 
 FORMAT_VERSION = "0.5.4"
 AUTHORS = [{"name": "napari-attention-unet developers"}]
@@ -92,7 +92,7 @@ def _default_test_image() -> np.ndarray:
     return nuclei_sample()[0][0]
 
 
-def test_tensors(
+def reference_tensors(
     model: AttentionUNet, image: np.ndarray | None = None, axes: str | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``(raw input (1, C, Y, X) float32, {output name: expected output})`` from a real image.
@@ -191,8 +191,8 @@ classes {", ".join(config["classes"])}.
 repeated to fill the channels. Each channel is normalised per image with percentiles
 {LOW_PERCENTILE} and {HIGH_PERCENTILE} (`scale_range` preprocessing in `rdf.yaml`):
 `(x - p{LOW_PERCENTILE:g}) / (p{HIGH_PERCENTILE:g} - p{LOW_PERCENTILE:g})`. The percentiles should come from
-the whole image, not from each tile. Height and width must be multiples of
-{contract["input"]["spatial_size_multiple"]}.
+the whole image, not from each tile.
+Height and width must be multiples of {contract["input"]["spatial_size_multiple"]}.
 
 ## Outputs
 
@@ -336,7 +336,7 @@ def export_bioimageio(
     info = dict(info or {})
     path = Path(path)
     card = json.loads(Path(model_card).read_text()) if model_card else None
-    raw, expected = test_tensors(model, test_image, test_axes)
+    raw, expected = reference_tensors(model, test_image, test_axes)
     contract = input_contract(model, name, info)
     with tempfile.TemporaryDirectory(prefix="attention-unet-export-") as tmp:
         folder = Path(tmp)
