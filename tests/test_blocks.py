@@ -219,7 +219,7 @@ def test_stitching_links_across_faces_and_corners():
     links = []
     for block in plan.blocks:
         outer = truth[tuple(slice(a, b) for a, b in block.outer)]
-        _core, block_links = B._local_labels(outer, block, plan)
+        _core, block_links = B.local_labels(outer, block, plan)
         links.append(block_links)
     stitching = B.stitch(plan, reversed(links))  # any arrival order
     assert stitching.n_objects == 5

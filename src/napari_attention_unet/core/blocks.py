@@ -32,6 +32,9 @@ dask workers):
 6. ``relabel_block(sinks.labels, block, stitching.lut(block.index))`` - local -> global ids
    in the labels sink, block by block (also picklable and independent per block).
 
+Everything above is importable from here; the geometry lives in :mod:`.block_geometry` and the
+stitching in :mod:`.stitching`.
+
 :func:`predict_blocks` is the in-process sequential driver: a generator that yields
 :class:`~.predict.Progress` after every batch of tiles and returns a
 :class:`BlockedPrediction`; closing it (``gen.close()``) cancels before the next tile.
@@ -51,18 +54,20 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Generator, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .block_geometry import Block, BlockPlan, _tile_policy, plan_blocks
 from .data import ImageShapeError, match_channels, probabilities_to_instances
 from .device import autocast_dtype, pick_device
 from .model import AttentionUNet
 from .predict import Progress, _predict_plane, _Tiling, prepare_model
+from .stitching import BlockLinks, Stitcher, Stitching, local_labels, stitch
 
 __all__ = [
     "Block",
@@ -87,142 +92,6 @@ __all__ = [
     "stitch",
     "write_block",
 ]
-
-Span = tuple[int, int]  # [start, stop) along one axis
-Index = tuple[int, int]  # (row, column) of a block in the grid
-SIDES_2D = "YX"
-
-
-# --------------------------------------------------------------------------- geometry
-
-
-@dataclass(frozen=True)
-class Block:
-    """One block: ``core`` is what it writes, ``outer`` (core + halo, clipped) what it reads."""
-
-    index: Index
-    core: tuple[Span, Span]
-    outer: tuple[Span, Span]
-
-    @property
-    def core_slices(self) -> tuple[slice, slice]:
-        return tuple(slice(a, b) for a, b in self.core)
-
-    @property
-    def core_shape(self) -> tuple[int, int]:
-        return tuple(b - a for a, b in self.core)
-
-    @property
-    def outer_shape(self) -> tuple[int, int]:
-        return tuple(b - a for a, b in self.outer)
-
-    def core_in_outer(self) -> tuple[slice, slice]:
-        """The core as slices of an array holding the outer region."""
-        return tuple(slice(c0 - o0, c1 - o0) for (c0, c1), (o0, _) in zip(self.core, self.outer))
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """Block grid over a 2D image of spatial ``shape`` (Y, X) with axes ``axes``."""
-
-    shape: tuple[int, int]
-    axes: str
-    block_size: int
-    halo: int
-    link_width: int
-    grid: tuple[int, int]
-
-    @property
-    def blocks(self) -> list[Block]:
-        return [self.block((i, j)) for i in range(self.grid[0]) for j in range(self.grid[1])]
-
-    def block(self, index: Index) -> Block:
-        core = tuple((k * self.block_size, min((k + 1) * self.block_size, n)) for k, n in zip(index, self.shape))
-        outer = tuple((max(a - self.halo, 0), min(b + self.halo, n)) for (a, b), n in zip(core, self.shape))
-        return Block(tuple(index), core, outer)
-
-    def faces(self) -> list[tuple[Index, Index]]:
-        """Neighbouring block pairs ``(a, b)``, ``b`` below or right of ``a``, in plan order."""
-        pairs = []
-        for i in range(self.grid[0]):
-            for j in range(self.grid[1]):
-                if i + 1 < self.grid[0]:
-                    pairs.append(((i, j), (i + 1, j)))
-                if j + 1 < self.grid[1]:
-                    pairs.append(((i, j), (i, j + 1)))
-        return pairs
-
-    def neighbours(self, index: Index) -> list[Index]:
-        i, j = index
-        candidates = [(i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)]
-        return [(a, b) for a, b in candidates if 0 <= a < self.grid[0] and 0 <= b < self.grid[1]]
-
-    def band(self, a: Index, b: Index) -> tuple[Span, Span]:
-        """The link band across the face shared by neighbours ``a`` and ``b`` (global spans).
-
-        ``2 * link_width`` px across the face, and the shared core extent along it grown by
-        ``link_width`` at both ends so that objects at block corners are linked too.
-        """
-        a, b = (a, b) if a < b else (b, a)
-        axis = 0 if a[0] != b[0] else 1
-        edge = self.block(b).core[axis][0]
-        w = self.link_width
-        along = self.block(a).core[1 - axis]
-        n_along = self.shape[1 - axis]
-        spans = [(0, 0), (0, 0)]
-        spans[axis] = (max(edge - w, 0), min(edge + w, self.shape[axis]))
-        spans[1 - axis] = (max(along[0] - w, 0), min(along[1] + w, n_along))
-        return tuple(spans)
-
-    def chunk_size(self, preferred: int = 1024) -> int:
-        """A chunk edge for output arrays that divides ``block_size`` (race-free parallel writes)."""
-        return math.gcd(self.block_size, preferred)
-
-    def tiles_per_block(self, tile_size: int | None, overlap: int | None, multiple: int) -> list[int]:
-        """How many network tiles each block (in plan order) takes; for progress totals."""
-        fit, tile_size, overlap = _tile_policy(tile_size, overlap)
-        return [len(_Tiling(b.outer_shape, tile_size, overlap, multiple, fit=fit).tiles) for b in self.blocks]
-
-
-def plan_blocks(
-    shape: Sequence[int],
-    axes: str | None = None,
-    *,
-    block_size: int = 2048,
-    halo: int = 64,
-    link_width: int | None = None,
-) -> BlockPlan:
-    """Plan blocks over an image of ``shape`` (axes ``YX``, ``YXC`` or ``CYX``).
-
-    ``halo`` px of context are read around each block (at least the tile overlap is wise:
-    core pixels then get as much context as at a tile seam). Labels are matched across a
-    face in a band of ``link_width`` px on each side (default ``halo // 2``, at most ``halo``).
-    """
-    shape = tuple(int(n) for n in shape)
-    if axes is None:
-        axes = "YX" if len(shape) == 2 else ("YXC" if len(shape) == 3 and shape[-1] in (3, 4) else None)
-    if axes is None:
-        raise ImageShapeError(
-            f"cannot tell the axes of an image of shape {shape}; the block engine takes YX, YXC or CYX images"
-        )
-    axes = axes.upper()
-    if len(axes) != len(shape) or sorted(axes) not in (sorted("YX"), sorted("YXC")):
-        raise ImageShapeError(
-            f"the block engine predicts 2D images (axes YX, YXC or CYX); got axes {axes!r} for shape {shape}"
-        )
-    spatial = (shape[axes.index("Y")], shape[axes.index("X")])
-    if min(spatial) < 1:
-        raise ImageShapeError(f"the image is empty (shape {shape})")
-    if block_size < 16:
-        raise ValueError(f"block_size must be at least 16 px, got {block_size}")
-    if halo < 0:
-        raise ValueError(f"halo must be >= 0, got {halo}")
-    link_width = halo // 2 if link_width is None else link_width
-    if not 0 <= link_width <= halo:
-        raise ValueError(f"link_width must be between 0 and the halo ({halo}), got {link_width}")
-    grid = tuple(-(-n // block_size) for n in spatial)
-    return BlockPlan(spatial, axes, int(block_size), int(halo), int(link_width), grid)
-
 
 # --------------------------------------------------------------------------- normalisation
 
@@ -325,21 +194,6 @@ class BlockOptions:
     device: str = "auto"
 
 
-@dataclass(frozen=True)
-class BlockLinks:
-    """What stitching needs from one block (small; send this to the stitcher, not the arrays).
-
-    Local ids ``1..n_core`` occur in the block's core; ``n_core+1..n_labels`` only in its
-    link bands (objects of a neighbour's core seen through the halo). ``bands`` maps each
-    neighbour's index to the local labels over :meth:`BlockPlan.band` for that face.
-    """
-
-    index: Index
-    n_core: int
-    n_labels: int
-    bands: dict[Index, np.ndarray] = field(default_factory=dict, repr=False)
-
-
 @dataclass
 class BlockResult:
     """Core-cropped outputs of one block: local labels, float32 probability and gate maps."""
@@ -367,19 +221,6 @@ def load_inference_model(model: AttentionUNet | str | os.PathLike, device: str |
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = prepare_model(load_model(path)[0].eval(), dev)
     return _MODEL_CACHE[key]
-
-
-# A 2048 px block with its 64 px halo is 2176 px across: four tiles of 592 px overlapping by 64 cover
-# it exactly, where predict()'s fitted tiles (at most 576 px) would take five. So blocks fit tiles of
-# up to 592 px (528 * 9 / 8), with predict()'s 64 px overlap.
-BLOCK_TILE, BLOCK_OVERLAP = 528, 64
-
-
-def _tile_policy(tile_size: int | None, overlap: int | None) -> tuple[bool, int, int]:
-    """``(fit, tile_size, overlap)`` for the tiling of one block's outer region."""
-    if tile_size is None:
-        return True, BLOCK_TILE, BLOCK_OVERLAP if overlap is None else overlap
-    return False, tile_size, max(tile_size // 8, 16) if overlap is None else overlap
 
 
 def predict_block_steps(
@@ -418,7 +259,7 @@ def predict_block_steps(
     if options.instances:
         sizes = {} if options.min_size is None else {"min_size": options.min_size}
         outer_labels = probabilities_to_instances(probs, **sizes)
-        labels, links = _local_labels(outer_labels, block, plan)
+        labels, links = local_labels(outer_labels, block, plan)
     else:
         labels = (probability > 0.5).astype(np.uint8)
         links = BlockLinks(block.index, 0, 0)
@@ -451,29 +292,6 @@ def predict_block(
             next(generator)
         except StopIteration as stop:
             return stop.value
-
-
-def _band_in_outer(block: Block, band: tuple[Span, Span]) -> tuple[slice, slice]:
-    return tuple(slice(a - o0, b - o0) for (a, b), (o0, _) in zip(band, block.outer))
-
-
-def _local_labels(outer_labels: np.ndarray, block: Block, plan: BlockPlan) -> tuple[np.ndarray, BlockLinks]:
-    """Renumber: core objects 1..n_core (first-seen order), band-only objects after them."""
-    core = outer_labels[block.core_in_outer()]
-    bands = {n: outer_labels[_band_in_outer(block, plan.band(block.index, n))] for n in plan.neighbours(block.index)}
-    top = int(outer_labels.max(initial=0))
-    lut = np.zeros(top + 1, dtype=np.int32)
-    core_ids = np.unique(core)
-    core_ids = core_ids[core_ids > 0]
-    lut[core_ids] = np.arange(1, len(core_ids) + 1, dtype=np.int32)
-    n_labels = len(core_ids)
-    if bands:
-        seen = np.unique(np.concatenate([b.reshape(-1) for b in bands.values()]))
-        extra = seen[(seen > 0) & (lut[seen] == 0)]
-        lut[extra] = np.arange(n_labels + 1, n_labels + 1 + len(extra), dtype=np.int32)
-        n_labels += len(extra)
-    links = BlockLinks(block.index, len(core_ids), n_labels, {n: lut[b] for n, b in bands.items()})
-    return lut[core], links
 
 
 # --------------------------------------------------------------------------- sinks
@@ -531,108 +349,6 @@ def relabel_block(labels: Any, block: Block, lut: np.ndarray) -> None:
     ys, xs = block.core_slices
     local = np.asarray(labels[ys, xs])
     labels[ys, xs] = lut[local].astype(labels.dtype, copy=False)
-
-
-# --------------------------------------------------------------------------- stitching
-
-
-@dataclass
-class Stitching:
-    """Global ids: ``lut(index)[local_id]`` for every block; ``n_objects`` objects in all."""
-
-    n_objects: int
-    luts: dict[Index, np.ndarray]
-
-    def lut(self, index: Index) -> np.ndarray:
-        return self.luts[tuple(index)]
-
-
-def _match_band(a: np.ndarray, b: np.ndarray, min_iou: float) -> np.ndarray:
-    """Pairs ``(id in a, id in b)`` whose overlap in the band has IoU >= ``min_iou``."""
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        return np.zeros((0, 2), dtype=np.int64)
-    pairs, counts = np.unique(np.stack([a[both], b[both]]).astype(np.int64), axis=1, return_counts=True)
-    ids_a, area_a = np.unique(a[a > 0], return_counts=True)
-    ids_b, area_b = np.unique(b[b > 0], return_counts=True)
-    union = area_a[np.searchsorted(ids_a, pairs[0])] + area_b[np.searchsorted(ids_b, pairs[1])] - counts
-    keep = counts >= min_iou * union
-    return pairs[:, keep].T
-
-
-class Stitcher:
-    """Incremental stitching: ``add`` each block's links as it finishes, then ``finish``.
-
-    A face is matched as soon as both of its blocks are in, and their bands are dropped,
-    so memory holds only the bands of blocks whose neighbours are still running.
-    """
-
-    def __init__(self, plan: BlockPlan, min_iou: float = 0.5) -> None:
-        self.plan = plan
-        self.min_iou = min_iou
-        self._counts: dict[Index, tuple[int, int]] = {}
-        self._pending: dict[Index, dict[Index, np.ndarray]] = {}
-        self._pairs: list[tuple[Index, Index, np.ndarray]] = []
-
-    def add(self, links: BlockLinks) -> None:
-        index = tuple(links.index)
-        if index in self._counts:
-            raise ValueError(f"block {index} was added twice")
-        self._counts[index] = (links.n_core, links.n_labels)
-        bands = dict(links.bands)
-        for other in list(bands):
-            if other in self._pending and index in self._pending[other]:
-                pairs = _match_band(self._pending[other].pop(index), bands.pop(other), self.min_iou)
-                self._pairs.append((other, index, pairs))
-        self._pending[index] = bands
-
-    def finish(self) -> Stitching:
-        missing = [b.index for b in self.plan.blocks if b.index not in self._counts]
-        if missing:
-            raise ValueError(f"cannot stitch: {len(missing)} block(s) missing, e.g. {missing[0]}")
-        order = [b.index for b in self.plan.blocks]
-        offsets, total = {}, 0
-        for index in order:
-            offsets[index] = total
-            total += self._counts[index][1]
-        parent = np.arange(total + 1, dtype=np.int64)
-
-        def find(i: int) -> int:
-            root = i
-            while parent[root] != root:
-                root = parent[root]
-            while parent[i] != root:
-                parent[i], i = root, parent[i]
-            return root
-
-        for a, b, pairs in self._pairs:
-            for local_a, local_b in pairs:
-                ra, rb = find(offsets[a] + int(local_a)), find(offsets[b] + int(local_b))
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-        roots = np.arange(total + 1, dtype=np.int64)
-        for i in np.flatnonzero(parent != roots):  # only linked labels have another root
-            roots[i] = find(int(i))
-        # Number the components that own at least one core label, in plan order of first appearance.
-        core_roots = [roots[offsets[i] + 1 : offsets[i] + self._counts[i][0] + 1] for i in order]
-        flat = np.concatenate(core_roots) if core_roots else np.zeros(0, np.int64)
-        unique, first = np.unique(flat, return_index=True)
-        rank = np.empty(len(unique), dtype=np.int64)
-        rank[np.argsort(first, kind="stable")] = np.arange(1, len(unique) + 1)
-        final = rank[np.searchsorted(unique, flat)] if len(flat) else flat
-        luts, start = {}, 0
-        for index, ids in zip(order, core_roots):
-            luts[index] = np.concatenate([[0], final[start : start + len(ids)]]).astype(np.int64)
-            start += len(ids)
-        return Stitching(len(unique), luts)
-
-
-def stitch(plan: BlockPlan, links: Iterable[BlockLinks], min_iou: float = 0.5) -> Stitching:
-    """Union-find over the label pairs matched across every face, then consecutive global ids."""
-    stitcher = Stitcher(plan, min_iou)
-    for item in links:
-        stitcher.add(item)
-    return stitcher.finish()
 
 
 # --------------------------------------------------------------------------- sequential driver

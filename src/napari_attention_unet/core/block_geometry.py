@@ -1,0 +1,155 @@
+"""Block geometry for :mod:`.blocks`: a grid of blocks with halos over a 2D image, and link bands."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .data import ImageShapeError
+from .predict import _Tiling
+
+__all__ = ["BLOCK_OVERLAP", "BLOCK_TILE", "Block", "BlockPlan", "Index", "Span", "plan_blocks"]
+
+Span = tuple[int, int]  # [start, stop) along one axis
+Index = tuple[int, int]  # (row, column) of a block in the grid
+
+# A 2048 px block with its 64 px halo is 2176 px across: four tiles of 592 px overlapping by 64 cover
+# it exactly, where predict()'s fitted tiles (at most 576 px) would take five. So blocks fit tiles of
+# up to 592 px (528 * 9 / 8), with predict()'s 64 px overlap.
+BLOCK_TILE, BLOCK_OVERLAP = 528, 64
+
+
+def _tile_policy(tile_size: int | None, overlap: int | None) -> tuple[bool, int, int]:
+    """``(fit, tile_size, overlap)`` for the tiling of one block's outer region."""
+    if tile_size is None:
+        return True, BLOCK_TILE, BLOCK_OVERLAP if overlap is None else overlap
+    return False, tile_size, max(tile_size // 8, 16) if overlap is None else overlap
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block: ``core`` is what it writes, ``outer`` (core + halo, clipped) what it reads."""
+
+    index: Index
+    core: tuple[Span, Span]
+    outer: tuple[Span, Span]
+
+    @property
+    def core_slices(self) -> tuple[slice, slice]:
+        return tuple(slice(a, b) for a, b in self.core)
+
+    @property
+    def core_shape(self) -> tuple[int, int]:
+        return tuple(b - a for a, b in self.core)
+
+    @property
+    def outer_shape(self) -> tuple[int, int]:
+        return tuple(b - a for a, b in self.outer)
+
+    def core_in_outer(self) -> tuple[slice, slice]:
+        """The core as slices of an array holding the outer region."""
+        return tuple(slice(c0 - o0, c1 - o0) for (c0, c1), (o0, _) in zip(self.core, self.outer))
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Block grid over a 2D image of spatial ``shape`` (Y, X) with axes ``axes``."""
+
+    shape: tuple[int, int]
+    axes: str
+    block_size: int
+    halo: int
+    link_width: int
+    grid: tuple[int, int]
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [self.block((i, j)) for i in range(self.grid[0]) for j in range(self.grid[1])]
+
+    def block(self, index: Index) -> Block:
+        core = tuple((k * self.block_size, min((k + 1) * self.block_size, n)) for k, n in zip(index, self.shape))
+        outer = tuple((max(a - self.halo, 0), min(b + self.halo, n)) for (a, b), n in zip(core, self.shape))
+        return Block(tuple(index), core, outer)
+
+    def faces(self) -> list[tuple[Index, Index]]:
+        """Neighbouring block pairs ``(a, b)``, ``b`` below or right of ``a``, in plan order."""
+        pairs = []
+        for i in range(self.grid[0]):
+            for j in range(self.grid[1]):
+                if i + 1 < self.grid[0]:
+                    pairs.append(((i, j), (i + 1, j)))
+                if j + 1 < self.grid[1]:
+                    pairs.append(((i, j), (i, j + 1)))
+        return pairs
+
+    def neighbours(self, index: Index) -> list[Index]:
+        i, j = index
+        candidates = [(i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)]
+        return [(a, b) for a, b in candidates if 0 <= a < self.grid[0] and 0 <= b < self.grid[1]]
+
+    def band(self, a: Index, b: Index) -> tuple[Span, Span]:
+        """The link band across the face shared by neighbours ``a`` and ``b`` (global spans).
+
+        ``2 * link_width`` px across the face, and the shared core extent along it grown by
+        ``link_width`` at both ends so that objects at block corners are linked too.
+        """
+        a, b = (a, b) if a < b else (b, a)
+        axis = 0 if a[0] != b[0] else 1
+        edge = self.block(b).core[axis][0]
+        w = self.link_width
+        along = self.block(a).core[1 - axis]
+        n_along = self.shape[1 - axis]
+        spans = [(0, 0), (0, 0)]
+        spans[axis] = (max(edge - w, 0), min(edge + w, self.shape[axis]))
+        spans[1 - axis] = (max(along[0] - w, 0), min(along[1] + w, n_along))
+        return tuple(spans)
+
+    def chunk_size(self, preferred: int = 1024) -> int:
+        """A chunk edge for output arrays that divides ``block_size`` (race-free parallel writes)."""
+        return math.gcd(self.block_size, preferred)
+
+    def tiles_per_block(self, tile_size: int | None, overlap: int | None, multiple: int) -> list[int]:
+        """How many network tiles each block (in plan order) takes; for progress totals."""
+        fit, tile_size, overlap = _tile_policy(tile_size, overlap)
+        return [len(_Tiling(b.outer_shape, tile_size, overlap, multiple, fit=fit).tiles) for b in self.blocks]
+
+
+def plan_blocks(
+    shape: Sequence[int],
+    axes: str | None = None,
+    *,
+    block_size: int = 2048,
+    halo: int = 64,
+    link_width: int | None = None,
+) -> BlockPlan:
+    """Plan blocks over an image of ``shape`` (axes ``YX``, ``YXC`` or ``CYX``).
+
+    ``halo`` px of context are read around each block (at least the tile overlap is wise:
+    core pixels then get as much context as at a tile seam). Labels are matched across a
+    face in a band of ``link_width`` px on each side (default ``halo // 2``, at most ``halo``).
+    """
+    shape = tuple(int(n) for n in shape)
+    if axes is None:
+        axes = "YX" if len(shape) == 2 else ("YXC" if len(shape) == 3 and shape[-1] in (3, 4) else None)
+    if axes is None:
+        raise ImageShapeError(
+            f"cannot tell the axes of an image of shape {shape}; the block engine takes YX, YXC or CYX images"
+        )
+    axes = axes.upper()
+    if len(axes) != len(shape) or sorted(axes) not in (sorted("YX"), sorted("YXC")):
+        raise ImageShapeError(
+            f"the block engine predicts 2D images (axes YX, YXC or CYX); got axes {axes!r} for shape {shape}"
+        )
+    spatial = (shape[axes.index("Y")], shape[axes.index("X")])
+    if min(spatial) < 1:
+        raise ImageShapeError(f"the image is empty (shape {shape})")
+    if block_size < 16:
+        raise ValueError(f"block_size must be at least 16 px, got {block_size}")
+    if halo < 0:
+        raise ValueError(f"halo must be >= 0, got {halo}")
+    link_width = halo // 2 if link_width is None else link_width
+    if not 0 <= link_width <= halo:
+        raise ValueError(f"link_width must be between 0 and the halo ({halo}), got {link_width}")
+    grid = tuple(-(-n // block_size) for n in spatial)
+    return BlockPlan(spatial, axes, int(block_size), int(halo), int(link_width), grid)
