@@ -23,3 +23,9 @@ def test_core_imports_no_gui_modules():
 def test_cli_imports_no_gui_modules():
     modules = imported_after("import napari_attention_unet.cli as c; c._build_parser()")
     assert not modules & set(GUI_MODULES)
+
+
+def test_block_engine_imports_no_storage_or_cluster_library():
+    """core.blocks takes array-likes; zarr, dask and distributed stay outside core."""
+    modules = imported_after("import napari_attention_unet.core.blocks")
+    assert not modules & {"zarr", "dask", "distributed", *GUI_MODULES}
