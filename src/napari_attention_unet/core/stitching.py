@@ -104,11 +104,16 @@ class Stitcher:
                 self._pairs.append((other, index, pairs))
         self._pending[index] = bands
 
-    def finish(self) -> Stitching:
+    def finish(self, *, partial: bool = False) -> Stitching:
+        """Global ids for every block added; all blocks must be in unless ``partial`` (e.g. after a cancel).
+
+        With ``partial``, blocks never added are left out (no lut) and objects are joined
+        across the faces between added blocks only.
+        """
         missing = [b.index for b in self.plan.blocks if b.index not in self._counts]
-        if missing:
+        if missing and not partial:
             raise ValueError(f"cannot stitch: {len(missing)} block(s) missing, e.g. {missing[0]}")
-        order = [b.index for b in self.plan.blocks]
+        order = [b.index for b in self.plan.blocks if b.index in self._counts]
         offsets, total = {}, 0
         for index in order:
             offsets[index] = total
