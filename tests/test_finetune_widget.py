@@ -262,3 +262,28 @@ def test_finetune_of_the_bundled_model_is_accepted_as_a_new_version(qtbot, bundl
     assert masks.metadata[_layers.MARKER]["model"] == versions[0]  # re-predicted with the new version
     assert masks.data.max() > 5  # still finds nuclei after 3 small steps
     np.testing.assert_array_equal(layer.data, corrected)  # the user's layer is only read
+
+
+def test_finetune_on_a_stack_trains_on_the_painted_slice(qtbot, plugin_widget, notes, accept_all, nuclei_image):
+    viewer, widget = plugin_widget
+    stack = np.stack([nuclei_image, nuclei_image[::-1], nuclei_image[:, ::-1]])
+    widget._image.value = viewer.add_image(stack, name="stack")
+    widget._tile_size.value = 128
+    widget._current_slice.value = False
+    labels = viewer.add_labels(np.zeros(stack.shape, np.uint8), name="my corrections")
+    labels.data[0] = stack[0] > np.percentile(stack[0], 70)  # set directly: no paint event
+    labels.n_edit_dimensions = 2
+    labels.brush_size = 15
+    labels.paint((2, 100, 100), 1)  # the user's correction, on slice 2
+    widget.finetune._corrected.value = labels
+    before = labels.data.copy()
+    widget.finetune.start(steps=2)
+    assert "slices 2" in widget.finetune._readout.value
+    wait_idle(qtbot, widget)
+
+    assert not notes["error"], notes
+    assert widget.session.trained_planes == [(2,)]
+    assert widget.session.model_info.name.startswith("tiny-ft-")
+    masks = viewer.layers["stack masks"]  # the whole stack re-predicted with the new version
+    assert masks.data.shape == stack.shape and masks.metadata[_layers.MARKER]["model"] == widget._model.value
+    np.testing.assert_array_equal(labels.data, before)

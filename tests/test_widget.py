@@ -283,3 +283,41 @@ def test_session_predicts_time_series_headless(tiny_model_path):
     assert set(everything.gate_maps) == {"gate1", "gate2"}
     assert session.inference_model() is prepared  # built once per model and device, not per run
     np.testing.assert_allclose(everything.gate_maps["gate1"][1, 2], one.gate_maps["gate1"], atol=1e-5)
+
+
+def test_training_planes_prefers_corrected_slices():
+    from napari_attention_unet._session import MAX_TRAINING_PLANES, training_planes
+
+    labels = np.zeros((5, 8, 8), np.uint8)
+    labels[1, 2:4, 2:4] = 1
+    labels[3, 5:7, 5:7] = 2
+    assert training_planes(labels[0], None, None, 0) == [()]
+    assert training_planes(labels, None, None, 1) == [(1,), (3,)]  # the labelled slices
+    edited = np.zeros(labels.shape, bool)
+    edited[3, 5, 5] = True
+    assert training_planes(labels, edited, None, 1) == [(3,)]  # the slices the user painted
+    ignore = np.zeros(labels.shape, bool)
+    ignore[1] = True  # slice 1's labels are all outside the region that counts
+    assert training_planes(labels, None, ignore, 1) == [(3,)]
+    with pytest.raises(ValueError, match="no plane"):
+        training_planes(np.zeros_like(labels), None, None, 1)
+    many = np.ones((40, 4, 4), np.uint8)
+    chosen = training_planes(many, None, None, 1)
+    assert len(chosen) == MAX_TRAINING_PLANES and chosen[0] == (0,) and chosen[-1] == (39,)
+
+
+def test_session_finetunes_a_2d_model_on_a_stack(tiny_model_path, nuclei_image):
+    """A ZYX stack and labels corrected on one slice: the 2D model trains on that slice only."""
+    from napari_attention_unet._session import Session
+    from napari_attention_unet.core.predict import run_to_end
+
+    session = Session(device="cpu")
+    session.load_model("tiny")
+    stack = np.stack([nuclei_image, nuclei_image[::-1], nuclei_image[:, ::-1]])
+    labels = np.zeros(stack.shape, np.uint16)
+    labels[1] = stack[1] > np.percentile(stack[1], 70)
+    result = run_to_end(session.finetune(stack, labels, steps=2, minutes=None))
+    assert session.trained_planes == [(1,)]
+    assert result.steps == 2 and session.trainer.samples and len(session.trainer.samples) == 1
+    with pytest.raises(ValueError, match="do not match"):
+        session.finetune(stack, labels[:2])

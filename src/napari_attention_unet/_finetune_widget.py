@@ -245,7 +245,9 @@ class FinetuneWidget(Container):
         )
         self._set_running(True)
         self._on_busy(True)
-        self._readout.value = f"Fine-tuning on {image.name}…"
+        planes = [i for i in self._session.trained_planes if i]
+        where = f" (slices {', '.join(str(i[0] if len(i) == 1 else i) for i in planes)})" if planes else ""
+        self._readout.value = f"Fine-tuning on {image.name}{where}…"
         self._worker.start()
 
     def _on_cancel(self) -> None:

@@ -60,6 +60,7 @@ class Session:
         self.device_choice = device
         self._inference: AttentionUNet | None = None
         self.trainer: Trainer | None = None
+        self.trained_planes: list[tuple[int, ...]] = []  # a stack's planes in the last fine-tune
 
     # -- models -------------------------------------------------------------------------
     @staticmethod
@@ -218,13 +219,18 @@ class Session:
         if self.model is None:
             raise _registry.ModelNotFoundError(missing_bundled_model_message())
         spatial_shape = tuple(image.shape[:-1] if rgb else image.shape)
-        if len(spatial_shape) != self.spatial_dims:
+        n_leading = len(spatial_shape) - self.spatial_dims
+        if n_leading < 0:
             raise ImageShapeError(
-                f"fine-tuning a {self.spatial_dims}D model needs a {self.spatial_dims}D image, "
-                f"not one of shape {spatial_shape}"
+                f"fine-tuning a {self.spatial_dims}D model needs a {self.spatial_dims}D image "
+                f"(or a stack of them), not one of shape {spatial_shape}"
             )
         if tuple(labels.shape) != spatial_shape:
             raise ImageShapeError(f"the labels (shape {tuple(labels.shape)}) do not match the image {spatial_shape}")
+        # A stack (Z or T before the model's axes) trains on its planes: the ones the user
+        # corrected, else the labelled ones.
+        planes = training_planes(labels, edited, ignore, n_leading)
+        self.trained_planes = planes
         axes = "ZYX"[-self.spatial_dims :] + ("C" if rgb else "")
         config = TrainConfig(
             max_steps=steps,
@@ -232,15 +238,49 @@ class Session:
             # Evaluate often enough that a short run still keeps its best state.
             eval_every=max(1, min(25, (steps or 25) // 2)),
         )
+
+        def plane(array: np.ndarray | None, index: tuple[int, ...]) -> np.ndarray | None:
+            return None if array is None else np.asarray(array[index])
+
         self.trainer = Trainer(
             self.model,
-            [(np.asarray(image), np.asarray(labels), axes)],
+            [(plane(image, i), plane(labels, i), axes) for i in planes],
             config=config,
             device=self.device,
-            ignore_masks=[ignore],
-            edited_masks=[edited],
+            ignore_masks=[plane(ignore, i) for i in planes],
+            edited_masks=[plane(edited, i) for i in planes],
         )
         return self.trainer.run()
+
+
+MAX_TRAINING_PLANES = 16
+
+
+def training_planes(
+    labels: np.ndarray, edited: np.ndarray | None, ignore: np.ndarray | None, n_leading: int
+) -> list[tuple[int, ...]]:
+    """Leading indices of the planes of a stack to fine-tune on (``[()]`` for a single image).
+
+    Planes with painted pixels come first; without any, the planes that hold labels in
+    the region that counts. At most :data:`MAX_TRAINING_PLANES`, spread over the stack,
+    so that a long, fully predicted stack does not fill the memory.
+    """
+    if n_leading == 0:
+        return [()]
+    leading_shape = labels.shape[:n_leading]
+    indices = list(np.ndindex(*leading_shape))
+    chosen = []
+    if edited is not None:
+        chosen = [i for i in indices if np.any(edited[i])]
+    if not chosen:
+        counts = ignore is None
+        chosen = [i for i in indices if np.any(labels[i] if counts else np.asarray(labels[i])[~ignore[i]])]
+    if not chosen:
+        raise ValueError("no plane of the stack has labels to learn from: correct at least one slice first")
+    if len(chosen) > MAX_TRAINING_PLANES:
+        picks = np.linspace(0, len(chosen) - 1, MAX_TRAINING_PLANES).round().astype(int)
+        chosen = [chosen[k] for k in picks]
+    return chosen
 
 
 def _check_shape(spatial_shape: tuple[int, ...], block_dims: int, rgb: bool) -> None:
