@@ -195,6 +195,14 @@ def test_checkpoint_round_trip(tiny_model, pair, tmp_path):
     again.load_checkpoint(torch.load(tmp_path / "last.pt", weights_only=True))
     assert again.step == 11 and again.best_dice == trainer.best_dice
     assert torch.equal(again.model.head.weight, trainer.model.head.weight)
+    # Resumed for 3 more steps: the ETA comes from this run's pace, not from the 11 earlier steps.
+    again.config.max_steps = 14
+    elapsed_before = again.elapsed
+    generator = again.run()
+    first = next(generator)
+    assert first.step == 12
+    assert first.eta == pytest.approx(2 * (first.elapsed - elapsed_before), rel=0.05)
+    generator.close()
 
 
 def test_augment_keeps_image_and_target_aligned():

@@ -324,6 +324,7 @@ class Trainer:
         self.best_iou: float | None = None
         self.evals_since_best = 0
         self.history: list[StepReport] = []
+        self._run_start = (0, 0.0)  # (step, elapsed) when run() last started
         self.stopped = "not started"
 
     # -- the loop -----------------------------------------------------------------
@@ -332,6 +333,8 @@ class Trainer:
         """Train; yields :class:`StepReport`, returns :meth:`result`. Closing it cancels."""
         cfg = self.config
         t0 = time.perf_counter() - self.elapsed
+        # The pace for the ETA is this run's own: a resumed trainer starts at a later step.
+        self._run_start = (self.step, self.elapsed)
         self.stopped = "cancelled"  # stays so unless the loop ends by itself
         try:
             while not self._budget_spent():
@@ -470,8 +473,10 @@ class Trainer:
     def _report(self, loss: float, val_dice: float | None, lr: float, message: str = "") -> StepReport:
         cfg = self.config
         etas = []
-        if cfg.max_steps and self.step:
-            etas.append(self.elapsed / self.step * max(cfg.max_steps - self.step, 0))
+        first_step, first_elapsed = self._run_start
+        if cfg.max_steps and self.step > first_step:
+            pace = (self.elapsed - first_elapsed) / (self.step - first_step)
+            etas.append(pace * max(cfg.max_steps - self.step, 0))
         if cfg.time_budget:
             etas.append(max(cfg.time_budget - self.elapsed, 0.0))
         if not message:
