@@ -321,3 +321,31 @@ def test_session_finetunes_a_2d_model_on_a_stack(tiny_model_path, nuclei_image):
     assert result.steps == 2 and session.trainer.samples and len(session.trainer.samples) == 1
     with pytest.raises(ValueError, match="do not match"):
         session.finetune(stack, labels[:2])
+
+
+def test_session_passes_the_layer_spacing_to_a_3d_model(model_home):
+    """A 3D model on an anisotropic ZYX volume: the session hands the layer's scale to the core."""
+    import torch
+
+    from napari_attention_unet._session import Session
+    from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+    from napari_attention_unet.core.predict import run_to_end
+    from napari_attention_unet.core.weights import save_model
+
+    torch.manual_seed(0)
+    save_model(
+        AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=2, depth=3)),
+        model_home / "models" / "tiny3d",
+    )
+    session = Session(device="cpu")
+    session.load_model("tiny3d")
+    assert session.spatial_dims == 3
+    volume = np.random.default_rng(3).random((6, 32, 32)).astype(np.float32)
+    from napari_attention_unet.core.predict import predict
+
+    stretched = run_to_end(session.predict(volume, tile_size=32, spacing=(2.0, 0.5, 0.5)))
+    assert stretched.labels.shape == volume.shape and stretched.gate_maps["gate1"].shape == volume.shape
+    core = run_to_end(predict(session.model, volume, tile_size=32, spacing=(4.0, 1.0, 1.0), device="cpu"))
+    np.testing.assert_allclose(stretched.gate_maps["gate1"], core.gate_maps["gate1"], atol=1e-6)
+    cubic = run_to_end(predict(session.model, volume, tile_size=32, device="cpu"))
+    assert np.abs(cubic.gate_maps["gate1"] - stretched.gate_maps["gate1"]).max() > 1e-5

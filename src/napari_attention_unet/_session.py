@@ -131,6 +131,7 @@ class Session:
         instances: bool = True,
         gates: Sequence[str] | None = None,
         index: Sequence[int] | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> Generator[Progress, None, PartPrediction]:
         """Predict a whole image or one block of it; yields :class:`Progress`, returns :class:`PartPrediction`.
 
@@ -138,7 +139,8 @@ class Session:
         The model predicts blocks of its own dimensionality (YX planes for a 2D model,
         ZYX volumes for a 3D one); leading axes (Z for a 2D model, time, ...) are looped
         over. ``index`` picks one block by its leading indices (the current slice);
-        ``None`` predicts them all.
+        ``None`` predicts them all. ``spacing`` (the layer's ``scale``) lets a 3D model
+        see anisotropic volumes with cubic voxels.
         """
         if self.model is None:
             raise _registry.ModelNotFoundError(missing_bundled_model_message())
@@ -172,6 +174,7 @@ class Session:
                     instances=instances,
                     gates=gate_names,
                     inference_model=net,
+                    spacing=None if spacing is None else tuple(spacing)[-block_dims:],
                 ),
                 k,
                 len(blocks),

@@ -159,6 +159,7 @@ def predict(
     min_size: int = 16,
     keep_class_probabilities: bool = False,
     inference_model: AttentionUNet | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """Predict ``image`` tile by tile; yields :class:`Progress`, returns :class:`Prediction`.
 
@@ -170,6 +171,11 @@ def predict(
     ``tile_size`` fixes the tile edge; by default (None) tiles of up to about 576 px
     (2D) or 96 px (3D) are fitted to the image so that little work is spent on
     overlaps, e.g. a 1024 px side takes two 544 px tiles rather than three of 512.
+
+    ``spacing`` is the pixel size along each spatial axis (e.g. a napari layer's
+    ``scale``). A 3D model sees a volume whose z step is larger than its xy step
+    (the usual light-sheet or confocal stack) resampled to cubic voxels, as it would
+    have been trained; the outputs come back on the image's own grid.
     """
     config = model.config
     dev = pick_device(device)
@@ -207,6 +213,11 @@ def predict(
     else:
         x = normalize(match_channels(channels_first, config.in_channels))
 
+    original_shape = x.shape[1:]
+    zoom = _isotropic_zoom(spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None
+    if zoom is not None:
+        x = _resample(x, tuple(max(1, round(n * f)) for n, f in zip(original_shape, zoom)))
+
     # A 2D model on a Z stack: predict plane by plane, reporting progress over the whole stack.
     planes = [x[:, z] for z in range(x.shape[1])] if ndim > config.spatial_dims else [x]
     plane_shape = planes[0].shape[1:]
@@ -225,6 +236,10 @@ def predict(
         name: (np.stack([r[1][name] for r in results]) if len(planes) > 1 else results[0][1][name])
         for name in gate_names
     }
+    if zoom is not None:  # back to the image's grid
+        probs = _resample(probs, original_shape)
+        probs /= probs.sum(axis=0, keepdims=True)
+        gate_maps = {name: _resample(g[np.newaxis], original_shape)[0] for name, g in gate_maps.items()}
     foreground = 1.0 - probs[0]
     if not instances:
         labels = (foreground > 0.5).astype(np.uint8)
@@ -241,6 +256,28 @@ def predict(
         device=str(dev),
         class_probabilities=probs if keep_class_probabilities else None,
     )
+
+
+def _isotropic_zoom(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
+    """Per-axis factors that make voxels cubic (finest axis kept), or None if they nearly are."""
+    if spacing is None:
+        return None
+    spacing = tuple(float(s) for s in spacing)[-ndim:]
+    if len(spacing) != ndim or min(spacing) <= 0 or not all(math.isfinite(s) for s in spacing):
+        raise ValueError(f"spacing must give {ndim} positive pixel sizes, got {spacing}")
+    finest = min(spacing)
+    zoom = tuple(s / finest for s in spacing)
+    # Below a quarter step of difference, resampling costs more than it helps.
+    return zoom if max(zoom) > 1.25 else None
+
+
+def _resample(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """(C, Z, Y, X) float array -> (C, *shape) by trilinear interpolation, channel by channel."""
+    out = np.empty((array.shape[0], *shape), dtype=np.float32)
+    for c in range(array.shape[0]):
+        channel = torch.from_numpy(np.ascontiguousarray(array[c], dtype=np.float32))[None, None]
+        out[c] = F.interpolate(channel, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
+    return out
 
 
 def _instances_per_plane(probs: np.ndarray, min_size: int) -> np.ndarray:
