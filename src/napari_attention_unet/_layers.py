@@ -9,7 +9,9 @@ name (``"<image> masks [2]"``).
 
 Our layers carry ``metadata[MARKER]`` with the source layer's id, their role, and a
 fingerprint of the data we last wrote, so a change by the user is noticed even when it
-did not come through a paint event.
+did not come through a paint event. Layers on zarr arrays (:func:`lazy_result_layers`,
+large and lazy images) have no fingerprint, which would read all their data: for them only
+paint events count, and ``metadata[MARKER]["store"]`` names the zarr store they read.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     import napari.layers
     from napari.components import LayerList
 
+    from ._scratch import LazyOutputs
     from ._session import PartPrediction
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "apply_results",
     "attention_name",
     "is_user_modified",
+    "lazy_result_layers",
     "masks_name",
     "placement_from_layer",
     "result_layers",
@@ -60,7 +64,11 @@ class Placement:
 
 @dataclass
 class ResultLayer:
-    """One result layer: napari ``(data, kwargs, type)`` for the predicted block ``data`` at ``index``."""
+    """One result layer: napari ``(data, kwargs, type)`` for the predicted block ``data`` at ``index``.
+
+    ``data`` is a numpy array, or for :func:`lazy_result_layers` a zarr array or a list of
+    them (a pyramid, finest first) covering the whole image.
+    """
 
     role: str  # "masks" or "attention"
     gate: str | None
@@ -123,37 +131,61 @@ def result_layers(prediction: PartPrediction, placement: Placement, visible_gate
     Only the first ``visible_gates`` attention layers start visible: several additive
     magma layers on top of each other would hide the image.
     """
-    common = {"scale": placement.scale, "translate": placement.translate}
     index = tuple(prediction.index)
-
-    def marker(role: str, gate: str | None = None) -> dict:
-        return {MARKER: {"role": role, "gate": gate, "source": placement.source_id, "model": prediction.model_name}}
-
-    layers = [
-        ResultLayer(
-            role="masks",
-            gate=None,
-            # napari adds unsigned labels ~9x faster than signed ones (1.2 s vs 0.12 s at 2048x2048).
-            data=prediction.labels.astype(np.uint32, copy=False),
-            kwargs={**common, "name": masks_name(placement.source_name), "metadata": marker("masks")},
-            layer_type="labels",
-            index=index,
-            shape=placement.shape,
-        )
-    ]
+    masks = _masks_kwargs(placement, prediction.model_name)
+    # napari adds unsigned labels ~9x faster than signed ones (1.2 s vs 0.12 s at 2048x2048).
+    labels = prediction.labels.astype(np.uint32, copy=False)
+    layers = [ResultLayer("masks", None, labels, masks, "labels", index, placement.shape)]
     for k, (gate, values) in enumerate(prediction.gate_maps.items()):
-        kwargs = {
-            **common,
-            "name": attention_name(placement.source_name, gate),
-            "colormap": GATE_COLORMAP,
-            "blending": "additive",
-            "opacity": 0.5,
-            "contrast_limits": (0.0, 1.0),
-            "visible": k < visible_gates,
-            "metadata": marker("attention", gate),
-        }
+        kwargs = _attention_kwargs(placement, prediction.model_name, gate, k < visible_gates)
         layers.append(ResultLayer("attention", gate, values, kwargs, "image", index, placement.shape))
     return layers
+
+
+def lazy_result_layers(
+    outputs: LazyOutputs, placement: Placement, model_name: str, visible_gates: int = 1
+) -> list[ResultLayer]:
+    """Layers on the zarr arrays of a block-by-block run (empty at first, filled as blocks arrive)."""
+    extra = {"store": str(outputs.path)}
+    pyramid = {"multiscale": True} if outputs.levels > 1 else {}
+    masks = _masks_kwargs(placement, model_name, extra)
+    layers = [
+        ResultLayer(
+            "masks", None, outputs.layer_data(outputs.labels), {**masks, **pyramid}, "labels", (), placement.shape
+        )
+    ]
+    for k, (gate, arrays) in enumerate(outputs.gates.items()):
+        kwargs = {**_attention_kwargs(placement, model_name, gate, k < visible_gates, extra), **pyramid}
+        layers.append(ResultLayer("attention", gate, outputs.layer_data(arrays), kwargs, "image", (), placement.shape))
+    return layers
+
+
+def _marker(placement: Placement, model_name: str, role: str, gate: str | None, extra: dict | None) -> dict:
+    info = {"role": role, "gate": gate, "source": placement.source_id, "model": model_name}
+    return {MARKER: {**info, **(extra or {})}}
+
+
+def _masks_kwargs(placement: Placement, model_name: str, extra: dict | None = None) -> dict:
+    return {
+        "scale": placement.scale,
+        "translate": placement.translate,
+        "name": masks_name(placement.source_name),
+        "metadata": _marker(placement, model_name, "masks", None, extra),
+    }
+
+
+def _attention_kwargs(placement: Placement, model_name: str, gate: str, visible: bool, extra: dict | None = None):
+    return {
+        "scale": placement.scale,
+        "translate": placement.translate,
+        "name": attention_name(placement.source_name, gate),
+        "colormap": GATE_COLORMAP,
+        "blending": "additive",
+        "opacity": 0.5,
+        "contrast_limits": (0.0, 1.0),
+        "visible": visible,
+        "metadata": _marker(placement, model_name, "attention", gate, extra),
+    }
 
 
 # -- putting results into a layer list (napari model objects only, no Qt) -------------------
@@ -173,9 +205,22 @@ def is_ours(layer: napari.layers.Layer) -> bool:
 
 
 def is_user_modified(layer: napari.layers.Layer) -> bool:
-    """True when the user painted on one of our layers, or its data changed since we set it."""
+    """True when the user painted on one of our layers, or its data changed since we set it.
+
+    Layers on zarr arrays (not numpy) are only checked for paint events.
+    """
     info = layer.metadata.get(MARKER) or {}
-    return bool(info.get("painted")) or info.get("fingerprint") != fingerprint(np.asarray(layer.data))
+    if info.get("painted"):
+        return True
+    if not isinstance(layer.data, np.ndarray):
+        return False
+    return info.get("fingerprint") != fingerprint(layer.data)
+
+
+def store_of(layer: napari.layers.Layer) -> str | None:
+    """The zarr store one of our layers reads, or None."""
+    info = layer.metadata.get(MARKER)
+    return info.get("store") if isinstance(info, dict) else None
 
 
 def _on_paint(event) -> None:
@@ -209,13 +254,14 @@ def unique_name(existing: Iterable[str], base: str) -> str:
 
 
 def _stamp(layer: napari.layers.Layer) -> None:
-    layer.metadata[MARKER]["fingerprint"] = fingerprint(np.asarray(layer.data))
+    data = layer.data
+    layer.metadata[MARKER]["fingerprint"] = fingerprint(data) if isinstance(data, np.ndarray) else None
     layer.metadata[MARKER]["painted"] = False
 
 
 def _update(layer: napari.layers.Layer, result: ResultLayer, placement: Placement) -> bool:
     """Write ``result`` into our earlier layer; False if it cannot take it (shape changed)."""
-    if tuple(layer.data.shape) != placement.shape:
+    if tuple(layer.data.shape) != placement.shape or layer.multiscale != isinstance(result.data, list):
         return False
     if result.index:
         layer.data[result.index] = result.data
@@ -223,7 +269,8 @@ def _update(layer: napari.layers.Layer, result: ResultLayer, placement: Placemen
     else:
         layer.data = result.data
     layer.scale, layer.translate = placement.scale, placement.translate
-    # The layer now shows this run's result: say which model made it.
+    # The layer now shows this run's result: say which model made it (and, on zarr, which store).
+    layer.metadata[MARKER].pop("store", None)
     layer.metadata[MARKER].update(result.kwargs["metadata"][MARKER])
     if result.layer_type == "image":
         layer.contrast_limits = (0.0, 1.0)

@@ -2,6 +2,8 @@
 
 Controls only: the model lives in the session, compute in ``core.predict`` (run in a
 napari worker), and the results are turned into layers by ``_layers`` on the main thread.
+Large and lazy images (dask, zarr, pyramids) go block by block through ``_lazy``, into
+layers on zarr stores (``_scratch``) that are refreshed as blocks arrive.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from . import _layers
+from . import _layers, _lazy
 from ._finetune_widget import FinetuneWidget, VersionsWidget
+from ._scratch import ScratchStores
 from ._session import DEVICE_CHOICES, PROGRESS_STEPS, Session, explain_error, missing_bundled_model_message
 
 if TYPE_CHECKING:
@@ -49,6 +52,12 @@ class AttentionUNetWidget(Container):
         self._viewer = viewer
         self._session = Session()
         self._worker: GeneratorWorker | None = None
+        self._scratch = ScratchStores()
+        self._lazy_run: _lazy.LazyRun | None = None
+        self._lazy_layers: list = []
+        self._editable: list = []  # (layer, editable) to restore after a block-by-block run
+        #: Block edge (px) for large and lazy images; smaller blocks show the first results sooner.
+        self.block_size = _lazy.LAZY_BLOCK_SIZE
 
         self._image = create_widget(annotation="napari.layers.Image", label="image")
         self._model = ComboBox(label="model", choices=self._model_choices, nullable=False)
@@ -106,6 +115,7 @@ class AttentionUNetWidget(Container):
         self._predict.changed.connect(self._on_predict)
         self._cancel.changed.connect(self._on_cancel)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
+        viewer.layers.events.removed.connect(self._release_stores)
         self.reset_choices()
         self._on_active_layer()
         self._on_model_changed()
@@ -123,7 +133,7 @@ class AttentionUNetWidget(Container):
 
     @property
     def is_running(self) -> bool:
-        return self._worker is not None
+        return self._worker is not None or self._lazy_run is not None
 
     def use_model(self, name_or_path: str) -> None:
         """Choose a model by name (bundled or saved) or by file path, as the pickers do."""
@@ -142,7 +152,7 @@ class AttentionUNetWidget(Container):
         self._on_predict()
 
     def cancel(self) -> None:
-        """Stop the running prediction at the next tile; no layers are added."""
+        """Stop the running prediction at the next tile; no layers are added (block by block: the blocks done stay)."""
         self._on_cancel()
 
     # -- models and device --------------------------------------------------------------
@@ -235,8 +245,11 @@ class AttentionUNetWidget(Container):
         if not isinstance(layer, Image):
             show_error(f"'{layer.name}' is not an image layer: choose an image to segment.")
             return
+        if _lazy.uses_blocks(layer, self._session.spatial_dims):
+            self._predict_blocks(layer)
+            return
         if layer.multiscale:
-            show_error("Multiscale (pyramid) images are not supported: open the full-resolution level as an image.")
+            show_error("Multiscale (pyramid) images need a 2D model: choose one, or open one level as an image.")
             return
         placement = _layers.placement_from_layer(layer)
         n_leading = len(placement.shape) - self._session.spatial_dims
@@ -263,15 +276,90 @@ class AttentionUNetWidget(Container):
         self._set_running(True, f"Predicting {layer.name} on {self._session.describe_device()}…")
         self._worker.start()
 
+    def _predict_blocks(self, layer: Image) -> None:
+        """A large or lazy image: layers on empty zarr arrays now, filled block by block by the worker."""
+        placement = _layers.placement_from_layer(layer)
+        image = _lazy.LazyImage.from_layer(layer)
+        current = _layers.slice_index(self._viewer.dims.point, placement, len(image.leading_shape))
+        try:
+            run = _lazy.LazyRun(
+                self._session,
+                image,
+                self._scratch,
+                planes=_lazy.default_planes(image.leading_shape, current, self._current_slice.value),
+                view=_lazy.view_box(self._viewer, layer),
+                tile_size=self._tile_size.value,
+                instances=self._output.value == INSTANCES,
+                gates=list(self._gates.value),
+                block_size=self.block_size,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a notification; the widget stays usable
+            show_error(explain_error(exc))
+            return
+        results = _layers.lazy_result_layers(run.outputs, placement, run.model_name)
+        self._lazy_run = run
+        self._lazy_layers = _layers.apply_results(self._viewer.layers, results, placement)
+        self._release_stores()  # the stores of an earlier run whose layers now read this one
+        self._editable = [(shown, shown.editable) for shown in self._lazy_layers]
+        for shown in self._lazy_layers:
+            shown.editable = False  # no painting while blocks are written into the layer
+        self._worker = create_worker(
+            run.steps,
+            _start_thread=False,
+            _connect={
+                "yielded": self._on_progress,
+                "returned": lambda outcome: self._on_blocks_returned(outcome, placement),
+                "errored": self._on_error,
+                "aborted": self._on_aborted,
+                "finished": self._on_finished,
+            },
+        )
+        n = len(run.order) * len(run.planes)
+        self._set_running(
+            True,
+            f"Predicting {layer.name} in {n} block(s) of {run.plan.block_size} px on "
+            f"{self._session.describe_device()}, the region on screen first…",
+        )
+        self._worker.start()
+
     def _on_cancel(self) -> None:
-        if self._worker is not None:
+        if self._lazy_run is not None:
+            self._lazy_run.cancel()  # the run stops at the next tile and keeps the blocks done
+            self._status.value = "Cancelling; the blocks done so far are kept…"
+        elif self._worker is not None:
             self._worker.quit()
             self._status.value = "Cancelling…"
 
     def _on_progress(self, progress: Progress) -> None:
         self._progress.value = progress.done
-        if progress.stage != "predicting":
+        if getattr(progress, "refresh", False):
+            for layer in self._lazy_layers:
+                layer.refresh()
+        if progress.stage not in ("predicting", "done") and not (self._lazy_run and self._lazy_run.cancelled):
             self._status.value = f"{progress.stage.capitalize()}…"
+
+    def _on_blocks_returned(self, outcome: _lazy.LazyOutcome, placement: _layers.Placement) -> None:
+        for layer in self._lazy_layers:
+            layer.refresh()
+        self._device_info.value = self._session.describe_device()
+        blocks = _lazy.blocks_for_message(outcome)
+        if outcome.cancelled:
+            self._status.value = (
+                f"Cancelled after {blocks}: the blocks done are kept in the layers, the rest of "
+                f"{placement.source_name} is empty."
+            )
+            show_info(f"Prediction cancelled; {blocks} kept.")
+        elif outcome.semantic:
+            self._status.value = f"Done ({blocks})."
+        else:
+            self._status.value = f"Done: {outcome.n_objects} object(s) in {placement.source_name} ({blocks})."
+
+    def _release_stores(self, *_) -> None:
+        """Delete the zarr stores no layer reads any more (and no run writes)."""
+        in_use = {_layers.store_of(layer) for layer in self._viewer.layers} - {None}
+        if self._lazy_run is not None:
+            in_use.add(str(self._lazy_run.outputs.path))
+        self._scratch.release_unused(in_use)
 
     def _on_returned(self, result, placement: _layers.Placement) -> None:
         results = _layers.result_layers(result, placement)
@@ -282,14 +370,22 @@ class AttentionUNetWidget(Container):
 
     def _on_error(self, exc: BaseException) -> None:
         show_error(explain_error(exc))
-        self._status.value = "Failed; see the notification."
+        kept = " The blocks done so far stay in the layers." if self._lazy_run is not None else ""
+        self._status.value = f"Failed; see the notification.{kept}"
 
     def _on_aborted(self) -> None:
+        if self._lazy_run is not None:
+            self._status.value = "Stopped; the blocks done so far stay in the layers."
+            return
         self._status.value = "Cancelled; no layers were changed."
         show_info("Prediction cancelled.")
 
     def _on_finished(self) -> None:
         self._worker = None
+        for layer, editable in self._editable:
+            layer.editable = editable
+        self._lazy_run, self._lazy_layers, self._editable = None, [], []
+        self._release_stores()
         self._set_running(False)
 
     def _set_running(self, running: bool, message: str | None = None) -> None:
