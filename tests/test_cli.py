@@ -64,6 +64,26 @@ def test_predict_png_and_3d_stack(tmp_path, model_file, home):
     assert tifffile.imread(out / "stack_attention.tif").shape == (2, 3, 96, 96)  # gate first, then ZYX
 
 
+def test_predict_anisotropic_volume_with_a_3d_model(tmp_path, home):
+    from napari_attention_unet.cli import main
+    from napari_attention_unet.core.predict import predict, run_to_end
+
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=2, depth=3))
+    model_path = save_model(model, tmp_path / "tiny3d.safetensors")
+    volume = np.stack([tifffile.imread(FLUO)[:64, :64]] * 4).astype(np.float32)
+    tifffile.imwrite(tmp_path / "volume.tif", volume)
+    out = tmp_path / "out"
+    common = ["predict", str(tmp_path / "volume.tif"), "--model", str(model_path), "--device", "cpu", "--axes", "ZYX"]
+    assert main([*common, "--out", str(out), "--spacing", "3,1,1"]) == 0
+    attention = tifffile.imread(out / "volume_attention.tif")
+    assert attention.shape == (2, 4, 64, 64)  # on the volume's own grid
+    expected = run_to_end(predict(model.eval(), volume, axes="ZYX", device="cpu", spacing=(3, 1, 1)))
+    np.testing.assert_allclose(attention[0], expected.gate_maps["gate1"], atol=1e-5)
+    bad = run_cli(*common, "--out", tmp_path / "bad", "--spacing", "3,1")
+    assert bad.returncode == 2 and "Z,Y,X" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_saved_model_by_name_and_models_listing(tmp_path, home):
     save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), home / "models" / "my-cells")
     listing = run_cli("models")

@@ -38,6 +38,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--semantic", action="store_true", help="write a 0/1 foreground mask instead of instance labels")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument(
+        "--spacing",
+        type=_spacing,
+        default=None,
+        metavar="Z,Y,X",
+        help="voxel size of volumes, e.g. 2,0.5,0.5: a 3D model sees them resampled to cubic voxels",
+    )
+    p.add_argument(
         "--block-size",
         type=int,
         default=None,
@@ -83,6 +90,16 @@ def _build_parser() -> argparse.ArgumentParser:
     x.add_argument("--test-image", type=Path, metavar="IMG", help="bioimageio: real image for the test data")
     x.set_defaults(func=_cmd_export)
     return parser
+
+
+def _spacing(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 2,0.5,0.5, got {text!r}") from None
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three positive sizes Z,Y,X, got {text!r}")
+    return values
 
 
 def _fail(message: str) -> int:
@@ -137,6 +154,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 instances=not args.semantic,
                 precision=args.precision,
                 inference_model=net,
+                spacing=args.spacing,
             )
             with tqdm(desc=path.name, unit="tile", leave=len(args.images) == 1, file=sys.stderr) as bar:
                 while True:
