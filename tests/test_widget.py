@@ -349,3 +349,29 @@ def test_session_passes_the_layer_spacing_to_a_3d_model(model_home):
     np.testing.assert_allclose(stretched.gate_maps["gate1"], core.gate_maps["gate1"], atol=1e-6)
     cubic = run_to_end(predict(session.model, volume, tile_size=32, device="cpu"))
     assert np.abs(cubic.gate_maps["gate1"] - stretched.gate_maps["gate1"]).max() > 1e-5
+
+
+def test_anisotropic_volume_with_a_3d_model_in_the_viewer(qtbot, plugin_widget, model_home, nuclei_image):
+    """A 3D model on a volume with z step 3x the xy step: 3D attention layers, resampled as the core does."""
+    import torch
+
+    from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+    from napari_attention_unet.core.predict import predict, run_to_end
+    from napari_attention_unet.core.weights import save_model
+
+    viewer, widget = plugin_widget
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=2, depth=3))
+    save_model(model, model_home / "models" / "tiny3d")
+    widget._refresh.changed()
+    widget.use_model("tiny3d")
+    volume = np.stack([nuclei_image[:48, :48]] * 4).astype(np.float32)
+    image = viewer.add_image(volume, name="volume", scale=(1.5, 0.5, 0.5))
+    widget._image.value = image
+    widget._current_slice.value = False
+    run_prediction(qtbot, widget)
+    gate = viewer.layers["volume attention gate1"]
+    assert gate.data.shape == volume.shape
+    np.testing.assert_allclose(gate.scale, image.scale)
+    expected = run_to_end(predict(model.eval(), volume, device="cpu", spacing=(3.0, 1.0, 1.0)))
+    np.testing.assert_allclose(gate.data, expected.gate_maps["gate1"], atol=1e-5)

@@ -264,6 +264,7 @@ class AttentionUNetWidget(Container):
             instances=self._output.value == INSTANCES,
             gates=list(self._gates.value),
             index=index,
+            spacing=placement.scale,  # a 3D model resamples anisotropic volumes to cubic voxels
             _start_thread=False,
             _connect={
                 "yielded": self._on_progress,
