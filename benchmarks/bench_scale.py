@@ -87,6 +87,12 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads): less sensitive than wall time to other work on the machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child(config: dict) -> dict:
     import torch
 
@@ -114,10 +120,10 @@ def child(config: dict) -> dict:
             pixels += shape[0] * shape[1]
         with tempfile.TemporaryDirectory() as out_dir:
             baseline = current_rss()
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             code = cli.main(["predict", *map(str, files), "--out", out_dir, "--device", "cpu"])
-            seconds = time.perf_counter() - start
-        out.update(seconds=seconds, megapixels=pixels / 1e6, files=len(files), rc=code, baseline=baseline)
+            seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        out.update(seconds=seconds, cpu=cpu, megapixels=pixels / 1e6, files=len(files), rc=code, baseline=baseline)
         out["peak"] = peak_rss()
         return out
 
@@ -125,14 +131,15 @@ def child(config: dict) -> dict:
     out["megapixels"] = image.size / 1e6
     baseline = current_rss()
     if name == "reference" or name == "whole":
-        times = []
+        times, cpus = [], []
         for _ in range(config.get("repeats", 1)):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             result = run_to_end(predict(model, image, device="cpu", inference_model=net))
             times.append(time.perf_counter() - start)
+            cpus.append(cpu_seconds() - cpu)
             n_objects = int(result.labels.max())
             del result
-        out.update(seconds=statistics.median(times), times=times, objects=n_objects)
+        out.update(seconds=statistics.median(times), cpu=statistics.median(cpus), times=times, objects=n_objects)
     else:
         sinks = None
         tmp = tempfile.TemporaryDirectory(dir=config.get("tmp"))
@@ -146,13 +153,13 @@ def child(config: dict) -> dict:
                 sinks = create_zarr_sinks(Path(tmp.name) / "out.zarr", "mosaic", plan.shape, gates, plan.chunk_size())
             else:
                 sinks = create_tiff_sinks(tmp.name, "mosaic", plan.shape, gates)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         result = run_to_end(
             predict_blocks(
                 model, image, sinks=sinks, block_size=config["block_size"], device="cpu", inference_model=net
             )
         )
-        out.update(seconds=time.perf_counter() - start, objects=result.n_objects)
+        out.update(seconds=time.perf_counter() - start, cpu=cpu_seconds() - cpu, objects=result.n_objects)
         if name == "blocks-memory":
             out["output_bytes"] = int(result.labels.nbytes + result.probability.nbytes + result.attention.nbytes)
         tmp.cleanup()
@@ -230,14 +237,27 @@ def main(argv: list[str] | None = None) -> None:
 
     reference = results[0]
     ref_rate = reference["megapixels"] / reference["seconds"]
-    columns = ("image", 11), ("seconds", 9), ("MP/s", 7), ("vs ref", 7), ("peak RSS", 9), ("start RSS", 9)
+    ref_cpu_rate = reference["megapixels"] / reference["cpu"]
+    columns = (
+        ("image", 11),
+        ("seconds", 9),
+        ("MP/s", 7),
+        ("vs ref", 7),
+        ("CPU s", 8),
+        ("MP/CPU s", 9),
+        ("vs ref", 7),
+        ("peak RSS", 9),
+        ("start RSS", 9),
+    )
     print(f"{'configuration':16s} " + " ".join(f"{name:>{width}s}" for name, width in columns))
     for r in results:
         rate = r["megapixels"] / r["seconds"]
         side = int(round((r["megapixels"] * 1e6) ** 0.5))
         image = f"{r['files']} files" if r["name"] == "batch" else f"{side}x{side}"
+        cpu_rate = r["megapixels"] / r["cpu"]
         print(
             f"{r['name']:16s} {image:>11s} {r['seconds']:9.2f} {rate:7.3f} {rate / ref_rate:6.2f}x "
+            f"{r['cpu']:8.1f} {cpu_rate:9.3f} {cpu_rate / ref_cpu_rate:6.2f}x "
             f"{gigabytes(r['peak']):>9s} {gigabytes(r['baseline']):>9s}"
         )
     for r in results:
