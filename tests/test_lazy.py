@@ -408,6 +408,8 @@ def test_cancel_keeps_blocks_done_and_predict_again_reuses_the_layers(
     viewer.add_image(da.from_array(ReadLog(mosaic, hook=hold_third_block), chunks=mosaic.shape), name="lazy")
     widget.predict()
     qtbot.waitUntil(lambda: len(blocks_read) == 3, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: "lazy: 2 of 9 blocks done" in widget._status.value, timeout=TIMEOUT_MS)
+    assert widget._progress.value > 0 and widget._cancel.enabled
     widget._cancel.changed.emit(True)  # as a click does
     cancel_pressed.set()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)

@@ -89,11 +89,12 @@ class LazyImage:
 
     levels: tuple
     rgb: bool = False
+    name: str = "image"
 
     @classmethod
     def from_layer(cls, layer: Any) -> LazyImage:
         levels = tuple(layer.data[k] for k in range(len(layer.data))) if layer.multiscale else (layer.data,)
-        return cls(levels, bool(layer.rgb))
+        return cls(levels, bool(layer.rgb), layer.name)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -161,6 +162,19 @@ class BlockProgress(Progress):
     """Progress of a :class:`LazyRun`; ``refresh`` says new pixels are in the outputs: refresh the layers."""
 
     refresh: bool = False
+    blocks_done: int = 0
+    blocks_total: int = 0
+
+    def describe(self, image_name: str) -> str:
+        """The status line for this step."""
+        if self.stage == "normalising":
+            return f"Measuring the contrast of {image_name}…"
+        if self.stage == "joining blocks":
+            return "Joining the objects cut by block edges…"
+        return (
+            f"Predicting {image_name}: {self.blocks_done} of {self.blocks_total} blocks done, "
+            "the region on screen first…"
+        )
 
 
 @dataclass
@@ -250,9 +264,10 @@ class LazyRun:
         total, done = per_plane * len(self.planes), 0
 
         def report(units: int, stage: str = "predicting", refresh: bool = False) -> BlockProgress:
-            return BlockProgress(round(PROGRESS_STEPS * units / total), PROGRESS_STEPS, stage, refresh)
+            fraction = round(PROGRESS_STEPS * units / total)
+            return BlockProgress(fraction, PROGRESS_STEPS, stage, refresh, blocks_done, blocks_total)
 
-        first_id, blocks_done = 0, 0
+        first_id, blocks_done, blocks_total = 0, 0, len(self.order) * len(self.planes)
         for plane in self.planes:
             if self.cancelled:
                 break
@@ -295,7 +310,7 @@ class LazyRun:
         return LazyOutcome(
             n_objects=first_id,
             blocks_done=blocks_done,
-            blocks_total=len(self.order) * len(self.planes),
+            blocks_total=blocks_total,
             cancelled=self.cancelled,
             device=str(self.session.device),
             model_name=self.model_name,

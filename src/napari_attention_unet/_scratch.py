@@ -30,7 +30,7 @@ from .core.block_geometry import Block
 __all__ = ["PYRAMID_ABOVE", "PYRAMID_TOP", "LazyOutputs", "ScratchStores", "pyramid_levels", "scratch_dir"]
 
 #: A plane with a side longer than this gets a pyramid: napari reads a single-scale layer's whole plane.
-PYRAMID_ABOVE = 4096
+PYRAMID_ABOVE = 2048
 #: The coarsest pyramid level's sides are at most this (or the block size stops the halving).
 PYRAMID_TOP = 1024
 #: Preferred zarr chunk edge; chunks always divide a block, so a block writes whole chunks.

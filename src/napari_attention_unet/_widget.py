@@ -8,6 +8,7 @@ layers on zarr stores (``_scratch``) that are refreshed as blocks arrive.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,9 @@ NO_MODEL = "(no model found)"
 # None = auto: the core fits the tiles to the image.
 TILE_CHOICES = [("auto", None)] + [(str(n), n) for n in (64, 96, 128, 256, 384, 512, 768, 1024)]
 INSTANCES, SEMANTIC = "instances (one id per nucleus)", "semantic (foreground = 1)"
+# While blocks stream in, the layers are refreshed (on the main thread) at most once a second,
+# and never for more than a fifth of the time, so that napari stays responsive.
+REFRESH_INTERVAL_S, REFRESH_SHARE = 1.0, 0.2
 
 
 class AttentionUNetWidget(Container):
@@ -56,6 +60,7 @@ class AttentionUNetWidget(Container):
         self._lazy_run: _lazy.LazyRun | None = None
         self._lazy_layers: list = []
         self._editable: list = []  # (layer, editable) to restore after a block-by-block run
+        self._next_refresh = 0.0
         #: Block edge (px) for large and lazy images; smaller blocks show the first results sooner.
         self.block_size = _lazy.LAZY_BLOCK_SIZE
 
@@ -298,7 +303,7 @@ class AttentionUNetWidget(Container):
             show_error(explain_error(exc))
             return
         results = _layers.lazy_result_layers(run.outputs, placement, run.model_name)
-        self._lazy_run = run
+        self._lazy_run, self._next_refresh = run, 0.0
         self._lazy_layers = _layers.apply_results(self._viewer.layers, results, placement)
         self._release_stores()  # the stores of an earlier run whose layers now read this one
         self._editable = [(shown, shown.editable) for shown in self._lazy_layers]
@@ -334,14 +339,25 @@ class AttentionUNetWidget(Container):
     def _on_progress(self, progress: Progress) -> None:
         self._progress.value = progress.done
         if getattr(progress, "refresh", False):
-            for layer in self._lazy_layers:
-                layer.refresh()
-        if progress.stage not in ("predicting", "done") and not (self._lazy_run and self._lazy_run.cancelled):
+            self._refresh_lazy_layers(force=progress.stage == "done")
+        if isinstance(progress, _lazy.BlockProgress):
+            run = self._lazy_run
+            if run is not None and not run.cancelled and progress.stage != "done":
+                self._status.value = progress.describe(run.image.name)
+        elif progress.stage != "predicting":
             self._status.value = f"{progress.stage.capitalize()}…"
 
-    def _on_blocks_returned(self, outcome: _lazy.LazyOutcome, placement: _layers.Placement) -> None:
+    def _refresh_lazy_layers(self, force: bool = False) -> None:
+        start = time.monotonic()
+        if not force and start < self._next_refresh:
+            return  # the next refresh shows these blocks too
         for layer in self._lazy_layers:
             layer.refresh()
+        took = time.monotonic() - start
+        self._next_refresh = start + max(REFRESH_INTERVAL_S, took / REFRESH_SHARE)
+
+    def _on_blocks_returned(self, outcome: _lazy.LazyOutcome, placement: _layers.Placement) -> None:
+        self._refresh_lazy_layers(force=True)
         self._device_info.value = self._session.describe_device()
         blocks = _lazy.blocks_for_message(outcome)
         if outcome.cancelled:
