@@ -27,7 +27,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="segment images; writes <stem>_labels.tif and <stem>_attention.tif")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="TIFF or PNG files")
+    p.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="TIFF or PNG files, zarr / OME-Zarr stores (folders ending in .zarr)",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
     p.add_argument(
         "--model", default=None, metavar="NAME_OR_PATH", help="bundled or saved model name, or a .safetensors file"
