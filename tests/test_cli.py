@@ -108,6 +108,13 @@ def test_clear_errors(tmp_path, model_file, home):
     assert (tmp_path / "o" / f"{FLUO.stem}_labels.tif").is_file()  # the good image was still done
 
 
+def test_block_size_off_the_64_px_grid_is_refused_with_a_suggestion(tmp_path):
+    """Output chunks divide the blocks: --block-size 900 would make 4 px chunks, so it is refused."""
+    done = run_cli("predict", FLUO, "--out", tmp_path / "out", "--block-size", 900)
+    assert done.returncode == 2 and "multiple of 64" in done.stderr and "try 896" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_block_by_block_writes_the_same_files(tmp_path, home):
     """``--block-size`` (automatic above 4096x4096 px) streams blocks into uncompressed TIFFs."""
     from napari_attention_unet._registry import open_model

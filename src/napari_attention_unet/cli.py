@@ -52,11 +52,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--block-size",
-        type=int,
+        type=_block_size,
         default=None,
         metavar="PX",
         help="predict block by block in bounded memory (default for images over 4096x4096 px, zarr input or a "
-        ".zarr --out: blocks of 2048 px)",
+        ".zarr --out: blocks of 2048 px); a multiple of 64",
     )
     engine = p.add_mutually_exclusive_group()
     engine.add_argument(
@@ -106,6 +106,21 @@ def _spacing(text: str) -> tuple[float, ...]:
     if len(values) != 3 or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected three positive sizes Z,Y,X, got {text!r}")
     return values
+
+
+def _block_size(text: str) -> int:
+    """A block edge in px: a multiple of 64, so that the zarr chunks of the outputs (which divide it) stay large."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels like 2048, got {text!r}") from None
+    if value < 128 or value % 64:
+        nearest = max(128, round(value / 64) * 64)
+        raise argparse.ArgumentTypeError(
+            f"expected a multiple of 64 px, at least 128 (e.g. 1024, 2048), got {value}; try {nearest}: the "
+            "output chunks divide the blocks, and other sizes make them tiny"
+        )
+    return value
 
 
 def _fail(message: str) -> int:
