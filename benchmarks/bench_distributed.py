@@ -21,7 +21,6 @@ one against it too).
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import statistics
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import require_dsb2018  # noqa: E402
+from bench_scale import batch_files  # noqa: E402
 
 from napari_attention_unet._distributed import (  # noqa: E402
     PredictOptions,
@@ -43,14 +42,6 @@ from napari_attention_unet._distributed import (  # noqa: E402
     usable_cores,
     worker_model,
 )
-
-
-def batch_files(count: int) -> list[Path]:
-    folder = require_dsb2018()
-    with open(folder / "index_train.csv", newline="") as f:
-        ids = sorted(r["id"] for r in csv.DictReader(f))
-    chosen = [ids[round(i * (len(ids) - 1) / max(count - 1, 1))] for i in range(count)]
-    return [folder / "images" / f"{image_id}.tif" for image_id in chosen]
 
 
 def warm_up(spec) -> None:
