@@ -11,6 +11,20 @@ import pytest
 TINY_MODEL = "tiny"
 
 
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A tiny random 2D Attention U-Net (3 channels, depth 3) in eval mode, with non-trivial batch-norm statistics."""
+    import torch
+
+    from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(base_width=4, depth=3))
+    model.train()
+    model(torch.rand(4, 3, 32, 32))
+    return model.eval()
+
+
 @pytest.fixture
 def model_home(tmp_path, monkeypatch):
     """``$NAPARI_ATTENTION_UNET_HOME`` in a temp dir, no bundled models; returns the home folder."""

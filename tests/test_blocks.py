@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from napari_attention_unet.core import blocks as B
 from napari_attention_unet.core.data import normalize
-from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.weights import save_model
 
@@ -36,15 +34,6 @@ def nuclei_model():
     from napari_attention_unet._registry import open_model
 
     return open_model()[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    model = AttentionUNet(ModelConfig(base_width=4, depth=3))
-    model.train()
-    model(torch.rand(4, 3, 32, 32))  # non-trivial batch-norm statistics
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

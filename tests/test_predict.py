@@ -17,15 +17,6 @@ HE = DATA / "00ae65c1c6631ae6f2be1a449902976e6eb8483bf6b0740d00530220832c6d3e.ti
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    model = AttentionUNet(ModelConfig(base_width=4, depth=3))
-    model.train()
-    model(torch.rand(4, 3, 32, 32))  # non-trivial batch-norm statistics
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
 def fluo():
     return tifffile.imread(FLUO)
 
@@ -101,7 +92,6 @@ def test_volume_with_3d_model():
 
 def test_anisotropic_volume_is_seen_with_cubic_voxels_by_a_3d_model():
     """z step 3x the xy step: the 3D model sees the volume stretched 3x in z; outputs on the image grid."""
-    import torch
     from torch.nn import functional as F
 
     torch.manual_seed(0)
