@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import statistics
 import sys
 import time
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+#: The shared data folder beside the repository; SHARED_DATA points elsewhere (e.g. a GPU machine's copy).
+DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
 DSB2018 = DATA / "dsb2018_train"
 
 

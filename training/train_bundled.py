@@ -26,9 +26,10 @@ import numpy as np
 import tifffile
 import torch
 
+from napari_attention_unet.core.augment import augment
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig, count_parameters
-from napari_attention_unet.core.train import TrainConfig, Trainer, prepare_sample
-from napari_attention_unet.core.weights import save_model
+from napari_attention_unet.core.train import TrainConfig, Trainer, TrainingSample, prepare_sample
+from napari_attention_unet.core.weights import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The shared data folder sits next to the repository; DSB2018_DATA points elsewhere.
@@ -79,6 +80,60 @@ def sample_weights(rows: list[dict], patch: int) -> list[float]:
     return [KIND_SHARE[r["kind"]] * a / totals[r["kind"]] for r, a in zip(rows, area)]
 
 
+class PatchStream(torch.utils.data.IterableDataset):
+    """Endless augmented batches, made in DataLoader worker processes.
+
+    On a GPU the network is faster than one CPU core can crop and augment patches;
+    workers keep it fed. Same sampling and augmentation as ``Trainer._batch``
+    (no user edits or weight maps in this data), each worker with its own seeded RNG.
+    """
+
+    def __init__(self, samples: list[TrainingSample], p: np.ndarray, patch: tuple, channels: int, config, seed: int):
+        self.samples, self.p, self.patch, self.channels = samples, p, patch, channels
+        self.batch, self.scale_range, self.seed = config.batch_size, config.scale_range, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            images, targets = [], []
+            for _ in range(self.batch):
+                sample = self.samples[rng.choice(len(self.samples), p=self.p)]
+                image, target = augment(sample.image, sample.target, rng, self.patch, None, self.scale_range)
+                images.append(np.broadcast_to(image, (self.channels, *self.patch)))
+                targets.append(target)
+            yield torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets))
+
+
+class StreamTrainer(Trainer):
+    """A :class:`Trainer` whose batches come from :class:`PatchStream` workers."""
+
+    def __init__(self, *args, workers: int, stream_seed: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.workers, self.stream_seed, self.stream = workers, stream_seed, None
+
+    def _batch(self):
+        if self.stream is None:
+            dataset = PatchStream(
+                self.samples, self.sample_p, self.patch, self.model.config.in_channels, self.config, self.stream_seed
+            )
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_size=None,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                prefetch_factor=4,
+                persistent_workers=True,
+                worker_init_fn=lambda _: torch.set_num_threads(1),
+            )
+            self.stream = iter(loader)
+        x, y = next(self.stream)
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True), None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=60.0, help="time budget of this session")
@@ -96,6 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="use only this many training images (smoke tests)")
+    parser.add_argument("--width", type=int, default=ModelConfig.base_width, help="channels of the first level")
+    parser.add_argument("--depth", type=int, default=ModelConfig.depth)
+    parser.add_argument("--init", type=Path, default=None, help="start from these weights (a warm start)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cuda, mps or cpu")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes that make the patches (0: in the loop; use 4+ on a GPU)"
+    )
+    parser.add_argument("--checkpoint", type=Path, default=None, help="resume file (default: OUT/last.pt)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bundled")
     parser.add_argument("--model-out", type=Path, default=MODEL_OUT)
     args = parser.parse_args(argv)
@@ -110,8 +173,14 @@ def main(argv: list[str] | None = None) -> None:
     val_rows = [by_id[i] for i in split["validation"]]
     print(f"{len(train_rows)} training images, {len(val_rows)} validation images", flush=True)
 
-    config = ModelConfig()
-    model = AttentionUNet(config)
+    if args.init is not None:
+        model, _ = load_model(args.init)
+        config = model.config
+        print(f"warm start from {args.init} ({config.to_dict()})", flush=True)
+    else:
+        config = ModelConfig(base_width=args.width, depth=args.depth)
+        model = AttentionUNet(config)
+    torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick its fastest kernels
     t0 = time.perf_counter()
     samples = [prepare_sample(*load_pair(r["id"]), in_channels=config.in_channels) for r in train_rows]
     validation = [prepare_sample(*load_pair(r["id"]), in_channels=config.in_channels) for r in val_rows]
@@ -128,18 +197,23 @@ def main(argv: list[str] | None = None) -> None:
         warmup_steps=min(200, steps // 10),
         eval_every=args.eval_every,
         patience=10**6,  # a from-scratch run keeps going; the best state is kept anyway
-        from_scratch=True,
+        from_scratch=args.init is None,
+        freeze_batchnorm=False,  # many images per batch: batch statistics are sound
         seed=args.seed,
     )
-    trainer = Trainer(
-        model,
+    common = dict(
         config=train_config,
-        device="cpu" if not torch.cuda.is_available() else "auto",
+        device=args.device,
         samples=samples,
         validation=validation,
         sample_weights=sample_weights(train_rows, args.patch),
     )
-    last = args.out / "last.pt"
+    if args.workers > 0:
+        trainer = StreamTrainer(model, workers=args.workers, stream_seed=args.seed, **common)
+    else:
+        trainer = Trainer(model, **common)
+    print(f"training on {trainer.device} ({count_parameters(model):,} parameters)", flush=True)
+    last = args.checkpoint or args.out / "last.pt"
     if args.resume and last.exists():
         trainer.load_checkpoint(torch.load(last, weights_only=True, map_location=trainer.device))
         print(f"resumed from {last} at step {trainer.step}", flush=True)

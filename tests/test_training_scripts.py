@@ -1,0 +1,101 @@
+"""The bundled model's recipe pieces: batches made in worker processes, and weight averaging.
+
+Real DSB2018 test images and tiny networks; no GPU and no ../shared needed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_attention_unet.core.augment import IGNORE
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.train import TrainConfig, prepare_sample
+from napari_attention_unet.core.weights import load_model, save_model
+
+TRAINING = Path(__file__).parents[1] / "training"
+sys.path.insert(0, str(TRAINING))
+from average_models import average  # noqa: E402
+from average_models import main as average_main  # noqa: E402
+from train_bundled import PatchStream, StreamTrainer  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def samples():
+    out = []
+    for path in sorted((DATA / "images").glob("*.tif")):
+        out.append(prepare_sample(tifffile.imread(path), tifffile.imread(DATA / "masks" / path.name)))
+    return out
+
+
+def _random_model(seed: int, width: int = 4) -> AttentionUNet:
+    torch.manual_seed(seed)
+    model = AttentionUNet(ModelConfig(base_width=width, depth=3))
+    model.train()
+    model(torch.rand(2, 3, 32, 32))  # non-trivial batch-norm statistics
+    return model.eval()
+
+
+def test_patch_stream_batches_match_the_trainer_layout(samples):
+    config = TrainConfig(patch_size=64, batch_size=3)
+    p = np.full(len(samples), 1 / len(samples))
+    stream = iter(PatchStream(samples, p, (64, 64), 3, config, seed=0))
+    x, y = next(stream)
+    assert x.shape == (3, 3, 64, 64) and x.dtype == torch.float32
+    assert y.shape == (3, 64, 64) and y.dtype == torch.uint8
+    assert set(np.unique(y.numpy())) <= {0, 1, 2, IGNORE}
+    # The same seed gives the same patches; another seed gives others.
+    again = next(iter(PatchStream(samples, p, (64, 64), 3, config, seed=0)))[0]
+    other = next(iter(PatchStream(samples, p, (64, 64), 3, config, seed=1)))[0]
+    assert torch.equal(x, again) and not torch.equal(x, other)
+
+
+def test_stream_trainer_learns_with_worker_processes():
+    # The two fluorescence images, each with a right-hand strip held out for validation.
+    paths = sorted((DATA / "images").glob("*.tif"))[:2]
+    samples = [
+        prepare_sample(tifffile.imread(p), tifffile.imread(DATA / "masks" / p.name), val_fraction=0.25) for p in paths
+    ]
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(base_width=4, depth=3))
+    config = TrainConfig(
+        max_steps=40, patch_size=96, batch_size=4, lr=1e-2, warmup_steps=5, eval_every=10, from_scratch=True
+    )
+    trainer = StreamTrainer(model, config=config, device="cpu", samples=samples, workers=2, stream_seed=0)
+    start = trainer.validate()[0]
+    losses = [r.loss for r in trainer.run()]
+    result = trainer.result()
+    assert trainer.step == 40 and len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert result.accepted and result.best_val_dice > start
+
+
+def test_average_is_the_elementwise_mean(tmp_path):
+    a, b = _random_model(0), _random_model(1)
+    soup = average([a, b])
+    for key, value in soup.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (a.state_dict()[key] + b.state_dict()[key]) / 2)
+    logits, _ = soup(torch.rand(1, 3, 32, 32))
+    assert logits.shape == (1, 3, 32, 32) and torch.isfinite(logits).all()
+
+    save_model(a, tmp_path / "a.safetensors", info={"steps": 10, "name": "x"})
+    save_model(b, tmp_path / "b.safetensors", info={"steps": 12, "name": "x"})
+    average_main([str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--out", str(tmp_path / "s")])
+    loaded, info = load_model(tmp_path / "s.safetensors")
+    assert info["steps"] == [10, 12] and info["name"] == "x" and "average_models.py" in info["recipe"]
+    torch.testing.assert_close(loaded.state_dict(), soup.state_dict())
+
+
+def test_average_refuses_different_architectures_and_a_single_model():
+    with pytest.raises(ValueError, match="different architectures"):
+        average([_random_model(0), _random_model(0, width=8)])
+    with pytest.raises(ValueError, match="at least two"):
+        average([_random_model(0)])
