@@ -170,13 +170,67 @@ def test_edited_pixels_attract_patches(tiny_model):
     assert share_with_square(0.0) < 0.5
 
 
-def test_early_stop(tiny_model, pair):
-    # lr 0: nothing improves after the first evaluation, so patience 2 stops at the third.
-    config = _config(max_steps=1000, lr=0.0, eval_every=3, patience=2)
+def test_early_stop_and_nothing_better_than_the_start_keeps_the_start(tiny_model, pair):
+    # lr 0 and frozen batch norm: no trained state differs from the starting model, so none
+    # beats it; patience 2 stops at the second evaluation and the previous model is kept.
+    config = _config(max_steps=1000, lr=0.0, eval_every=3, patience=2, freeze_batchnorm=True)
     trainer = Trainer(tiny_model, [pair], config=config)
-    run_to_end(trainer.run())
+    result = run_to_end(trainer.run())
     assert trainer.stopped == "early stop"
-    assert trainer.step == 9
+    assert trainer.step == 6
+    assert not result.accepted and result.model is tiny_model
+    assert result.best_step == 0 and "starting model" in result.message
+    assert result.start_scores["ap"] == result.best_val_ap
+
+
+def test_best_state_is_chosen_by_instance_score_on_the_held_out_strip(tiny_model, pair):
+    trainer = Trainer(tiny_model, [pair], config=_config(max_steps=40))
+    assert trainer.select_by == "instances"
+    reports = list(trainer.run())
+    result = trainer.result()
+    scored = [r for r in reports if r.val_dice is not None]
+    assert scored and all(r.val_ap is not None and 0 <= r.val_ap <= 1 for r in scored)
+    # The kept state is the one with the best AP@0.5 (ties broken by Dice), not the best Dice.
+    best = max(
+        [(result.start_scores["ap"], result.start_scores["dice"], 0)] + [(r.val_ap, r.val_dice, r.step) for r in scored]
+    )
+    assert result.best_step == best[2] and result.best_val_ap == pytest.approx(best[0])
+    assert result.accepted and result.best_val_ap > result.start_scores["ap"]
+    assert "AP@0.5" in result.message and "starting model" in result.message
+
+
+def test_labels_with_an_edit_record_need_not_beat_the_start(tiny_model, pair):
+    # With a record of edits, most of the held-out strip is the model's own accepted prediction:
+    # the start matches it by construction, so the best trained state is kept instead.
+    edited = np.zeros(pair[1].shape, bool)
+    edited[20:40, 20:40] = True
+    config = _config(max_steps=6, lr=0.0, eval_every=3, freeze_batchnorm=True)
+    trainer = Trainer(tiny_model, [pair], config=config, edited_masks=[edited])
+    assert not trainer.must_beat_start
+    result = run_to_end(trainer.run())
+    assert result.best_step == 3 and result.start_scores is not None
+    assert "starting model" not in result.message
+    assert Trainer(tiny_model, [pair], config=_config()).must_beat_start
+    forced = _config(must_beat_start=True)
+    assert Trainer(tiny_model, [pair], config=forced, edited_masks=[edited]).must_beat_start
+
+
+def test_selection_falls_back_to_foreground_dice_without_a_held_out_strip(tiny_model, pair):
+    # Explicit validation images (as the bundled model's recipe gives) carry no object ids.
+    validation = [prepare_sample(*pair)]
+    trainer = Trainer(tiny_model, [pair], config=_config(max_steps=3), validation=validation)
+    assert trainer.select_by == "foreground"
+    assert all(r.val_ap is None for r in trainer.run())
+    with pytest.raises(ValueError, match="held-out strip"):
+        Trainer(tiny_model, [pair], config=_config(select_by="instances"), validation=validation)
+    with pytest.raises(ValueError, match="select_by"):
+        Trainer(tiny_model, [pair], config=_config(select_by="best"))
+
+
+def test_a_model_without_the_three_classes_is_refused_clearly(pair):
+    semantic = AttentionUNet(ModelConfig(base_width=4, depth=3, classes=("background", "cell")))
+    with pytest.raises(ValueError, match="background / interior / boundary"):
+        Trainer(semantic, [pair], config=_config())
 
 
 def test_all_background_labels_are_refused(tiny_model, pair):

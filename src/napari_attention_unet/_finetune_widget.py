@@ -265,7 +265,7 @@ class FinetuneWidget(Container):
             fraction = 0.0
         self._progress.value = round(PROGRESS_STEPS * min(max(fraction, 0.0), 1.0))
         self._readout.value = describe_report(report)
-        self.plot.add(report.step, report.loss, report.val_dice)
+        self.plot.add(report.step, report.loss, report.val_dice, report.val_ap)
 
     def _on_error(self, exc: BaseException) -> None:
         self._failed = True
@@ -305,7 +305,12 @@ class FinetuneWidget(Container):
             return
         parent = self._session.model_info.name if self._session.model_info else "model"
         info = _versions.save_version(
-            result.model, parent, steps=result.steps, best_val_dice=result.best_val_dice, image_name=self._image_name
+            result.model,
+            parent,
+            steps=result.steps,
+            best_val_dice=result.best_val_dice,
+            best_val_ap=result.best_val_ap,
+            image_name=self._image_name,
         )
         self._session.set_model(result.model, info)
         self._progress.value = PROGRESS_STEPS
@@ -409,12 +414,16 @@ def _forward(generator):
 
 
 def describe_report(report: StepReport) -> str:
-    """One line for a step report: step, loss, validation Dice, time left."""
+    """One line for a step report: step, loss, validation scores, time left."""
     steps = f"step {report.step}" + (f"/{report.total_steps}" if report.total_steps else "")
     parts = [steps, f"loss {report.loss:.3f}"]
+    if report.val_ap is not None:
+        parts.append(f"val AP {report.val_ap:.3f}")
     if report.val_dice is not None:
         parts.append(f"val Dice {report.val_dice:.3f}")
-    if report.best_val_dice is not None:
+    if report.best_val_ap is not None:
+        parts.append(f"best AP {report.best_val_ap:.3f}")
+    elif report.best_val_dice is not None:
         parts.append(f"best {report.best_val_dice:.3f}")
     if report.eta is not None:
         minutes, seconds = divmod(round(report.eta), 60)

@@ -48,6 +48,7 @@ def save_version(
     *,
     steps: int = 0,
     best_val_dice: float | None = None,
+    best_val_ap: float | None = None,
     image_name: str = "",
     name: str | None = None,
 ) -> ModelInfo:
@@ -61,6 +62,7 @@ def save_version(
         "parent": parent,
         "steps": int(steps),
         "best_val_dice": None if best_val_dice is None else float(best_val_dice),
+        "best_val_ap": None if best_val_ap is None else float(best_val_ap),
         "date": when.isoformat(timespec="seconds"),
         "image": image_name,
     }

@@ -349,10 +349,14 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         with tqdm(total=total, unit="step", file=sys.stderr) as bar:
             for report in run:
                 bar.update(report.step - bar.n)
-                score = "-" if report.best_val_dice is None else f"{report.best_val_dice:.3f}"
-                bar.set_postfix_str(f"loss {report.loss:.3f}, best val Dice {score}")
+                if report.best_val_ap is not None:
+                    best = f"best val AP@0.5 {report.best_val_ap:.3f}"
+                else:
+                    best = "best val Dice " + ("-" if report.best_val_dice is None else f"{report.best_val_dice:.3f}")
+                bar.set_postfix_str(f"loss {report.loss:.3f}, {best}")
                 if report.val_dice is not None:
-                    tqdm.write(f"step {report.step}: validation Dice {report.val_dice:.3f}", file=sys.stderr)
+                    ap = "" if report.val_ap is None else f"AP@0.5 {report.val_ap:.3f}, "
+                    tqdm.write(f"step {report.step}: validation {ap}Dice {report.val_dice:.3f}", file=sys.stderr)
     except KeyboardInterrupt:
         run.close()
         print("interrupted: keeping the best model so far", file=sys.stderr)
@@ -365,6 +369,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         "parent": info.name,
         "steps": result.steps,
         "best_val_dice": result.best_val_dice,
+        "best_val_ap": result.best_val_ap,
         "trained_on": [str(p) for p in args.image],
     }
     path = save_model(result.model, args.out, info=meta)

@@ -15,6 +15,7 @@ from skimage.segmentation import find_boundaries, watershed
 
 __all__ = [
     "ImageShapeError",
+    "as_instances",
     "guess_axes",
     "instances_to_classes",
     "match_channels",
@@ -113,15 +114,21 @@ def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8, max_sampl
     return out
 
 
+def as_instances(labels: np.ndarray) -> np.ndarray:
+    """Instance ids as they are; a binary mask (bool, or 0/1) split into its connected components."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool or labels.max(initial=0) <= 1:
+        return connected_components(labels > 0)
+    return labels
+
+
 def instances_to_classes(labels: np.ndarray) -> np.ndarray:
     """Instance (or binary) labels -> uint8 classes: 0 background, 1 interior, 2 boundary.
 
     Binary masks are split into connected components first. The boundary is the
     inner one-pixel rim of each object, which is what separates touching objects.
     """
-    labels = np.asarray(labels)
-    if labels.dtype == bool or labels.max(initial=0) <= 1:
-        labels = connected_components(labels > 0)
+    labels = as_instances(labels)
     classes = (labels > 0).astype(np.uint8)
     classes[find_boundaries(labels, mode="inner") & (labels > 0)] = BOUNDARY
     return classes

@@ -12,7 +12,12 @@ modified; a result that fails the sanity check hands it back unchanged.
 
 Validation: unless explicit validation pairs are given, the right-most
 ``val_fraction`` of every image (a vertical strip) is held out. Its labels are
-never trained on; the network is scored there (foreground Dice and IoU).
+never trained on; the network is scored there (foreground Dice and IoU, and
+AP@0.5 of the objects when the model makes objects). The starting model is scored
+there first: unless the labels record which pixels the user edited (then most of
+the strip is the model's own prediction), a trained state is kept only when it
+beats it, so fine-tuning never hands back a model that does worse on the user's
+own held-out annotation.
 """
 
 from __future__ import annotations
@@ -28,9 +33,21 @@ import torch
 from torch.nn import functional as F
 
 from .augment import IGNORE, augment
-from .data import BACKGROUND, instances_to_classes, match_channels, normalize, to_channel_first
+from .data import (
+    BACKGROUND,
+    as_instances,
+    instances_to_classes,
+    match_channels,
+    normalize,
+    probabilities_to_instances,
+    to_channel_first,
+)
 from .device import autocast_dtype, pick_device
+from .metrics import match_counts
 from .model import AttentionUNet
+
+#: Output classes for which objects (and so an instance score) can be made.
+INSTANCE_CLASSES = ("background", "interior", "boundary")
 
 __all__ = [
     "StepReport",
@@ -78,6 +95,15 @@ class TrainConfig:
     report_every: int = 1
     precision: str = "auto"
     seed: int = 0
+    # Which validation score picks the best state: "instances" (AP@0.5 of the objects on the
+    # held-out strip, ties broken by foreground Dice), "foreground" (Dice), or "auto": instances
+    # when the model has background/interior/boundary classes and the strip has labels.
+    select_by: str = "auto"
+    # Keep the starting model unless a trained state beats it on the held-out strip. None: yes
+    # when the labels carry no record of edits (they are taken as a full annotation); no when
+    # they do, because most of the strip is then the model's own accepted prediction, which
+    # the starting model matches by construction.
+    must_beat_start: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.time_budget is None:
@@ -97,6 +123,8 @@ class StepReport:
     best_val_dice: float | None
     lr: float
     message: str = ""
+    val_ap: float | None = None
+    best_val_ap: float | None = None
 
 
 @dataclass
@@ -118,6 +146,8 @@ class TrainResult:
     best_val_iou: float | None
     stopped: str
     history: list[StepReport] = field(default_factory=list, repr=False)
+    best_val_ap: float | None = None
+    start_scores: dict | None = None  # the starting model's validation scores
 
 
 @dataclass
@@ -133,6 +163,7 @@ class TrainingSample:
     val_target: np.ndarray | None = None
     weight_map: np.ndarray | None = None
     edited: np.ndarray | None = None  # (n, ndim) coordinates of user-edited pixels
+    val_instances: np.ndarray | None = None  # object ids in the held-out region, 0 elsewhere
 
 
 def prepare_image(image: np.ndarray, axes: str | None, in_channels: int) -> tuple[np.ndarray, str]:
@@ -168,10 +199,11 @@ def prepare_sample(
     labels = np.asarray(labels)
     if labels.shape != x.shape[1:]:
         raise ValueError(f"labels of shape {labels.shape} do not match the image's spatial shape {x.shape[1:]}")
-    target = instances_to_classes(labels)
+    instances = as_instances(labels)
+    target = instances_to_classes(instances)
     if ignore is not None:
         target[np.asarray(ignore, dtype=bool)] = IGNORE
-    val_target = None
+    val_target = val_instances = None
     width = target.shape[-1]
     n_val = int(round(width * val_fraction))
     if n_val > 0:
@@ -179,13 +211,16 @@ def prepare_sample(
             raise ValueError(f"image too narrow ({width} px) to hold out {val_fraction:.0%} for validation")
         val_target = np.full_like(target, IGNORE)
         val_target[..., -n_val:] = target[..., -n_val:]
+        val_instances = np.zeros(instances.shape, np.int32)
+        val_instances[..., -n_val:] = instances[..., -n_val:]
+        val_instances[val_target == IGNORE] = 0
         target[..., -n_val:] = IGNORE  # never trained on
     edited_coords = None
     if edited is not None:
         edited_mask = np.asarray(edited, dtype=bool) & (target != IGNORE)
         edited_coords = np.argwhere(edited_mask) if edited_mask.any() else None
     weights = None if weight_map is None else np.asarray(weight_map, dtype=np.float32)[np.newaxis]
-    return TrainingSample(x, target, val_target, weights, edited_coords)
+    return TrainingSample(x, target, val_target, weights, edited_coords, val_instances)
 
 
 def segmentation_loss(
@@ -231,6 +266,21 @@ def foreground_scores(predicted: np.ndarray, target: np.ndarray) -> tuple[float,
     return dice, iou, p_sum / max(valid.sum(), 1)
 
 
+def _instance_counts(probabilities: np.ndarray, target: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """(TP, FP, FN) at IoU 0.5 of the predicted objects inside the labelled (non-IGNORE) region.
+
+    Objects are made from the probabilities cropped to that region, so an object cut by its
+    edge is cut alike in the prediction and in the labels.
+    """
+    valid = target != IGNORE
+    if not valid.any():
+        return np.zeros(3, np.int64)
+    box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(valid))
+    predicted = probabilities_to_instances(probabilities[(slice(None), *box)])
+    inside = valid[box]
+    return np.array(match_counts(np.where(inside, instances[box], 0), np.where(inside, predicted, 0)))
+
+
 def _pad_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, ...]]:
     shape = x.shape[2:]
     pads = []
@@ -263,6 +313,11 @@ class Trainer:
         sample_weights: Sequence[float] | None = None,
     ) -> None:
         self.config = config = config or TrainConfig()
+        if model.config.out_channels != len(INSTANCE_CLASSES):
+            raise ValueError(
+                "training learns the three classes background / interior / boundary from the labels; "
+                f"this model has {len(model.config.classes)} ({', '.join(model.config.classes)})"
+            )
         self.original_model = model
         self.device = pick_device(device)
         self.model = copy.deepcopy(model).to(self.device)
@@ -300,6 +355,12 @@ class Trainer:
             )
         if not any((s.target != IGNORE).any() for s in self.samples):
             raise ValueError("every labelled pixel is ignored or held out: nothing to train on")
+        self.select_by = self._resolve_selection(config.select_by, model)
+        self.must_beat_start = (
+            config.must_beat_start
+            if config.must_beat_start is not None
+            else all(s.edited is None for s in self.samples)
+        )
         weights = np.asarray(sample_weights if sample_weights is not None else [1.0] * len(self.samples), float)
         self.sample_p = weights / weights.sum()
         multiple = model.config.size_multiple
@@ -324,6 +385,9 @@ class Trainer:
         self.best_step = 0
         self.best_dice: float | None = None
         self.best_iou: float | None = None
+        self.best_ap: float | None = None
+        self.start_scores: dict | None = None
+        self.last_eval_step = -1
         self.evals_since_best = 0
         self.history: list[StepReport] = []
         self._run_start = (0, 0.0)  # (step, elapsed) when run() last started
@@ -338,6 +402,8 @@ class Trainer:
         # The pace for the ETA is this run's own: a resumed trainer starts at a later step.
         self._run_start = (self.step, self.elapsed)
         self.stopped = "cancelled"  # stays so unless the loop ends by itself
+        if self.step == 0 and self.validation and self.start_scores is None:
+            self._score_start()
         try:
             while not self._budget_spent():
                 lr = self._lr()
@@ -365,13 +431,15 @@ class Trainer:
                     break
 
                 # Score every eval_every steps and at the very end, so the last state can win too.
-                val_dice = None
+                scores = None
                 if self.validation and (self.step % cfg.eval_every == 0 or self._budget_spent()):
-                    val_dice = self._evaluate_and_keep_best()
+                    scores = self._evaluate_and_keep_best()
                     if self.evals_since_best >= cfg.patience:
                         self.stopped = "early stop"
-                if val_dice is not None or self.step % cfg.report_every == 0:
-                    yield self._report(last_loss, val_dice, lr)
+                if scores is not None:
+                    yield self._report(last_loss, scores["dice"], lr, val_ap=scores["ap"])
+                elif self.step % cfg.report_every == 0:
+                    yield self._report(last_loss, None, lr)
                 if self.stopped == "early stop":
                     break
             else:
@@ -438,41 +506,88 @@ class Trainer:
         w = torch.from_numpy(np.stack(weights)).to(self.device) if any_weights else None
         return x, y, w
 
+    def _resolve_selection(self, choice: str, model: AttentionUNet) -> str:
+        if choice not in ("auto", "instances", "foreground"):
+            raise ValueError(f"select_by must be auto, instances or foreground, not {choice!r}")
+        possible = (
+            tuple(model.config.classes[:3]) == INSTANCE_CLASSES
+            and bool(self.validation)
+            and all(s.val_instances is not None for s in self.validation)
+        )
+        if choice == "instances" and not possible:
+            raise ValueError(
+                "select_by='instances' needs a model with background/interior/boundary classes "
+                "and a held-out strip of the training labels (val_fraction > 0)"
+            )
+        return "instances" if possible and choice != "foreground" else "foreground"
+
     @torch.no_grad()
-    def _predict_foreground(self, model: AttentionUNet, image: np.ndarray) -> np.ndarray:
-        """Foreground mask of a whole image (one forward pass, eval mode)."""
+    def _predict_probabilities(self, model: AttentionUNet, image: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(classes, *spatial)`` of a whole image (one forward pass, eval mode)."""
         x = torch.from_numpy(image)[None].to(self.device)
         x = x.expand(-1, model.config.in_channels, *x.shape[2:])
         x, crop = _pad_multiple(x, model.config.size_multiple)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits, _ = model(x)
-        p_bg = torch.softmax(logits.float(), dim=1)[0, BACKGROUND][crop]
-        return (p_bg < 0.5).cpu().numpy()
+        return torch.softmax(logits.float(), dim=1)[0][(slice(None), *crop)].cpu().numpy()
 
-    def validate(self, model: AttentionUNet | None = None) -> tuple[float, float, float]:
-        """Mean (Dice, IoU, predicted foreground fraction) over the validation images."""
+    def validation_scores(self, model: AttentionUNet | None = None) -> dict:
+        """Foreground ``dice``, ``iou`` and predicted ``fraction`` (means over the validation
+        images) and, when selecting by instances, ``ap``: AP@0.5 of the objects, all images pooled."""
         model = self.model if model is None else model
         was_training = model.training
         model.eval()
-        scores = []
+        scores, counts = [], np.zeros(3, np.int64)
         for sample in self.validation:
             target = sample.val_target if sample.val_target is not None else sample.target
-            scores.append(foreground_scores(self._predict_foreground(model, sample.image), target))
+            probabilities = self._predict_probabilities(model, sample.image)
+            scores.append(foreground_scores(probabilities[BACKGROUND] < 0.5, target))
+            if self.select_by == "instances":
+                counts += _instance_counts(probabilities, target, sample.val_instances)
         model.train(was_training)
-        return tuple(float(v) for v in np.mean(scores, axis=0)) if scores else (math.nan, math.nan, math.nan)
+        dice, iou, fraction = (float(v) for v in np.mean(scores, axis=0)) if scores else (math.nan,) * 3
+        ap = None
+        if self.select_by == "instances":
+            ap = 1.0 if counts.sum() == 0 else float(counts[0] / counts.sum())
+        return {"dice": dice, "iou": iou, "fraction": fraction, "ap": ap}
 
-    def _evaluate_and_keep_best(self) -> float:
-        dice, iou, _ = self.validate()
-        if self.best_dice is None or dice > self.best_dice + 1e-4:
-            self.best_dice, self.best_iou, self.best_step = dice, iou, self.step
+    def validate(self, model: AttentionUNet | None = None) -> tuple[float, float, float]:
+        """Mean (Dice, IoU, predicted foreground fraction) over the validation images."""
+        scores = self.validation_scores(model)
+        return scores["dice"], scores["iou"], scores["fraction"]
+
+    def _score_start(self) -> None:
+        """Score the starting model; with ``must_beat_start`` a trained state must beat it to be kept."""
+        scores = self.validation_scores()
+        self.start_scores, self.last_eval_step = scores, 0
+        if self.must_beat_start:
+            self.best_dice, self.best_iou, self.best_ap = scores["dice"], scores["iou"], scores["ap"]
+            self.best_step, self.best_state = 0, None
+
+    def _beats_best(self, scores: dict) -> bool:
+        if self.best_dice is None:
+            return True
+        if self.select_by == "instances" and self.best_ap is not None:
+            if abs(scores["ap"] - self.best_ap) > 1e-4:
+                return scores["ap"] > self.best_ap
+        return scores["dice"] > self.best_dice + 1e-4
+
+    def _evaluate_and_keep_best(self) -> dict:
+        scores = self.validation_scores()
+        self.last_eval_step = self.step
+        if self._beats_best(scores):
+            self.best_dice, self.best_iou, self.best_ap = scores["dice"], scores["iou"], scores["ap"]
+            self.best_step = self.step
             # A CPU copy: the live weights keep changing, and GPU memory is precious.
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             self.evals_since_best = 0
         else:
             self.evals_since_best += 1
-        return dice
+        return scores
 
-    def _report(self, loss: float, val_dice: float | None, lr: float, message: str = "") -> StepReport:
+    def _report(
+        self, loss: float, val_dice: float | None, lr: float, message: str = "", val_ap: float | None = None
+    ) -> StepReport:
         cfg = self.config
         etas = []
         first_step, first_elapsed = self._run_start
@@ -483,7 +598,9 @@ class Trainer:
             etas.append(max(cfg.time_budget - self.elapsed, 0.0))
         if not message:
             message = f"step {self.step}: loss {loss:.4f}"
-            if val_dice is not None:
+            if val_ap is not None:
+                message += f", validation AP@0.5 {val_ap:.3f} (best {self.best_ap:.3f}), Dice {val_dice:.3f}"
+            elif val_dice is not None:
                 message += f", validation Dice {val_dice:.3f} (best {self.best_dice:.3f})"
         report = StepReport(
             step=self.step,
@@ -495,6 +612,8 @@ class Trainer:
             best_val_dice=self.best_dice,
             lr=lr,
             message=message,
+            val_ap=val_ap,
+            best_val_ap=self.best_ap,
         )
         self.history.append(report)
         return report
@@ -510,10 +629,13 @@ class Trainer:
 
     def result(self) -> TrainResult:
         """The run's outcome so far, with the sanity check; safe to call after cancelling."""
-        if self.best_state is None and self.validation and self.step > 0:
-            self._evaluate_and_keep_best()
+        if self.best_state is None and self.validation and self.step > 0 and self.last_eval_step <= 0:
+            self._evaluate_and_keep_best()  # stopped before the first evaluation: score where it is
         trained = self.best_model()
-        accepted, message = self._sanity_check(trained)
+        if self.best_state is None and self.must_beat_start and self.start_scores is not None and self.step > 0:
+            accepted, message = False, self._not_better_message()
+        else:
+            accepted, message = self._sanity_check(trained)
         return TrainResult(
             model=trained if accepted else self.original_model,
             trained_model=trained,
@@ -525,6 +647,16 @@ class Trainer:
             best_val_iou=self.best_iou,
             stopped=self.stopped,
             history=list(self.history),
+            best_val_ap=self.best_ap,
+            start_scores=self.start_scores,
+        )
+
+    def _not_better_message(self) -> str:
+        start = self.start_scores
+        score = f"AP@0.5 {start['ap']:.3f}" if start["ap"] is not None else f"Dice {start['dice']:.3f}"
+        return (
+            f"after {self.step} steps no trained state scored better on the held-out region than the "
+            f"starting model ({score}), so the previous model is kept. Correct more objects, or train longer."
         )
 
     def _sanity_check(self, trained: AttentionUNet) -> tuple[bool, str]:
@@ -545,10 +677,14 @@ class Trainer:
                 "the trained model marks the whole held-out region as objects, so it is not used; "
                 "the previous model is kept. Label some background too, or train for fewer steps."
             )
-        return True, (
-            f"trained {self.step} steps ({self.stopped}); best validation Dice {self.best_dice:.3f} "
-            f"at step {self.best_step}"
-        )
+        message = f"trained {self.step} steps ({self.stopped}); best validation "
+        if self.best_ap is not None:
+            start = self.start_scores["ap"] if self.start_scores else None
+            message += f"AP@0.5 {self.best_ap:.3f}" + (f" (starting model {start:.3f})" if start is not None else "")
+            message += f", Dice {self.best_dice:.3f}"
+        else:
+            message += f"Dice {self.best_dice:.3f}"
+        return True, message + f" at step {self.best_step}"
 
     # -- long runs --------------------------------------------------------------------
 
@@ -563,6 +699,9 @@ class Trainer:
             "best_step": self.best_step,
             "best_dice": self.best_dice,
             "best_iou": self.best_iou,
+            "best_ap": self.best_ap,
+            "start_scores": self.start_scores,
+            "last_eval_step": self.last_eval_step,
             "evals_since_best": self.evals_since_best,
             "rng": self.rng.bit_generator.state,
             "model_config": self.model.config.to_dict(),
@@ -577,6 +716,8 @@ class Trainer:
         self.step, self.best_step = int(state["step"]), int(state["best_step"])
         self.best_dice, self.best_iou = state["best_dice"], state["best_iou"]
         self.evals_since_best = int(state["evals_since_best"])
+        self.best_ap, self.start_scores = state.get("best_ap"), state.get("start_scores")
+        self.last_eval_step = int(state.get("last_eval_step", self.step))
         self.rng.bit_generator.state = state["rng"]
 
 
