@@ -47,7 +47,8 @@ def test_patch_stream_batches_match_the_trainer_layout(samples):
     config = TrainConfig(patch_size=64, batch_size=3)
     p = np.full(len(samples), 1 / len(samples))
     stream = iter(PatchStream(samples, p, (64, 64), 3, config, seed=0))
-    x, y = next(stream)
+    x, y, weights = next(stream)
+    assert weights is None  # no weight maps in these samples
     assert x.shape == (3, 3, 64, 64) and x.dtype == torch.float32
     assert y.shape == (3, 64, 64) and y.dtype == torch.uint8
     assert set(np.unique(y.numpy())) <= {0, 1, 2, IGNORE}

@@ -26,9 +26,8 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_attention_unet.core.augment import augment
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig, count_parameters
-from napari_attention_unet.core.train import TrainConfig, Trainer, TrainingSample, prepare_sample
+from napari_attention_unet.core.train import TrainConfig, Trainer, TrainingSample, draw_batch, prepare_sample
 from napari_attention_unet.core.weights import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,28 +80,23 @@ def sample_weights(rows: list[dict], patch: int) -> list[float]:
 
 
 class PatchStream(torch.utils.data.IterableDataset):
-    """Endless augmented batches, made in DataLoader worker processes.
+    """Endless augmented batches (:func:`core.train.draw_batch`), made in DataLoader worker processes.
 
     On a GPU the network is faster than one CPU core can crop and augment patches;
-    workers keep it fed. Same sampling and augmentation as ``Trainer._batch``
-    (no user edits or weight maps in this data), each worker with its own seeded RNG.
+    workers keep it fed. Each worker has its own seeded RNG.
     """
 
     def __init__(self, samples: list[TrainingSample], p: np.ndarray, patch: tuple, channels: int, config, seed: int):
-        self.samples, self.p, self.patch, self.channels = samples, p, patch, channels
-        self.batch, self.scale_range, self.seed = config.batch_size, config.scale_range, seed
+        self.samples, self.p, self.patch, self.channels, self.config, self.seed = (
+            samples, p, patch, channels, config, seed,
+        )  # fmt: skip
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         while True:
-            images, targets = [], []
-            for _ in range(self.batch):
-                sample = self.samples[rng.choice(len(self.samples), p=self.p)]
-                image, target = augment(sample.image, sample.target, rng, self.patch, None, self.scale_range)
-                images.append(np.broadcast_to(image, (self.channels, *self.patch)))
-                targets.append(target)
-            yield torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets))
+            images, targets, weights = draw_batch(self.samples, self.p, rng, self.patch, self.channels, self.config)
+            yield torch.from_numpy(images), torch.from_numpy(targets), weights
 
 
 class StreamTrainer(Trainer):
@@ -112,7 +106,7 @@ class StreamTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.workers, self.stream_seed, self.stream = workers, stream_seed, None
 
-    def _batch(self):
+    def _host_batch(self) -> tuple:
         if self.stream is None:
             dataset = PatchStream(
                 self.samples, self.sample_p, self.patch, self.model.config.in_channels, self.config, self.stream_seed
@@ -127,11 +121,7 @@ class StreamTrainer(Trainer):
                 worker_init_fn=lambda _: torch.set_num_threads(1),
             )
             self.stream = iter(loader)
-        x, y = next(self.stream)
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True), None
+        return next(self.stream)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingSample",
+    "draw_batch",
     "foreground_scores",
     "prepare_sample",
     "segmentation_loss",
@@ -281,6 +282,34 @@ def _instance_counts(probabilities: np.ndarray, target: np.ndarray, instances: n
     return np.array(match_counts(np.where(inside, instances[box], 0), np.where(inside, predicted, 0)))
 
 
+def draw_batch(
+    samples: Sequence[TrainingSample],
+    p: np.ndarray,
+    rng: np.random.Generator,
+    patch: tuple[int, ...],
+    channels: int,
+    config: TrainConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Random augmented patches (images, targets, loss weights or None); a share of them
+    centred on user-edited pixels. Images are repeated to ``channels`` where grey."""
+    images, targets, weights = [], [], []
+    any_weights = any(s.weight_map is not None for s in samples)
+    for _ in range(config.batch_size):
+        sample = samples[rng.choice(len(samples), p=p)]
+        centre = None
+        if sample.edited is not None and rng.random() < config.edited_fraction:
+            centre = tuple(sample.edited[rng.integers(len(sample.edited))])
+        extra = sample.weight_map if any_weights else None
+        if any_weights and extra is None:
+            extra = np.ones((1, *sample.target.shape), np.float32)
+        out = augment(sample.image, sample.target, rng, patch, centre, config.scale_range, extra=extra)
+        images.append(np.broadcast_to(out[0], (channels, *patch)))
+        targets.append(out[1])
+        if any_weights:
+            weights.append(out[2][0])
+    return np.stack(images), np.stack(targets), np.stack(weights) if any_weights else None
+
+
 def _pad_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, ...]]:
     shape = x.shape[2:]
     pads = []
@@ -481,29 +510,18 @@ class Trainer:
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
 
+    def _host_batch(self) -> tuple:
+        """(images, targets, weights or None) on the host: :func:`draw_batch` with this trainer's RNG."""
+        return draw_batch(self.samples, self.sample_p, self.rng, self.patch, self.model.config.in_channels, self.config)
+
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Random augmented patches; a share of them centred on user-edited pixels."""
-        cfg = self.config
-        images, targets, weights = [], [], []
-        any_weights = any(s.weight_map is not None for s in self.samples)
-        for _ in range(cfg.batch_size):
-            sample = self.samples[self.rng.choice(len(self.samples), p=self.sample_p)]
-            centre = None
-            if sample.edited is not None and self.rng.random() < cfg.edited_fraction:
-                centre = tuple(sample.edited[self.rng.integers(len(sample.edited))])
-            extra = sample.weight_map if any_weights else None
-            if any_weights and extra is None:
-                extra = np.ones((1, *sample.target.shape), np.float32)
-            out = augment(sample.image, sample.target, self.rng, self.patch, centre, cfg.scale_range, extra=extra)
-            images.append(np.broadcast_to(out[0], (self.model.config.in_channels, *self.patch)))
-            targets.append(out[1])
-            if any_weights:
-                weights.append(out[2][0])
-        x = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
+        """The next batch on the device (channels-last images for 2D)."""
+        images, targets, weights = self._host_batch()
+        x = torch.as_tensor(images).to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.from_numpy(np.stack(targets)).to(self.device, non_blocking=True)
-        w = torch.from_numpy(np.stack(weights)).to(self.device) if any_weights else None
+        y = torch.as_tensor(targets).to(self.device, non_blocking=True)
+        w = None if weights is None else torch.as_tensor(weights).to(self.device)
         return x, y, w
 
     def _resolve_selection(self, choice: str, model: AttentionUNet) -> str:
