@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from napari_attention_unet._registry import open_model, resolve_model
+from napari_attention_unet.core.metrics import average_precision
 from napari_attention_unet.core.model import count_parameters
 from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.weights import bundled_dir
@@ -26,17 +27,6 @@ CASES = [
     ),
     ("nuclei_he.tif", "2e2d29fc44444a85049b162eb359a523dec108ccd5bd75022b25547491abf0c7_mask.tif", 0.55, 0.85),
 ]
-
-
-def average_precision_at_05(true: np.ndarray, pred: np.ndarray) -> float:
-    """DSB2018 / StarDist matching at IoU 0.5: TP / (TP + FP + FN); at IoU > 0.5 matches are unique."""
-    n_true, n_pred = int(true.max()), int(pred.max())
-    overlap = np.zeros((n_true + 1, n_pred + 1), np.int64)
-    np.add.at(overlap, (true.ravel(), pred.ravel()), 1)
-    sizes_true, sizes_pred = overlap.sum(1, keepdims=True), overlap.sum(0, keepdims=True)
-    iou = overlap / np.maximum(sizes_true + sizes_pred - overlap, 1)
-    tp = int(np.count_nonzero(iou[1:, 1:] > 0.5))
-    return tp / max(n_true + n_pred - tp, 1)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +55,7 @@ def test_finds_nuclei_on_held_out_images(bundled, image_name, truth_name, min_ap
         / (np.count_nonzero(truth) + np.count_nonzero(result.labels))
     )
     assert dice >= min_dice
-    assert average_precision_at_05(truth, result.labels) >= min_ap
+    assert average_precision(truth, result.labels) >= min_ap
 
 
 def test_cli_uses_the_bundled_model_by_default(tmp_path):
