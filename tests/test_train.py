@@ -19,6 +19,7 @@ from napari_attention_unet.core.train import (
     StepReport,
     TrainConfig,
     Trainer,
+    held_out_region,
     prepare_sample,
     segmentation_loss,
     train,
@@ -200,10 +201,12 @@ def test_best_state_is_chosen_by_instance_score_on_the_held_out_strip(tiny_model
 
 
 def test_labels_with_an_edit_record_need_not_beat_the_start(tiny_model, pair):
-    # With a record of edits, most of the held-out strip is the model's own accepted prediction:
-    # the start matches it by construction, so the best trained state is kept instead.
+    # Painted pixels in an L: the held-out strip (right of the painted box) also holds unpainted
+    # pixels, the model's own accepted prediction, which the start matches by construction; so the
+    # best trained state is kept instead.
     edited = np.zeros(pair[1].shape, bool)
-    edited[20:40, 20:40] = True
+    edited[20:30, 20:60] = True
+    edited[30:60, 20:30] = True
     config = _config(max_steps=6, lr=0.0, eval_every=3, freeze_batchnorm=True)
     trainer = Trainer(tiny_model, [pair], config=config, edited_masks=[edited])
     assert not trainer.must_beat_start
@@ -213,6 +216,42 @@ def test_labels_with_an_edit_record_need_not_beat_the_start(tiny_model, pair):
     assert Trainer(tiny_model, [pair], config=_config()).must_beat_start
     forced = _config(must_beat_start=True)
     assert Trainer(tiny_model, [pair], config=forced, edited_masks=[edited]).must_beat_start
+    # Trained on the painted pixels alone, the strip is all the user's: the start must be beaten.
+    only_painted = Trainer(tiny_model, [pair], config=config, edited_masks=[edited], ignore_masks=[~edited])
+    assert only_painted.must_beat_start
+
+
+def test_held_out_strip_lies_in_the_labelled_or_painted_region(pair):
+    image, labels = pair
+    h, w = labels.shape
+    # No ignore mask, no edits: the right-hand fifth of the whole image, as before.
+    whole = prepare_sample(image, labels, val_fraction=0.2)
+    held = whole.val_target != IGNORE
+    assert held[:, w - round(0.2 * w) :].all() and not held[:, : w - round(0.2 * w)].any()
+    assert (whole.target[held] == IGNORE).all()
+
+    # Labels only inside a box (the rest ignored, as "inside the shapes" gives): the strip is
+    # the right fifth of the box, not the ignored right edge of the image.
+    ignore = np.ones(labels.shape, bool)
+    ignore[10:50, 5:45] = False
+    boxed = prepare_sample(image, labels, ignore=ignore, val_fraction=0.2)
+    rows, cols = np.nonzero(boxed.val_target != IGNORE)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 49, 37, 44)
+    assert (boxed.target[10:50, 5:37] != IGNORE).all() and (boxed.target[:, 37:] == IGNORE).all()
+    assert boxed.val_trusted
+
+    # Corrections painted in one corner, whole image trained on: the strip is cut from the
+    # painted box, and it counts as the user's only where every labelled pixel there was painted.
+    edited = np.zeros(labels.shape, bool)
+    edited[5:25, 10:30] = True
+    painted = prepare_sample(image, labels, edited=edited, val_fraction=0.2)
+    rows, cols = np.nonzero(painted.val_target != IGNORE)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 24, 26, 29)
+    assert painted.val_trusted
+    assert held_out_region(np.ones((4, 4), bool), None, 0.2) == (slice(0, 4), slice(3, 4))
+    assert held_out_region(np.zeros((4, 4), bool), None, 0.2) is None
+    with pytest.raises(ValueError, match="too narrow"):
+        held_out_region(np.ones((4, 1), bool), None, 0.2)
 
 
 def test_selection_falls_back_to_foreground_dice_without_a_held_out_strip(tiny_model, pair):

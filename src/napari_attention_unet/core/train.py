@@ -11,13 +11,14 @@ best model seen so far, checked like a finished run. The model passed in is neve
 modified; a result that fails the sanity check hands it back unchanged.
 
 Validation: unless explicit validation pairs are given, the right-most
-``val_fraction`` of every image (a vertical strip) is held out. Its labels are
-never trained on; the network is scored there (foreground Dice and IoU, and
-AP@0.5 of the objects when the model makes objects). The starting model is scored
-there first: unless the labels record which pixels the user edited (then most of
-the strip is the model's own prediction), a trained state is kept only when it
-beats it, so fine-tuning never hands back a model that does worse on the user's
-own held-out annotation.
+``val_fraction`` of every image's labelled region (a vertical strip; of the painted
+region when the user's edits are known) is held out. Its labels are never trained
+on; the network is scored there (foreground Dice and IoU, and AP@0.5 of the
+objects when the model makes objects). The starting model is scored there first:
+unless the strip holds labelled pixels the user did not paint (the model's own
+accepted prediction, which it matches by construction), a trained state is kept
+only when it beats it, so fine-tuning never hands back a model that does worse on
+the user's own held-out annotation.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ __all__ = [
     "TrainingSample",
     "draw_batch",
     "foreground_scores",
+    "held_out_region",
     "prepare_sample",
     "segmentation_loss",
     "train",
@@ -101,9 +103,10 @@ class TrainConfig:
     # when the model has background/interior/boundary classes and the strip has labels.
     select_by: str = "auto"
     # Keep the starting model unless a trained state beats it on the held-out strip. None: yes
-    # when the labels carry no record of edits (they are taken as a full annotation); no when
-    # they do, because most of the strip is then the model's own accepted prediction, which
-    # the starting model matches by construction.
+    # when every labelled pixel of the strip is the user's (no record of edits: a full
+    # annotation; or only painted pixels are trained on); no when the strip also holds
+    # unpainted pixels, the model's own accepted prediction, which the starting model
+    # matches by construction.
     must_beat_start: bool | None = None
 
     def __post_init__(self) -> None:
@@ -165,6 +168,9 @@ class TrainingSample:
     weight_map: np.ndarray | None = None
     edited: np.ndarray | None = None  # (n, ndim) coordinates of user-edited pixels
     val_instances: np.ndarray | None = None  # object ids in the held-out region, 0 elsewhere
+    # False when the held-out region holds labelled pixels the user did not paint (accepted
+    # predictions of the starting model, which it matches by construction).
+    val_trusted: bool = True
 
 
 def prepare_image(image: np.ndarray, axes: str | None, in_channels: int) -> tuple[np.ndarray, str]:
@@ -194,7 +200,9 @@ def prepare_sample(
 
     ``labels`` are instance ids or a binary mask (0 = background); ``ignore`` marks
     pixels that must not count; ``edited`` marks pixels the user painted (patches
-    are centred near them more often). ``val_fraction`` holds out a right-hand strip.
+    are centred near them more often). ``val_fraction`` holds out a right-hand strip
+    of the labelled region (of the painted one when there are edits); see
+    :func:`held_out_region`.
     """
     x, spatial = prepare_image(image, axes, in_channels)
     labels = np.asarray(labels)
@@ -204,24 +212,50 @@ def prepare_sample(
     target = instances_to_classes(instances)
     if ignore is not None:
         target[np.asarray(ignore, dtype=bool)] = IGNORE
+    edited_mask = None if edited is None else np.asarray(edited, dtype=bool) & (target != IGNORE)
     val_target = val_instances = None
-    width = target.shape[-1]
-    n_val = int(round(width * val_fraction))
-    if n_val > 0:
-        if width - n_val < 1:
-            raise ValueError(f"image too narrow ({width} px) to hold out {val_fraction:.0%} for validation")
+    box = held_out_region(target != IGNORE, edited_mask, val_fraction) if val_fraction > 0 else None
+    if box is not None:
         val_target = np.full_like(target, IGNORE)
-        val_target[..., -n_val:] = target[..., -n_val:]
+        val_target[box] = target[box]
         val_instances = np.zeros(instances.shape, np.int32)
-        val_instances[..., -n_val:] = instances[..., -n_val:]
+        val_instances[box] = instances[box]
         val_instances[val_target == IGNORE] = 0
-        target[..., -n_val:] = IGNORE  # never trained on
+        target[box] = IGNORE  # never trained on
+    val_trusted = True
     edited_coords = None
-    if edited is not None:
-        edited_mask = np.asarray(edited, dtype=bool) & (target != IGNORE)
+    if edited_mask is not None:
+        if val_target is not None:
+            # Labelled held-out pixels the user did not paint are the model's own accepted output.
+            val_trusted = not ((val_target != IGNORE) & ~edited_mask).any()
+        edited_mask &= target != IGNORE
         edited_coords = np.argwhere(edited_mask) if edited_mask.any() else None
     weights = None if weight_map is None else np.asarray(weight_map, dtype=np.float32)[np.newaxis]
-    return TrainingSample(x, target, val_target, weights, edited_coords, val_instances)
+    return TrainingSample(x, target, val_target, weights, edited_coords, val_instances, val_trusted)
+
+
+def held_out_region(labelled: np.ndarray, edited: np.ndarray | None, fraction: float) -> tuple[slice, ...] | None:
+    """The held-out validation box: the right-most ``fraction`` of the columns of the
+    bounding box of the labelled pixels, or of the painted ones when there are any.
+
+    Without an ignore mask or edits that is the right-hand strip of the whole image. When
+    the user trains on part of an image (only what they painted, or inside a shape), or
+    corrected one corner of it, the strip lies where their labels are, not in a part of
+    the image that holds no labels or only the model's own prediction.
+    """
+    region = labelled if edited is None or not edited.any() else edited
+    if not region.any():
+        return None  # nothing labelled here: nothing to hold out (the trainer checks the whole set)
+    box = [slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(region)]
+    columns = box[-1]
+    width = columns.stop - columns.start
+    n_val = max(1, int(round(width * fraction)))
+    if width - n_val < 1:
+        raise ValueError(
+            f"the labelled region is too narrow ({width} px) to hold out {fraction:.0%} of it for validation"
+        )
+    box[-1] = slice(columns.stop - n_val, columns.stop)
+    return tuple(box)
 
 
 def segmentation_loss(
@@ -388,7 +422,7 @@ class Trainer:
         self.must_beat_start = (
             config.must_beat_start
             if config.must_beat_start is not None
-            else all(s.edited is None for s in self.samples)
+            else all(s.val_trusted for s in self.validation)
         )
         weights = np.asarray(sample_weights if sample_weights is not None else [1.0] * len(self.samples), float)
         self.sample_p = weights / weights.sum()
