@@ -149,6 +149,20 @@ def test_cancel_stops_within_one_tile(tiny_model, fluo):
         next(gen)
 
 
+def test_a_paused_prediction_leaves_the_thread_able_to_train(tiny_model, fluo):
+    # A napari worker thread runs the next job while an earlier generator sits at a yield (or
+    # was dropped there): inference mode held across the yield broke fine-tuning in that thread
+    # ("element 0 of tensors does not require grad").
+    gen = predict(tiny_model, fluo, tile_size=64, overlap=16)
+    assert next(gen).done == 1
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    x = torch.zeros(1, 3, 32, 32)
+    logits, _ = tiny_model(x)
+    logits.sum().backward()  # raises if the thread were still in inference mode
+    assert tiny_model.head.weight.grad is not None
+    gen.close()
+
+
 def test_gate_selection_and_semantic_output(tiny_model, fluo):
     result = run_to_end(predict(tiny_model, fluo, gates=["gate2"], instances=False))
     assert list(result.gate_maps) == ["gate2"]

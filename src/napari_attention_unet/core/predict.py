@@ -321,8 +321,10 @@ def _predict_plane(net, x, tiling: _Tiling, dev, amp, batch_size, gate_names, do
     mode = "bilinear" if net.config.spatial_dims == 2 else "trilinear"
     channels_last = net.config.spatial_dims == 2
     source = torch.from_numpy(x)
-    with torch.inference_mode():
-        for batch in _batches(tiling.tiles, batch_size):
+    for batch in _batches(tiling.tiles, batch_size):
+        # Inference mode is thread-local: it must not stay on across the yield, where the
+        # thread runs other code (a worker's next job, or the caller's training loop).
+        with torch.inference_mode():
             tiles = torch.stack([source[(slice(None), *tiling.slices(s))] for s in batch]).to(dev, non_blocking=True)
             tiles = tiles.expand(-1, in_channels, *tiles.shape[2:])
             tiles = tiles.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -345,8 +347,8 @@ def _predict_plane(net, x, tiling: _Tiling, dev, amp, batch_size, gate_names, do
                 weights[region] += window
                 if gate_names:
                     gates[(slice(None), *region)].addcmul_(tile_gates[i], window)
-            done += len(batch)
-            yield Progress(done, total)
+        done += len(batch)
+        yield Progress(done, total)
     crop = tuple(slice(0, n) for n in tiling.shape)
     norm = weights[crop]
     out_probs = (probs[(slice(None), *crop)] / norm).numpy()

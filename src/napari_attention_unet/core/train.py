@@ -475,11 +475,13 @@ class Trainer:
 
                 self._set_train_mode()
                 images, targets, weight_map = self._batch()
-                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    logits, _ = self.model(images)
-                loss = segmentation_loss(logits, targets, dice_weight=cfg.dice_weight, weight_map=weight_map)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
+                # Grad mode is per thread: the caller's may have it off (e.g. inside torch.no_grad()).
+                with torch.enable_grad():
+                    with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                        logits, _ = self.model(images)
+                    loss = segmentation_loss(logits, targets, dice_weight=cfg.dice_weight, weight_map=weight_map)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
                 # Clip after unscaling: one bad patch (e.g. a mislabelled blob) must not blow up the weights.
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
