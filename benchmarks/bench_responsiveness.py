@@ -20,10 +20,14 @@ import time
 import numpy as np
 
 
-def measure_gaps(app, seconds: float | None = None, until=None, period_ms: int = 10) -> np.ndarray:
+def measure_gaps(
+    app, seconds: float | None = None, until=None, period_ms: int = 10, ticks: list[float] | None = None
+) -> np.ndarray:
+    """Gaps (ms) between ticks of a ``period_ms`` QTimer while the event loop runs; ``ticks``
+    (a list) receives the tick times (``time.perf_counter``), to find when a gap happened."""
     from qtpy.QtCore import QTimer
 
-    ticks: list[float] = []
+    ticks = [] if ticks is None else ticks
     timer = QTimer()
     timer.setInterval(period_ms)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
