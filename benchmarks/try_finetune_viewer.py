@@ -37,23 +37,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA  # noqa: E402
+from bench_finetune import ISBI, dice, imread  # noqa: E402
 from bench_responsiveness import measure_gaps  # noqa: E402
 
 PLUGIN, WIDGET = "napari-attention-unet", "Attention U-Net"
-ISBI = DATA / "isbi2012_em"
 
 
 def read_slice(index: int) -> tuple[np.ndarray, np.ndarray]:
-    import tifffile
-
     name = f"slice_{index:02d}.tif"
-    return tifffile.imread(ISBI / "images" / name), tifffile.imread(ISBI / "masks" / name)
-
-
-def dice(pred: np.ndarray, true: np.ndarray) -> float:
-    total = np.count_nonzero(pred) + np.count_nonzero(true)
-    return 1.0 if total == 0 else 2.0 * np.count_nonzero(pred & true) / total
+    return imread(ISBI / "images" / name), imread(ISBI / "masks" / name)
 
 
 def open_viewer():

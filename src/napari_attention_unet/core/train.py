@@ -234,6 +234,11 @@ def prepare_sample(
     return TrainingSample(x, target, val_target, weights, edited_coords, val_instances, val_trusted)
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box (one slice per axis) holding every True pixel of a non-empty ``mask``."""
+    return tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(mask))
+
+
 def held_out_region(labelled: np.ndarray, edited: np.ndarray | None, fraction: float) -> tuple[slice, ...] | None:
     """The held-out validation box: the right-most ``fraction`` of the columns of the
     bounding box of the labelled pixels, or of the painted ones when there are any.
@@ -246,7 +251,7 @@ def held_out_region(labelled: np.ndarray, edited: np.ndarray | None, fraction: f
     region = labelled if edited is None or not edited.any() else edited
     if not region.any():
         return None  # nothing labelled here: nothing to hold out (the trainer checks the whole set)
-    box = [slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(region)]
+    box = list(_bounding_box(region))
     columns = box[-1]
     width = columns.stop - columns.start
     n_val = max(1, int(round(width * fraction)))
@@ -310,7 +315,7 @@ def _instance_counts(probabilities: np.ndarray, target: np.ndarray, instances: n
     valid = target != IGNORE
     if not valid.any():
         return np.zeros(3, np.int64)
-    box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(valid))
+    box = _bounding_box(valid)
     predicted = probabilities_to_instances(probabilities[(slice(None), *box)])
     inside = valid[box]
     return np.array(match_counts(np.where(inside, instances[box], 0), np.where(inside, predicted, 0)))
