@@ -1,4 +1,4 @@
-"""Fine-tuning from the bundled model: before/after scores on two unseen domains.
+"""Fine-tuning a starting model on a domain it has not seen: before/after scores.
 
 1. ISBI 2012 electron microscopy (``../shared/data/isbi2012_em``, non-commercial: read
    in place, never copied): fine-tune on ``--train-slices`` slices, score cell-interior
@@ -6,15 +6,22 @@
    trainer splits them into connected components and interior/boundary classes, and
    its foreground (interior + boundary) is exactly mask == 1, so what is scored is
    foreground Dice: ``Prediction.probability > 0.5`` against ``mask == 1``.
-2. H&E (DSB 2018 ``kind == color``), only images from the bundled model's validation
-   split (training/split.json), so none was seen in training: fine-tune on 3, score
-   foreground Dice and AP@0.5 (training/evaluate.py's ``match_ap``) on the others.
+2. DSB 2018 H&E (``kind == color``) or, with ``--domain bf``, greyscale brightfield
+   (``gray_brightbg``): only images the starting model never trained on (see
+   :func:`unseen_ids`: for the bundled model, its validation split). Fine-tune on
+   ``--n-train`` of them, score foreground Dice and AP@0.5 (training/evaluate.py's
+   ``match_ap``) on the others.
 
-Both runs use ``TrainConfig`` defaults (as the widget and ``attention-unet finetune``
+The bundled model trained on DSB H&E and brightfield images too, so for it those are
+known domains. ``--model runs/fluo/nuclei.safetensors`` starts from a model trained on
+fluorescence only (``training/train_bundled.py --kinds gray_darkbg``), to which H&E and
+brightfield are new.
+
+Every run uses ``TrainConfig`` defaults (as the widget and ``attention-unet finetune``
 do) with ``time_budget = --minutes`` (and ``max_steps = --steps``, default none).
 
     python benchmarks/bench_finetune.py [--minutes 4] [--steps N] [--device auto|cpu|cuda]
-        [--train-slices 0,1] [--seed 0] [--domain isbi|he|both]
+        [--train-slices 0,1] [--seed 0] [--domain isbi|he|bf|both] [--n-train 3] [--model M]
 """
 
 from __future__ import annotations
@@ -38,7 +45,6 @@ from napari_attention_unet.core.predict import predict, run_to_end  # noqa: E402
 from napari_attention_unet.core.train import TrainConfig, Trainer  # noqa: E402
 
 ISBI = DATA / "isbi2012_em"
-N_HE_TRAIN = 3
 
 
 def require_data() -> None:
@@ -142,12 +148,32 @@ def isbi(model, args, device) -> dict:
     )
 
 
-def he(model, args, device) -> dict:
-    validation = set(json.loads((REPO / "training" / "split.json").read_text())["validation"])
+#: DSB 2018 kinds (index_train.csv) that can be a fine-tuning domain, with their names in the table.
+DSB_DOMAINS = {"he": ("color", "DSB 2018 H&E"), "bf": ("gray_brightbg", "DSB 2018 brightfield")}
+
+
+def unseen_ids(kind: str, meta: dict) -> tuple[list[str], str]:
+    """Images of ``kind`` the starting model never trained on, and where they come from.
+
+    The bundled model trained on every kind (its card has no ``kinds``), so only the
+    validation split of training/split.json is unseen. A model made with
+    ``train_bundled.py --kinds ...`` lists its kinds; for a kind not among them, every
+    image of the kind is unseen: a new domain to that model.
+    """
     with open(DSB2018 / "index_train.csv", newline="") as f:
-        ids = sorted(r["id"] for r in csv.DictReader(f) if r["kind"] == "color" and r["id"] in validation)
-    if len(ids) <= N_HE_TRAIN:
-        sys.exit(f"only {len(ids)} H&E images in the bundled model's validation split")
+        rows = [r for r in csv.DictReader(f) if r["kind"] == kind]
+    trained_kinds = meta.get("kinds")
+    if trained_kinds is not None and kind not in trained_kinds:
+        return sorted(r["id"] for r in rows), f"all {kind} images; the model never trained on this kind"
+    validation = set(json.loads((REPO / "training" / "split.json").read_text())["validation"])
+    return sorted(r["id"] for r in rows if r["id"] in validation), "the model's validation split"
+
+
+def dsb_domain(domain: str, model, meta: dict, args, device) -> dict:
+    kind, title = DSB_DOMAINS[domain]
+    ids, pool = unseen_ids(kind, meta)
+    if len(ids) <= args.n_train:
+        sys.exit(f"only {len(ids)} {kind} images unseen by the model ({pool}): too few to fine-tune on {args.n_train}")
     rng = np.random.default_rng(args.seed)
     order = [ids[i] for i in rng.permutation(len(ids))]
 
@@ -157,10 +183,10 @@ def he(model, args, device) -> dict:
         ]
 
     return run_domain(
-        "DSB 2018 H&E (bundled model's validation split)",
+        f"{title} ({pool})",
         model,
-        load(order[:N_HE_TRAIN]),
-        load(order[N_HE_TRAIN:]),
+        load(order[: args.n_train]),
+        load(order[args.n_train :]),
         args,
         device,
         lambda m: m > 0,
@@ -195,14 +221,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--train-slices", default="0,1", help="ISBI slices to fine-tune on (default 0,1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--domain", default="both", choices=["isbi", "he", "both"])
+    parser.add_argument(
+        "--domain", default="both", choices=["isbi", "he", "bf", "both"], help="both: isbi and he (default)"
+    )
+    parser.add_argument("--n-train", type=int, default=3, help="DSB images to fine-tune on (default 3)")
+    parser.add_argument(
+        "--model", default=None, help="starting model, name or file (default: the bundled one); see unseen_ids"
+    )
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainConfig's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     require_data()
     from napari_attention_unet._registry import open_model
 
-    model, _meta, info = open_model()
+    model, meta, info = open_model(args.model)
     device = pick_device(args.device)
     print(
         f"model: {info.name!r} ({info.path}); device: {describe_device(device)}; "
@@ -213,8 +245,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     if args.domain in ("isbi", "both"):
         rows.append(isbi(model, args, device))
-    if args.domain in ("he", "both"):
-        rows.append(he(model, args, device))
+    for domain in DSB_DOMAINS:
+        if args.domain == domain or (domain == "he" and args.domain == "both"):
+            rows.append(dsb_domain(domain, model, meta, args, device))
     table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -100,3 +100,33 @@ def test_average_refuses_different_architectures_and_a_single_model():
         average([_random_model(0), _random_model(0, width=8)])
     with pytest.raises(ValueError, match="at least two"):
         average([_random_model(0)])
+
+
+def test_bench_finetune_scores_only_images_the_start_model_never_saw():
+    """bench_finetune's test pool: the validation split for the bundled model (it trained on every
+    kind), every image of a kind that a model made with ``train_bundled.py --kinds`` left out."""
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    import bench_finetune
+
+    if not (bench_finetune.DSB2018 / "index_train.csv").is_file():
+        pytest.skip(f"DSB 2018 data not found at {bench_finetune.DSB2018} (../shared/data)")
+    import json
+
+    split = json.loads((TRAINING / "split.json").read_text())
+    kinds = {r["id"]: r["kind"] for r in _index_rows(bench_finetune.DSB2018)}
+    known, where = bench_finetune.unseen_ids("color", {})
+    assert known and set(known) <= set(split["validation"]) and "validation" in where
+    assert all(kinds[i] == "color" for i in known)
+    new, where = bench_finetune.unseen_ids("color", {"kinds": ["gray_darkbg"]})
+    assert sorted(new) == sorted(i for i, k in kinds.items() if k == "color") and "never trained" in where
+    assert set(known) < set(new) and set(new) & set(split["train"])
+    # A model that trained on the kind: back to its validation split.
+    assert bench_finetune.unseen_ids("color", {"kinds": ["color", "gray_darkbg"]})[0] == known
+
+
+def _index_rows(folder: Path) -> list[dict]:
+    import csv
+
+    with open(folder / "index_train.csv", newline="") as f:
+        return list(csv.DictReader(f))

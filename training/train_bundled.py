@@ -141,6 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="use only this many training images (smoke tests)")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KIND_SHARE),
+        help="image kinds to train and validate on (index_train.csv's kind column; default: all). "
+        "Leaving one out makes a start model to which that kind is a new domain (benchmarks/bench_finetune.py)",
+    )
     parser.add_argument("--width", type=int, default=ModelConfig.base_width, help="channels of the first level")
     parser.add_argument("--depth", type=int, default=ModelConfig.depth)
     parser.add_argument("--init", type=Path, default=None, help="start from these weights (a warm start)")
@@ -159,8 +165,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = read_index()
     split = load_split(rows, args.val_fraction, args.seed)
     by_id = {r["id"]: r for r in rows}
-    train_rows = [by_id[i] for i in split["train"]][: args.limit]
-    val_rows = [by_id[i] for i in split["validation"]]
+    kinds = set(args.kinds.split(","))
+    if not kinds <= set(KIND_SHARE):
+        parser.error(f"--kinds: unknown kind(s) {sorted(kinds - set(KIND_SHARE))}; known: {', '.join(KIND_SHARE)}")
+    train_rows = [by_id[i] for i in split["train"] if by_id[i]["kind"] in kinds][: args.limit]
+    val_rows = [by_id[i] for i in split["validation"] if by_id[i]["kind"] in kinds]
     print(f"{len(train_rows)} training images, {len(val_rows)} validation images", flush=True)
 
     if args.init is not None:
@@ -246,9 +255,12 @@ def main(argv: list[str] | None = None) -> None:
     best = result.trained_model
     info = {
         "name": "nuclei",
-        "description": "Nuclei in fluorescence, brightfield and H&E images (DSB2018 / BBBC038)",
+        "description": "Nuclei in fluorescence, brightfield and H&E images (DSB2018 / BBBC038)"
+        if kinds == set(KIND_SHARE)
+        else f"Nuclei, trained on DSB2018 / BBBC038 images of kind {', '.join(sorted(kinds))} only",
         "data": "BBBC038v1 / DSB2018 stage1_train with community mask fixes (CC0)",
         "split": "training/split.json",
+        "kinds": sorted(kinds),
         "steps": result.steps,
         "best_step": result.best_step,
         "val_foreground_dice": result.best_val_dice,
