@@ -16,9 +16,12 @@ from napari_attention_unet.core.augment import IGNORE, augment
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.predict import run_to_end
 from napari_attention_unet.core.train import (
+    VALIDATION_MARGIN,
     StepReport,
     TrainConfig,
     Trainer,
+    _instance_counts,
+    foreground_scores,
     held_out_region,
     prepare_sample,
     segmentation_loss,
@@ -252,6 +255,47 @@ def test_held_out_strip_lies_in_the_labelled_or_painted_region(pair):
     assert held_out_region(np.zeros((4, 4), bool), None, 0.2) is None
     with pytest.raises(ValueError, match="too narrow"):
         held_out_region(np.ones((4, 1), bool), None, 0.2)
+
+
+def test_validation_predicts_the_held_out_region_with_context_not_the_whole_image(tiny_model, pair):
+    # Corrections in the top-left corner of a large image: each evaluation predicts the held-out
+    # strip plus VALIDATION_MARGIN of context, and scores what the whole image would have scored.
+    image, labels = pair
+    big_image = np.tile(image, (3, 3) + (1,) * (image.ndim - 2))
+    big_labels = np.zeros((3 * labels.shape[0], 3 * labels.shape[1]), np.int32)
+    for i in range(3):
+        for j in range(3):
+            tile = np.where(labels > 0, labels.astype(np.int32) + 1000 * (3 * i + j), 0)
+            big_labels[
+                i * labels.shape[0] : (i + 1) * labels.shape[0], j * labels.shape[1] : (j + 1) * labels.shape[1]
+            ] = tile
+    edited = np.zeros(big_labels.shape, bool)
+    edited[8:90, 8:110] = True
+    trainer = Trainer(tiny_model, [(big_image, big_labels)], config=_config(max_steps=2), edited_masks=[edited])
+    sample = trainer.validation[0]
+    rows, cols = np.nonzero(sample.val_target != IGNORE)
+    assert rows.max() < 90 and cols.min() > 8 and cols.max() < 110
+
+    seen = []
+    predict = trainer._predict_probabilities
+
+    def recording(model, image):
+        seen.append(image.shape)
+        return predict(model, image)
+
+    trainer._predict_probabilities = recording
+    scores = trainer.validation_scores()
+    top, left = max(rows.min() - VALIDATION_MARGIN, 0), max(cols.min() - VALIDATION_MARGIN, 0)
+    bottom, right = rows.max() + 1 + VALIDATION_MARGIN, cols.max() + 1 + VALIDATION_MARGIN
+    assert seen == [(sample.image.shape[0], bottom - top, right - left)]
+    assert seen[0][1] * seen[0][2] < big_labels.size / 8
+
+    # The same scores from the whole image (the margin covers this network's receptive field).
+    whole = predict(trainer.model.eval(), sample.image)
+    dice, iou, fraction = foreground_scores(whole[0] < 0.5, sample.val_target)
+    counts = _instance_counts(whole, sample.val_target, sample.val_instances)
+    assert scores["dice"] == pytest.approx(dice, abs=1e-6) and scores["iou"] == pytest.approx(iou, abs=1e-6)
+    assert scores["ap"] == pytest.approx(counts[0] / counts.sum() if counts.sum() else 1.0)
 
 
 def test_selection_falls_back_to_foreground_dice_without_a_held_out_strip(tiny_model, pair):

@@ -62,6 +62,7 @@ __all__ = [
     "prepare_sample",
     "segmentation_loss",
     "train",
+    "validation_view",
 ]
 
 
@@ -237,6 +238,33 @@ def prepare_sample(
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     """The smallest box (one slice per axis) holding every True pixel of a non-empty ``mask``."""
     return tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(mask))
+
+
+#: Pixels of context kept around the labelled validation pixels when they are scored. The
+#: network sees the image's own content there rather than padding, so scores match those of
+#: the whole image to within the receptive field's far edge, while the time and memory of
+#: each evaluation follow the region scored, not the size of the image it sits in.
+VALIDATION_MARGIN = 64
+
+
+def validation_view(
+    sample: TrainingSample, margin: int = VALIDATION_MARGIN
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(image, target, instances)`` of a validation sample, cropped to its labelled pixels plus
+    ``margin`` pixels of context on every side (less at the image's edges).
+
+    The target is the held-out region's (``val_target``) when there is one, else the whole
+    ``target``; ``instances`` is ``val_instances`` (None when the sample has none).
+    """
+    target = sample.val_target if sample.val_target is not None else sample.target
+    instances = sample.val_instances
+    valid = target != IGNORE
+    if not valid.any():
+        return sample.image, target, instances
+    box = tuple(
+        slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(_bounding_box(valid), target.shape)
+    )
+    return sample.image[(slice(None), *box)], target[box], None if instances is None else instances[box]
 
 
 def held_out_region(labelled: np.ndarray, edited: np.ndarray | None, fraction: float) -> tuple[slice, ...] | None:
@@ -582,7 +610,7 @@ class Trainer:
 
     @torch.no_grad()
     def _predict_probabilities(self, model: AttentionUNet, image: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(classes, *spatial)`` of a whole image (one forward pass, eval mode)."""
+        """Class probabilities ``(classes, *spatial)`` of an image (one forward pass, eval mode)."""
         x = torch.from_numpy(image)[None].to(self.device)
         x = x.expand(-1, model.config.in_channels, *x.shape[2:])
         x, crop = _pad_multiple(x, model.config.size_multiple)
@@ -598,11 +626,11 @@ class Trainer:
         model.eval()
         scores, counts = [], np.zeros(3, np.int64)
         for sample in self.validation:
-            target = sample.val_target if sample.val_target is not None else sample.target
-            probabilities = self._predict_probabilities(model, sample.image)
+            image, target, instances = validation_view(sample)
+            probabilities = self._predict_probabilities(model, image)
             scores.append(foreground_scores(probabilities[BACKGROUND] < 0.5, target))
             if self.select_by == "instances":
-                counts += _instance_counts(probabilities, target, sample.val_instances)
+                counts += _instance_counts(probabilities, target, instances)
         model.train(was_training)
         dice, iou, fraction = (float(v) for v in np.mean(scores, axis=0)) if scores else (math.nan,) * 3
         ap = None
