@@ -24,15 +24,22 @@ def measure_gaps(
     app, seconds: float | None = None, until=None, period_ms: int = 10, ticks: list[float] | None = None
 ) -> np.ndarray:
     """Gaps (ms) between ticks of a ``period_ms`` QTimer while the event loop runs; ``ticks``
-    (a list) receives the tick times (``time.perf_counter``), to find when a gap happened."""
+    (a list) receives the tick times (``time.perf_counter``), to find when a gap happened.
+
+    The start and the end of the measurement count as ticks: work that the last
+    ``processEvents`` ran before ``until`` came true (e.g. adding the result layers, the
+    moment the prediction ends) is a gap too. Before 2026-11-25 the end was left out, and
+    that hid the longest stall of a prediction (benchmarks/README.md).
+    """
     from qtpy.QtCore import QTimer
 
     ticks = [] if ticks is None else ticks
     timer = QTimer()
     timer.setInterval(period_ms)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start()
     start = time.perf_counter()
+    ticks.append(start)
+    timer.start()
     while True:
         app.processEvents()
         time.sleep(0.001)
@@ -40,6 +47,7 @@ def measure_gaps(
             break
         if until is not None and until():
             break
+    ticks.append(time.perf_counter())
     timer.stop()
     return np.diff(ticks) * 1000 if len(ticks) > 1 else np.array([0.0])
 
