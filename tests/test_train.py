@@ -389,3 +389,27 @@ def test_3d_model_trains_on_a_volume():
     run_to_end(trainer.run())
     assert trainer.step == 3 and trainer.patch == (32, 32, 32)
     assert trainer.result().trained_model.config.spatial_dims == 3
+
+
+def test_optimizer_code_can_be_loaded_ahead_of_the_first_fine_tune():
+    # The widget calls load_optimizer_code while its panel is built, so that building the Trainer's
+    # optimiser in the worker imports nothing more (imports hold the GIL: the viewer would freeze).
+    # A fresh interpreter each time: in this one an optimiser has long been built.
+    import subprocess
+    import sys
+
+    def new_modules(load_first: bool) -> int:
+        code = (
+            "import sys, torch\n"
+            "from napari_attention_unet.core.train import load_optimizer_code\n"
+            + ("load_optimizer_code()\n" if load_first else "")
+            + "before = set(sys.modules)\n"
+            "torch.optim.AdamW([torch.zeros(2, requires_grad=True)], lr=1e-3)\n"
+            "print(len(set(sys.modules) - before))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    if new_modules(load_first=False) == 0:
+        pytest.skip(f"torch {torch.__version__} imports nothing when its first optimiser is built")
+    assert new_modules(load_first=True) == 0

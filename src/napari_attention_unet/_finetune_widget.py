@@ -160,6 +160,9 @@ class FinetuneWidget(Container):
         self._region.tooltip = "Train on every pixel of the labels, or only on the pixels you painted"
         self._start.changed.connect(lambda *_: self.start())  # the button: the time budget only
         self._cancel.changed.connect(self._on_cancel)
+        from .core.train import load_optimizer_code
+
+        load_optimizer_code()  # here, not in the worker just after the click (see its docstring)
 
     # -- public, for scripts and tests --------------------------------------------------
     @property

@@ -59,6 +59,7 @@ __all__ = [
     "draw_batch",
     "foreground_scores",
     "held_out_region",
+    "load_optimizer_code",
     "prepare_sample",
     "segmentation_loss",
     "train",
@@ -172,6 +173,17 @@ class TrainingSample:
     # False when the held-out region holds labelled pixels the user did not paint (accepted
     # predictions of the starting model, which it matches by construction).
     val_trusted: bool = True
+
+
+def load_optimizer_code() -> None:
+    """Make torch load the code its optimisers import on first use.
+
+    The first ``torch.optim.AdamW(...)`` of a process imports ``torch._dynamo`` (1.6 s on a
+    2-core CPU). Import work holds the GIL, so when that first optimiser is built in a napari
+    worker the viewer freezes for about a second just after Fine-tune is pressed. The widget
+    calls this while its panel is built, where a second belongs to opening the plugin.
+    """
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
 
 
 def prepare_image(image: np.ndarray, axes: str | None, in_channels: int) -> tuple[np.ndarray, str]:
