@@ -22,7 +22,7 @@ TRAINING = Path(__file__).parents[1] / "training"
 sys.path.insert(0, str(TRAINING))
 from average_models import average  # noqa: E402
 from average_models import main as average_main  # noqa: E402
-from train_bundled import PatchStream, StreamTrainer  # noqa: E402
+from train_bundled import PatchStream, StreamTrainer, read_index  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
@@ -114,7 +114,7 @@ def test_bench_finetune_scores_only_images_the_start_model_never_saw():
     import json
 
     split = json.loads((TRAINING / "split.json").read_text())
-    kinds = {r["id"]: r["kind"] for r in _index_rows(bench_finetune.DSB2018)}
+    kinds = {r["id"]: r["kind"] for r in read_index(bench_finetune.DSB2018)}
     known, where = bench_finetune.unseen_ids("color", {})
     assert known and set(known) <= set(split["validation"]) and "validation" in where
     assert all(kinds[i] == "color" for i in known)
@@ -123,10 +123,3 @@ def test_bench_finetune_scores_only_images_the_start_model_never_saw():
     assert set(known) < set(new) and set(new) & set(split["train"])
     # A model that trained on the kind: back to its validation split.
     assert bench_finetune.unseen_ids("color", {"kinds": ["color", "gray_darkbg"]})[0] == known
-
-
-def _index_rows(folder: Path) -> list[dict]:
-    import csv
-
-    with open(folder / "index_train.csv", newline="") as f:
-        return list(csv.DictReader(f))
