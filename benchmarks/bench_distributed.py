@@ -6,7 +6,7 @@ predict``'s two engines, each reading the files and writing ``<stem>_labels.tif`
 ``<stem>_attention.tif``:
 
 - in-process: the single-process loop (one model, torch on every core);
-- dask: :func:`napari_attention_unet._distributed.predict_batch` on a ``LocalCluster``
+- dask: :func:`napari_attention_unet.large_data.distributed.predict_batch` on a ``LocalCluster``
   of N worker processes (one task at a time per worker, torch on cores / N threads).
 
     python benchmarks/bench_distributed.py [--files 50] [--workers 1 2 4] [--repeats 1] [--model nuclei]
@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import batch_files  # noqa: E402
 
-from napari_attention_unet._distributed import (  # noqa: E402
+from napari_attention_unet.large_data.distributed import (  # noqa: E402
     PredictOptions,
     dask_client,
     model_spec,

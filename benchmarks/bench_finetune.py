@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     require_data()
-    from napari_attention_unet._registry import open_model
+    from napari_attention_unet.models.registry import open_model
 
     model, meta, info = open_model(args.model)
     device = pick_device(args.device)

@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import dsb2018_mosaic, median_seconds  # noqa: E402
 
-from napari_attention_unet.core.data import match_channels, normalize  # noqa: E402
 from napari_attention_unet.core.device import describe_device, pick_device  # noqa: E402
+from napari_attention_unet.core.images import match_channels, normalize  # noqa: E402
 from napari_attention_unet.core.model import AttentionUNet, count_parameters  # noqa: E402
 from napari_attention_unet.core.predict import predict, prepare_model, run_to_end  # noqa: E402
 
@@ -36,7 +36,7 @@ MONAI_OVERLAP = 0.25
 
 def load_our_model() -> tuple[AttentionUNet, str]:
     """The bundled default model if it is installed, else a random default-size one."""
-    from napari_attention_unet._registry import ModelNotFoundError, open_model
+    from napari_attention_unet.models.registry import ModelNotFoundError, open_model
 
     try:
         model, _meta, info = open_model()
@@ -87,7 +87,7 @@ def ground_truth_probabilities(size: int) -> np.ndarray:
     """(background, interior, boundary) probabilities made from the mosaic's true masks, softened."""
     from scipy import ndimage as ndi
 
-    from napari_attention_unet.core.data import instances_to_classes
+    from napari_attention_unet.core.instances import instances_to_classes
 
     labels, _ = dsb2018_mosaic(size, masks=True)
     classes = instances_to_classes(labels)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         if random_weights:
             # Random weights find (almost) no nuclei, so the watershed above costs next to nothing.
             # Time it on probabilities shaped like real nuclei and add it to the network path.
-            from napari_attention_unet.core.data import probabilities_to_instances
+            from napari_attention_unet.core.instances import probabilities_to_instances
 
             probs = ground_truth_probabilities(size)
             watershed_seconds, _ = median_seconds(lambda probs=probs: probabilities_to_instances(probs), args.repeats)

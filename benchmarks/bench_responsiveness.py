@@ -61,7 +61,7 @@ def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_attention_unet._sample_data import nuclei_sample
+    from napari_attention_unet.gui.sample_data import nuclei_sample
 
     viewer = napari.Viewer(show=True)
     tile = nuclei_sample()[0][0]

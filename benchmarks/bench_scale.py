@@ -96,9 +96,9 @@ def cpu_seconds() -> float:
 def child(config: dict) -> dict:
     import torch
 
-    from napari_attention_unet._registry import open_model
-    from napari_attention_unet.core.blocks import predict_blocks
     from napari_attention_unet.core.predict import predict, prepare_model, run_to_end
+    from napari_attention_unet.large_data.blocks import predict_blocks
+    from napari_attention_unet.models.registry import open_model
 
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
@@ -144,8 +144,8 @@ def child(config: dict) -> dict:
         sinks = None
         tmp = tempfile.TemporaryDirectory(dir=config.get("tmp"))
         if name in ("blocks-zarr", "blocks-tiff"):
-            from napari_attention_unet._io import create_tiff_sinks, create_zarr_sinks
-            from napari_attention_unet.core.blocks import plan_blocks
+            from napari_attention_unet.large_data.blocks import plan_blocks
+            from napari_attention_unet.large_data.files import create_tiff_sinks, create_zarr_sinks
 
             plan = plan_blocks(image.shape, block_size=config["block_size"])
             gates = model.config.gate_names

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corner", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    from napari_attention_unet._registry import open_model
+    from napari_attention_unet.models.registry import open_model
 
     model, _, info = open_model()
     print(f"model {info.name!r}, CPU, {torch.get_num_threads()} threads, margin {VALIDATION_MARGIN} px")

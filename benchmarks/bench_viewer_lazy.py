@@ -37,8 +37,8 @@ def child(config: dict) -> dict:
     import torch
     import zarr
 
-    from napari_attention_unet._session import Session
     from napari_attention_unet.core.predict import run_to_end
+    from napari_attention_unet.gui.session import Session
 
     if config["threads"]:
         torch.set_num_threads(config["threads"])
@@ -53,7 +53,9 @@ def child(config: dict) -> dict:
 
     from napari.components import ViewerModel
 
-    from napari_attention_unet import _layers, _lazy, _scratch
+    from napari_attention_unet.gui import layers as _layers
+    from napari_attention_unet.gui import lazy as _lazy
+    from napari_attention_unet.gui import scratch as _scratch
 
     viewer = ViewerModel()
     viewer.canvas.size = (config["canvas"], config["canvas"])

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         after_restart(args)
         return {}
 
-    from napari_attention_unet import _finetune_widget
+    from napari_attention_unet.gui import finetune_widget as _finetune_widget
 
     viewer, widget, app = open_viewer()
     start_model = widget._model.value

@@ -28,7 +28,7 @@ def tiny_model():
 @pytest.fixture
 def model_home(tmp_path, monkeypatch):
     """``$NAPARI_ATTENTION_UNET_HOME`` in a temp dir, no bundled models; returns the home folder."""
-    from napari_attention_unet import _registry
+    from napari_attention_unet.models import registry as _registry
 
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)
@@ -53,7 +53,7 @@ def tiny_model_path(model_home):
 @pytest.fixture
 def nuclei_image():
     """The fluorescent nuclei sample as an array (256 x 256, uint8)."""
-    from napari_attention_unet._sample_data import nuclei_sample
+    from napari_attention_unet.gui.sample_data import nuclei_sample
 
     return nuclei_sample()[0][0]
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_attention_unet.core import blocks as B
-from napari_attention_unet.core.data import normalize
+from napari_attention_unet.core.images import normalize
 from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.weights import save_model
+from napari_attention_unet.large_data import blocks as B
 
 DATA = Path(__file__).parent / "data" / "images"
 FLUO_A = DATA / "00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552.tif"
@@ -31,7 +31,7 @@ def mosaic():
 @pytest.fixture(scope="module")
 def nuclei_model():
     """The bundled nuclei model: real objects, so that block edges really cut nuclei."""
-    from napari_attention_unet._registry import open_model
+    from napari_attention_unet.models.registry import open_model
 
     return open_model()[0]
 
@@ -125,7 +125,7 @@ def test_every_source_gives_the_same_result(tiny_model, mosaic, tmp_path):
     import dask.array as da
     import zarr
 
-    from napari_attention_unet._io import TiffRegionArray
+    from napari_attention_unet.large_data.files import TiffRegionArray
 
     mosaic = np.ascontiguousarray(mosaic[:256, :384])  # 2 x 2 blocks
     kwargs = dict(block_size=BLOCK, halo=HALO, device="cpu")
@@ -149,7 +149,7 @@ def test_every_source_gives_the_same_result(tiny_model, mosaic, tmp_path):
 def test_zarr_and_tiff_sinks_hold_the_in_memory_result(nuclei_model, mosaic, tmp_path):
     import zarr
 
-    from napari_attention_unet._io import create_tiff_sinks, create_zarr_sinks
+    from napari_attention_unet.large_data.files import create_tiff_sinks, create_zarr_sinks
 
     image = mosaic[:320, :320]
     kwargs = dict(block_size=128, halo=HALO, device="cpu")

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_attention_unet._registry import open_model, resolve_model
 from napari_attention_unet.core.metrics import average_precision
 from napari_attention_unet.core.model import count_parameters
 from napari_attention_unet.core.predict import predict, run_to_end
-from napari_attention_unet.core.weights import bundled_dir
+from napari_attention_unet.models.registry import bundled_dir, open_model, resolve_model
 
 SAMPLES = Path(__file__).parents[1] / "src" / "napari_attention_unet" / "sample_data"
 HELDOUT = Path(__file__).parent / "data" / "heldout"

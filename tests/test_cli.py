@@ -117,9 +117,9 @@ def test_block_size_off_the_64_px_grid_is_refused_with_a_suggestion(tmp_path):
 
 def test_predict_block_by_block_writes_the_same_files(tmp_path, home):
     """``--block-size`` (automatic above 4096x4096 px) streams blocks into uncompressed TIFFs."""
-    from napari_attention_unet._registry import open_model
-    from napari_attention_unet.core.blocks import predict_blocks
     from napari_attention_unet.core.predict import run_to_end
+    from napari_attention_unet.large_data.blocks import predict_blocks
+    from napari_attention_unet.models.registry import open_model
 
     image = np.tile(tifffile.imread(FLUO), (2, 2))
     tifffile.imwrite(tmp_path / "big.tif", image)

@@ -17,7 +17,8 @@ from napari_attention_unet.core.device import autocast_dtype, describe_device, p
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.train import TrainConfig, Trainer
-from napari_attention_unet.core.weights import bundled_dir, load_model
+from napari_attention_unet.core.weights import load_model
+from napari_attention_unet.models.registry import bundled_dir
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

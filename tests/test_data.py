@@ -3,17 +3,8 @@
 import numpy as np
 import pytest
 
-from napari_attention_unet.core.data import (
-    BOUNDARY,
-    INTERIOR,
-    ImageShapeError,
-    guess_axes,
-    instances_to_classes,
-    match_channels,
-    normalize,
-    probabilities_to_instances,
-    to_channel_first,
-)
+from napari_attention_unet.core.images import ImageShapeError, guess_axes, match_channels, normalize, to_channel_first
+from napari_attention_unet.core.instances import BOUNDARY, INTERIOR, instances_to_classes, probabilities_to_instances
 
 
 @pytest.mark.parametrize(

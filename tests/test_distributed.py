@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 from pathlib import Path
 
@@ -13,7 +14,10 @@ import tifffile
 import torch
 
 from napari_attention_unet import cli
-from napari_attention_unet._distributed import (
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.predict import predict, run_to_end
+from napari_attention_unet.core.weights import load_model, save_model
+from napari_attention_unet.large_data.distributed import (
     PredictOptions,
     dask_client,
     local_cluster,
@@ -23,11 +27,8 @@ from napari_attention_unet._distributed import (
     usable_cores,
     worker_model,
 )
-from napari_attention_unet._io import read_image
-from napari_attention_unet._registry import ModelNotFoundError
-from napari_attention_unet.core.model import AttentionUNet, ModelConfig
-from napari_attention_unet.core.predict import predict, run_to_end
-from napari_attention_unet.core.weights import load_model, save_model
+from napari_attention_unet.large_data.files import read_image
+from napari_attention_unet.models.registry import ModelNotFoundError
 
 DATA = Path(__file__).parent / "data" / "images"
 SAMPLE = Path(__file__).parents[1] / "src" / "napari_attention_unet" / "sample_data" / "nuclei_fluorescence.tif"
@@ -89,7 +90,7 @@ def test_batch_on_two_workers_matches_one_process(client, tiny_file, tmp_path):
     model, _ = load_model(tiny_file)
     assert_matches_single_process(results, model, out)
     # One model per worker process, loaded on its first task and reused by the next ones.
-    cached = client.run(lambda: len(__import__("napari_attention_unet._distributed")._distributed._MODELS))
+    cached = client.run(lambda: len(importlib.import_module("napari_attention_unet.large_data.distributed")._MODELS))
     assert sorted(cached.values()) == [1, 1]
 
 
@@ -203,14 +204,14 @@ def mosaic():
 @pytest.fixture(scope="module")
 def mosaic_in_one_process(mosaic):
     """The block engine's sequential driver on the mosaic, bundled model, 192 px blocks (3 x 3)."""
-    from napari_attention_unet.core.blocks import predict_blocks
+    from napari_attention_unet.large_data.blocks import predict_blocks
 
     model, _, _ = worker_model(model_spec(None, "cpu"))
     return run_to_end(predict_blocks(model, mosaic, block_size=192, device="cpu"))
 
 
 def test_large_tiff_in_blocks_matches_one_process(client, mosaic, mosaic_in_one_process, tmp_path):
-    from napari_attention_unet._distributed import predict_large
+    from napari_attention_unet.large_data.distributed import predict_large
 
     spec = model_spec(None, "cpu")  # the bundled model: real objects to stitch across block faces
     model, _, _ = worker_model(spec)

@@ -16,7 +16,12 @@ import tifffile
 import torch
 from torch.nn import functional as F
 
-from napari_attention_unet._export import (
+from napari_attention_unet.cli import main
+from napari_attention_unet.core.images import match_channels, normalize, to_channel_first
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.predict import predict, run_to_end
+from napari_attention_unet.core.weights import save_model
+from napari_attention_unet.export.network import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
     ExportedNetwork,
@@ -26,12 +31,7 @@ from napari_attention_unet._export import (
     export_torchscript,
     sidecar_path,
 )
-from napari_attention_unet._registry import open_model
-from napari_attention_unet.cli import main
-from napari_attention_unet.core.data import match_channels, normalize, to_channel_first
-from napari_attention_unet.core.model import AttentionUNet, ModelConfig
-from napari_attention_unet.core.predict import predict, run_to_end
-from napari_attention_unet.core.weights import save_model
+from napari_attention_unet.models.registry import open_model
 
 DATA = Path(__file__).parent / "data" / "images"
 FLUO = DATA / "00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552.tif"  # grey, 256 x 256
@@ -260,7 +260,7 @@ def test_bioimageio_package_contents(tiny_package):
 
 def test_bioimageio_package_passes_validation_and_test_run(tiny_package):
     pytest.importorskip("bioimageio.spec", reason="validation needs bioimageio.spec (the [export] extra)")
-    from napari_attention_unet._bioimageio import validate_package
+    from napari_attention_unet.export.bioimageio import validate_package
 
     path, stderr = tiny_package
     passed, report = validate_package(path)
@@ -296,7 +296,7 @@ def test_bioimageio_test_run_fails_without_the_normalisation(tiny_package, tmp_p
     """The package's own test notices when its preprocessing is not the plugin's."""
     yaml = pytest.importorskip("yaml")
     pytest.importorskip("bioimageio.core", reason="test runs need bioimageio.core (the [export] extra)")
-    from napari_attention_unet._bioimageio import validate_package
+    from napari_attention_unet.export.bioimageio import validate_package
 
     path, _ = tiny_package
     altered = tmp_path / "altered.zip"
@@ -333,9 +333,9 @@ def test_saved_fine_tuned_model_exports_with_its_info(model_home, tmp_path):
 
 def test_bundled_models_package_documentation_quotes_its_card(bundled):
     """The package README of the bundled model carries the held-out scores of its model card."""
-    from napari_attention_unet._bioimageio import _documentation
-    from napari_attention_unet._export import input_contract
-    from napari_attention_unet.core.weights import bundled_dir
+    from napari_attention_unet.export.bioimageio import _documentation
+    from napari_attention_unet.export.network import input_contract
+    from napari_attention_unet.models.registry import bundled_dir
 
     model, info, name = bundled
     card = json.loads((bundled_dir() / "nuclei.json").read_text())

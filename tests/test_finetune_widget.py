@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_attention_unet import _finetune_widget, _layers, _versions
+from napari_attention_unet.gui import finetune_widget as _finetune_widget
+from napari_attention_unet.gui import layers as _layers
+from napari_attention_unet.models import versions as _versions
 
 TIMEOUT_MS = 180_000
 

@@ -7,9 +7,9 @@ import pytest
 from napari.components import LayerList
 from napari.layers import Image, Labels
 
-from napari_attention_unet import _layers
-from napari_attention_unet._layers import MARKER, Placement, apply_results, result_layers, slice_index
-from napari_attention_unet._session import PartPrediction
+from napari_attention_unet.gui import layers as _layers
+from napari_attention_unet.gui.layers import MARKER, Placement, apply_results, result_layers, slice_index
+from napari_attention_unet.gui.session import PartPrediction
 
 
 def make_prediction(shape=(6, 8), index=(), gates=("gate1", "gate2"), fill=1):
@@ -115,7 +115,7 @@ def test_layers_and_session_import_no_qt():
     import sys
 
     code = (
-        "import sys, napari_attention_unet._layers, napari_attention_unet._session; "
+        "import sys, napari_attention_unet.gui.layers, napari_attention_unet.gui.session; "
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

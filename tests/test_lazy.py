@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_attention_unet import _lazy, _scratch
-from napari_attention_unet._layers import MARKER
-from napari_attention_unet._session import Session
-from napari_attention_unet.core.block_geometry import plan_blocks
-from napari_attention_unet.core.blocks import predict_blocks
 from napari_attention_unet.core.predict import run_to_end
-from napari_attention_unet.core.stitching import Stitcher
+from napari_attention_unet.gui import lazy as _lazy
+from napari_attention_unet.gui import scratch as _scratch
+from napari_attention_unet.gui.layers import MARKER
+from napari_attention_unet.gui.session import Session
+from napari_attention_unet.large_data.block_geometry import plan_blocks
+from napari_attention_unet.large_data.blocks import predict_blocks
+from napari_attention_unet.large_data.stitching import Stitcher
 
 BLOCK = 128
 
@@ -68,7 +69,7 @@ def blob_model(image: np.ndarray):
     Batch-norm statistics are taken from the image and the interior bias is set at a
     quantile of its logit margin, so that blocks have real objects to stitch.
     """
-    from napari_attention_unet.core.data import normalize
+    from napari_attention_unet.core.images import normalize
     from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 
     torch.manual_seed(0)
@@ -88,7 +89,7 @@ def blob_model(image: np.ndarray):
 @pytest.fixture(scope="module")
 def mosaic():
     """384 x 384 uint8: the nuclei sample and flipped copies, so that objects cross block edges."""
-    from napari_attention_unet._sample_data import nuclei_sample
+    from napari_attention_unet.gui.sample_data import nuclei_sample
 
     s = nuclei_sample()[0][0]
     return np.block([[s, np.fliplr(s)], [np.flipud(s), s.T]])[:384, :384].copy()
@@ -267,7 +268,7 @@ def test_stores_are_released_when_unused_and_pruned_when_their_process_is_gone(m
 
 
 def test_partial_stitching_numbers_the_blocks_added():
-    from napari_attention_unet.core.stitching import BlockLinks
+    from napari_attention_unet.large_data.stitching import BlockLinks
 
     plan = plan_blocks((256, 256), block_size=BLOCK, halo=16)
     stitcher = Stitcher(plan)
@@ -288,7 +289,7 @@ TIMEOUT_MS = 300_000
 @pytest.fixture
 def notes(monkeypatch):
     """Messages the widget sends to napari's notifications, by kind."""
-    from napari_attention_unet import _widget
+    from napari_attention_unet.gui import widget as _widget
 
     seen = {"error": [], "warning": [], "info": []}
     for kind in seen:
@@ -456,7 +457,7 @@ def test_lazy_and_scratch_import_no_qt():
     import sys
 
     code = (
-        "import sys, napari_attention_unet._lazy, napari_attention_unet._scratch; "
+        "import sys, napari_attention_unet.gui.lazy, napari_attention_unet.gui.scratch; "
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

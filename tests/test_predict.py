@@ -7,7 +7,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_attention_unet.core.data import ImageShapeError
+from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.predict import Progress, predict, run_to_end, tile_starts
 

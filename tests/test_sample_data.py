@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from napari_attention_unet._sample_data import he_sample, nuclei_sample, sample_path
+from napari_attention_unet.gui.sample_data import he_sample, nuclei_sample, sample_path
 
 
 def test_nuclei_sample_is_a_grey_fluorescence_image():
@@ -31,7 +31,7 @@ def test_samples_are_attributed():
 
 def test_loading_samples_does_not_import_torch():
     code = (
-        "import sys; from napari_attention_unet._sample_data import nuclei_sample, he_sample; "
+        "import sys; from napari_attention_unet.gui.sample_data import nuclei_sample, he_sample; "
         "nuclei_sample(); he_sample(); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -7,8 +7,9 @@ from datetime import datetime
 import pytest
 import torch
 
-from napari_attention_unet import _registry, _versions
 from napari_attention_unet.core.weights import load_model
+from napari_attention_unet.models import registry as _registry
+from napari_attention_unet.models import versions as _versions
 
 
 def test_versions_round_trip(tiny_model_path, tmp_path):

@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from napari_attention_unet import _layers, _widget
-from napari_attention_unet._widget import AttentionUNetWidget
+from napari_attention_unet.gui import layers as _layers
+from napari_attention_unet.gui import widget as _widget
+from napari_attention_unet.gui.widget import AttentionUNetWidget
 
 TIMEOUT_MS = 120_000
 
@@ -94,7 +95,7 @@ def test_results_follow_scale_and_translate(qtbot, plugin_widget, nuclei_image):
 
 
 def test_rgb_image_gets_spatial_results(qtbot, plugin_widget):
-    from napari_attention_unet._sample_data import he_sample
+    from napari_attention_unet.gui.sample_data import he_sample
 
     viewer, widget = plugin_widget
     data, kwargs, _ = he_sample()[0]
@@ -107,7 +108,7 @@ def test_rgb_image_gets_spatial_results(qtbot, plugin_widget):
 
 
 def test_cancel_adds_no_layers_and_widget_stays_usable(qtbot, plugin_widget, notes, monkeypatch):
-    from napari_attention_unet import _session
+    from napari_attention_unet.gui import session as _session
 
     viewer, widget = plugin_widget
     viewer.add_image(np.random.default_rng(0).random((256, 256), dtype=np.float32), name="big")
@@ -243,7 +244,7 @@ def test_errors_become_notifications_and_widget_stays_usable(qtbot, plugin_widge
 def test_out_of_memory_message_is_readable():
     import torch
 
-    from napari_attention_unet._session import explain_error
+    from napari_attention_unet.gui.session import explain_error
 
     message = explain_error(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert "smaller tile size" in message and "cpu" in message
@@ -269,8 +270,8 @@ def test_use_model_by_name_or_file(plugin_widget, tiny_model_path):
 
 def test_session_predicts_time_series_headless(tiny_model_path):
     """The session alone (no viewer): a TZYX series through a 2D model, one plane or all of them."""
-    from napari_attention_unet._session import Session
     from napari_attention_unet.core.predict import run_to_end
+    from napari_attention_unet.gui.session import Session
 
     session = Session(device="cpu")
     session.load_model("tiny")
@@ -286,7 +287,7 @@ def test_session_predicts_time_series_headless(tiny_model_path):
 
 
 def test_training_planes_prefers_corrected_slices():
-    from napari_attention_unet._session import MAX_TRAINING_PLANES, training_planes
+    from napari_attention_unet.gui.session import MAX_TRAINING_PLANES, training_planes
 
     labels = np.zeros((5, 8, 8), np.uint8)
     labels[1, 2:4, 2:4] = 1
@@ -308,8 +309,8 @@ def test_training_planes_prefers_corrected_slices():
 
 def test_session_finetunes_a_2d_model_on_a_stack(tiny_model_path, nuclei_image):
     """A ZYX stack and labels corrected on one slice: the 2D model trains on that slice only."""
-    from napari_attention_unet._session import Session
     from napari_attention_unet.core.predict import run_to_end
+    from napari_attention_unet.gui.session import Session
 
     session = Session(device="cpu")
     session.load_model("tiny")
@@ -327,10 +328,10 @@ def test_session_passes_the_layer_spacing_to_a_3d_model(model_home):
     """A 3D model on an anisotropic ZYX volume: the session hands the layer's scale to the core."""
     import torch
 
-    from napari_attention_unet._session import Session
     from napari_attention_unet.core.model import AttentionUNet, ModelConfig
     from napari_attention_unet.core.predict import run_to_end
     from napari_attention_unet.core.weights import save_model
+    from napari_attention_unet.gui.session import Session
 
     torch.manual_seed(0)
     save_model(

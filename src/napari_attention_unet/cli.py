@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import __version__
+from napari_attention_unet import __version__
 
 __all__ = ["main"]
 
@@ -129,7 +129,7 @@ def _fail(message: str) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from ._registry import all_models, saved_models_dir
+    from napari_attention_unet.models.registry import all_models, saved_models_dir
 
     models = all_models()
     for info in models:
@@ -144,11 +144,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     if args.workers is not None or args.scheduler is not None:
         return _cmd_predict_dask(args)
-    from ._io import ImageReadError, read_image, write_attention, write_labels
-    from ._registry import ModelFileError, ModelNotFoundError, open_model
-    from .core.data import ImageShapeError
-    from .core.device import describe_device, pick_device
-    from .core.predict import predict, prepare_model
+    from napari_attention_unet.core.device import describe_device, pick_device
+    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.core.predict import predict, prepare_model
+    from napari_attention_unet.large_data.files import ImageReadError, read_image, write_attention, write_labels
+    from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
 
     try:
         model, _, info = open_model(args.model)
@@ -202,8 +202,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _wants_blocks(args: argparse.Namespace, path: Path) -> bool:
     """Large 2D images, zarr input and a ``.zarr`` --out go block by block (core.blocks)."""
-    from ._io import LARGE_PIXELS, image_shape, is_zarr_path
-    from .core.data import ImageShapeError, guess_axes
+    from napari_attention_unet.core.images import ImageShapeError, guess_axes
+    from napari_attention_unet.large_data.files import LARGE_PIXELS, image_shape, is_zarr_path
 
     if args.block_size is not None or args.out.suffix.lower() == ".zarr" or is_zarr_path(path):
         return True
@@ -221,9 +221,15 @@ def _wants_blocks(args: argparse.Namespace, path: Path) -> bool:
 
 def _predict_in_blocks(args: argparse.Namespace, model, net, device, path: Path, leave: bool) -> bool:
     """One image through the block engine, outputs written straight to disk; False when it failed."""
-    from ._io import ImageReadError, create_tiff_sinks, create_zarr_sinks, open_lazy_image, read_image
-    from .core.blocks import plan_blocks, predict_blocks
-    from .core.data import ImageShapeError
+    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.large_data.blocks import plan_blocks, predict_blocks
+    from napari_attention_unet.large_data.files import (
+        ImageReadError,
+        create_tiff_sinks,
+        create_zarr_sinks,
+        open_lazy_image,
+        read_image,
+    )
 
     stem = path.name.split(".")[0]
     try:
@@ -270,7 +276,8 @@ def _cmd_predict_dask(args: argparse.Namespace) -> int:
 
     Each worker loads the model once (see _distributed); large images are stitched here.
     """
-    from ._distributed import (
+    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.large_data.distributed import (
         PredictOptions,
         SchedulerUnreachableError,
         dask_client,
@@ -279,8 +286,7 @@ def _cmd_predict_dask(args: argparse.Namespace) -> int:
         predict_large,
         usable_cores,
     )
-    from ._registry import ModelFileError, ModelNotFoundError, open_model
-    from .core.data import ImageShapeError
+    from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
 
     if args.workers is not None and args.workers < 0:
         return _fail(f"--workers must be at least 1, got {args.workers}")
@@ -322,12 +328,12 @@ def _cmd_predict_dask(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from ._io import ImageReadError, read_image
-    from ._registry import ModelFileError, ModelNotFoundError, open_model
-    from .core.data import ImageShapeError
-    from .core.device import describe_device, pick_device
-    from .core.train import TrainConfig, Trainer
-    from .core.weights import save_model
+    from napari_attention_unet.core.device import describe_device, pick_device
+    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.core.train import TrainConfig, Trainer
+    from napari_attention_unet.core.weights import save_model
+    from napari_attention_unet.large_data.files import ImageReadError, read_image
+    from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
 
     if len(args.image) != len(args.labels):
         return _fail(f"give one --labels per --image (got {len(args.image)} images and {len(args.labels)} labels)")
@@ -378,11 +384,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ._export import ExportError, export_model
-    from ._io import ImageReadError, read_image
-    from ._registry import ModelFileError, ModelNotFoundError, open_model
-    from .core.data import ImageShapeError
-    from .core.weights import bundled_dir
+    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.export.network import ExportError, export_model
+    from napari_attention_unet.large_data.files import ImageReadError, read_image
+    from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, bundled_dir, open_model
 
     if args.test_image is not None and args.format != "bioimageio":
         return _fail("--test-image is only used by --format bioimageio")
@@ -403,8 +408,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _check_bioimageio(path: Path) -> int:
     """Validate a package with the bioimage.io libraries when they are installed (offline)."""
-    from ._bioimageio import validate_package
-    from ._export import ExportError
+    from napari_attention_unet.export.bioimageio import validate_package
+    from napari_attention_unet.export.network import ExportError
 
     try:
         import bioimageio.core  # noqa: F401 - with it, the weights are run on the test data too

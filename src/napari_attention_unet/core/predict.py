@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data import ImageShapeError, match_channels, normalize, probabilities_to_instances, to_channel_first
-from .device import autocast_dtype, pick_device
-from .model import AttentionUNet
+from napari_attention_unet.core.device import autocast_dtype, pick_device
+from napari_attention_unet.core.images import ImageShapeError, match_channels, normalize, to_channel_first
+from napari_attention_unet.core.instances import probabilities_to_instances
+from napari_attention_unet.core.model import AttentionUNet
 
 __all__ = ["Prediction", "Progress", "predict", "run_to_end", "tile_starts"]
 

@@ -33,19 +33,17 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .augment import IGNORE, augment
-from .data import (
+from napari_attention_unet.core.augment import IGNORE, augment
+from napari_attention_unet.core.device import autocast_dtype, pick_device
+from napari_attention_unet.core.images import match_channels, normalize, to_channel_first
+from napari_attention_unet.core.instances import (
     BACKGROUND,
     as_instances,
     instances_to_classes,
-    match_channels,
-    normalize,
     probabilities_to_instances,
-    to_channel_first,
 )
-from .device import autocast_dtype, pick_device
-from .metrics import match_counts
-from .model import AttentionUNet
+from napari_attention_unet.core.metrics import match_counts
+from napari_attention_unet.core.model import AttentionUNet
 
 #: Output classes for which objects (and so an instance score) can be made.
 INSTANCE_CLASSES = ("background", "interior", "boundary")

@@ -5,8 +5,7 @@ A model file is one ``.safetensors`` file: the tensors, plus the network's
 the safetensors metadata. Loading reads only tensors and JSON, so a file from a
 colleague cannot run code on the user's machine.
 
-Bundled models live in the package's ``models/`` folder, each with a model card
-(``<name>.json`` or ``<name>.md``) beside it.
+Which models exist (bundled, saved, files) is :mod:`napari_attention_unet.models`' job.
 """
 
 from __future__ import annotations
@@ -14,19 +13,17 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 
-__all__ = ["BUNDLED_DEFAULT", "ModelFileError", "ModelInfo", "bundled_models", "load_model", "save_model"]
+__all__ = ["ModelFileError", "ModelInfo", "load_model", "read_metadata", "save_model"]
 
 FORMAT = "napari-attention-unet/1"
-BUNDLED_DEFAULT = "nuclei"
 SUFFIX = ".safetensors"
 
 
@@ -114,15 +111,3 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise ModelFileError(f"{path.name} does not match its own architecture description; the file is damaged")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return model.eval(), info
-
-
-def bundled_dir() -> Path:
-    return Path(str(resources.files("napari_attention_unet") / "models"))
-
-
-def bundled_models() -> list[ModelInfo]:
-    """Models shipped inside the package."""
-    folder = bundled_dir()
-    if not folder.is_dir():
-        return []
-    return [ModelInfo(p.name[: -len(SUFFIX)], p, True) for p in sorted(folder.glob("*" + SUFFIX))]

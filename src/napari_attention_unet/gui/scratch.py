@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.block_geometry import Block
+from napari_attention_unet.large_data.block_geometry import Block
 
 __all__ = ["PYRAMID_ABOVE", "PYRAMID_TOP", "LazyOutputs", "ScratchStores", "pyramid_levels", "scratch_dir"]
 

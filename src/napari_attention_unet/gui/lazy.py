@@ -27,17 +27,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._io import LARGE_PIXELS
-from ._session import PROGRESS_STEPS
-from .core.block_geometry import Block, BlockPlan, plan_blocks
-from .core.blocks import BlockOptions, Normalization, global_normalization, predict_block_steps
-from .core.data import ImageShapeError
-from .core.predict import Progress
-from .core.stitching import Stitcher
+from napari_attention_unet.core.images import ImageShapeError
+from napari_attention_unet.core.predict import Progress
+from napari_attention_unet.gui.session import PROGRESS_STEPS
+from napari_attention_unet.large_data.block_geometry import Block, BlockPlan, plan_blocks
+from napari_attention_unet.large_data.blocks import (
+    BlockOptions,
+    Normalization,
+    global_normalization,
+    predict_block_steps,
+)
+from napari_attention_unet.large_data.files import LARGE_PIXELS
+from napari_attention_unet.large_data.stitching import Stitcher
 
 if TYPE_CHECKING:
-    from ._scratch import LazyOutputs, ScratchStores
-    from ._session import Session
+    from napari_attention_unet.gui.scratch import LazyOutputs, ScratchStores
+    from napari_attention_unet.gui.session import Session
 
 __all__ = [
     "BlockProgress",

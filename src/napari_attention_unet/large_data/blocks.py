@@ -62,12 +62,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .block_geometry import Block, BlockPlan, _tile_policy, plan_blocks
-from .data import ImageShapeError, match_channels, probabilities_to_instances
-from .device import autocast_dtype, pick_device
-from .model import AttentionUNet
-from .predict import Progress, _predict_plane, _Tiling, prepare_model
-from .stitching import BlockLinks, Stitcher, Stitching, local_labels, stitch
+from napari_attention_unet.core.device import autocast_dtype, pick_device
+from napari_attention_unet.core.images import ImageShapeError, match_channels
+from napari_attention_unet.core.instances import probabilities_to_instances
+from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.predict import Progress, _predict_plane, _Tiling, prepare_model
+from napari_attention_unet.large_data.block_geometry import Block, BlockPlan, _tile_policy, plan_blocks
+from napari_attention_unet.large_data.stitching import BlockLinks, Stitcher, Stitching, local_labels, stitch
 
 __all__ = [
     "Block",
@@ -214,7 +215,7 @@ def load_inference_model(model: AttentionUNet | str | os.PathLike, device: str |
     dev = pick_device(device)
     if isinstance(model, AttentionUNet):
         return prepare_model(model, dev)
-    from .weights import load_model
+    from napari_attention_unet.core.weights import load_model
 
     path = Path(model).resolve()
     key = (str(path), path.stat().st_mtime_ns, str(dev))

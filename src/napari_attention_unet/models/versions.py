@@ -4,7 +4,7 @@ A fine-tuned model is saved as a named version (``nuclei-ft-20261124-1712``) nex
 the user's other saved models, with ``info`` recording where it came from: the parent
 model, the number of steps, the best validation Dice, the date and the image's name.
 Every version is an ordinary ``.safetensors`` model file, so the model picker, the CLI
-and :func:`napari_attention_unet._registry.open_model` see it like any saved model.
+and :func:`napari_attention_unet.models.registry.open_model` see it like any saved model.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from . import _registry
-from .core.model import AttentionUNet
-from .core.weights import SUFFIX, ModelInfo, read_metadata, save_model
+from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.weights import SUFFIX, ModelInfo, read_metadata, save_model
+from napari_attention_unet.models import registry as _registry
 
 __all__ = [
     "delete_version",

@@ -290,7 +290,7 @@ def create_tiff_sinks(out_dir: str | Path, stem: str, shape: tuple[int, int], ga
     Uncompressed so that blocks can be written in place; same layout and attention dtype as
     :func:`write_labels` / :func:`write_attention`.
     """
-    from .core.blocks import BlockSinks
+    from napari_attention_unet.large_data.blocks import BlockSinks
 
     out_dir = Path(out_dir)
     labels = TiffRegionArray.create(out_dir / f"{stem}_labels.tif", shape, np.uint32)
@@ -315,7 +315,7 @@ def create_zarr_sinks(
     """
     zarr = _zarr()
 
-    from .core.blocks import BlockSinks
+    from napari_attention_unet.large_data.blocks import BlockSinks
 
     root = zarr.open_group(str(store), mode="a")
     node = root.require_group(group) if group else root

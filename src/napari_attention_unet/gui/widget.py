@@ -27,16 +27,23 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from . import _layers, _lazy
-from ._finetune_widget import FinetuneWidget, VersionsWidget
-from ._scratch import ScratchStores
-from ._session import DEVICE_CHOICES, PROGRESS_STEPS, Session, explain_error, missing_bundled_model_message
+from napari_attention_unet.gui import layers as _layers
+from napari_attention_unet.gui import lazy as _lazy
+from napari_attention_unet.gui.finetune_widget import FinetuneWidget, VersionsWidget
+from napari_attention_unet.gui.scratch import ScratchStores
+from napari_attention_unet.gui.session import (
+    DEVICE_CHOICES,
+    PROGRESS_STEPS,
+    Session,
+    explain_error,
+    missing_bundled_model_message,
+)
 
 if TYPE_CHECKING:
     import napari
     from napari.qt.threading import GeneratorWorker
 
-    from .core.predict import Progress
+    from napari_attention_unet.core.predict import Progress
 
 __all__ = ["AttentionUNetWidget"]
 

@@ -29,16 +29,17 @@ from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from . import _layers, _versions
-from ._plot import TrainingPlot
-from ._session import Session, explain_error
+from napari_attention_unet.gui import layers as _layers
+from napari_attention_unet.gui.plot import TrainingPlot
+from napari_attention_unet.gui.session import Session, explain_error
+from napari_attention_unet.models import versions as _versions
 
 if TYPE_CHECKING:
     import napari
     from napari.qt.threading import GeneratorWorker
 
-    from .core.train import StepReport, TrainResult
-    from .core.weights import ModelInfo
+    from napari_attention_unet.core.train import StepReport, TrainResult
+    from napari_attention_unet.core.weights import ModelInfo
 
 __all__ = ["EditTracker", "FinetuneWidget", "VersionsWidget"]
 
@@ -160,7 +161,7 @@ class FinetuneWidget(Container):
         self._region.tooltip = "Train on every pixel of the labels, or only on the pixels you painted"
         self._start.changed.connect(lambda *_: self.start())  # the button: the time budget only
         self._cancel.changed.connect(self._on_cancel)
-        from .core.train import load_optimizer_code
+        from napari_attention_unet.core.train import load_optimizer_code
 
         load_optimizer_code()  # here, not in the worker just after the click (see its docstring)
 

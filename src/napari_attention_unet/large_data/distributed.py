@@ -31,7 +31,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_wo
 if TYPE_CHECKING:
     import torch
 
-    from .core.model import AttentionUNet
+    from napari_attention_unet.core.model import AttentionUNet
 
 __all__ = [
     "FileResult",
@@ -101,7 +101,7 @@ def model_spec(name_or_path: str | os.PathLike | None, device: str = "auto") -> 
     A bundled model travels by name (each worker has the package, hence the file); any
     other model by its absolute path, which every worker must be able to read.
     """
-    from ._registry import resolve_model
+    from napari_attention_unet.models.registry import resolve_model
 
     info = resolve_model(name_or_path)
     source = info.name if info.bundled else str(Path(info.path).resolve())
@@ -117,7 +117,7 @@ def _worker_device(preference: str) -> torch.device:
     """The device on this process; with several GPUs, local workers take them in turn."""
     import torch
 
-    from .core.device import pick_device
+    from napari_attention_unet.core.device import pick_device
 
     device = pick_device(preference)
     if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
@@ -136,9 +136,9 @@ def worker_model(spec: ModelSpec) -> tuple[AttentionUNet, AttentionUNet, torch.d
     The cache key includes the file's size and modification time, so a model file that
     is overwritten (a new fine-tuned version under the same path) is loaded again.
     """
-    from ._registry import resolve_model
-    from .core.predict import prepare_model
-    from .core.weights import load_model
+    from napari_attention_unet.core.predict import prepare_model
+    from napari_attention_unet.core.weights import load_model
+    from napari_attention_unet.models.registry import resolve_model
 
     path = Path(resolve_model(spec.source).path)
     device = _worker_device(spec.device)
@@ -165,10 +165,10 @@ def predict_file(image_path: Path, out_dir: Path, spec: ModelSpec, options: Pred
     neither stops the batch nor floods the worker's log; other failures (out of memory,
     a bug) propagate to the client.
     """
-    from ._io import ImageReadError, read_image, write_attention, write_labels
-    from ._registry import ModelFileError, ModelNotFoundError
-    from .core.data import ImageShapeError
-    from .core.predict import predict, run_to_end
+    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.core.predict import predict, run_to_end
+    from napari_attention_unet.large_data.files import ImageReadError, read_image, write_attention, write_labels
+    from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError
 
     start = time.perf_counter()
     worker = _worker_name()
@@ -363,7 +363,7 @@ class LargeResult:
 
 def _open_source(source):
     """A path is opened lazily where the task runs (a worker reads only its block); arrays pass through."""
-    from ._io import open_lazy_image
+    from napari_attention_unet.large_data.files import open_lazy_image
 
     return open_lazy_image(source)[0] if isinstance(source, str) else source
 
@@ -372,7 +372,7 @@ def _predict_block_task(source, block, plan, spec: ModelSpec, normalization, opt
     """One block on a worker: read its outer region, predict, write its core; returns the small links."""
     from dataclasses import replace
 
-    from .core.blocks import predict_block, write_block
+    from napari_attention_unet.large_data.blocks import predict_block, write_block
 
     source = _open_source(source)
     model, net, device = worker_model(spec)
@@ -384,7 +384,7 @@ def _predict_block_task(source, block, plan, spec: ModelSpec, normalization, opt
 
 
 def _normalization_task(source, plan, in_channels: int):
-    from .core.blocks import global_normalization
+    from napari_attention_unet.large_data.blocks import global_normalization
 
     return global_normalization(_open_source(source), plan, in_channels)
 
@@ -392,7 +392,7 @@ def _normalization_task(source, plan, in_channels: int):
 def block_sinks(out: Path, stem: str, plan, gate_names: Sequence[str], instances: bool = True):
     """Where a large image's blocks go: ``out/<stem>/{labels,attention,probability}`` in a ``.zarr`` ``out``,
     else ``out/<stem>_labels.tif`` and ``out/<stem>_attention.tif`` (uncompressed, written in place)."""
-    from ._io import create_tiff_sinks, create_zarr_sinks
+    from napari_attention_unet.large_data.files import create_tiff_sinks, create_zarr_sinks
 
     out = Path(out)
     if out.suffix.lower() == ".zarr":
@@ -425,8 +425,8 @@ def predict_large(
     """
     from tqdm import tqdm
 
-    from ._io import TIFF_SUFFIXES, is_zarr_path, open_lazy_image, read_image
-    from .core.blocks import BlockOptions, Stitcher, plan_blocks, relabel_block
+    from napari_attention_unet.large_data.blocks import BlockOptions, Stitcher, plan_blocks, relabel_block
+    from napari_attention_unet.large_data.files import TIFF_SUFFIXES, is_zarr_path, open_lazy_image, read_image
 
     start = time.perf_counter()
     if Path(image_path).suffix.lower() in TIFF_SUFFIXES or is_zarr_path(image_path):

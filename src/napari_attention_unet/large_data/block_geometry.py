@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .data import ImageShapeError
-from .predict import _Tiling
+from napari_attention_unet.core.images import ImageShapeError
+from napari_attention_unet.core.predict import _Tiling
 
 __all__ = ["BLOCK_OVERLAP", "BLOCK_TILE", "Block", "BlockPlan", "Index", "Span", "plan_blocks"]
 

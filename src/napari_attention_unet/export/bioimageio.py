@@ -3,7 +3,7 @@
 The zip holds ``rdf.yaml``, TorchScript and ONNX weights of :class:`~._export.ExportedNetwork`,
 a test input and the expected outputs computed from a real image, a cover, documentation
 and the license. The percentile normalisation is stated as ``scale_range`` preprocessing
-(same percentiles as :func:`~.core.data.normalize`), so tools feed the raw image.
+(same percentiles as :func:`~.core.images.normalize`), so tools feed the raw image.
 ``pytorch_state_dict`` weights are not included: they would need this package's code.
 """
 
@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from ._export import (
+from napari_attention_unet import __version__
+from napari_attention_unet.core.images import ImageShapeError, match_channels, normalize, to_channel_first
+from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.export.network import (
     HIGH_PERCENTILE,
     INPUT_NAME,
     LOW_PERCENTILE,
@@ -33,8 +35,6 @@ from ._export import (
     export_torchscript,
     input_contract,
 )
-from .core.data import ImageShapeError, match_channels, normalize, to_channel_first
-from .core.model import AttentionUNet
 
 __all__ = ["FORMAT_VERSION", "export_bioimageio", "reference_tensors", "validate_package"]
 
@@ -87,7 +87,7 @@ _MAX_TEST_SIDE = 512
 
 
 def _default_test_image() -> np.ndarray:
-    from ._sample_data import nuclei_sample
+    from napari_attention_unet.gui.sample_data import nuclei_sample
 
     return nuclei_sample()[0][0]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .block_geometry import Block, BlockPlan, Index, Span
+from napari_attention_unet.large_data.block_geometry import Block, BlockPlan, Index, Span
 
 __all__ = ["BlockLinks", "Stitcher", "Stitching", "local_labels", "stitch"]
 

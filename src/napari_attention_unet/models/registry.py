@@ -1,5 +1,8 @@
 """Where models are: bundled in the package, saved by the user, or any file.
 
+Bundled models live in this package folder (``models/``), each with a model card
+(``<name>.json`` or ``<name>.md``) beside it.
+
 Saved (fine-tuned) models live in the user's data directory (platformdirs), or in
 ``$NAPARI_ATTENTION_UNET_HOME/models`` when that variable is set (tests use it).
 """
@@ -8,18 +11,42 @@ from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from pathlib import Path
 
 from platformdirs import user_data_dir
 
-from .core.model import AttentionUNet
-from .core.weights import BUNDLED_DEFAULT, SUFFIX, ModelFileError, ModelInfo, bundled_models, load_model
+from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.weights import SUFFIX, ModelFileError, ModelInfo, load_model
 
-__all__ = ["ModelNotFoundError", "all_models", "resolve_model", "saved_models", "saved_models_dir"]
+BUNDLED_DEFAULT = "nuclei"
+
+__all__ = [
+    "BUNDLED_DEFAULT",
+    "ModelNotFoundError",
+    "bundled_dir",
+    "bundled_models",
+    "all_models",
+    "resolve_model",
+    "saved_models",
+    "saved_models_dir",
+]
 
 
 class ModelNotFoundError(LookupError):
     """No model of that name or path; the message lists what exists."""
+
+
+def bundled_dir() -> Path:
+    return Path(str(resources.files("napari_attention_unet") / "models"))
+
+
+def bundled_models() -> list[ModelInfo]:
+    """Models shipped inside the package."""
+    folder = bundled_dir()
+    if not folder.is_dir():
+        return []
+    return [ModelInfo(p.name[: -len(SUFFIX)], p, True) for p in sorted(folder.glob("*" + SUFFIX))]
 
 
 def home_dir() -> Path:

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import _registry
-from .core.data import ImageShapeError
-from .core.device import DEVICE_CHOICES, describe_device, pick_device
-from .core.model import AttentionUNet
-from .core.predict import Progress, predict, prepare_model
-from .core.train import StepReport, TrainConfig, Trainer, TrainResult
-from .core.weights import BUNDLED_DEFAULT, ModelFileError, ModelInfo
+from napari_attention_unet.core.device import DEVICE_CHOICES, describe_device, pick_device
+from napari_attention_unet.core.images import ImageShapeError
+from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.predict import Progress, predict, prepare_model
+from napari_attention_unet.core.train import StepReport, TrainConfig, Trainer, TrainResult
+from napari_attention_unet.core.weights import ModelFileError, ModelInfo
+from napari_attention_unet.models import registry as _registry
+from napari_attention_unet.models.registry import BUNDLED_DEFAULT
 
 __all__ = ["DEVICE_CHOICES", "PartPrediction", "Session", "explain_error", "missing_bundled_model_message"]
 

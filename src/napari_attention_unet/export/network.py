@@ -6,7 +6,7 @@ folded, returning plain tensors instead of ``(logits, {gate: alpha})``:
 - input ``image``: float32 ``(batch, channel, y, x)`` (``(batch, channel, z, y, x)`` for a
   3D model), ``in_channels`` channels (a grey image is repeated to fill them), each
   channel normalised per image with percentiles: ``(x - p1) / (p99.8 - p1)`` exactly as
-  :func:`napari_attention_unet.core.data.normalize` does; spatial sizes must be
+  :func:`napari_attention_unet.core.images.normalize` does; spatial sizes must be
   multiples of ``2 ** (depth - 1)`` (pad the image, e.g. by mirroring, to get there).
 - output ``probabilities``: softmax over the classes (``background``, ``interior``,
   ``boundary`` for the bundled model), same spatial size as the input.
@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import __version__
-from .core.model import AttentionUNet
+from napari_attention_unet import __version__
+from napari_attention_unet.core.model import AttentionUNet
 
 __all__ = [
     "FORMATS",
@@ -49,7 +49,7 @@ __all__ = [
 FORMATS = ("bioimageio", "onnx", "torchscript")
 CONTRACT_FORMAT = "napari-attention-unet-export/1"
 CONTRACT_KEY = "napari_attention_unet"  # ONNX metadata key and TorchScript extra file stem
-# The defaults of core.data.normalize (tests check that they stay equal).
+# The defaults of core.images.normalize (tests check that they stay equal).
 LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.8
 ONNX_OPSET = 18
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "bioimageio": ".zip"}
@@ -125,7 +125,7 @@ def input_contract(model: AttentionUNet, name: str, info: dict | None = None) ->
             },
         ],
         "instances": "not part of the export: the plugin splits the foreground 1 - p(background) into "
-        "objects by a seeded watershed (napari_attention_unet.core.data.probabilities_to_instances)",
+        "objects by a seeded watershed (napari_attention_unet.core.instances.probabilities_to_instances)",
     }
 
 
@@ -255,6 +255,6 @@ def export_model(
         return export_onnx(model, path, name, info)
     if fmt == "torchscript":
         return export_torchscript(model, path, name, info)
-    from ._bioimageio import export_bioimageio
+    from napari_attention_unet.export.bioimageio import export_bioimageio
 
     return export_bioimageio(model, path, name, info, **kwargs)

@@ -1,6 +1,6 @@
 """Prediction results -> napari layers: names, placement, colormaps; no Qt.
 
-:func:`result_layers` turns a :class:`~napari_attention_unet._session.PartPrediction`
+:func:`result_layers` turns a :class:`~napari_attention_unet.gui.session.PartPrediction`
 and the source layer's geometry into :class:`ResultLayer` objects (each one a napari
 layer data tuple plus where its block goes). :func:`apply_results` puts them into a
 layer list: it updates the plugin's own layers from an earlier run and never touches a
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     import napari.layers
     from napari.components import LayerList
 
-    from ._scratch import LazyOutputs
-    from ._session import PartPrediction
+    from napari_attention_unet.gui.scratch import LazyOutputs
+    from napari_attention_unet.gui.session import PartPrediction
 
 __all__ = [
     "MARKER",

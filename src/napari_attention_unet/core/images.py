@@ -1,0 +1,99 @@
+"""Images as the network sees them: axes, channels and intensity normalisation.
+
+Axes are named with the letters ``Z``, ``Y``, ``X`` and ``C`` (channel). Everything
+inside the package works on channel-first float32 arrays ``(C, [Z,] Y, X)``
+normalised with robust percentiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["ImageShapeError", "guess_axes", "match_channels", "normalize", "to_channel_first"]
+
+
+class ImageShapeError(ValueError):
+    """The image's shape or axes cannot be handled; the message says what would work."""
+
+
+def guess_axes(shape: tuple[int, ...], rgb: bool | None = None) -> str:
+    """Guess axes from a shape the way napari does: a last axis of 3 or 4 is colour.
+
+    ``rgb`` forces (True) or forbids (False) reading the last axis as colour.
+    """
+    ndim = len(shape)
+    colour_last = shape[-1] in (3, 4) if rgb is None else rgb
+    if ndim == 2:
+        return "YX"
+    if ndim == 3:
+        return "YXC" if colour_last else "ZYX"
+    if ndim == 4:
+        if colour_last:
+            return "ZYXC"
+        raise ImageShapeError(
+            f"cannot tell the axes of a 4D image of shape {shape}: give them, e.g. axes='CZYX' "
+            "for channels first, or pick one time point / channel"
+        )
+    raise ImageShapeError(
+        f"images with {ndim} dimensions (shape {shape}) are not supported: use 2D (YX, YXC) "
+        "or 3D (ZYX, ZYXC) data, e.g. one time point of a time series"
+    )
+
+
+def to_channel_first(image: np.ndarray, axes: str | None = None) -> tuple[np.ndarray, str]:
+    """Return ``(array with axes (C, [Z,] Y, X), spatial axes)``; no copy when possible."""
+    image = np.asarray(image)
+    axes = (axes or guess_axes(image.shape)).upper()
+    if len(axes) != image.ndim or len(set(axes)) != len(axes) or set(axes) - set("ZYXC"):
+        raise ImageShapeError(f"axes {axes!r} do not describe an image of shape {image.shape}")
+    if "Y" not in axes or "X" not in axes:
+        raise ImageShapeError(f"axes {axes!r} need both Y and X")
+    spatial = "".join(a for a in "ZYX" if a in axes)
+    order = ([axes.index("C")] if "C" in axes else []) + [axes.index(a) for a in spatial]
+    out = np.transpose(image, order)
+    if "C" not in axes:
+        out = out[np.newaxis]
+    return out, spatial
+
+
+def match_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
+    """Adapt a channel-first image to a network's input channels.
+
+    Greyscale is repeated for colour networks; RGB(A) is averaged for greyscale ones;
+    an alpha channel is dropped. Anything else is an error that says what to do.
+    """
+    n = image.shape[0]
+    if n == 4 and in_channels != 4:
+        image, n = image[:3], 3
+    if n == in_channels:
+        return image
+    if n == 1:
+        return np.repeat(image, in_channels, axis=0)
+    if n == 3 and in_channels == 1:
+        return image.mean(axis=0, keepdims=True, dtype=np.float32)
+    raise ImageShapeError(
+        f"the model takes {in_channels} channel(s) but the image has {n}: "
+        "pick one channel (or an RGB image) or use a model trained for these channels"
+    )
+
+
+def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000) -> np.ndarray:
+    """Per-channel percentile normalisation of a channel-first image to float32.
+
+    The percentiles are taken on an evenly strided subsample so that large images
+    cost little; constant channels become zeros instead of dividing by zero.
+    """
+    out = np.empty(image.shape, dtype=np.float32)
+    for c in range(image.shape[0]):
+        channel = image[c]
+        flat = channel.reshape(-1)
+        step = max(1, flat.size // max_samples)
+        lo, hi = np.percentile(flat[::step].astype(np.float32), [low, high])
+        scale = hi - lo
+        if not np.isfinite(scale) or scale <= 1e-12:
+            # Nothing to stretch: keep what the channel holds, centred.
+            out[c] = 0.0
+            continue
+        np.subtract(channel, lo, out=out[c], casting="unsafe")
+        out[c] *= np.float32(1.0 / scale)
+    return out
