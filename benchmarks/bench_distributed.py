@@ -33,15 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import batch_files  # noqa: E402
 
-from napari_attention_unet.large_data.distributed import (  # noqa: E402
-    PredictOptions,
-    dask_client,
-    model_spec,
-    predict_batch,
-    predict_file,
-    usable_cores,
-    worker_model,
-)
+from napari_attention_unet.core.predict import PredictOptions  # noqa: E402
+from napari_attention_unet.large_data.cluster import dask_client, usable_cores  # noqa: E402
+from napari_attention_unet.large_data.distributed import model_spec, predict_batch, predict_file, worker_model  # noqa: E402
 
 
 def warm_up(spec) -> None:

@@ -6,10 +6,10 @@ the working set) is measured alone:
 
 - ``reference``: ``predict()`` on the 2048x2048 DSB 2018 mosaic of ``bench_predict.py``
   (whole image in memory, instance labels and all gate maps; median of ``--repeats``).
-- ``blocks-memory``: ``core.blocks.predict_blocks`` on the 8192x8192 mosaic, outputs in
+- ``blocks-memory``: ``large_data.blocks.predict_blocks`` on the 8192x8192 mosaic, outputs in
   memory (labels int32, probability and the 4 gate maps float16).
 - ``blocks-zarr`` / ``blocks-tiff``: the same, outputs written straight to a zarr store
-  (``_io.create_zarr_sinks``) or to memory-mapped TIFFs (``_io.create_tiff_sinks``).
+  (``large_data.files.create_zarr_sinks``) or to memory-mapped TIFFs (``large_data.files.create_tiff_sinks``).
 - ``whole`` (``--whole``): ``predict()`` on the whole 8192x8192 image, for comparison.
 - ``batch``: ``attention-unet predict`` on ``--files`` DSB 2018 images (every kind and
   size, chosen by sorted id at even steps), as one command.

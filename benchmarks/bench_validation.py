@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import dsb2018_mosaic, median_seconds  # noqa: E402
 
-from napari_attention_unet.core import train as train_module  # noqa: E402
+import napari_attention_unet.core.train.validation as train_module  # noqa: E402
 from napari_attention_unet.core.augment import IGNORE  # noqa: E402
 from napari_attention_unet.core.train import VALIDATION_MARGIN, TrainConfig, Trainer  # noqa: E402
 

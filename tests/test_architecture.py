@@ -163,7 +163,11 @@ def test_the_checker_passes_a_well_built_package(tmp_path, toy):
 @pytest.mark.parametrize(
     ("path", "text", "complaint"),
     [
-        ("pkg/core/predict.py", "def f():\n    from pkg.gui import widget\n", "room 'core' may not import pkg.gui.widget"),
+        (
+            "pkg/core/predict.py",
+            "def f():\n    from pkg.gui import widget\n",
+            "room 'core' may not import pkg.gui.widget",
+        ),
         ("pkg/core/predict.py", "import zarr\n", "core may import numpy/torch/scipy/skimage/safetensors only"),
         ("pkg/export/onnx.py", "from qtpy.QtWidgets import QWidget\n", "only the gui room may import qtpy"),
         ("pkg/large_data/io.py", "from pkg.export import onnx\n", "room 'large_data' may not import pkg.export"),

@@ -221,7 +221,7 @@ def test_predict_block_is_picklable_and_runs_in_another_process(tiny_model, mosa
     plan = B.plan_blocks(mosaic.shape, block_size=BLOCK, halo=HALO)
     norm = B.global_normalization(mosaic, plan, tiny_model.config.in_channels)
     block = plan.block((1, 1))
-    options = B.BlockOptions(device="cpu")
+    options = B.PredictOptions()
     here = B.predict_block(mosaic, block, plan, model_file, norm, options)
     pickle.dumps(here.links)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:

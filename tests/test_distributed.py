@@ -15,18 +15,10 @@ import torch
 
 from napari_attention_unet import cli
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
-from napari_attention_unet.core.predict import predict, run_to_end
+from napari_attention_unet.core.predict import PredictOptions, predict, run_to_end
 from napari_attention_unet.core.weights import load_model, save_model
-from napari_attention_unet.large_data.distributed import (
-    PredictOptions,
-    dask_client,
-    local_cluster,
-    model_spec,
-    predict_batch,
-    result_paths,
-    usable_cores,
-    worker_model,
-)
+from napari_attention_unet.large_data.cluster import dask_client, local_cluster, usable_cores
+from napari_attention_unet.large_data.distributed import model_spec, predict_batch, result_paths, worker_model
 from napari_attention_unet.large_data.files import read_image
 from napari_attention_unet.models.registry import ModelNotFoundError
 
@@ -211,7 +203,7 @@ def mosaic_in_one_process(mosaic):
 
 
 def test_large_tiff_in_blocks_matches_one_process(client, mosaic, mosaic_in_one_process, tmp_path):
-    from napari_attention_unet.large_data.distributed import predict_large
+    from napari_attention_unet.large_data.distributed_blocks import predict_large
 
     spec = model_spec(None, "cpu")  # the bundled model: real objects to stitch across block faces
     model, _, _ = worker_model(spec)

@@ -21,12 +21,11 @@ from napari_attention_unet.core.images import match_channels, normalize, to_chan
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.weights import save_model
+from napari_attention_unet.export import ExportError, export_model
 from napari_attention_unet.export.network import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
     ExportedNetwork,
-    ExportError,
-    export_model,
     export_onnx,
     export_torchscript,
     sidecar_path,
@@ -333,7 +332,7 @@ def test_saved_fine_tuned_model_exports_with_its_info(model_home, tmp_path):
 
 def test_bundled_models_package_documentation_quotes_its_card(bundled):
     """The package README of the bundled model carries the held-out scores of its model card."""
-    from napari_attention_unet.export.bioimageio import _documentation
+    from napari_attention_unet.export.bioimageio_card import documentation as _documentation
     from napari_attention_unet.export.network import input_contract
     from napari_attention_unet.models.registry import bundled_dir
 

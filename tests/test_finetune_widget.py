@@ -7,6 +7,7 @@ import pytest
 
 from napari_attention_unet.gui import finetune_widget as _finetune_widget
 from napari_attention_unet.gui import layers as _layers
+from napari_attention_unet.gui import versions_widget as _versions_widget
 from napari_attention_unet.models import versions as _versions
 
 TIMEOUT_MS = 180_000
@@ -175,7 +176,7 @@ def test_rename_export_delete_from_the_widget(plugin_widget, tmp_path, monkeypat
 
     viewer, widget = plugin_widget
     errors = []
-    monkeypatch.setattr(_finetune_widget, "show_error", errors.append)
+    monkeypatch.setattr(_versions_widget, "show_error", errors.append)
     model, _ = load_model(widget.session.model_info.path)
     saved = _versions.save_version(model, "tiny", steps=3)
     widget._refresh.changed()  # the Refresh button

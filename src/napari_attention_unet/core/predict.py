@@ -1,19 +1,20 @@
-"""Tiled prediction as a generator.
+"""Tiled prediction of a whole image as a generator.
 
-``predict(model, image)`` yields :class:`Progress` after every batch of tiles and
-returns a :class:`Prediction` (instance labels, foreground probability and every
-attention gate's coefficients on the image grid). Scripts drive it with
-:func:`run_to_end`; the napari widget runs the same generator in a worker, and
-closing the generator (``gen.close()`` or ``worker.quit()``) stops the work before
-the next tile.
+``predict(model, image, options)`` yields :class:`Progress` after every batch of tiles and
+returns a :class:`Prediction` (instance labels, foreground probability and every attention
+gate's coefficients on the image grid). Scripts drive it with :func:`run_to_end`; the napari
+widget runs the same generator in a worker, and closing the generator (``gen.close()`` or
+``worker.quit()``) stops the work before the next tile.
+
+:class:`PredictOptions` is the one description of *how* to predict: the CLI, the dask
+workers, the block engine and the widget all build one and pass it on.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -23,23 +24,52 @@ from napari_attention_unet.core.device import autocast_dtype, pick_device
 from napari_attention_unet.core.images import ImageShapeError, match_channels, normalize, to_channel_first
 from napari_attention_unet.core.instances import probabilities_to_instances
 from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.progress import Progress, run_to_end
+from napari_attention_unet.core.tiling import Tiling, predict_tiles, tile_starts
 
-__all__ = ["Prediction", "Progress", "predict", "run_to_end", "tile_starts"]
-
-T = TypeVar("T")
+__all__ = ["PredictOptions", "Prediction", "Progress", "predict", "prepare_model", "run_to_end", "tile_starts"]
 
 
 @dataclass(frozen=True)
-class Progress:
-    """A progress report: ``done`` of ``total`` units of ``stage``."""
+class PredictOptions:
+    """How to predict; every field has a default that suits most images.
 
-    done: int
-    total: int
-    stage: str = "predicting"
+    ``axes`` names the image's axes (e.g. ``"YX"``, ``"YXC"``, ``"ZYX"``, ``"CZYX"``; guessed
+    as napari does when None). ``tile_size`` fixes the tile edge; by default tiles of up to
+    about 576 px (2D) or 96 px (3D) are fitted to the image. ``overlap`` and ``batch_size``
+    default to what suits the tile and the device. ``precision`` is auto, fp32, bf16 or fp16.
+    ``instances`` asks for instance labels (else a 0/1 mask); objects under ``min_size``
+    pixels are dropped. ``gates`` limits which gate maps are stitched (all when None, none
+    with ``()``). ``spacing`` is the pixel size per spatial axis (a 3D model sees anisotropic
+    volumes resampled to cubic voxels). ``keep_class_probabilities`` keeps every class's
+    probability in the result.
+    """
 
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
+    axes: str | None = None
+    tile_size: int | None = None
+    overlap: int | None = None
+    batch_size: int | None = None
+    precision: str = "auto"
+    instances: bool = True
+    gates: tuple[str, ...] | None = None
+    min_size: int = 16
+    spacing: tuple[float, ...] | None = None
+    keep_class_probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        # Lists from callers become tuples, so options stay hashable and picklable as values.
+        for name in ("gates", "spacing"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+
+    @classmethod
+    def of(cls, options: PredictOptions | None = None, **settings) -> PredictOptions:
+        """``options`` (or the defaults) with ``settings`` changed; unknown names are an error."""
+        unknown = set(settings) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown prediction setting(s) {sorted(unknown)}")
+        return replace(options or cls(), **settings)
 
 
 @dataclass
@@ -59,82 +89,9 @@ class Prediction:
     class_probabilities: np.ndarray | None = field(default=None, repr=False)
 
 
-def run_to_end(generator: Generator[object, None, T]) -> T:
-    """Drive a progress generator to its end and return its result."""
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
-
-
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets covering ``size`` with tiles of ``tile`` overlapping by at least ``overlap``."""
-    if size <= tile:
-        return [0]
-    stride = max(tile - overlap, 1)
-    n = math.ceil((size - tile) / stride) + 1
-    # Spread the tiles evenly so every seam gets about the same overlap.
-    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
-
-
-def _taper(tile: int, overlap: int) -> torch.Tensor:
-    """1-D blending weights: flat in the middle, a raised-cosine ramp over ``overlap`` at each end."""
-    w = torch.ones(tile)
-    ramp = min(overlap, tile // 2)
-    if ramp > 0:
-        t = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
-        edge = 0.5 - 0.5 * torch.cos(math.pi * t)
-        w[:ramp] = edge
-        w[tile - ramp :] = edge.flip(0)
-    return w.clamp_min(1e-3)
-
-
-def _blend_window(tile: Sequence[int], overlap: int) -> torch.Tensor:
-    window = torch.ones(())
-    for size in tile:
-        window = window[..., None] * _taper(size, overlap)
-    return window
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _fitted_tile(size: int, tile_size: int, overlap: int, multiple: int) -> int:
-    """The tile edge that covers ``size`` with the fewest pixels through the network.
-
-    Fixed 512 px tiles waste work when the image is a little larger than a whole
-    number of tiles (1024 px takes three 512 px tiles overlapping by 256, so 2.25x
-    the pixels). Candidate edges are multiples of ``multiple`` from ``tile_size / 2``
-    to ``tile_size * 9 / 8``; the one whose tiles add up to the least length wins
-    (fewer tiles on a tie: less per-call overhead).
-    """
-    whole = _round_up(size, multiple)
-    largest = (tile_size + tile_size // 8) // multiple * multiple
-    if whole <= largest:
-        return whole
-    best_cost, best_tile = None, tile_size
-    for tile in range(_round_up(max(tile_size // 2, overlap + multiple), multiple), largest + 1, multiple):
-        count = len(tile_starts(size, tile, overlap))
-        cost = (count * tile, count)
-        if best_cost is None or cost < best_cost:
-            best_cost, best_tile = cost, tile
-    return best_tile
-
-
-def _pad_to(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    pads = [(0, 0)] + [(0, s - n) for n, s in zip(x.shape[1:], shape)]
-    if not any(p[1] for p in pads):
-        return x
-    # Mirror where the image is big enough: zeros would look like a dark border.
-    mode = "reflect" if all(p[1] < n for p, n in zip(pads[1:], x.shape[1:])) else "symmetric"
-    return np.pad(x, pads, mode=mode)
-
-
-def _batches(items: list[T], size: int) -> Iterable[list[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def default_batch_size(device: torch.device, spatial_dims: int) -> int:
+    """Tiles per network call: one on the CPU (no gain from more), several on a GPU."""
+    return 1 if device.type == "cpu" else (8 if spatial_dims == 2 else 2)
 
 
 def prepare_model(model: AttentionUNet, device: torch.device) -> AttentionUNet:
@@ -148,39 +105,29 @@ def prepare_model(model: AttentionUNet, device: torch.device) -> AttentionUNet:
 def predict(
     model: AttentionUNet,
     image: np.ndarray,
+    options: PredictOptions | None = None,
     *,
-    axes: str | None = None,
     device: str | torch.device = "auto",
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    batch_size: int | None = None,
-    precision: str = "auto",
-    instances: bool = True,
-    gates: Sequence[str] | None = None,
-    min_size: int = 16,
-    keep_class_probabilities: bool = False,
     inference_model: AttentionUNet | None = None,
-    spacing: Sequence[float] | None = None,
+    **settings,
 ) -> Generator[Progress, None, Prediction]:
     """Predict ``image`` tile by tile; yields :class:`Progress`, returns :class:`Prediction`.
 
-    ``axes`` names the image's axes (e.g. ``"YX"``, ``"YXC"``, ``"ZYX"``, ``"CZYX"``);
-    by default they are guessed as napari does (a last axis of 3 or 4 is colour).
-    A 3D image goes through a 3D model in 3D tiles, or through a 2D model slice by
-    slice. ``gates`` limits which gate maps are stitched (all by default, none with
-    ``[]``). ``inference_model`` reuses a copy made by :func:`prepare_model`.
-    ``tile_size`` fixes the tile edge; by default (None) tiles of up to about 576 px
-    (2D) or 96 px (3D) are fitted to the image so that little work is spent on
-    overlaps, e.g. a 1024 px side takes two 544 px tiles rather than three of 512.
+    ``options`` says how (see :class:`PredictOptions`); keyword ``settings`` change single
+    fields of it, e.g. ``predict(model, image, axes="ZYX", gates=())``. A 3D image goes
+    through a 3D model in 3D tiles, or through a 2D model slice by slice. By default tiles
+    are fitted to the image so that little work is spent on overlaps, e.g. a 1024 px side
+    takes two 544 px tiles rather than three of 512. ``inference_model`` reuses a copy made
+    by :func:`prepare_model`.
 
-    ``spacing`` is the pixel size along each spatial axis (e.g. a napari layer's
-    ``scale``). A 3D model sees a volume whose z step is larger than its xy step
-    (the usual light-sheet or confocal stack) resampled to cubic voxels, as it would
-    have been trained; the outputs come back on the image's own grid.
+    With ``spacing`` (e.g. a napari layer's ``scale``), a 3D model sees a volume whose z step
+    is larger than its xy step (the usual light-sheet or confocal stack) resampled to cubic
+    voxels, as it would have been trained; the outputs come back on the image's own grid.
     """
+    options = PredictOptions.of(options, **settings)
     config = model.config
     dev = pick_device(device)
-    channels_first, spatial_axes = to_channel_first(image, axes)
+    channels_first, spatial_axes = to_channel_first(image, options.axes)
     if not np.issubdtype(channels_first.dtype, np.number) or np.issubdtype(channels_first.dtype, np.complexfloating):
         raise ImageShapeError(
             f"cannot predict on an image of dtype {channels_first.dtype}: use integer or float pixels"
@@ -192,20 +139,17 @@ def predict(
         raise ImageShapeError(
             f"a {config.spatial_dims}D model needs a {config.spatial_dims}D image; got axes {spatial_axes}"
         )
-    gate_names = list(config.gate_names if gates is None else gates)
+    gate_names = list(config.gate_names if options.gates is None else options.gates)
     unknown = set(gate_names) - set(config.gate_names)
     if unknown:
         raise ValueError(f"unknown gate(s) {sorted(unknown)}; this model has {list(config.gate_names)}")
 
     net = inference_model if inference_model is not None else prepare_model(model, dev)
-    amp = autocast_dtype(dev, precision)
-    fit_tiles = tile_size is None
-    if tile_size is None:
-        tile_size = 512 if config.spatial_dims == 2 else 96
-    if overlap is None:
-        overlap = max(tile_size // 8, 16)
-    if batch_size is None:
-        batch_size = 1 if dev.type == "cpu" else (8 if config.spatial_dims == 2 else 2)
+    amp = autocast_dtype(dev, options.precision)
+    fit_tiles = options.tile_size is None
+    tile_size = options.tile_size or (512 if config.spatial_dims == 2 else 96)
+    overlap = max(tile_size // 8, 16) if options.overlap is None else options.overlap
+    batch_size = options.batch_size or default_batch_size(dev, config.spatial_dims)
 
     if channels_first.shape[0] == 1:
         # Grey image: normalise its one channel; each tile repeats it for a colour network,
@@ -215,19 +159,19 @@ def predict(
         x = normalize(match_channels(channels_first, config.in_channels))
 
     original_shape = x.shape[1:]
-    zoom = _isotropic_zoom(spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None
+    zoom = _isotropic_zoom(options.spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None
     if zoom is not None:
         x = _resample(x, tuple(max(1, round(n * f)) for n, f in zip(original_shape, zoom)))
 
     # A 2D model on a Z stack: predict plane by plane, reporting progress over the whole stack.
     planes = [x[:, z] for z in range(x.shape[1])] if ndim > config.spatial_dims else [x]
     plane_shape = planes[0].shape[1:]
-    tiling = _Tiling(plane_shape, tile_size, overlap, config.size_multiple, fit=fit_tiles)
+    tiling = Tiling(plane_shape, tile_size, overlap, config.size_multiple, fit=fit_tiles)
     total = len(planes) * len(tiling.tiles) + 1
     done = 0
     results = []
     for plane in planes:
-        stitched = yield from _predict_plane(net, plane, tiling, dev, amp, batch_size, gate_names, done, total)
+        stitched = yield from predict_tiles(net, plane, tiling, dev, amp, batch_size, gate_names, done, total)
         done += len(tiling.tiles)
         results.append(stitched)
 
@@ -242,12 +186,12 @@ def predict(
         probs /= probs.sum(axis=0, keepdims=True)
         gate_maps = {name: _resample(g[np.newaxis], original_shape)[0] for name, g in gate_maps.items()}
     foreground = 1.0 - probs[0]
-    if not instances:
+    if not options.instances:
         labels = (foreground > 0.5).astype(np.uint8)
     elif len(planes) > 1:
-        labels = _instances_per_plane(probs, min_size)
+        labels = _instances_per_plane(probs, options.min_size)
     else:
-        labels = probabilities_to_instances(probs, min_size=min_size)
+        labels = probabilities_to_instances(probs, min_size=options.min_size)
     yield Progress(total, total, "done")
     return Prediction(
         labels=labels,
@@ -255,7 +199,7 @@ def predict(
         gate_maps=gate_maps,
         spatial_axes=spatial_axes,
         device=str(dev),
-        class_probabilities=probs if keep_class_probabilities else None,
+        class_probabilities=probs if options.keep_class_probabilities else None,
     )
 
 
@@ -290,68 +234,3 @@ def _instances_per_plane(probs: np.ndarray, min_size: int) -> np.ndarray:
         out[z] = np.where(plane > 0, plane + offset, 0)
         offset = max(offset, int(out[z].max()))
     return out
-
-
-class _Tiling:
-    """Tile grid over one (padded) plane or volume."""
-
-    def __init__(self, shape: Sequence[int], tile_size: int, overlap: int, multiple: int, fit: bool = False) -> None:
-        self.shape = tuple(shape)
-        if fit:
-            self.tile = tuple(_fitted_tile(n, tile_size, overlap, multiple) for n in shape)
-        else:
-            self.tile = tuple(_round_up(min(tile_size, n), multiple) for n in shape)
-        self.padded = tuple(max(n, t) for n, t in zip(shape, self.tile))
-        self.overlap = overlap
-        starts = [tile_starts(n, t, overlap) for n, t in zip(self.padded, self.tile)]
-        self.tiles = [tuple(s) for s in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape))]
-        self.window = _blend_window(self.tile, overlap)
-
-    def slices(self, start: Sequence[int]) -> tuple[slice, ...]:
-        return tuple(slice(s, s + t) for s, t in zip(start, self.tile))
-
-
-def _predict_plane(net, x, tiling: _Tiling, dev, amp, batch_size, gate_names, done, total):
-    """Stitch class probabilities and gate maps over one plane (generator)."""
-    x = _pad_to(x, tiling.padded)
-    n_classes, in_channels = net.config.out_channels, net.config.in_channels
-    probs = torch.zeros((n_classes, *tiling.padded))
-    gates = torch.zeros((len(gate_names), *tiling.padded))
-    weights = torch.zeros(tiling.padded)
-    window = tiling.window
-    mode = "bilinear" if net.config.spatial_dims == 2 else "trilinear"
-    channels_last = net.config.spatial_dims == 2
-    source = torch.from_numpy(x)
-    for batch in _batches(tiling.tiles, batch_size):
-        # Inference mode is thread-local: it must not stay on across the yield, where the
-        # thread runs other code (a worker's next job, or the caller's training loop).
-        with torch.inference_mode():
-            tiles = torch.stack([source[(slice(None), *tiling.slices(s))] for s in batch]).to(dev, non_blocking=True)
-            tiles = tiles.expand(-1, in_channels, *tiles.shape[2:])
-            tiles = tiles.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                logits, alphas = net(tiles)
-            tile_probs = torch.softmax(logits.float(), dim=1)
-            if gate_names:
-                tile_gates = torch.cat(
-                    [
-                        F.interpolate(alphas[g].float(), size=tiling.tile, mode=mode, align_corners=False)
-                        for g in gate_names
-                    ],
-                    dim=1,
-                )
-            tile_probs = tile_probs.cpu()
-            tile_gates = tile_gates.cpu() if gate_names else None
-            for i, start in enumerate(batch):
-                region = tiling.slices(start)
-                probs[(slice(None), *region)].addcmul_(tile_probs[i], window)
-                weights[region] += window
-                if gate_names:
-                    gates[(slice(None), *region)].addcmul_(tile_gates[i], window)
-        done += len(batch)
-        yield Progress(done, total)
-    crop = tuple(slice(0, n) for n in tiling.shape)
-    norm = weights[crop]
-    out_probs = (probs[(slice(None), *crop)] / norm).numpy()
-    out_gates = {name: (gates[(i, *crop)] / norm).clamp_(0, 1).numpy() for i, name in enumerate(gate_names)}
-    return out_probs, out_gates

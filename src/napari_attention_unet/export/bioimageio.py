@@ -1,9 +1,9 @@
 """A BioImage Model Zoo package (bioimage.io spec 0.5) of a model, for ilastik, deepImageJ and others.
 
-The zip holds ``rdf.yaml``, TorchScript and ONNX weights of :class:`~._export.ExportedNetwork`,
+The zip holds ``rdf.yaml``, TorchScript and ONNX weights of :class:`~.network.ExportedNetwork`,
 a test input and the expected outputs computed from a real image, a cover, documentation
 and the license. The percentile normalisation is stated as ``scale_range`` preprocessing
-(same percentiles as :func:`~.core.images.normalize`), so tools feed the raw image.
+(same percentiles as :func:`~napari_attention_unet.core.images.normalize`), so tools feed the raw image.
 ``pytorch_state_dict`` weights are not included: they would need this package's code.
 """
 
@@ -15,6 +15,7 @@ import re
 import tempfile
 import zipfile
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,14 @@ import torch
 from napari_attention_unet import __version__
 from napari_attention_unet.core.images import ImageShapeError, match_channels, normalize, to_channel_first
 from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.export.bioimageio_card import (
+    AUTHORS,
+    CITATIONS,
+    CONTRACT_FILE,
+    LICENSE_TEXT,
+    cover_image,
+    documentation,
+)
 from napari_attention_unet.export.network import (
     HIGH_PERCENTILE,
     INPUT_NAME,
@@ -39,57 +48,16 @@ from napari_attention_unet.export.network import (
 __all__ = ["FORMAT_VERSION", "export_bioimageio", "reference_tensors", "validate_package"]
 
 FORMAT_VERSION = "0.5.4"
-AUTHORS = [{"name": "napari-attention-unet developers"}]
-CITATIONS = [
-    {
-        "text": "Oktay O. et al. Attention U-Net: Learning Where to Look for the Pancreas. MIDL 2018.",
-        "doi": "10.48550/arXiv.1804.03999",
-    },
-    {
-        "text": "Caicedo J.C. et al. Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. "
-        "Nature Methods 16, 1247-1253 (2019). (training data of the bundled model, CC0)",
-        "doi": "10.1038/s41592-019-0612-7",
-    },
-]
-LICENSE_TEXT = """BSD 3-Clause License
-
-Copyright (c) 2026, napari-attention-unet developers
-All rights reserved.
-
-Redistribution and use in source and binary forms, with or without
-modification, are permitted provided that the following conditions are met:
-
-1. Redistributions of source code must retain the above copyright notice, this
-   list of conditions and the following disclaimer.
-
-2. Redistributions in binary form must reproduce the above copyright notice,
-   this list of conditions and the following disclaimer in the documentation
-   and/or other materials provided with the distribution.
-
-3. Neither the name of the copyright holder nor the names of its
-   contributors may be used to endorse or promote products derived from
-   this software without specific prior written permission.
-
-THIS SOFTWARE IS PROVIDED BY THE COPYRIGHT HOLDERS AND CONTRIBUTORS "AS IS"
-AND ANY EXPRESS OR IMPLIED WARRANTIES, INCLUDING, BUT NOT LIMITED TO, THE
-IMPLIED WARRANTIES OF MERCHANTABILITY AND FITNESS FOR A PARTICULAR PURPOSE ARE
-DISCLAIMED. IN NO EVENT SHALL THE COPYRIGHT HOLDER OR CONTRIBUTORS BE LIABLE
-FOR ANY DIRECT, INDIRECT, INCIDENTAL, SPECIAL, EXEMPLARY, OR CONSEQUENTIAL
-DAMAGES (INCLUDING, BUT NOT LIMITED TO, PROCUREMENT OF SUBSTITUTE GOODS OR
-SERVICES; LOSS OF USE, DATA, OR PROFITS; OR BUSINESS INTERRUPTION) HOWEVER
-CAUSED AND ON ANY THEORY OF LIABILITY, WHETHER IN CONTRACT, STRICT LIABILITY,
-OR TORT (INCLUDING NEGLIGENCE OR OTHERWISE) ARISING IN ANY WAY OUT OF THE USE
-OF THIS SOFTWARE, EVEN IF ADVISED OF THE POSSIBILITY OF SUCH DAMAGE.
-"""
-# Gate map colours for the cover: anchors of matplotlib's magma, the plugin's colormap for gates.
-_MAGMA = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], dtype=np.float32)
 _MAX_TEST_SIDE = 512
 
 
 def _default_test_image() -> np.ndarray:
-    from napari_attention_unet.gui.sample_data import nuclei_sample
+    """The plugin's fluorescent nuclei sample (grey, 256 x 256, CC0), read from the package data."""
+    import tifffile
 
-    return nuclei_sample()[0][0]
+    source = resources.files("napari_attention_unet") / "sample_data" / "nuclei_fluorescence.tif"
+    with resources.as_file(source) as path:
+        return np.asarray(tifffile.imread(path))
 
 
 def reference_tensors(
@@ -121,20 +89,6 @@ def reference_tensors(
     return raw, {name: out.numpy() for name, out in zip(OUTPUT_NAMES, outputs)}
 
 
-def _cover(raw: np.ndarray, attention: np.ndarray) -> np.ndarray:
-    """Input (left) and the finest attention map in magma (right), 1:2 as bioimage.io suggests.
-
-    The map is stretched between its 1st and 99.8th percentiles so that its structure shows.
-    """
-    shown = np.clip(normalize(raw[0]), 0, 1)
-    shown = np.repeat(shown, 3, axis=0) if shown.shape[0] != 3 else shown
-    left = np.moveaxis(shown, 0, -1) * 255
-    steps = np.linspace(0, 1, len(_MAGMA))
-    gate = np.clip(normalize(attention[0, :1])[0], 0, 1)
-    right = np.stack([np.interp(gate, steps, _MAGMA[:, c]) for c in range(3)], axis=-1)
-    return np.concatenate([left, right], axis=1).round().astype(np.uint8)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -142,85 +96,6 @@ def _sha256(path: Path) -> str:
 def _safe_name(name: str) -> str:
     # bioimage.io names take letters, digits, spaces, '_', '-', '(' and ')'.
     return re.sub(r"[^A-Za-z0-9 _()-]+", "-", f"Attention U-Net {name}").strip("-")[:128]
-
-
-def _validation_text(info: dict, card: dict | None) -> str:
-    """Scores known for the model: the bundled model's card, or what fine-tuning stored."""
-    lines = []
-    scores = (card or {}).get("validation_scores", {})
-    if scores:
-        lines.append(f"Held-out images ({scores.get('split', 'see the model card')}); {scores.get('metric', '')}:")
-        lines.append("")
-        lines.append("| images | n | AP@0.5 | foreground Dice |")
-        lines.append("|---|---|---|---|")
-        groups = {"all": scores.get("overall", {}), **scores.get("per_kind", {})}
-        for group, result in groups.items():
-            model_scores = result.get("model", {})
-            if model_scores:
-                lines.append(
-                    f"| {group} | {model_scores.get('n')} | {model_scores.get('ap50')} | {model_scores.get('dice')} |"
-                )
-        lines.append("")
-    stored = {k: v for k, v in info.items() if any(word in k for word in ("val", "dice", "score", "ap50"))}
-    if stored:
-        lines.append("Stored with the model: " + ", ".join(f"{k} = {v}" for k, v in stored.items()) + ".")
-        lines.append("")
-    if not lines:
-        lines.append("No validation scores were stored with this model.")
-        lines.append("")
-    lines.append(
-        "The package's test input is a real image; its expected outputs were computed by the PyTorch "
-        "network, and both weight formats reproduce them (`bioimageio test`)."
-    )
-    return "\n".join(lines)
-
-
-def _documentation(name: str, contract: dict, info: dict, card: dict | None) -> str:
-    config = contract["architecture"]
-    details = "\n".join(f"- {key}: {value}" for key, value in info.items()) or "- (no details stored with the model)"
-    return f"""# Attention U-Net `{name}` (napari-attention-unet)
-
-An Attention U-Net (Oktay et al., 2018) exported by the napari plugin napari-attention-unet
-{__version__} (`attention-unet export`).
-{config["depth"]} levels, base width {config["base_width"]}, {config["in_channels"]} input channels,
-classes {", ".join(config["classes"])}.
-
-## Input
-
-`{INPUT_NAME}`: axes (batch, channel, y, x), {config["in_channels"]} channel(s); a grey image is
-repeated to fill the channels. Each channel is normalised per image with percentiles
-{LOW_PERCENTILE} and {HIGH_PERCENTILE} (`scale_range` preprocessing in `rdf.yaml`):
-`(x - p{LOW_PERCENTILE:g}) / (p{HIGH_PERCENTILE:g} - p{LOW_PERCENTILE:g})`. The percentiles should come from
-the whole image, not from each tile.
-Height and width must be multiples of {contract["input"]["spatial_size_multiple"]}.
-
-## Outputs
-
-- `{OUTPUT_NAMES[0]}`: softmax over the classes ({", ".join(config["classes"])}), same size as the input.
-- `{OUTPUT_NAMES[1]}`: the coefficients of each attention gate (gate1 finest first) in [0, 1],
-  resampled to the input grid: where the network passed image detail on.
-
-Instance masks are not part of the model: the plugin splits the foreground
-(1 - p(background) > 0.5) into objects by a seeded watershed seeded in the interior class.
-
-## Model
-
-{details}
-
-## Validation
-
-{_validation_text(info, card)}
-
-## Data and license
-
-The plugin's bundled `nuclei` model, the starting point of its fine-tuned models, was trained on
-the 2018 Data Science Bowl images (BBBC038v1, CC0; Caicedo et al., Nature Methods 2019).
-Weights and code: BSD-3-Clause (see LICENSE).
-The full input/output contract is in `{CONTRACT_FILE}`.
-"""
-
-
-CONTRACT_FILE = "napari_attention_unet_export.json"
 
 
 def _axes(channel_names: list[str], size: dict) -> list[dict]:
@@ -355,10 +230,10 @@ def export_bioimageio(
             # The sample is the same tensor as an image file, for people and viewers (C, Y, X).
             files[f"sample_{tensor_id}"] = folder / f"sample_{kind}_{tensor_id}.tif"
             tifffile.imwrite(files[f"sample_{tensor_id}"], array[0], compression="zlib")
-        files["documentation"].write_text(_documentation(name, contract, info, card))
+        files["documentation"].write_text(documentation(name, contract, info, card))
         files["license"].write_text(LICENSE_TEXT)
         files["contract"].write_text(json.dumps(contract, indent=1))
-        imsave(files["cover"], _cover(raw, expected[OUTPUT_NAMES[1]]), check_contrast=False)
+        imsave(files["cover"], cover_image(raw, expected[OUTPUT_NAMES[1]]), check_contrast=False)
         rdf = _rdf(model, name, info, files, contract)
         if model_card:
             files["card"] = folder / Path(model_card).name

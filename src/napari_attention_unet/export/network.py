@@ -1,4 +1,7 @@
-"""Export a model for tools outside this plugin: ONNX, TorchScript and BioImage Model Zoo.
+"""The network exported for tools outside this plugin, its input contract, and the ONNX and TorchScript writers.
+
+The BioImage Model Zoo package (:mod:`.bioimageio`) carries both weight files;
+:func:`~.formats.export_model` picks the format.
 
 The exported network is :class:`ExportedNetwork`: the Attention U-Net with batch norm
 folded, returning plain tensors instead of ``(logits, {gate: alpha})``:
@@ -36,23 +39,19 @@ from napari_attention_unet import __version__
 from napari_attention_unet.core.model import AttentionUNet
 
 __all__ = [
-    "FORMATS",
     "ExportError",
     "ExportedNetwork",
-    "export_model",
     "export_onnx",
     "export_torchscript",
     "input_contract",
     "sidecar_path",
 ]
 
-FORMATS = ("bioimageio", "onnx", "torchscript")
 CONTRACT_FORMAT = "napari-attention-unet-export/1"
 CONTRACT_KEY = "napari_attention_unet"  # ONNX metadata key and TorchScript extra file stem
 # The defaults of core.images.normalize (tests check that they stay equal).
 LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.8
 ONNX_OPSET = 18
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "bioimageio": ".zip"}
 INPUT_NAME, OUTPUT_NAMES = "image", ("probabilities", "attention")
 
 
@@ -228,33 +227,3 @@ def export_onnx(model: AttentionUNet, path: str | Path, name: str, info: dict | 
     program.save(str(path), external_data=False)
     sidecar_path(path).write_text(json.dumps(contract, indent=1))
     return path
-
-
-def output_path(out: str | Path, fmt: str, name: str) -> Path:
-    """Where to write: ``out`` with the format's suffix (``.onnx``, ``.pt``, ``.zip``) added when it
-    has another one, or ``out/<name><suffix>`` when ``out`` is an existing folder."""
-    out = Path(out)
-    suffix = SUFFIXES[fmt]
-    if out.is_dir():
-        return out / f"{name}{suffix}"
-    if fmt == "torchscript" and out.suffix in (".pt", ".pth", ".torchscript"):
-        return out
-    return out if out.suffix == suffix else out.with_name(out.name + suffix)
-
-
-def export_model(
-    model: AttentionUNet, fmt: str, out: str | Path, name: str, info: dict | None = None, **kwargs
-) -> Path:
-    """Export ``model`` as ``fmt`` (one of :data:`FORMATS`) to ``out``; returns the path written."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    path = output_path(out, fmt, name)
-    if path.is_dir():
-        raise ExportError(f"{path} is a folder; give a file name for the export")
-    if fmt == "onnx":
-        return export_onnx(model, path, name, info)
-    if fmt == "torchscript":
-        return export_torchscript(model, path, name, info)
-    from napari_attention_unet.export.bioimageio import export_bioimageio
-
-    return export_bioimageio(model, path, name, info, **kwargs)

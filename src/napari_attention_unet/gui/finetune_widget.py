@@ -6,6 +6,7 @@ pixels they painted), a time budget, and presses Fine-tune. Training is
 Cancel closes it. When it ends, the trainer's result is checked on the main thread: an
 accepted model becomes the session's model and is saved as a new version (see
 ``_versions``); a refused one leaves everything as it was. The user's layers are only read.
+Which pixels were painted, or lie inside the shapes, comes from ``gui.edits``.
 """
 
 from __future__ import annotations
@@ -17,19 +18,16 @@ import numpy as np
 from magicgui.widgets import (
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     Label,
-    LineEdit,
     ProgressBar,
     PushButton,
     create_widget,
 )
-from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_attention_unet.gui import layers as _layers
+from napari_attention_unet.gui.edits import EditTracker, edited_from_prediction, shapes_mask
 from napari_attention_unet.gui.plot import TrainingPlot
 from napari_attention_unet.gui.session import Session, explain_error
 from napari_attention_unet.models import versions as _versions
@@ -41,68 +39,10 @@ if TYPE_CHECKING:
     from napari_attention_unet.core.train import StepReport, TrainResult
     from napari_attention_unet.core.weights import ModelInfo
 
-__all__ = ["EditTracker", "FinetuneWidget", "VersionsWidget"]
+__all__ = ["FinetuneWidget"]
 
 WHOLE_IMAGE, ONLY_EDITED, IN_SHAPES = "whole image", "only what I edited", "inside the shapes"
 PROGRESS_STEPS = 1000
-
-
-class EditTracker:
-    """Which pixels the user painted on each Labels layer, from ``Labels.events.paint``; no Qt.
-
-    Keeps one boolean mask per layer (by ``unique_id``), the union of every stroke, fill
-    and polygon since the layer was added (or since :meth:`forget`).
-    """
-
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        self._masks: dict[str, np.ndarray] = {}
-        for layer in viewer.layers:
-            self._watch(layer)
-        viewer.layers.events.inserted.connect(lambda event: self._watch(event.value))
-
-    def _watch(self, layer) -> None:
-        if isinstance(layer, Labels):
-            layer.events.paint.connect(self._on_paint)
-
-    def _on_paint(self, event) -> None:
-        layer = event.source
-        mask = self._masks.get(str(layer.unique_id))
-        if mask is None or mask.shape != tuple(layer.data.shape):
-            mask = self._masks[str(layer.unique_id)] = np.zeros(layer.data.shape, dtype=bool)
-        for atom in event.value:
-            if hasattr(atom, "slice_key"):  # napari's masked paint atom (paint, fill, polygon)
-                if atom.mask is None:
-                    mask[atom.slice_key] = True
-                else:
-                    mask[atom.slice_key] |= atom.mask
-            else:  # (indices, old values, new values)
-                mask[atom[0]] = True
-
-    def edited_mask(self, layer) -> np.ndarray | None:
-        """The pixels painted on ``layer``, or None when no painting was recorded."""
-        mask = self._masks.get(str(layer.unique_id))
-        return mask if mask is not None and mask.any() else None
-
-    def forget(self, layer) -> None:
-        self._masks.pop(str(layer.unique_id), None)
-
-
-def edited_from_prediction(layers, corrected, image) -> np.ndarray | None:
-    """Fallback when no paint was recorded: where ``corrected`` differs from our untouched masks of ``image``."""
-    source = str(image.unique_id)
-    for layer in reversed(list(layers)):
-        info = layer.metadata.get(_layers.MARKER)
-        if (
-            layer is not corrected
-            and isinstance(info, dict)
-            and info.get("role") == "masks"
-            and info.get("source") == source
-            and not _layers.is_user_modified(layer)
-            and tuple(layer.data.shape) == tuple(corrected.data.shape)
-        ):
-            changed = (np.asarray(layer.data) > 0) != (np.asarray(corrected.data) > 0)
-            return changed if changed.any() else None
-    return None
 
 
 class FinetuneWidget(Container):
@@ -333,79 +273,6 @@ class FinetuneWidget(Container):
         if running:
             self._progress.value = 0
             self.plot.clear()
-
-
-class VersionsWidget(Container):
-    """Rename, export or delete the model in use; ``on_models_changed(name)`` refreshes the picker."""
-
-    def __init__(self, session: Session, on_models_changed: Callable[[str | None], None]) -> None:
-        self._session = session
-        self._on_models_changed = on_models_changed
-        self._new_name = LineEdit(label="new name", value="")
-        self._rename = PushButton(text="Rename model")
-        self._export_path = FileEdit(label="export to", mode="w", filter="*.safetensors", value="")
-        self._export = PushButton(text="Export model")
-        self._delete = PushButton(text="Delete model")
-        super().__init__(widgets=[self._new_name, self._rename, self._export_path, self._export, self._delete])
-        self._rename.changed.connect(self._on_rename)
-        self._export.changed.connect(self._on_export)
-        self._delete.changed.connect(self._on_delete)
-
-    def rename(self, new_name: str) -> None:
-        self._new_name.value = new_name
-        self._on_rename()
-
-    def export(self, path) -> None:
-        self._export_path.value = path
-        self._on_export()
-
-    def _saved_name(self) -> str | None:
-        """The current model's name if it is one of the user's saved models, else None (and a message)."""
-        info = self._session.model_info
-        if info is None or info.name not in {m.name for m in _versions.list_versions()} or info.bundled:
-            show_error("Only saved models (fine-tuned or imported) can be renamed or deleted.")
-            return None
-        return info.name
-
-    def _on_rename(self) -> None:
-        name = self._saved_name()
-        if name is None or not self._new_name.value.strip():
-            return
-        try:
-            renamed = _versions.rename_version(name, self._new_name.value)
-        except (ValueError, OSError) as exc:
-            show_error(str(exc))
-            return
-        self._new_name.value = ""
-        self._on_models_changed(renamed.name)
-
-    def _on_export(self) -> None:
-        info = self._session.model_info
-        path = str(self._export_path.value or "")
-        if info is None or not path or path == ".":
-            show_error("Choose a file to export the model to.")
-            return
-        try:
-            written = _versions.export_version(info.path, path)
-        except (LookupError, OSError) as exc:
-            show_error(str(exc))
-            return
-        show_info(f"Model '{info.name}' exported to {written}.")
-
-    def _on_delete(self) -> None:
-        name = self._saved_name()
-        if name is None:
-            return
-        _versions.delete_version(name)
-        self._on_models_changed(None)
-
-
-def shapes_mask(shapes, shape: tuple[int, ...]) -> np.ndarray | None:
-    """Pixels inside any shape of a Shapes layer (drawn in the labels' data coordinates), or None."""
-    if shapes is None or len(shapes.data) == 0:
-        return None
-    inside = np.asarray(shapes.to_masks(mask_shape=shape)).any(axis=0)
-    return inside if inside.any() else None
 
 
 def _explain(exc: BaseException) -> str:

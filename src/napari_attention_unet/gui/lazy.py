@@ -1,16 +1,16 @@
 """Large and lazy images in the viewer: block by block into zarr, the region on screen first.
 
 An Image layer backed by dask or zarr (any data that is not a numpy array), a multiscale
-(pyramid) layer, or an in-memory image with planes over :data:`~._io.LARGE_PIXELS` is never
-read whole. Its full-resolution level is cut into blocks (:mod:`.core.blocks`); the blocks
+(pyramid) layer, or an in-memory image with planes over ``large_data.files.LARGE_PIXELS`` is never
+read whole. Its full-resolution level is cut into blocks (``large_data.blocks``); the blocks
 on screen go first, nearest the centre of the view first, then the others by distance.
-Every block is written into zarr arrays (:mod:`._scratch`) as soon as it is done; the widget
+Every block is written into zarr arrays (:mod:`.scratch`) as soon as it is done; the widget
 creates the result layers on those arrays before the run starts and refreshes them on the
 main thread whenever :meth:`LazyRun.steps` yields a :class:`BlockProgress` with ``refresh``.
 
 While blocks arrive, an object cut by a block edge carries one id per block; once the
 blocks of a plane are all done (or the run is cancelled) they are stitched
-(:class:`~.core.stitching.Stitcher`) and every block is relabelled, so that each object has
+(:class:`~napari_attention_unet.large_data.stitching.Stitcher`) and every block is relabelled, so that each object has
 one id, the same ids the in-memory block engine gives. Cancel (:meth:`LazyRun.cancel`)
 stops within one tile and keeps, and stitches, the blocks already done.
 
@@ -28,15 +28,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_attention_unet.core.images import ImageShapeError
-from napari_attention_unet.core.predict import Progress
+from napari_attention_unet.core.predict import PredictOptions, Progress
 from napari_attention_unet.gui.session import PROGRESS_STEPS
 from napari_attention_unet.large_data.block_geometry import Block, BlockPlan, plan_blocks
-from napari_attention_unet.large_data.blocks import (
-    BlockOptions,
-    Normalization,
-    global_normalization,
-    predict_block_steps,
-)
+from napari_attention_unet.large_data.blocks import Normalization, global_normalization, predict_block_steps
 from napari_attention_unet.large_data.files import LARGE_PIXELS
 from napari_attention_unet.large_data.stitching import Stitcher
 
@@ -213,11 +208,10 @@ class LazyRun:
         *,
         planes: Sequence[tuple[int, ...]] = ((),),
         view: Box | None = None,
-        tile_size: int | None = None,
-        instances: bool = True,
-        gates: Sequence[str] | None = None,
+        options: PredictOptions | None = None,
         block_size: int = LAZY_BLOCK_SIZE,
         halo: int = HALO,
+        **settings,
     ) -> None:
         model = session.model
         if model is None or model.config.spatial_dims != 2:
@@ -227,13 +221,14 @@ class LazyRun:
         plane_shape = image.levels[0].shape[len(image.leading_shape) :]
         self.plan = plan_blocks(plane_shape, image.axes, block_size=block_size, halo=halo)
         self.order = view_first(self.plan, view)
-        self.gate_names = tuple(model.config.gate_names if gates is None else gates)
-        self.instances = instances
-        self.options = BlockOptions(
-            self.gate_names, instances, None, tile_size, None, None, "auto", str(session.device)
-        )
+        options = PredictOptions.of(options, **settings)
+        self.gate_names = tuple(model.config.gate_names if options.gates is None else options.gates)
+        self.instances = options.instances
+        self.options = PredictOptions.of(options, gates=self.gate_names)
         self.model_name = session.model_info.name if session.model_info else "model"
-        self.outputs: LazyOutputs = stores.create(image.spatial_shape, block_size, self.gate_names, instances=instances)
+        self.outputs: LazyOutputs = stores.create(
+            image.spatial_shape, block_size, self.gate_names, instances=self.instances
+        )
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -258,11 +253,11 @@ class LazyRun:
     def steps(self) -> Generator[BlockProgress, None, LazyOutcome]:
         """Predict the planes block by block; yields :class:`BlockProgress`, returns :class:`LazyOutcome`."""
         net = self.session.inference_model()
-        model = self.session.model
+        model, device = self.session.model, self.session.device
         tiles = dict(
             zip(
                 (b.index for b in self.plan.blocks),
-                self.plan.tiles_per_block(self.options.tile_size, None, model.config.size_multiple),
+                self.plan.tiles_per_block(self.options.tile_size, self.options.overlap, model.config.size_multiple),
             )
         )
         per_plane = 1 + sum(tiles.values()) + (len(self.order) if self.instances else 0)
@@ -283,7 +278,7 @@ class LazyRun:
             stitcher, offsets, next_id = Stitcher(self.plan), {}, first_id
             for block in self.order:
                 steps = predict_block_steps(
-                    source, block, self.plan, model, normalization, self.options, inference_model=net
+                    source, block, self.plan, model, normalization, self.options, device=device, inference_model=net
                 )
                 result = None
                 while not self.cancelled:

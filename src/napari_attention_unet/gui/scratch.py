@@ -1,6 +1,6 @@
 """Zarr stores on disk for results predicted block by block in the viewer, and their cleanup.
 
-The masks and attention maps of a large or lazy image (see :mod:`._lazy`) are written into a
+The masks and attention maps of a large or lazy image (see :mod:`.lazy`) are written into a
 zarr store rather than into memory, and the result layers read from it. Each Predict run
 gets one store, ``<pid>-<id>.zarr`` in the plugin's cache folder
 (``$NAPARI_ATTENTION_UNET_HOME/scratch`` when that is set). A store is deleted as soon as

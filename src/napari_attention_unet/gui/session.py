@@ -17,7 +17,7 @@ import torch
 from napari_attention_unet.core.device import DEVICE_CHOICES, describe_device, pick_device
 from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.model import AttentionUNet
-from napari_attention_unet.core.predict import Progress, predict, prepare_model
+from napari_attention_unet.core.predict import PredictOptions, Progress, predict, prepare_model
 from napari_attention_unet.core.train import StepReport, TrainConfig, Trainer, TrainResult
 from napari_attention_unet.core.weights import ModelFileError, ModelInfo
 from napari_attention_unet.models import registry as _registry
@@ -126,13 +126,11 @@ class Session:
     def predict(
         self,
         image: np.ndarray,
+        options: PredictOptions | None = None,
         *,
         rgb: bool = False,
-        tile_size: int | None = None,
-        instances: bool = True,
-        gates: Sequence[str] | None = None,
         index: Sequence[int] | None = None,
-        spacing: Sequence[float] | None = None,
+        **settings,
     ) -> Generator[Progress, None, PartPrediction]:
         """Predict a whole image or one block of it; yields :class:`Progress`, returns :class:`PartPrediction`.
 
@@ -140,9 +138,12 @@ class Session:
         The model predicts blocks of its own dimensionality (YX planes for a 2D model,
         ZYX volumes for a 3D one); leading axes (Z for a 2D model, time, ...) are looped
         over. ``index`` picks one block by its leading indices (the current slice);
-        ``None`` predicts them all. ``spacing`` (the layer's ``scale``) lets a 3D model
-        see anisotropic volumes with cubic voxels.
+        ``None`` predicts them all. ``options`` (or single ``settings``, e.g. ``tile_size=256``)
+        say how; their ``spacing`` (the layer's ``scale``) lets a 3D model see anisotropic
+        volumes with cubic voxels, and their ``axes`` are set here from the model and ``rgb``.
         """
+        options = PredictOptions.of(options, **settings)
+        instances = options.instances
         if self.model is None:
             raise _registry.ModelNotFoundError(missing_bundled_model_message())
         block_dims = self.spatial_dims
@@ -157,26 +158,19 @@ class Session:
             blocks, part_shape = [index], spatial_shape[len(leading) :]
         else:
             blocks, part_shape = list(np.ndindex(*leading)), spatial_shape
-        gate_names = list(self.gate_names if gates is None else gates)
+        gate_names = list(self.gate_names if options.gates is None else options.gates)
         net = self.inference_model()
-        axes = "ZYX"[-block_dims:] + ("C" if rgb else "")
+        spacing = None if options.spacing is None else tuple(options.spacing)[-block_dims:]
+        options = PredictOptions.of(
+            options, axes="ZYX"[-block_dims:] + ("C" if rgb else ""), gates=tuple(gate_names), spacing=spacing
+        )
 
         labels = np.zeros(part_shape, dtype=np.int32)
         gate_maps = {name: np.zeros(part_shape, dtype=np.float32) for name in gate_names}
         offset = 0
         for k, block in enumerate(blocks):
             result = yield from _scaled(
-                predict(
-                    self.model,
-                    np.asarray(image[block]),
-                    axes=axes,
-                    device=self.device,
-                    tile_size=tile_size,
-                    instances=instances,
-                    gates=gate_names,
-                    inference_model=net,
-                    spacing=None if spacing is None else tuple(spacing)[-block_dims:],
-                ),
+                predict(self.model, np.asarray(image[block]), options, device=self.device, inference_model=net),
                 k,
                 len(blocks),
             )

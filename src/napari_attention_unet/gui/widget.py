@@ -3,12 +3,11 @@
 Controls only: the model lives in the session, compute in ``core.predict`` (run in a
 napari worker), and the results are turned into layers by ``_layers`` on the main thread.
 Large and lazy images (dask, zarr, pyramids) go block by block through ``_lazy``, into
-layers on zarr stores (``_scratch``) that are refreshed as blocks arrive.
+layers on zarr stores (``_scratch``) that ``gui.block_prediction`` refreshes as blocks arrive.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,10 +26,11 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_attention_unet.core.predict import PredictOptions
 from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
-from napari_attention_unet.gui.finetune_widget import FinetuneWidget, VersionsWidget
-from napari_attention_unet.gui.scratch import ScratchStores
+from napari_attention_unet.gui.block_prediction import BlockPrediction, outcome_message
+from napari_attention_unet.gui.finetune_widget import FinetuneWidget
 from napari_attention_unet.gui.session import (
     DEVICE_CHOICES,
     PROGRESS_STEPS,
@@ -38,6 +38,7 @@ from napari_attention_unet.gui.session import (
     explain_error,
     missing_bundled_model_message,
 )
+from napari_attention_unet.gui.versions_widget import VersionsWidget
 
 if TYPE_CHECKING:
     import napari
@@ -51,9 +52,6 @@ NO_MODEL = "(no model found)"
 # None = auto: the core fits the tiles to the image.
 TILE_CHOICES = [("auto", None)] + [(str(n), n) for n in (64, 96, 128, 256, 384, 512, 768, 1024)]
 INSTANCES, SEMANTIC = "instances (one id per nucleus)", "semantic (foreground = 1)"
-# While blocks stream in, the layers are refreshed (on the main thread) at most once a second,
-# and never for more than a fifth of the time, so that napari stays responsive.
-REFRESH_INTERVAL_S, REFRESH_SHARE = 1.0, 0.2
 
 
 class AttentionUNetWidget(Container):
@@ -63,11 +61,7 @@ class AttentionUNetWidget(Container):
         self._viewer = viewer
         self._session = Session()
         self._worker: GeneratorWorker | None = None
-        self._scratch = ScratchStores()
-        self._lazy_run: _lazy.LazyRun | None = None
-        self._lazy_layers: list = []
-        self._editable: list = []  # (layer, editable) to restore after a block-by-block run
-        self._next_refresh = 0.0
+        self._blocks = BlockPrediction(viewer, self._session)  # large and lazy images
         #: Block edge (px) for large and lazy images; smaller blocks show the first results sooner.
         self.block_size = _lazy.LAZY_BLOCK_SIZE
 
@@ -127,7 +121,7 @@ class AttentionUNetWidget(Container):
         self._predict.changed.connect(self._on_predict)
         self._cancel.changed.connect(self._on_cancel)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
-        viewer.layers.events.removed.connect(self._release_stores)
+        viewer.layers.events.removed.connect(self._blocks.release_stores)
         self.reset_choices()
         self._on_active_layer()
         self._on_model_changed()
@@ -145,7 +139,7 @@ class AttentionUNetWidget(Container):
 
     @property
     def is_running(self) -> bool:
-        return self._worker is not None or self._lazy_run is not None
+        return self._worker is not None or self._blocks.run is not None
 
     def use_model(self, name_or_path: str) -> None:
         """Choose a model by name (bundled or saved) or by file path, as the pickers do."""
@@ -258,7 +252,7 @@ class AttentionUNetWidget(Container):
             show_error(f"'{layer.name}' is not an image layer: choose an image to segment.")
             return
         if _lazy.uses_blocks(layer, self._session.spatial_dims):
-            self._predict_blocks(layer)
+            self._predict_blocks(layer, self._options())
             return
         if layer.multiscale:
             show_error("Multiscale (pyramid) images need a 2D model: choose one, or open one level as an image.")
@@ -271,12 +265,10 @@ class AttentionUNetWidget(Container):
         self._worker = create_worker(
             self._session.predict,
             layer.data,
+            # a 3D model resamples anisotropic volumes to cubic voxels
+            PredictOptions.of(self._options(), spacing=placement.scale),
             rgb=bool(layer.rgb),
-            tile_size=self._tile_size.value,
-            instances=self._output.value == INSTANCES,
-            gates=list(self._gates.value),
             index=index,
-            spacing=placement.scale,  # a 3D model resamples anisotropic volumes to cubic voxels
             _start_thread=False,
             _connect={
                 "yielded": self._on_progress,
@@ -289,33 +281,24 @@ class AttentionUNetWidget(Container):
         self._set_running(True, f"Predicting {layer.name} on {self._session.describe_device()}…")
         self._worker.start()
 
-    def _predict_blocks(self, layer: Image) -> None:
+    def _options(self) -> PredictOptions:
+        """The prediction settings chosen in the dock."""
+        return PredictOptions(
+            tile_size=self._tile_size.value, instances=self._output.value == INSTANCES, gates=self._gates.value
+        )
+
+    def _predict_blocks(self, layer: Image, options: PredictOptions) -> None:
         """A large or lazy image: layers on empty zarr arrays now, filled block by block by the worker."""
-        placement = _layers.placement_from_layer(layer)
-        image = _lazy.LazyImage.from_layer(layer)
-        current = _layers.slice_index(self._viewer.dims.point, placement, len(image.leading_shape))
-        try:
-            run = _lazy.LazyRun(
-                self._session,
-                image,
-                self._scratch,
-                planes=_lazy.default_planes(image.leading_shape, current, self._current_slice.value),
-                view=_lazy.view_box(self._viewer, layer),
-                tile_size=self._tile_size.value,
-                instances=self._output.value == INSTANCES,
-                gates=list(self._gates.value),
-                block_size=self.block_size,
-            )
-        except Exception as exc:  # noqa: BLE001 - any failure becomes a notification; the widget stays usable
-            show_error(explain_error(exc))
+        started = self._blocks.start(
+            layer,
+            options,
+            current_slice=self._current_slice.value,
+            block_size=self.block_size,
+            on_error=lambda exc: show_error(explain_error(exc)),
+        )
+        if started is None:
             return
-        results = _layers.lazy_result_layers(run.outputs, placement, run.model_name)
-        self._lazy_run, self._next_refresh = run, 0.0
-        self._lazy_layers = _layers.apply_results(self._viewer.layers, results, placement)
-        self._release_stores()  # the stores of an earlier run whose layers now read this one
-        self._editable = [(shown, shown.editable) for shown in self._lazy_layers]
-        for shown in self._lazy_layers:
-            shown.editable = False  # no painting while blocks are written into the layer
+        run, placement = started
         self._worker = create_worker(
             run.steps,
             _start_thread=False,
@@ -336,8 +319,8 @@ class AttentionUNetWidget(Container):
         self._worker.start()
 
     def _on_cancel(self) -> None:
-        if self._lazy_run is not None:
-            self._lazy_run.cancel()  # the run stops at the next tile and keeps the blocks done
+        if self._blocks.run is not None:
+            self._blocks.run.cancel()  # the run stops at the next tile and keeps the blocks done
             self._status.value = "Cancelling; the blocks done so far are kept…"
         elif self._worker is not None:
             self._worker.quit()
@@ -346,44 +329,20 @@ class AttentionUNetWidget(Container):
     def _on_progress(self, progress: Progress) -> None:
         self._progress.value = progress.done
         if getattr(progress, "refresh", False):
-            self._refresh_lazy_layers(force=progress.stage == "done")
+            self._blocks.refresh(force=progress.stage == "done")
         if isinstance(progress, _lazy.BlockProgress):
-            run = self._lazy_run
+            run = self._blocks.run
             if run is not None and not run.cancelled and progress.stage != "done":
                 self._status.value = progress.describe(run.image.name)
         elif progress.stage != "predicting":
             self._status.value = f"{progress.stage.capitalize()}…"
 
-    def _refresh_lazy_layers(self, force: bool = False) -> None:
-        start = time.monotonic()
-        if not force and start < self._next_refresh:
-            return  # the next refresh shows these blocks too
-        for layer in self._lazy_layers:
-            layer.refresh()
-        took = time.monotonic() - start
-        self._next_refresh = start + max(REFRESH_INTERVAL_S, took / REFRESH_SHARE)
-
     def _on_blocks_returned(self, outcome: _lazy.LazyOutcome, placement: _layers.Placement) -> None:
-        self._refresh_lazy_layers(force=True)
+        self._blocks.refresh(force=True)
         self._device_info.value = self._session.describe_device()
-        blocks = _lazy.blocks_for_message(outcome)
-        if outcome.cancelled:
-            self._status.value = (
-                f"Cancelled after {blocks}: the blocks done are kept in the layers, the rest of "
-                f"{placement.source_name} is empty."
-            )
-            show_info(f"Prediction cancelled; {blocks} kept.")
-        elif outcome.semantic:
-            self._status.value = f"Done ({blocks})."
-        else:
-            self._status.value = f"Done: {outcome.n_objects} object(s) in {placement.source_name} ({blocks})."
-
-    def _release_stores(self, *_) -> None:
-        """Delete the zarr stores no layer reads any more (and no run writes)."""
-        in_use = {_layers.store_of(layer) for layer in self._viewer.layers} - {None}
-        if self._lazy_run is not None:
-            in_use.add(str(self._lazy_run.outputs.path))
-        self._scratch.release_unused(in_use)
+        self._status.value, note = outcome_message(outcome, placement)
+        if note is not None:
+            show_info(note)
 
     def _on_returned(self, result, placement: _layers.Placement) -> None:
         results = _layers.result_layers(result, placement)
@@ -394,11 +353,11 @@ class AttentionUNetWidget(Container):
 
     def _on_error(self, exc: BaseException) -> None:
         show_error(explain_error(exc))
-        kept = " The blocks done so far stay in the layers." if self._lazy_run is not None else ""
+        kept = " The blocks done so far stay in the layers." if self._blocks.run is not None else ""
         self._status.value = f"Failed; see the notification.{kept}"
 
     def _on_aborted(self) -> None:
-        if self._lazy_run is not None:
+        if self._blocks.run is not None:
             self._status.value = "Stopped; the blocks done so far stay in the layers."
             return
         self._status.value = "Cancelled; no layers were changed."
@@ -406,10 +365,7 @@ class AttentionUNetWidget(Container):
 
     def _on_finished(self) -> None:
         self._worker = None
-        for layer, editable in self._editable:
-            layer.editable = editable
-        self._lazy_run, self._lazy_layers, self._editable = None, [], []
-        self._release_stores()
+        self._blocks.end()  # block by block: the layers can be painted again
         self._set_running(False)
 
     def _set_running(self, running: bool, message: str | None = None) -> None:

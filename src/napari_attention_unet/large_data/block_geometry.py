@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from napari_attention_unet.core.images import ImageShapeError
-from napari_attention_unet.core.predict import _Tiling
+from napari_attention_unet.core.tiling import Tiling
 
 __all__ = ["BLOCK_OVERLAP", "BLOCK_TILE", "Block", "BlockPlan", "Index", "Span", "plan_blocks"]
 
@@ -20,7 +20,7 @@ Index = tuple[int, int]  # (row, column) of a block in the grid
 BLOCK_TILE, BLOCK_OVERLAP = 528, 64
 
 
-def _tile_policy(tile_size: int | None, overlap: int | None) -> tuple[bool, int, int]:
+def tile_policy(tile_size: int | None, overlap: int | None) -> tuple[bool, int, int]:
     """``(fit, tile_size, overlap)`` for the tiling of one block's outer region."""
     if tile_size is None:
         return True, BLOCK_TILE, BLOCK_OVERLAP if overlap is None else overlap
@@ -111,8 +111,8 @@ class BlockPlan:
 
     def tiles_per_block(self, tile_size: int | None, overlap: int | None, multiple: int) -> list[int]:
         """How many network tiles each block (in plan order) takes; for progress totals."""
-        fit, tile_size, overlap = _tile_policy(tile_size, overlap)
-        return [len(_Tiling(b.outer_shape, tile_size, overlap, multiple, fit=fit).tiles) for b in self.blocks]
+        fit, tile_size, overlap = tile_policy(tile_size, overlap)
+        return [len(Tiling(b.outer_shape, tile_size, overlap, multiple, fit=fit).tiles) for b in self.blocks]
 
 
 def plan_blocks(

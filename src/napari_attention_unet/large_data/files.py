@@ -81,7 +81,7 @@ def write_attention(path: str | Path, gate_maps: dict[str, np.ndarray], spatial_
 
 # ----------------------------------------------------------------- large images: lazy inputs, on-disk outputs
 
-LARGE_PIXELS = 4096 * 4096  # above this, `predict` goes block by block (core.blocks) instead of whole-image
+LARGE_PIXELS = 4096 * 4096  # above this, `predict` goes block by block (large_data.blocks) instead of whole-image
 
 
 def _zarr():

@@ -1,0 +1,21 @@
+"""``attention-unet``: the command line. Argument parsing only; the work is done by the other rooms.
+
+attention-unet predict IMAGE [IMAGE ...] --out DIR [--model NAME_OR_PATH] [--device auto|cpu|cuda|mps]
+attention-unet finetune --image IMG --labels LBL [...] --out PATH [--model NAME_OR_PATH]
+attention-unet models
+attention-unet export MODEL --format bioimageio|onnx|torchscript --out PATH
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from napari_attention_unet.cli.parser import build_parser
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)

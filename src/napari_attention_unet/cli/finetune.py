@@ -1,0 +1,68 @@
+"""``attention-unet finetune``: train the model further on corrected labels, keep the best state."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+from napari_attention_unet.cli.common import fail
+
+__all__ = ["run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_attention_unet.core.device import describe_device, pick_device
+    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.core.train import TrainConfig, Trainer
+    from napari_attention_unet.core.weights import save_model
+    from napari_attention_unet.large_data.files import ImageReadError, read_image
+    from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
+
+    if len(args.image) != len(args.labels):
+        return fail(f"give one --labels per --image (got {len(args.image)} images and {len(args.labels)} labels)")
+    try:
+        model, _, info = open_model(args.model)
+        device = pick_device(args.device)
+        pairs = [(read_image(i), read_image(lbl), args.axes) for i, lbl in zip(args.image, args.labels)]
+        minutes = 5.0 if args.minutes is None and args.steps is None else args.minutes
+        config = TrainConfig(
+            max_steps=args.steps, time_budget=None if minutes is None else 60.0 * minutes, seed=args.seed
+        )
+        trainer = Trainer(model, pairs, config=config, device=device)
+    except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, RuntimeError, ValueError) as exc:
+        return fail(str(exc))
+    print(f"fine-tuning {info.name} on {len(pairs)} image(s), {describe_device(device)}", file=sys.stderr)
+    total = config.max_steps if config.time_budget is None else None
+    run = trainer.run()
+    try:
+        with tqdm(total=total, unit="step", file=sys.stderr) as bar:
+            for report in run:
+                bar.update(report.step - bar.n)
+                if report.best_val_ap is not None:
+                    best = f"best val AP@0.5 {report.best_val_ap:.3f}"
+                else:
+                    best = "best val Dice " + ("-" if report.best_val_dice is None else f"{report.best_val_dice:.3f}")
+                bar.set_postfix_str(f"loss {report.loss:.3f}, {best}")
+                if report.val_dice is not None:
+                    ap = "" if report.val_ap is None else f"AP@0.5 {report.val_ap:.3f}, "
+                    tqdm.write(f"step {report.step}: validation {ap}Dice {report.val_dice:.3f}", file=sys.stderr)
+    except KeyboardInterrupt:
+        run.close()
+        print("interrupted: keeping the best model so far", file=sys.stderr)
+    result = trainer.result()
+    print(result.message, file=sys.stderr)
+    if not result.accepted:
+        return fail(f"the fine-tuned model was not written: {result.message}")
+    meta = {
+        "name": args.out.stem,
+        "parent": info.name,
+        "steps": result.steps,
+        "best_val_dice": result.best_val_dice,
+        "best_val_ap": result.best_val_ap,
+        "trained_on": [str(p) for p in args.image],
+    }
+    path = save_model(result.model, args.out, info=meta)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0

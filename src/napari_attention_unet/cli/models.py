@@ -1,0 +1,71 @@
+"""``attention-unet models`` and ``attention-unet export``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from napari_attention_unet.cli.common import fail
+
+__all__ = ["export", "list_models"]
+
+
+def list_models(args: argparse.Namespace) -> int:
+    from napari_attention_unet.models.registry import all_models, saved_models_dir
+
+    models = all_models()
+    for info in models:
+        kind = "bundled" if info.bundled else "saved"
+        print(f"{info.name:30s} {kind:8s} {info.path}")
+    if not models:
+        print("no models yet")
+    print(f"(saved models folder: {saved_models_dir()})")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.export import ExportError, export_model
+    from napari_attention_unet.large_data.files import ImageReadError, read_image
+    from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, bundled_dir, open_model
+
+    if args.test_image is not None and args.format != "bioimageio":
+        return fail("--test-image is only used by --format bioimageio")
+    try:
+        model, meta, info = open_model(args.model)
+        extra = {}
+        if args.format == "bioimageio":
+            card = bundled_dir() / f"{info.name}.json"
+            extra["model_card"] = card if info.bundled and card.is_file() else None
+            extra["test_image"] = None if args.test_image is None else read_image(args.test_image)
+        print(f"exporting {info.name} as {args.format}", file=sys.stderr)
+        path = export_model(model, args.format, args.out, info.name, meta, **extra)
+    except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, ExportError, OSError) as exc:
+        return fail(str(exc))
+    print(f"wrote {path}", file=sys.stderr)
+    return _check_bioimageio(path) if args.format == "bioimageio" else 0
+
+
+def _check_bioimageio(path: Path) -> int:
+    """Validate a package with the bioimage.io libraries when they are installed (offline)."""
+    from napari_attention_unet.export import ExportError
+    from napari_attention_unet.export.bioimageio import validate_package
+
+    try:
+        import bioimageio.core  # noqa: F401 - with it, the weights are run on the test data too
+
+        run_test = True
+    except ImportError:
+        run_test = False
+    try:
+        passed, report = validate_package(path, run_test=run_test)
+    except ExportError as exc:
+        print(f"not validated: {exc}", file=sys.stderr)
+        return 0
+    if not passed:
+        print(report, file=sys.stderr)
+        return fail(f"{path} did not pass bioimage.io validation (report above)")
+    what = "format and test run (bioimageio.core)" if run_test else "format (bioimageio.spec)"
+    print(f"bioimage.io validation passed: {what}", file=sys.stderr)
+    return 0

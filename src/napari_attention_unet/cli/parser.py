@@ -1,0 +1,115 @@
+"""The ``attention-unet`` argument parser: each sub-command's options, checked as they are read."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from napari_attention_unet import __version__
+from napari_attention_unet.cli import finetune, models, predict
+
+__all__ = ["build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attention-unet", description="Attention U-Net segmentation with attention maps."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="segment images; writes <stem>_labels.tif and <stem>_attention.tif")
+    p.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="TIFF or PNG files, zarr / OME-Zarr stores (folders ending in .zarr)",
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument(
+        "--model", default=None, metavar="NAME_OR_PATH", help="bundled or saved model name, or a .safetensors file"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CYX (default: guessed)")
+    p.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default 512 in 2D)")
+    p.add_argument("--semantic", action="store_true", help="write a 0/1 foreground mask instead of instance labels")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument(
+        "--spacing",
+        type=_spacing,
+        default=None,
+        metavar="Z,Y,X",
+        help="voxel size of volumes, e.g. 2,0.5,0.5: a 3D model sees them resampled to cubic voxels",
+    )
+    p.add_argument(
+        "--block-size",
+        type=_block_size,
+        default=None,
+        metavar="PX",
+        help="predict block by block in bounded memory (default for images over 4096x4096 px, zarr input or a "
+        ".zarr --out: blocks of 2048 px); a multiple of 64",
+    )
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument(
+        "--workers",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="N",
+        help="run on a local dask cluster of N worker processes (--workers alone: one per core)",
+    )
+    engine.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="run on an existing dask scheduler, e.g. tcp://host:8786"
+    )
+    p.set_defaults(func=predict.run)
+
+    f = sub.add_parser("finetune", help="fine-tune a model on corrected labels; writes a new model file")
+    f.add_argument("--image", action="append", required=True, type=Path, metavar="IMG", help="image (repeatable)")
+    f.add_argument("--labels", action="append", required=True, type=Path, metavar="LBL", help="its labels (repeatable)")
+    f.add_argument("--out", required=True, type=Path, metavar="PATH", help="where to write the fine-tuned model")
+    f.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="model to start from (default: bundled)")
+    budget = f.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None, help="time budget (default 5 minutes)")
+    budget.add_argument("--steps", type=int, default=None, help="step budget")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    f.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC (default: guessed)")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=finetune.run)
+
+    m = sub.add_parser("models", help="list bundled and saved models")
+    m.set_defaults(func=models.list_models)
+
+    x = sub.add_parser("export", help="export a model for other tools: BioImage Model Zoo zip, ONNX or TorchScript")
+    x.add_argument("model", metavar="MODEL", help="bundled or saved model name, or a .safetensors file")
+    x.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
+    x.add_argument("--out", required=True, type=Path, metavar="PATH", help="file to write (.zip, .onnx or .pt added)")
+    x.add_argument("--test-image", type=Path, metavar="IMG", help="bioimageio: real image for the test data")
+    x.set_defaults(func=models.export)
+    return parser
+
+
+def _spacing(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 2,0.5,0.5, got {text!r}") from None
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three positive sizes Z,Y,X, got {text!r}")
+    return values
+
+
+def _block_size(text: str) -> int:
+    """A block edge in px: a multiple of 64, so that the zarr chunks of the outputs (which divide it) stay large."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels like 2048, got {text!r}") from None
+    if value < 128 or value % 64:
+        nearest = max(128, round(value / 64) * 64)
+        raise argparse.ArgumentTypeError(
+            f"expected a multiple of 64 px, at least 128 (e.g. 1024, 2048), got {value}; try {nearest}: the "
+            "output chunks divide the blocks, and other sizes make them tiny"
+        )
+    return value

@@ -1,0 +1,111 @@
+"""``attention-unet predict``: images in, labels and attention maps out, in this process or on dask."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+from napari_attention_unet.cli.common import drive, fail
+
+__all__ = ["run"]
+
+
+def _options(args: argparse.Namespace):
+    """The one :class:`~napari_attention_unet.core.predict.PredictOptions` every engine below gets."""
+    from napari_attention_unet.core.predict import PredictOptions
+
+    return PredictOptions(
+        axes=args.axes,
+        tile_size=args.tile_size,
+        instances=not args.semantic,
+        precision=args.precision,
+        spacing=args.spacing,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers is not None or args.scheduler is not None:
+        return _run_on_dask(args)
+    from napari_attention_unet.core.device import describe_device, pick_device
+    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.core.predict import prepare_model
+    from napari_attention_unet.large_data.files import ImageReadError
+    from napari_attention_unet.large_data.pipeline import needs_blocks, predict_file_in_blocks, predict_file_steps
+    from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
+
+    try:
+        model, _, info = open_model(args.model)
+        device = pick_device(args.device)
+    except (ModelNotFoundError, ModelFileError, RuntimeError, ValueError) as exc:
+        return fail(str(exc))
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"model {info.name} on {describe_device(device)}", file=sys.stderr)
+    net = prepare_model(model, device)
+    options = _options(args)
+    failures = 0
+    leave = len(args.images) == 1
+    images = tqdm(args.images, desc="images", unit="image", disable=len(args.images) < 2, file=sys.stderr)
+    for path in images:
+        try:
+            if needs_blocks(path, args.out, args.axes, args.block_size):
+                steps = predict_file_in_blocks(
+                    model, path, args.out, options, block_size=args.block_size, device=device, inference_model=net
+                )
+            else:
+                steps = predict_file_steps(model, path, args.out, options, device=device, inference_model=net)
+            drive(steps, path.name, leave=leave)
+        except (ImageReadError, ImageShapeError, ValueError) as exc:
+            failures += 1
+            tqdm.write(f"attention-unet: skipping {path}: {exc}", file=sys.stderr)
+    if failures:
+        print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_on_dask(args: argparse.Namespace) -> int:
+    """One task per file, or per block for the images :func:`needs_blocks` picks; stitched here."""
+    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.large_data.cluster import SchedulerUnreachableError, dask_client, usable_cores
+    from napari_attention_unet.large_data.distributed import model_spec, predict_batch
+    from napari_attention_unet.large_data.distributed_blocks import predict_large
+    from napari_attention_unet.large_data.pipeline import BLOCK_SIZE, needs_blocks
+    from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
+
+    if args.workers is not None and args.workers < 0:
+        return fail(f"--workers must be at least 1, got {args.workers}")
+    workers = args.workers or usable_cores()  # --workers alone (or 0): one per core
+    try:
+        model, _meta, info = open_model(args.model)  # a bad model fails here, before any worker starts
+    except (ModelNotFoundError, ModelFileError) as exc:
+        return fail(str(exc))
+    spec = model_spec(info.name if info.bundled else info.path, args.device)
+    options = _options(args)
+    large = [path for path in args.images if needs_blocks(path, args.out, args.axes, args.block_size)]
+    files = [path for path in args.images if path not in large]
+    where = args.scheduler or f"a local cluster of {workers} worker process(es)"
+    print(f"model {info.name} on {where} (device {args.device} on each worker)", file=sys.stderr)
+    failures = 0
+    try:
+        with dask_client(args.scheduler, None if args.scheduler else workers) as client:
+            if files:
+                args.out.mkdir(parents=True, exist_ok=True)
+                failures += sum(not r.ok for r in predict_batch(client, files, args.out, spec, options))
+            for path in large:
+                try:
+                    size = args.block_size or BLOCK_SIZE
+                    predict_large(client, path, args.out, spec, model.config, block_size=size, options=options)
+                except (ImageShapeError, ValueError, OSError) as exc:  # OSError: unreadable input, unwritable output
+                    failures += 1
+                    tqdm.write(f"attention-unet: skipping {path}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: the cluster was stopped; files already written are kept", file=sys.stderr)
+        return 130
+    except SchedulerUnreachableError as exc:
+        return fail(str(exc))
+    if failures:
+        print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,71 @@
+"""What a training checkpoint holds, so that long runs can span several sessions.
+
+Tensors, numbers and strings only, so that it loads with ``torch.load(..., weights_only=True)``:
+the network, optimiser, gradient scaler and RNG states, the trainer's progress and the best
+state kept so far (see :data:`PROGRESS`), and the model's configuration.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: The trainer attributes a checkpoint holds besides the network, optimiser, scaler and RNG.
+PROGRESS = (
+    "best_state",
+    "step",
+    "best_step",
+    "best_dice",
+    "best_iou",
+    "best_ap",
+    "start_scores",
+    "last_eval_step",
+    "evals_since_best",
+)
+
+
+def make_checkpoint(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rng: np.random.Generator,
+    progress: dict,
+) -> dict:
+    """Everything needed to resume; ``progress`` maps each name of :data:`PROGRESS` to its value."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        **{name: progress[name] for name in PROGRESS},
+        "rng": rng.bit_generator.state,
+        "model_config": model.config.to_dict(),
+    }
+
+
+def restore_checkpoint(
+    state: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rng: np.random.Generator,
+) -> dict:
+    """Load ``state`` into the network, optimiser, scaler and RNG; return its progress (the
+    names of :data:`PROGRESS`), with defaults for what checkpoints of older versions lack."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    step = int(state["step"])
+    progress = {
+        "best_state": state["best_state"],
+        "step": step,
+        "best_step": int(state["best_step"]),
+        "best_dice": state["best_dice"],
+        "best_iou": state["best_iou"],
+        "best_ap": state.get("best_ap"),
+        "start_scores": state.get("start_scores"),
+        "last_eval_step": int(state.get("last_eval_step", step)),
+        "evals_since_best": int(state["evals_since_best"]),
+    }
+    rng.bit_generator.state = state["rng"]
+    return progress

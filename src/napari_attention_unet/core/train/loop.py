@@ -1,0 +1,362 @@
+"""The training loop: :class:`Trainer` and the :func:`train` generator.
+
+``train(model, pairs, config=TrainConfig())`` yields a :class:`StepReport` every few
+steps and returns a :class:`TrainResult`. The loop is one flat sequence in
+:meth:`Trainer.run` (lr -> forward/backward -> clip -> step -> evaluate/keep best ->
+report), in the shape of nanoGPT's ``train.py``.
+
+Cancelling is closing the generator (``gen.close()``, or ``worker.quit()`` in napari).
+The :class:`Trainer` object survives that: ``trainer.result()`` afterwards gives the
+best model seen so far, checked like a finished run. The model passed in is never
+modified; a result that fails the sanity check hands it back unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Generator, Sequence
+
+import numpy as np
+import torch
+
+from napari_attention_unet.core.device import autocast_dtype, pick_device
+from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.train.checkpoints import PROGRESS, make_checkpoint, restore_checkpoint
+from napari_attention_unet.core.train.config import INSTANCE_CLASSES, StepReport, TrainConfig, TrainResult, step_message
+from napari_attention_unet.core.train.losses import segmentation_loss
+from napari_attention_unet.core.train.optimizer import budget_spent, eta, learning_rate, make_optimizer
+from napari_attention_unet.core.train.samples import (
+    TrainingSample,
+    check_samples,
+    draw_batch,
+    patch_shape,
+    prepare_samples,
+)
+from napari_attention_unet.core.train.selection import (
+    beats_best,
+    must_beat_start,
+    not_better_message,
+    resolve_selection,
+    sanity_verdict,
+)
+from napari_attention_unet.core.train.validation import predict_probabilities, score_samples
+
+
+class Trainer:
+    """Holds a run's state so that it outlives the generator.
+
+    ``trainer.run()`` is the training generator; ``trainer.result()`` (any time,
+    also after cancelling) returns the best model so far as a :class:`TrainResult`.
+    ``checkpoint()`` / ``load_checkpoint()`` let long runs span several sessions.
+    """
+
+    def __init__(
+        self,
+        model: AttentionUNet,
+        pairs: Sequence[tuple] | None = None,
+        *,
+        config: TrainConfig | None = None,
+        device: str | torch.device = "auto",
+        ignore_masks: Sequence[np.ndarray | None] | None = None,
+        weight_maps: Sequence[np.ndarray | None] | None = None,
+        edited_masks: Sequence[np.ndarray | None] | None = None,
+        samples: Sequence[TrainingSample] | None = None,
+        validation: Sequence[TrainingSample] | None = None,
+        sample_weights: Sequence[float] | None = None,
+    ) -> None:
+        self.config = config = config or TrainConfig()
+        if model.config.out_channels != len(INSTANCE_CLASSES):
+            raise ValueError(
+                "training learns the three classes background / interior / boundary from the labels; "
+                f"this model has {len(model.config.classes)} ({', '.join(model.config.classes)})"
+            )
+        self.original_model = model
+        self.device = pick_device(device)
+        self.model = copy.deepcopy(model).to(self.device)
+        self.channels_last = model.config.spatial_dims == 2
+        if self.channels_last:
+            # NHWC convolutions are ~25 % faster on the CPU (and on tensor cores).
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if samples is None:
+            samples = prepare_samples(
+                pairs,
+                in_channels=model.config.in_channels,
+                ignore_masks=ignore_masks,
+                weight_maps=weight_maps,
+                edited_masks=edited_masks,
+                val_fraction=0.0 if validation is not None else config.val_fraction,
+            )
+        self.samples = list(samples)
+        self.validation = (
+            list(validation) if validation is not None else [s for s in self.samples if s.val_target is not None]
+        )
+        check_samples(self.samples, model.config.spatial_dims)
+        self.select_by = resolve_selection(config.select_by, model, self.validation)
+        self.must_beat_start = must_beat_start(config.must_beat_start, self.validation)
+        weights = np.asarray(sample_weights if sample_weights is not None else [1.0] * len(self.samples), float)
+        self.sample_p = weights / weights.sum()
+        self.patch = patch_shape(config.patch_size, model.config.spatial_dims, model.config.size_multiple)
+
+        self.freeze_bn = (not config.from_scratch) if config.freeze_batchnorm is None else config.freeze_batchnorm
+        self.optimizer = make_optimizer(self.model, config)
+        self.amp = autocast_dtype(self.device, config.precision) if self.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.rng = np.random.default_rng(config.seed)
+        self.step = 0
+        self.elapsed = 0.0
+        self.best_state: dict | None = None
+        self.best_step = 0
+        self.best_dice: float | None = None
+        self.best_iou: float | None = None
+        self.best_ap: float | None = None
+        self.start_scores: dict | None = None
+        self.last_eval_step = -1
+        self.evals_since_best = 0
+        self.history: list[StepReport] = []
+        self._run_start = (0, 0.0)  # (step, elapsed) when run() last started
+        self.stopped = "not started"
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self) -> Generator[StepReport, None, TrainResult]:
+        """Train; yields :class:`StepReport`, returns :meth:`result`. Closing it cancels."""
+        cfg = self.config
+        t0 = time.perf_counter() - self.elapsed
+        # The pace for the ETA is this run's own: a resumed trainer starts at a later step.
+        self._run_start = (self.step, self.elapsed)
+        self.stopped = "cancelled"  # stays so unless the loop ends by itself
+        # The starting model's scores are the bar a trained state must clear (see selection.py).
+        if self.step == 0 and self.validation and self.start_scores is None:
+            self._score_start()
+        try:
+            while not self._budget_spent():
+                # The learning rate is set by hand rather than by a torch scheduler: it follows time too.
+                lr = self._lr()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+
+                # Forward and backward on one fresh batch (batch norm frozen when fine-tuning).
+                self._set_train_mode()
+                images, targets, weight_map = self._batch()
+                # Grad mode is per thread: the caller's may have it off (e.g. inside torch.no_grad()).
+                with torch.enable_grad():
+                    with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                        logits, _ = self.model(images)
+                    loss = segmentation_loss(logits, targets, dice_weight=cfg.dice_weight, weight_map=weight_map)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                # Clip after unscaling: one bad patch (e.g. a mislabelled blob) must not blow up the weights.
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                # Step the optimiser; the scaler skips steps whose float16 gradients overflowed.
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.step += 1
+                self.elapsed = time.perf_counter() - t0
+                last_loss = float(loss.detach())
+                if not math.isfinite(last_loss):
+                    self.stopped = "diverged"
+                    yield self._report(last_loss, None, lr, "loss is not finite; stopping")
+                    break
+
+                # Score every eval_every steps and at the very end, so the last state can win too. Unlike
+                # nanoGPT (which evaluates before the step) this scores the state the step just made.
+                scores = None
+                if self.validation and (self.step % cfg.eval_every == 0 or self._budget_spent()):
+                    scores = self._evaluate_and_keep_best()
+                    if self.evals_since_best >= cfg.patience:
+                        self.stopped = "early stop"
+                # Log: every evaluation is reported, other steps every report_every.
+                if scores is not None:
+                    yield self._report(last_loss, scores["dice"], lr, val_ap=scores["ap"])
+                elif self.step % cfg.report_every == 0:
+                    yield self._report(last_loss, None, lr)
+                if self.stopped == "early stop":
+                    break
+            else:
+                self.stopped = "budget"
+        finally:
+            # Also on cancel (the generator closed at a yield): a resumed run() counts on from here.
+            self.elapsed = time.perf_counter() - t0
+        return self.result()
+
+    # -- pieces of the loop ----------------------------------------------------------
+
+    def _lr(self) -> float:
+        """Linear warm-up, then cosine decay over the run's progress (steps or time)."""
+        return learning_rate(self.config, self.step, self.elapsed)
+
+    def _budget_spent(self) -> bool:
+        return budget_spent(self.config, self.step, self.elapsed)
+
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        if self.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def _host_batch(self) -> tuple:
+        """(images, targets, weights or None) on the host: :func:`draw_batch` with this trainer's RNG."""
+        return draw_batch(self.samples, self.sample_p, self.rng, self.patch, self.model.config.in_channels, self.config)
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The next batch on the device (channels-last images for 2D)."""
+        images, targets, weights = self._host_batch()
+        x = torch.as_tensor(images).to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.as_tensor(targets).to(self.device, non_blocking=True)
+        w = None if weights is None else torch.as_tensor(weights).to(self.device)
+        return x, y, w
+
+    def _predict_probabilities(self, model: AttentionUNet, image: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(classes, *spatial)`` of an image (one forward pass, eval mode)."""
+        return predict_probabilities(model, image, self.device, self.amp)
+
+    def validation_scores(self, model: AttentionUNet | None = None) -> dict:
+        """Foreground ``dice``, ``iou`` and predicted ``fraction`` (means over the validation
+        images) and, when selecting by instances, ``ap``: AP@0.5 of the objects, all images pooled."""
+        model = self.model if model is None else model
+        return score_samples(self.validation, model, self._predict_probabilities, self.select_by)
+
+    def validate(self, model: AttentionUNet | None = None) -> tuple[float, float, float]:
+        """Mean (Dice, IoU, predicted foreground fraction) over the validation images."""
+        scores = self.validation_scores(model)
+        return scores["dice"], scores["iou"], scores["fraction"]
+
+    def _score_start(self) -> None:
+        """Score the starting model; with ``must_beat_start`` a trained state must beat it to be kept."""
+        scores = self.validation_scores()
+        self.start_scores, self.last_eval_step = scores, 0
+        if self.must_beat_start:
+            self.best_dice, self.best_iou, self.best_ap = scores["dice"], scores["iou"], scores["ap"]
+            self.best_step, self.best_state = 0, None
+
+    def _beats_best(self, scores: dict) -> bool:
+        return beats_best(scores, self.best_dice, self.best_ap, self.select_by)
+
+    def _evaluate_and_keep_best(self) -> dict:
+        scores = self.validation_scores()
+        self.last_eval_step = self.step
+        if self._beats_best(scores):
+            self.best_dice, self.best_iou, self.best_ap = scores["dice"], scores["iou"], scores["ap"]
+            self.best_step = self.step
+            # A CPU copy: the live weights keep changing, and GPU memory is precious.
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.evals_since_best = 0
+        else:
+            self.evals_since_best += 1
+        return scores
+
+    def _report(
+        self, loss: float, val_dice: float | None, lr: float, message: str = "", val_ap: float | None = None
+    ) -> StepReport:
+        """The :class:`StepReport` of this step, also kept in the history."""
+        report = StepReport(
+            step=self.step,
+            total_steps=self.config.max_steps,
+            elapsed=self.elapsed,
+            eta=eta(self.config, self.step, self.elapsed, self._run_start),
+            loss=loss,
+            val_dice=val_dice,
+            best_val_dice=self.best_dice,
+            lr=lr,
+            message=message or step_message(self.step, loss, val_dice, val_ap, self.best_dice, self.best_ap),
+            val_ap=val_ap,
+            best_val_ap=self.best_ap,
+        )
+        self.history.append(report)
+        return report
+
+    # -- results ----------------------------------------------------------------------
+
+    def best_model(self) -> AttentionUNet:
+        """A CPU copy of the best model so far (the current one if never evaluated), in eval mode."""
+        model = copy.deepcopy(self.model).cpu()
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        return model.eval()
+
+    def result(self) -> TrainResult:
+        """The run's outcome so far, with the sanity check; safe to call after cancelling."""
+        if self.best_state is None and self.validation and self.step > 0 and self.last_eval_step <= 0:
+            self._evaluate_and_keep_best()  # stopped before the first evaluation: score where it is
+        trained = self.best_model()
+        if self.best_state is None and self.must_beat_start and self.start_scores is not None and self.step > 0:
+            accepted, message = False, not_better_message(self.step, self.start_scores)
+        else:
+            accepted, message = self._sanity_check(trained)
+        return TrainResult(
+            model=trained if accepted else self.original_model,
+            trained_model=trained,
+            accepted=accepted,
+            message=message,
+            steps=self.step,
+            best_step=self.best_step,
+            best_val_dice=self.best_dice,
+            best_val_iou=self.best_iou,
+            stopped=self.stopped,
+            history=list(self.history),
+            best_val_ap=self.best_ap,
+            start_scores=self.start_scores,
+        )
+
+    def _sanity_check(self, trained: AttentionUNet) -> tuple[bool, str]:
+        if self.step == 0:
+            return False, "training was stopped before the first step; keeping the previous model"
+        if not self.validation:
+            return True, f"trained {self.step} steps (no validation region, so no check)"
+        trained = trained.to(self.device)
+        _, _, fraction = self.validate(trained)
+        trained.cpu()
+        return sanity_verdict(
+            fraction,
+            step=self.step,
+            stopped=self.stopped,
+            best_step=self.best_step,
+            best_dice=self.best_dice,
+            best_ap=self.best_ap,
+            start_scores=self.start_scores,
+        )
+
+    # -- long runs --------------------------------------------------------------------
+
+    def checkpoint(self) -> dict:
+        """Everything needed to resume: tensors, numbers and strings only (loads with weights_only=True)."""
+        progress = {name: getattr(self, name) for name in PROGRESS}
+        return make_checkpoint(self.model, self.optimizer, self.scaler, self.rng, progress)
+
+    def load_checkpoint(self, state: dict) -> None:
+        """Resume from a :meth:`checkpoint`: weights, optimiser, RNG, progress and best state so far."""
+        for name, value in restore_checkpoint(state, self.model, self.optimizer, self.scaler, self.rng).items():
+            setattr(self, name, value)
+
+
+def train(
+    model: AttentionUNet,
+    pairs: Sequence[tuple],
+    *,
+    config: TrainConfig | None = None,
+    device: str | torch.device = "auto",
+    ignore_masks: Sequence[np.ndarray | None] | None = None,
+    weight_maps: Sequence[np.ndarray | None] | None = None,
+    edited_masks: Sequence[np.ndarray | None] | None = None,
+) -> Generator[StepReport, None, TrainResult]:
+    """Fine-tune (or train) a copy of ``model`` on ``pairs``; see :class:`Trainer`.
+
+    ``pairs`` holds ``(image, labels)`` or ``(image, labels, axes)``. Use
+    ``Trainer(...).run()`` instead when you need the best model after cancelling.
+    """
+    trainer = Trainer(
+        model,
+        pairs,
+        config=config,
+        device=device,
+        ignore_masks=ignore_masks,
+        weight_maps=weight_maps,
+        edited_masks=edited_masks,
+    )
+    return (yield from trainer.run())

@@ -1,0 +1,93 @@
+"""Which trained state to keep, and whether to hand it back at all.
+
+The starting model is scored on the held-out region first: unless the region holds
+labelled pixels the user did not paint (the model's own accepted prediction, which it
+matches by construction), a trained state is kept only when it beats it, so fine-tuning
+never hands back a model that does worse on the user's own held-out annotation. The
+best state kept then passes a sanity check (:func:`sanity_verdict`) before it replaces
+the model; otherwise the model passed in comes back unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.train.config import INSTANCE_CLASSES
+from napari_attention_unet.core.train.samples import TrainingSample
+
+
+def resolve_selection(choice: str, model: AttentionUNet, validation: Sequence[TrainingSample]) -> str:
+    """``"instances"`` or ``"foreground"``: the score that picks the best state (see
+    :attr:`TrainConfig.select_by`); ``"auto"`` is instances wherever they can be scored."""
+    if choice not in ("auto", "instances", "foreground"):
+        raise ValueError(f"select_by must be auto, instances or foreground, not {choice!r}")
+    possible = (
+        tuple(model.config.classes[:3]) == INSTANCE_CLASSES
+        and bool(validation)
+        and all(s.val_instances is not None for s in validation)
+    )
+    if choice == "instances" and not possible:
+        raise ValueError(
+            "select_by='instances' needs a model with background/interior/boundary classes "
+            "and a held-out strip of the training labels (val_fraction > 0)"
+        )
+    return "instances" if possible and choice != "foreground" else "foreground"
+
+
+def must_beat_start(choice: bool | None, validation: Sequence[TrainingSample]) -> bool:
+    """:attr:`TrainConfig.must_beat_start`, with None resolved: yes when every labelled pixel
+    of the held-out region is the user's own (``val_trusted``)."""
+    return choice if choice is not None else all(s.val_trusted for s in validation)
+
+
+def beats_best(scores: dict, best_dice: float | None, best_ap: float | None, select_by: str) -> bool:
+    """Whether validation ``scores`` beat the best so far (anything beats none): by AP@0.5 when
+    selecting by instances and the APs differ by more than 1e-4, else by foreground Dice."""
+    if best_dice is None:
+        return True
+    if select_by == "instances" and best_ap is not None:
+        if abs(scores["ap"] - best_ap) > 1e-4:
+            return scores["ap"] > best_ap
+    return scores["dice"] > best_dice + 1e-4
+
+
+def not_better_message(step: int, start_scores: dict) -> str:
+    """Why the starting model is kept when no trained state beat its ``start_scores``."""
+    score = f"AP@0.5 {start_scores['ap']:.3f}" if start_scores["ap"] is not None else f"Dice {start_scores['dice']:.3f}"
+    return (
+        f"after {step} steps no trained state scored better on the held-out region than the "
+        f"starting model ({score}), so the previous model is kept. Correct more objects, or train longer."
+    )
+
+
+def sanity_verdict(
+    fraction: float,
+    *,
+    step: int,
+    stopped: str,
+    best_step: int,
+    best_dice: float | None,
+    best_ap: float | None,
+    start_scores: dict | None,
+) -> tuple[bool, str]:
+    """``(accepted, message)`` for a trained model that marks ``fraction`` of the held-out region
+    as objects: refused when it finds nothing or marks everything, else accepted with its scores."""
+    if fraction <= 1e-4:
+        return False, (
+            "the trained model finds no objects in the held-out region, so it is not used; "
+            "the previous model is kept. Label more objects (or check that the labels layer is the right one)."
+        )
+    if fraction >= 0.99:
+        return False, (
+            "the trained model marks the whole held-out region as objects, so it is not used; "
+            "the previous model is kept. Label some background too, or train for fewer steps."
+        )
+    message = f"trained {step} steps ({stopped}); best validation "
+    if best_ap is not None:
+        start = start_scores["ap"] if start_scores else None
+        message += f"AP@0.5 {best_ap:.3f}" + (f" (starting model {start:.3f})" if start is not None else "")
+        message += f", Dice {best_dice:.3f}"
+    else:
+        message += f"Dice {best_dice:.3f}"
+    return True, message + f" at step {best_step}"

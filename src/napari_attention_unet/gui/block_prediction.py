@@ -1,0 +1,121 @@
+"""The layers of a block-by-block prediction (large and lazy images) in the dock widget; no Qt widgets.
+
+:class:`BlockPrediction` sets up a :class:`~napari_attention_unet.gui.lazy.LazyRun` and its
+result layers on empty zarr arrays (``gui.scratch``), keeps them from being painted while the
+worker writes blocks into them, refreshes them at a bounded rate as blocks arrive, and deletes
+the stores no layer reads any more. All of it runs on the main thread; the worker only goes
+through ``run.steps``. The dock widget keeps the controls, the worker and the notifications.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from napari_attention_unet.gui import layers as _layers
+from napari_attention_unet.gui import lazy as _lazy
+from napari_attention_unet.gui.scratch import ScratchStores
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image
+
+    from napari_attention_unet.core.predict import PredictOptions
+    from napari_attention_unet.gui.session import Session
+
+__all__ = ["BlockPrediction", "outcome_message"]
+
+# While blocks stream in, the layers are refreshed (on the main thread) at most once a second,
+# and never for more than a fifth of the time, so that napari stays responsive.
+REFRESH_INTERVAL_S, REFRESH_SHARE = 1.0, 0.2
+
+
+class BlockPrediction:
+    """The block-by-block run in progress (``run``, None when there is none) and its result layers."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, session: Session) -> None:
+        self._viewer = viewer
+        self._session = session
+        self._scratch = ScratchStores()
+        self.run: _lazy.LazyRun | None = None
+        self._layers: list = []
+        self._editable: list = []  # (layer, editable) to restore after a block-by-block run
+        self._next_refresh = 0.0
+
+    def start(
+        self,
+        layer: Image,
+        options: PredictOptions,
+        *,
+        current_slice: bool,
+        block_size: int,
+        on_error: Callable[[BaseException], None],
+    ) -> tuple[_lazy.LazyRun, _layers.Placement] | None:
+        """Layers on empty zarr arrays now, for the worker to fill through ``run.steps``.
+
+        Returns the run and the placement of ``layer``; None (after ``on_error``) when the run
+        cannot be set up.
+        """
+        placement = _layers.placement_from_layer(layer)
+        image = _lazy.LazyImage.from_layer(layer)
+        current = _layers.slice_index(self._viewer.dims.point, placement, len(image.leading_shape))
+        try:
+            run = _lazy.LazyRun(
+                self._session,
+                image,
+                self._scratch,
+                planes=_lazy.default_planes(image.leading_shape, current, current_slice),
+                view=_lazy.view_box(self._viewer, layer),
+                options=options,
+                block_size=block_size,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a notification; the widget stays usable
+            on_error(exc)
+            return None
+        results = _layers.lazy_result_layers(run.outputs, placement, run.model_name)
+        self.run, self._next_refresh = run, 0.0
+        self._layers = _layers.apply_results(self._viewer.layers, results, placement)
+        self.release_stores()  # the stores of an earlier run whose layers now read this one
+        self._editable = [(shown, shown.editable) for shown in self._layers]
+        for shown in self._layers:
+            shown.editable = False  # no painting while blocks are written into the layer
+        return run, placement
+
+    def refresh(self, force: bool = False) -> None:
+        """Show the blocks written so far, unless the last refresh was too recent (``force``: now)."""
+        start = time.monotonic()
+        if not force and start < self._next_refresh:
+            return  # the next refresh shows these blocks too
+        for layer in self._layers:
+            layer.refresh()
+        took = time.monotonic() - start
+        self._next_refresh = start + max(REFRESH_INTERVAL_S, took / REFRESH_SHARE)
+
+    def release_stores(self, *_) -> None:
+        """Delete the zarr stores no layer reads any more (and no run writes)."""
+        in_use = {_layers.store_of(layer) for layer in self._viewer.layers} - {None}
+        if self.run is not None:
+            in_use.add(str(self.run.outputs.path))
+        self._scratch.release_unused(in_use)
+
+    def end(self) -> None:
+        """The worker finished: the layers can be painted again, and the run's stores may go."""
+        for layer, editable in self._editable:
+            layer.editable = editable
+        self.run, self._layers, self._editable = None, [], []
+        self.release_stores()
+
+
+def outcome_message(outcome: _lazy.LazyOutcome, placement: _layers.Placement) -> tuple[str, str | None]:
+    """The status line for a finished block-by-block run, and a notification (cancelled runs) or None."""
+    blocks = _lazy.blocks_for_message(outcome)
+    if outcome.cancelled:
+        status = (
+            f"Cancelled after {blocks}: the blocks done are kept in the layers, the rest of "
+            f"{placement.source_name} is empty."
+        )
+        return status, f"Prediction cancelled; {blocks} kept."
+    if outcome.semantic:
+        return f"Done ({blocks}).", None
+    return f"Done: {outcome.n_objects} object(s) in {placement.source_name} ({blocks}).", None
