@@ -28,12 +28,17 @@ def run(args: argparse.Namespace) -> int:
         pairs = [(read_image(i), read_image(lbl), args.axes) for i, lbl in zip(args.image, args.labels)]
         minutes = 5.0 if args.minutes is None and args.steps is None else args.minutes
         config = TrainConfig(
-            max_steps=args.steps, time_budget=None if minutes is None else 60.0 * minutes, seed=args.seed
+            max_steps=args.steps,
+            time_budget=None if minutes is None else 60.0 * minutes,
+            seed=args.seed,
+            precision=args.precision,
         )
         trainer = Trainer(model, pairs, config=config, device=device)
     except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
-    print(f"fine-tuning {info.name} on {len(pairs)} image(s), {describe_device(device)}", file=sys.stderr)
+    print(
+        f"fine-tuning {info.name} on {len(pairs)} image(s), {describe_device(device, args.precision)}", file=sys.stderr
+    )
     total = config.max_steps if config.time_budget is None else None
     run = trainer.run()
     try:

@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CYX (default: guessed)")
     p.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default 512 in 2D)")
     p.add_argument("--semantic", action="store_true", help="write a 0/1 foreground mask instead of instance labels")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX / AVX512-BF16), else fp32",
+    )
     p.add_argument(
         "--spacing",
         type=_spacing,
@@ -74,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, default=None, help="time budget (default 5 minutes)")
     budget.add_argument("--steps", type=int, default=None, help="step budget")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    f.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX / AVX512-BF16), else fp32",
+    )
     f.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC (default: guessed)")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=finetune.run)

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     except (ModelNotFoundError, ModelFileError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"model {info.name} on {describe_device(device)}", file=sys.stderr)
+    print(f"model {info.name} on {describe_device(device, args.precision)}", file=sys.stderr)
     net = prepare_model(model, device)
     options = _options(args)
     failures = 0

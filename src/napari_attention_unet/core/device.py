@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DEVICE_CHOICES", "autocast_dtype", "describe_device", "pick_device"]
+__all__ = ["DEVICE_CHOICES", "autocast_dtype", "cpu_has_native_bf16", "describe_device", "pick_device"]
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
@@ -51,20 +51,39 @@ def available_devices() -> list[str]:
     return devices
 
 
-def describe_device(device: torch.device) -> str:
-    """Human-readable name, e.g. 'CUDA (NVIDIA H100 80GB HBM3)' or 'CPU (2 threads)'."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix maths in hardware (Intel AMX or AVX512-BF16), as oneDNN sees it.
+
+    There, convolutions under bf16 autocast run about 2.7x faster than in float32; elsewhere
+    (e.g. AVX2 only) bf16 is emulated and slower, so 'auto' stays float32.
+    """
+    cpu = getattr(torch, "cpu", None)
+    for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        try:
+            if bool(getattr(cpu, check)()):
+                return True
+        except (AttributeError, RuntimeError):  # an older torch, or a build without the check
+            continue
+    return False
+
+
+def describe_device(device: torch.device, precision: str = "auto") -> str:
+    """Human-readable name and precision, e.g. 'CUDA (NVIDIA H100 80GB HBM3), bf16' or 'CPU (2 threads, bf16)'."""
+    amp = autocast_dtype(device, precision)
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[amp]
     if device.type == "cuda":
-        return f"CUDA ({torch.cuda.get_device_name(device)})"
+        return f"CUDA ({torch.cuda.get_device_name(device)}), {name}"
     if device.type == "mps":
-        return "Apple MPS"
-    return f"CPU ({torch.get_num_threads()} threads)"
+        return f"Apple MPS, {name}"
+    return f"CPU ({torch.get_num_threads()} threads, {name})"
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The reduced-precision dtype to run under, or None for float32.
 
-    'auto' is bf16 on GPUs that support it, else fp16 on CUDA, and float32 on
-    the CPU and MPS (where reduced precision is rarely faster).
+    'auto' is bf16 on GPUs that support it, else fp16 on CUDA; bf16 on CPUs that run it
+    natively (:func:`cpu_has_native_bf16`); float32 on other CPUs and on MPS. fp16 is for
+    CUDA only: the CPU has no fast fp16 path and training would need a CUDA gradient scaler.
     """
     precision = precision.lower()
     if precision in ("fp32", "float32", "off"):
@@ -72,9 +91,13 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
+        if device.type == "cpu":
+            raise ValueError("fp16 runs on CUDA GPUs only; on the CPU choose bf16 or fp32")
         return torch.float16
     if precision != "auto":
         raise ValueError(f"unknown precision {precision!r}; choose auto, bf16, fp16 or fp32")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
     return None

@@ -101,7 +101,8 @@ class Trainer:
 
         self.freeze_bn = (not config.from_scratch) if config.freeze_batchnorm is None else config.freeze_batchnorm
         self.optimizer = make_optimizer(self.model, config)
-        self.amp = autocast_dtype(self.device, config.precision) if self.device.type == "cuda" else None
+        # bf16 autocast on GPUs and on CPUs that run bf16 natively ('auto'); MPS trains in float32.
+        self.amp = autocast_dtype(self.device, config.precision) if self.device.type in ("cuda", "cpu") else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.rng = np.random.default_rng(config.seed)
         self.step = 0
