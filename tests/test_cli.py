@@ -152,3 +152,29 @@ def test_predict_ome_zarr_input_to_zarr_output(tmp_path, model_file, home):
     assert from_tiff.returncode == 0, from_tiff.stderr
     same = tifffile.imread(tmp_path / "tif" / f"{HE.stem}_attention.tif")
     assert np.abs(results["slide/attention"][:].astype(np.float32) - same).max() < 1e-3  # CYX zarr == YXC TIFF
+
+
+def test_model_out_path_then_predict_model_with_the_path_as_typed(tmp_path, model_file, home):
+    """`finetune --out my-model` writes ``save_model(model, "my-model")``; `predict --model my-model` must find it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(FLUO, work / "cells.tif")
+    written = save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), work / "my-model")  # as finetune does
+    assert written == work / "my-model.safetensors"
+
+    def run_here(*args):
+        return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=work, timeout=300)
+
+    done = run_here("predict", "cells.tif", "--out", "results", "--model", "my-model", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert (work / "results" / "cells_labels.tif").is_file()
+    for typed in (work / "my-model", "./my-model.safetensors"):
+        again = run_here("predict", "cells.tif", "--out", "again", "--model", typed, "--device", "cpu")
+        assert again.returncode == 0, again.stderr
+    missing = run_here("predict", "cells.tif", "--out", "x", "--model", "no-such-model")
+    assert missing.returncode == 2 and "no model named 'no-such-model'" in missing.stderr
+    refused = run_here(
+        "finetune", "--image", "cells.tif", "--labels", "cells.tif", "--out", "tuned", "--model", "my-model",
+        "--steps", "1", "--device", "cpu",
+    )  # fmt: skip
+    assert "fine-tuning my-model" in refused.stderr  # finetune --model finds it the same way

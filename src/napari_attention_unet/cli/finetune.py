@@ -69,5 +69,5 @@ def run(args: argparse.Namespace) -> int:
         "trained_on": [str(p) for p in args.image],
     }
     path = save_model(result.model, args.out, info=meta)
-    print(f"wrote {path}", file=sys.stderr)
+    print(f"wrote {path} (use it with: attention-unet predict ... --model {args.out})", file=sys.stderr)
     return 0

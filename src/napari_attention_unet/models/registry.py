@@ -80,7 +80,7 @@ def safe_model_name(name: str) -> str:
 
 
 def resolve_model(name_or_path: str | os.PathLike | None = None) -> ModelInfo:
-    """Find a model by bundled name, saved name, or file path (None = the bundled default)."""
+    """Find a model: a file (``PATH`` or ``PATH.safetensors``), else a bundled or saved name (None: the default)."""
     if name_or_path is None:
         name_or_path = BUNDLED_DEFAULT
         if not any(m.name == BUNDLED_DEFAULT for m in bundled_models()):
@@ -90,10 +90,13 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> ModelInfo:
             )
     text = str(name_or_path)
     path = Path(text).expanduser()
+    # A file the user typed wins, with or without the suffix the writers add: `finetune --out
+    # my-model` writes my-model.safetensors, and `predict --model my-model` must find it.
+    for candidate in (path, path.with_name(path.name + SUFFIX)):
+        if candidate.name and candidate.suffix != ".tmp" and candidate.is_file():
+            return ModelInfo(candidate.name.removesuffix(SUFFIX), candidate, False)
     if path.suffix == SUFFIX or os.sep in text or "/" in text:
-        if path.is_file():
-            return ModelInfo(path.stem, path, False)
-        raise ModelNotFoundError(f"no model file at {path}")
+        raise ModelNotFoundError(f"no model file at {path} (nor {path.name + SUFFIX} beside it)")
     for info in all_models():
         if info.name == text:
             return info
