@@ -9,7 +9,8 @@ with the viewer idle (the reference run in the same process), and the ratio.
 Run under an X server: ``xvfb-run -a python benchmarks/bench_responsiveness.py``.
 ``--lazy`` hands the image to napari as a dask array, so the widget goes block by block
 (1024 px blocks, the region on screen first) into zarr-backed layers refreshed as blocks arrive.
-The issue's bar: no event-loop stall over ~100 ms.
+The issue's bar: no event-loop stall over ~100 ms, from the click to the layers drawn (the
+measurement goes on for a second after the last layer is added, for their first draw).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import argparse
 import time
 
 import numpy as np
+
+#: Measured on after the run ends, so that the first draw of the new layers counts too.
+DRAW_TAIL_S = 1.0
 
 
 def measure_gaps(
@@ -79,8 +83,19 @@ def main() -> None:
     idle = measure_gaps(app, seconds=3.0)
     t0 = time.perf_counter()
     widget.predict()
-    busy = measure_gaps(app, until=lambda: not widget.is_running)
-    elapsed = time.perf_counter() - t0
+    ended: list[float] = []
+
+    def drawn() -> bool:
+        # The run ends when the last result layer is in; its first draw comes in the next turns.
+        if not widget.is_running and not ended:
+            ended.append(time.perf_counter())
+        return bool(ended) and time.perf_counter() - ended[0] > DRAW_TAIL_S
+
+    ticks: list[float] = []
+    busy = measure_gaps(app, until=drawn, ticks=ticks)
+    elapsed = ended[0] - t0
+    worst = np.argsort(busy)[::-1][:3]
+    when = ", ".join(f"{busy[i]:.0f} ms at {ticks[i] - t0:.2f} s" for i in sorted(worst))
     layers = [layer.name for layer in viewer.layers]
     viewer.close()
 
@@ -91,6 +106,7 @@ def main() -> None:
     print(f"{'':28s}{'longest gap':>14s}{'99th pct':>12s}{'median':>10s}")
     for name, gaps in (("viewer idle (reference)", idle), ("while predicting", busy)):
         print(f"{name:28s}{gaps.max():11.1f} ms{np.percentile(gaps, 99):9.1f} ms{np.median(gaps):7.1f} ms")
+    print(f"longest gaps (time after the click): {when}")
     print(f"longest gap while predicting / idle: {busy.max() / max(idle.max(), 1e-9):.2f}x  (bar: under ~100 ms)")
 
 

@@ -25,6 +25,7 @@ from magicgui.widgets import (
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 
 from napari_attention_unet.core.predict import PredictOptions
 from napari_attention_unet.gui import layers as _layers
@@ -62,6 +63,7 @@ class AttentionUNetWidget(Container):
         self._session = Session()
         self._worker: GeneratorWorker | None = None
         self._blocks = BlockPrediction(viewer, self._session)  # large and lazy images
+        self._to_add: list = []  # result layers still to put in the viewer, one per event-loop turn
         #: Block edge (px) for large and lazy images; smaller blocks show the first results sooner.
         self.block_size = _lazy.LAZY_BLOCK_SIZE
 
@@ -139,7 +141,7 @@ class AttentionUNetWidget(Container):
 
     @property
     def is_running(self) -> bool:
-        return self._worker is not None or self._blocks.run is not None
+        return self._worker is not None or self._blocks.run is not None or bool(self._to_add)
 
     def use_model(self, name_or_path: str) -> None:
         """Choose a model by name (bundled or saved) or by file path, as the pickers do."""
@@ -345,11 +347,27 @@ class AttentionUNetWidget(Container):
             show_info(note)
 
     def _on_returned(self, result, placement: _layers.Placement) -> None:
-        results = _layers.result_layers(result, placement)
-        _layers.apply_results(self._viewer.layers, results, placement)
+        # napari takes 0.1-0.4 s to add one large layer: one layer per event-loop turn keeps the
+        # viewer answering between them instead of freezing for the sum.
+        self._to_add = _layers.result_layers(result, placement)
         self._device_info.value = result.device
         n = int(result.labels.max(initial=0))
-        self._status.value = f"Done: {n} object(s) in {placement.source_name}." if not result.semantic else "Done."
+        done = f"Done: {n} object(s) in {placement.source_name}." if not result.semantic else "Done."
+        self._add_next_layer(placement, done)
+
+    def _add_next_layer(self, placement: _layers.Placement, done: str) -> None:
+        try:  # still listed while it is added: the picker must not follow the new layer (is_running)
+            _layers.apply_results(self._viewer.layers, self._to_add[:1], placement)
+            self._to_add.pop(0)
+        except Exception as exc:  # noqa: BLE001 - a layer napari refused: say so, keep the widget usable
+            self._to_add, done = [], f"Not all result layers could be added: {exc}"
+        if self._to_add:
+            self._status.value = "Adding the result layers…"
+            QTimer.singleShot(0, lambda: self._add_next_layer(placement, done))
+            return
+        self._status.value = done
+        if self._worker is None:  # the worker finished while the layers were being added
+            self._set_running(False)
 
     def _on_error(self, exc: BaseException) -> None:
         show_error(explain_error(exc))
@@ -366,7 +384,8 @@ class AttentionUNetWidget(Container):
     def _on_finished(self) -> None:
         self._worker = None
         self._blocks.end()  # block by block: the layers can be painted again
-        self._set_running(False)
+        if not self._to_add:
+            self._set_running(False)
 
     def _set_running(self, running: bool, message: str | None = None) -> None:
         for widget in (self._predict, self._image, self._model, self._refresh, self._model_file, self._device):
