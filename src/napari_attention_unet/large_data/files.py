@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from napari_attention_unet.large_data.nifti import NiftiVolume, is_nifti_path, read_nifti
+
 __all__ = [
     "LARGE_PIXELS",
     "ImageReadError",
@@ -18,6 +20,7 @@ __all__ = [
     "is_zarr_path",
     "open_lazy_image",
     "read_image",
+    "read_nifti_volume",
     "write_attention",
     "write_labels",
 ]
@@ -30,9 +33,24 @@ class ImageReadError(OSError):
     """An input file is missing or not an image we can read."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a TIFF or PNG/JPEG into a numpy array (RGBA loses its alpha channel)."""
+def read_nifti_volume(path: str | Path) -> NiftiVolume:
+    """A NIfTI file as a :class:`~.nifti.NiftiVolume` (data ZYX, spacing, affine); errors as ImageReadError."""
     path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"no such file: {path}")
+    try:
+        return read_nifti(path)
+    except (ImportError, ValueError) as exc:  # nibabel missing (with the pip line), 4D without a time point, 5D
+        raise ImageReadError(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear message
+        raise ImageReadError(f"{path.name} could not be read as NIfTI ({exc})") from exc
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a TIFF, PNG/JPEG or NIfTI file into a numpy array (RGBA loses its alpha; NIfTI comes as ZYX)."""
+    path = Path(path)
+    if is_nifti_path(path):
+        return read_nifti_volume(path).data
     if not path.is_file():
         raise ImageReadError(f"no such file: {path}")
     suffix = path.suffix.lower()
@@ -44,7 +62,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
             image = imread(path)
         else:
-            raise ImageReadError(f"{path.name}: unsupported file type {suffix!r}; use TIFF or PNG")
+            raise ImageReadError(f"{path.name}: unsupported file type {suffix!r}; use TIFF, PNG or NIfTI")
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear message

@@ -4,6 +4,14 @@
 :func:`predict_file_steps` as one task per file, so both write the same files:
 ``<stem>_labels.tif`` and ``<stem>_attention.tif`` in the output folder, or
 ``<stem>/{labels,attention,probability}`` in a ``.zarr`` output store for the block engine.
+
+A NIfTI volume (``vol.nii`` / ``vol.nii.gz``) gives NIfTI outputs on its own voxel grid, with its
+affine and header (qform / sform kept): ``vol_labels.nii.gz`` (integer labels, uint8 when they
+fit, NIfTI intent "label") and ``vol_attention.nii.gz``, one 4D float32 file ``(x, y, z, gate)``
+with the gate names in the header's ``descrip`` ("attention gates: gate1,gate2,..."), so that one
+file per input holds all maps and medical viewers show the gates as the frames of a series. The
+header's voxel size becomes ``PredictOptions.spacing`` when none was given (a 3D model resamples
+an anisotropic volume to cubic voxels; a 2D model predicts slice by slice and ignores it).
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from napari_attention_unet.core.images import ImageShapeError, guess_axes
@@ -26,9 +35,11 @@ from napari_attention_unet.large_data.files import (
     is_zarr_path,
     open_lazy_image,
     read_image,
+    read_nifti_volume,
     write_attention,
     write_labels,
 )
+from napari_attention_unet.large_data.nifti import is_nifti_path, write_nifti
 
 __all__ = ["BLOCK_SIZE", "needs_blocks", "predict_file_in_blocks", "predict_file_steps", "result_paths", "stem_of"]
 
@@ -42,9 +53,10 @@ def stem_of(image_path: str | Path) -> str:
 
 
 def result_paths(out_dir: Path, image_path: Path) -> tuple[Path, Path]:
-    """Where ``attention-unet predict`` writes an image's labels and attention maps."""
+    """Where ``attention-unet predict`` writes an image's labels and attention maps (``.nii.gz`` for NIfTI)."""
     stem = stem_of(image_path)
-    return Path(out_dir) / f"{stem}_labels.tif", Path(out_dir) / f"{stem}_attention.tif"
+    suffix = ".nii.gz" if is_nifti_path(image_path) else ".tif"
+    return Path(out_dir) / f"{stem}_labels{suffix}", Path(out_dir) / f"{stem}_attention{suffix}"
 
 
 def needs_blocks(path: Path, out: Path, axes: str | None = None, block_size: int | None = None) -> bool:
@@ -72,13 +84,33 @@ def predict_file_steps(
     device: str | torch.device = "auto",
     inference_model: AttentionUNet | None = None,
 ) -> Generator[Progress, None, Prediction]:
-    """Read one image whole, predict it and write its labels and attention maps into ``out_dir``."""
-    image = read_image(image_path)
+    """Read one image whole, predict it and write its labels and attention maps into ``out_dir``.
+
+    A NIfTI input is read as ZYX with its voxel size as the default ``spacing`` and its outputs
+    are NIfTI on its grid (see the module's docstring).
+    """
+    volume = None
+    if is_nifti_path(image_path):
+        volume = read_nifti_volume(image_path)
+        image = volume.data
+        options = PredictOptions.of(
+            options, axes=options.axes or volume.axes, spacing=options.spacing or volume.spacing
+        )
+    else:
+        image = read_image(image_path)
     result = yield from predict(model, image, options, device=device, inference_model=inference_model)
     labels_path, attention_path = result_paths(out_dir, image_path)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_labels(labels_path, result.labels)
-    write_attention(attention_path, result.gate_maps, result.spatial_axes)
+    if volume is None:
+        write_labels(labels_path, result.labels)
+        write_attention(attention_path, result.gate_maps, result.spatial_axes)
+        return result
+    write_nifti(labels_path, result.labels, volume, labels=True)
+    if result.gate_maps:
+        names = list(result.gate_maps)
+        maps = [np.asarray(result.gate_maps[n], dtype=np.float32) for n in names]
+        stack = np.stack([m[np.newaxis] if m.ndim == 2 else m for m in maps])  # (gate, z, y, x)
+        write_nifti(attention_path, stack, volume, labels=False, description="attention gates: " + ",".join(names))
     return result
 
 

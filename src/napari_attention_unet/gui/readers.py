@@ -1,0 +1,115 @@
+"""napari reader and writer for NIfTI volumes (``.nii``, ``.nii.gz``); napari has none of its own.
+
+Reader (:func:`get_reader`): a file opens on its voxel grid with ``scale`` = the voxel size
+``(z, y, x)`` from the header (``(1, z, y, x)`` for a 4D series, whose first axis is time, or
+the gates of our ``*_attention.nii.gz``). It is not placed in world coordinates: no rotation or
+translation, so every volume read here and every result computed on it line up by voxel. The
+affine and the header travel in ``metadata["nifti"]`` (affine as a nested list, the raw header
+base64-encoded) for the writer. A file opens as a Labels layer when its voxels are integers
+(no scaling in the header) and either its header intent is "label" (as our label maps are
+written), its name (without ``.nii[.gz]``) ends with ``_seg``, ``-seg``, ``_mask`` or ``-mask``
+or contains ``label`` (``vol_labels.nii.gz``, ``label.nii``), or it sits in a folder whose
+name contains ``label`` (the Medical Segmentation Decathlon's ``labelsTr/``); anything else
+opens as an Image layer.
+
+Writer (:func:`write_labels_nifti`): a Labels layer to ``.nii.gz`` / ``.nii`` with the affine and
+header from its ``metadata["nifti"]`` (a label map opened here), else from the NIfTI image it was
+predicted from (the plugin's masks layers name their source layer; used when that layer is still
+in the viewer and has the same spatial shape), so that it lands on the source's grid; else with an
+affine built from the layer's ``scale`` and ``translate`` (no rotation, no qform/sform history).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_attention_unet.gui.layers import MARKER
+from napari_attention_unet.large_data.nifti import (
+    LABEL_INTENT,
+    is_nifti_path,
+    nifti_stem,
+    read_nifti,
+    write_nifti,
+)
+
+__all__ = ["get_reader", "is_label_map", "read_nifti_layers", "write_labels_nifti"]
+
+LABEL_ENDINGS = ("_seg", "-seg", "_mask", "-mask")
+
+
+def is_label_map(path: str | Path, dtype: np.dtype, intent: int = 0) -> bool:
+    """Whether a NIfTI file opens as Labels: integer voxels, and a label intent or a label-like name."""
+    if np.dtype(dtype).kind not in "iub":
+        return False
+    stem = nifti_stem(path).lower()
+    return (
+        intent == LABEL_INTENT
+        or stem.endswith(LABEL_ENDINGS)
+        or "label" in stem
+        or "label" in Path(path).parent.name.lower()
+    )
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
+    """The npe2 reader hook: :func:`read_nifti_layers` for NIfTI paths, None for anything else."""
+    paths = path if isinstance(path, list | tuple) else [path]
+    if not paths or not all(isinstance(p, str | Path) and is_nifti_path(p) for p in paths):
+        return None
+    return read_nifti_layers
+
+
+def read_nifti_layers(path: str | list[str]) -> list[tuple]:
+    """One layer data tuple per file: Image or Labels (see the module docstring), scaled by the voxel size."""
+    paths = path if isinstance(path, list | tuple) else [path]
+    layers = []
+    for p in paths:
+        volume = read_nifti(p, all_time_points=True)
+        scale = (1.0,) * (volume.data.ndim - len(volume.spacing)) + tuple(volume.spacing)
+        kwargs = {"name": nifti_stem(p), "scale": scale, "metadata": {"nifti": volume.metadata(p)}}
+        kind = "labels" if is_label_map(p, volume.data.dtype, volume.intent) else "image"
+        layers.append((volume.data, kwargs, kind))
+    return layers
+
+
+def _affine_from_layer(meta: dict[str, Any], ndim: int) -> np.ndarray:
+    """A NIfTI affine (x, y, z) from a layer's spatial ``scale`` and ``translate`` (napari order)."""
+    spatial = min(ndim, 3)
+    scale = list(meta.get("scale") or [1.0] * ndim)[-spatial:]
+    translate = list(meta.get("translate") or [0.0] * ndim)[-spatial:]
+    affine = np.eye(4)
+    for i, (s, t) in enumerate(zip(scale[::-1], translate[::-1])):  # x, y[, z]
+        affine[i, i], affine[i, 3] = float(s), float(t)
+    return affine
+
+
+def _source_grid(meta: dict[str, Any], shape: tuple[int, ...]) -> dict | None:
+    """``metadata["nifti"]`` of the NIfTI image a plugin result layer was predicted from, if on the same grid."""
+    source_id = ((meta.get("metadata") or {}).get(MARKER) or {}).get("source")
+    if not source_id:
+        return None
+    import napari
+
+    viewer = napari.current_viewer()
+    for layer in viewer.layers if viewer is not None else ():
+        if str(layer.unique_id) == str(source_id):
+            grid = layer.metadata.get("nifti")
+            if isinstance(grid, dict) and "header" in grid and tuple(grid.get("shape", ()))[-3:] == shape[-3:]:
+                return grid
+    return None
+
+
+def write_labels_nifti(path: str, data: Any, meta: dict) -> list[str]:
+    """The npe2 writer for a Labels layer: ``path`` as NIfTI (``.nii.gz`` added when it has no NIfTI suffix)."""
+    if not is_nifti_path(path):
+        path = f"{path}.nii.gz"
+    labels = np.asarray(data[0] if isinstance(data, list) else data)  # a multiscale layer: its full resolution
+    source = (meta.get("metadata") or {}).get("nifti")
+    if not (isinstance(source, dict) and "affine" in source and "header" in source):
+        source = _source_grid(meta, labels.shape)
+    like = source if source is not None else _affine_from_layer(meta, labels.ndim)
+    write_nifti(path, labels, like, labels=True)
+    return [str(path)]
