@@ -2,6 +2,7 @@
 
 attention-unet predict IMAGE [IMAGE ...] --out DIR [--model NAME_OR_PATH] [--device auto|cpu|cuda|mps]
 attention-unet finetune --image IMG --labels LBL [...] --out PATH [--model NAME_OR_PATH]
+attention-unet train --image IMG --labels LBL [...] --out PATH [--task instances|semantic] [--dims 2|3]
 attention-unet models
 attention-unet export MODEL --format bioimageio|onnx|torchscript --out PATH
 """

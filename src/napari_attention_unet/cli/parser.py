@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from napari_attention_unet import __version__
-from napari_attention_unet.cli import finetune, models, predict
+from napari_attention_unet.cli import finetune, models, predict, train
 
 __all__ = ["build_parser"]
 
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=finetune.run)
 
+    _add_train(sub)
+
     m = sub.add_parser("models", help="list bundled and saved models")
     m.set_defaults(func=models.list_models)
 
@@ -99,6 +101,60 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--test-image", type=Path, metavar="IMG", help="bioimageio: real image for the test data")
     x.set_defaults(func=models.export)
     return parser
+
+
+def _add_train(sub) -> None:
+    t = sub.add_parser("train", help="train a new model (instances or semantic classes, 2D or 3D) on labelled images")
+    t.add_argument("--image", action="append", required=True, type=Path, metavar="IMG", help="image (repeatable)")
+    t.add_argument("--labels", action="append", required=True, type=Path, metavar="LBL", help="its labels (repeatable)")
+    t.add_argument("--out", required=True, type=Path, metavar="PATH", help="where to write the model (.safetensors)")
+    t.add_argument(
+        "--task",
+        choices=["instances", "semantic"],
+        default=None,
+        help="instances: objects (ids or a mask of objects); semantic: label value k is class k "
+        "(default: inferred from the labels)",
+    )
+    t.add_argument("--dims", type=int, choices=[2, 3], default=None, help="2D or 3D model (default: 3 for volumes)")
+    t.add_argument(
+        "--spacing",
+        type=_spacing,
+        default=None,
+        metavar="Z,Y,X",
+        help="voxel size; volumes are made cubic",
+    )
+    t.add_argument(
+        "--start",
+        default=None,
+        metavar="NAME_OR_PATH|scratch",
+        help="start from a model's weights (its head replaced for a new task) or from scratch "
+        "(default: the bundled model for 2D, scratch for 3D or with --base-width / --depth)",
+    )
+    t.add_argument("--class-names", default=None, metavar="NAME,NAME,...", help="names of classes 1..K (semantic)")
+    t.add_argument(
+        "--zero-is",
+        choices=["background", "unlabelled"],
+        default="background",
+        help="semantic labels: 0 is the background (dense labels), or unlabelled (strokes: paint the background "
+        "as a class of its own)",
+    )
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None, help="time budget (default 10 minutes)")
+    budget.add_argument("--steps", type=int, default=None, help="step budget")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    t.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CZYX (default: guessed)")
+    t.add_argument("--time-point", type=int, default=None, metavar="T", help="train on time point T of 4D series")
+    t.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random flips and turns (default: on, but off for semantic 3D: anatomy has an orientation)",
+    )
+    t.add_argument("--base-width", type=int, default=None, help="from scratch: channels of the first level")
+    t.add_argument("--depth", type=int, default=None, help="from scratch: levels of the network")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=train.run)
 
 
 def _spacing(text: str) -> tuple[float, ...]:

@@ -88,6 +88,7 @@ def augment(
     centre: tuple[int, ...] | None = None,
     scale_range: tuple[float, float] = (0.8, 1.25),
     extra: np.ndarray | None = None,
+    flips: bool = True,
 ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One augmented training patch of ``size`` from a whole image and its target.
 
@@ -95,7 +96,8 @@ def augment(
     otherwise the patch position is uniform. For 2D a random scale in
     ``scale_range`` is applied by cropping ``size / scale`` and resizing; 3D only flips.
     ``extra`` (float, ``(K, *spatial)``, e.g. a loss weight map) gets the same geometry
-    but no intensity jitter, and is returned third.
+    but no intensity jitter, and is returned third. ``flips=False`` leaves out the random
+    flips and turns, for classes that depend on orientation (anterior / posterior, left / right).
     """
     n_channels = image.shape[0]
     if extra is not None:
@@ -115,7 +117,8 @@ def augment(
     image_patch, target_patch = crop_patch(image, target, start, crop)
     if crop != tuple(size):
         image_patch, target_patch = rescale_patch(image_patch, target_patch, size)
-    image_patch, target_patch = random_flips_rotations(image_patch, target_patch, rng)
+    if flips:
+        image_patch, target_patch = random_flips_rotations(image_patch, target_patch, rng)
     if extra is not None:
         extra_patch = image_patch[n_channels:]
         return intensity_jitter(image_patch[:n_channels], rng), target_patch, extra_patch

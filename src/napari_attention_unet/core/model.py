@@ -18,15 +18,27 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["AttentionGate", "AttentionUNet", "ModelConfig", "PRESETS"]
+__all__ = ["AttentionGate", "AttentionUNet", "ModelConfig", "PRESETS", "TASKS"]
+
+#: What a network's output channels mean (see :class:`ModelConfig`).
+TASKS = ("instances", "semantic")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a network; saved next to its weights.
 
-    ``classes`` names the output channels. The default three classes
-    (background, interior, boundary) let prediction separate touching objects.
+    ``classes`` names the output channels. ``task`` says what they mean:
+
+    - ``"instances"`` (the default): background, interior, boundary; prediction separates
+      touching objects with a watershed.
+    - ``"semantic"``: output channel k is label value k, 0 the background (or, for a model
+      trained on strokes with ``zero_is="unlabelled"``, a channel never trained) and 1..K the
+      user's classes; prediction is the arg-max class value.
+
+    ``to_dict`` writes ``task`` only when it is not ``"instances"``, so the description of an
+    instance model (saved files, the bundled model's card) is what it was before tasks existed;
+    ``from_dict`` reads a missing ``task`` as ``"instances"``.
     """
 
     spatial_dims: int = 2
@@ -35,6 +47,7 @@ class ModelConfig:
     base_width: int = 16
     depth: int = 5
     extra: dict = field(default_factory=dict, compare=False)
+    task: str = "instances"
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -43,6 +56,8 @@ class ModelConfig:
             raise ValueError(f"depth must be at least 2 (one skip connection), got {self.depth}")
         if self.in_channels < 1 or self.base_width < 1:
             raise ValueError("in_channels and base_width must be positive")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if len(self.classes) < 2:
             raise ValueError("a network needs at least two classes (background and foreground)")
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -67,11 +82,14 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["classes"] = list(self.classes)
+        if self.task == "instances":
+            del d["task"]  # the default: instance models are described as before tasks existed
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        known = {k: d[k] for k in ("spatial_dims", "in_channels", "classes", "base_width", "depth") if k in d}
+        keys = ("spatial_dims", "in_channels", "classes", "base_width", "depth", "task")
+        known = {k: d[k] for k in keys if k in d}
         return cls(**known, extra=dict(d.get("extra", {})))
 
 

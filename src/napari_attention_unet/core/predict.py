@@ -1,10 +1,10 @@
 """Tiled prediction of a whole image as a generator.
 
 ``predict(model, image, options)`` yields :class:`Progress` after every batch of tiles and
-returns a :class:`Prediction` (instance labels, foreground probability and every attention
-gate's coefficients on the image grid). Scripts drive it with :func:`run_to_end`; the napari
-widget runs the same generator in a worker, and closing the generator (``gen.close()`` or
-``worker.quit()``) stops the work before the next tile.
+returns a :class:`Prediction` (instance labels, or class values for a semantic model, the foreground
+probability and every attention gate's coefficients on the image grid). Scripts drive it with
+:func:`run_to_end`; the napari widget runs the same generator in a worker, and closing the
+generator (``gen.close()`` or ``worker.quit()``) stops the work before the next tile.
 
 :class:`PredictOptions` is the one description of *how* to predict: the CLI, the dask
 workers, the block engine and the widget all build one and pass it on.
@@ -12,22 +12,30 @@ workers, the block engine and the widget all build one and pass it on.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from napari_attention_unet.core.device import autocast_dtype, pick_device
+from napari_attention_unet.core.device import autocast_dtype, channels_last_format, pick_device
 from napari_attention_unet.core.images import ImageShapeError, match_channels, normalize, to_channel_first
 from napari_attention_unet.core.instances import probabilities_to_instances
-from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.progress import Progress, run_to_end
+from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom, resample
 from napari_attention_unet.core.tiling import Tiling, predict_tiles, tile_starts
 
-__all__ = ["PredictOptions", "Prediction", "Progress", "predict", "prepare_model", "run_to_end", "tile_starts"]
+__all__ = [
+    "PredictOptions",
+    "Prediction",
+    "Progress",
+    "class_values",
+    "predict",
+    "prepare_model",
+    "run_to_end",
+    "tile_starts",
+]
 
 
 @dataclass(frozen=True)
@@ -39,10 +47,11 @@ class PredictOptions:
     about 576 px (2D) or 96 px (3D) are fitted to the image. ``overlap`` and ``batch_size``
     default to what suits the tile and the device. ``precision`` is auto, fp32, bf16 or fp16.
     ``instances`` asks for instance labels (else a 0/1 mask); objects under ``min_size``
-    pixels are dropped. ``gates`` limits which gate maps are stitched (all when None, none
-    with ``()``). ``spacing`` is the pixel size per spatial axis (a 3D model sees anisotropic
-    volumes resampled to cubic voxels). ``keep_class_probabilities`` keeps every class's
-    probability in the result.
+    pixels are dropped. A semantic model (``model.config.task == "semantic"``) ignores
+    ``instances`` and ``min_size``: its labels are always class values. ``gates`` limits which
+    gate maps are stitched (all when None, none with ``()``). ``spacing`` is the pixel size per
+    spatial axis (a 3D model sees anisotropic volumes resampled to cubic voxels).
+    ``keep_class_probabilities`` keeps every class's probability in the result.
     """
 
     axes: str | None = None
@@ -71,13 +80,18 @@ class PredictOptions:
             raise TypeError(f"unknown prediction setting(s) {sorted(unknown)}")
         return replace(options or cls(), **settings)
 
+    def for_model(self, config: ModelConfig) -> PredictOptions:
+        """These options as a model of ``config`` follows them: no ``instances`` for a semantic model."""
+        return replace(self, instances=False) if config.task == "semantic" and self.instances else self
+
 
 @dataclass
 class Prediction:
     """Result of :func:`predict`; every array has the image's spatial shape.
 
     ``labels`` are instance ids (0 = background), or a 0/1 mask when instances were
-    not asked for. ``probability`` is the foreground probability. ``gate_maps`` maps
+    not asked for; for a semantic model, the arg-max class values (uint8: output channel k is
+    label value k). ``probability`` is the foreground probability, 1 - p(class 0). ``gate_maps`` maps
     gate names (``gate1`` finest ... coarsest) to float32 coefficients in [0, 1].
     """
 
@@ -95,11 +109,9 @@ def default_batch_size(device: torch.device, spatial_dims: int) -> int:
 
 
 def prepare_model(model: AttentionUNet, device: torch.device) -> AttentionUNet:
-    """An inference copy: batch norm folded, on ``device``, channels-last for 2D."""
+    """An inference copy: batch norm folded, on ``device``, channels-last (NHWC / NDHWC)."""
     fused = model.fused_for_inference().to(device)
-    if model.config.spatial_dims == 2:
-        fused = fused.to(memory_format=torch.channels_last)
-    return fused
+    return fused.to(memory_format=channels_last_format(model.config.spatial_dims))
 
 
 def predict(
@@ -159,9 +171,9 @@ def predict(
         x = normalize(match_channels(channels_first, config.in_channels))
 
     original_shape = x.shape[1:]
-    zoom = _isotropic_zoom(options.spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None
+    zoom = isotropic_zoom(options.spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None
     if zoom is not None:
-        x = _resample(x, tuple(max(1, round(n * f)) for n, f in zip(original_shape, zoom)))
+        x = resample(x, isotropic_shape(original_shape, zoom))
 
     # A 2D model on a Z stack: predict plane by plane, reporting progress over the whole stack.
     planes = [x[:, z] for z in range(x.shape[1])] if ndim > config.spatial_dims else [x]
@@ -182,11 +194,13 @@ def predict(
         for name in gate_names
     }
     if zoom is not None:  # back to the image's grid
-        probs = _resample(probs, original_shape)
+        probs = resample(probs, original_shape)
         probs /= probs.sum(axis=0, keepdims=True)
-        gate_maps = {name: _resample(g[np.newaxis], original_shape)[0] for name, g in gate_maps.items()}
+        gate_maps = {name: resample(g[np.newaxis], original_shape)[0] for name, g in gate_maps.items()}
     foreground = 1.0 - probs[0]
-    if not options.instances:
+    if config.task == "semantic":
+        labels = class_values(probs)
+    elif not options.instances:
         labels = (foreground > 0.5).astype(np.uint8)
     elif len(planes) > 1:
         labels = _instances_per_plane(probs, options.min_size)
@@ -203,26 +217,9 @@ def predict(
     )
 
 
-def _isotropic_zoom(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
-    """Per-axis factors that make voxels cubic (finest axis kept), or None if they nearly are."""
-    if spacing is None:
-        return None
-    spacing = tuple(float(s) for s in spacing)[-ndim:]
-    if len(spacing) != ndim or min(spacing) <= 0 or not all(math.isfinite(s) for s in spacing):
-        raise ValueError(f"spacing must give {ndim} positive pixel sizes, got {spacing}")
-    finest = min(spacing)
-    zoom = tuple(s / finest for s in spacing)
-    # Below a quarter step of difference, resampling costs more than it helps.
-    return zoom if max(zoom) > 1.25 else None
-
-
-def _resample(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """(C, Z, Y, X) float array -> (C, *shape) by trilinear interpolation, channel by channel."""
-    out = np.empty((array.shape[0], *shape), dtype=np.float32)
-    for c in range(array.shape[0]):
-        channel = torch.from_numpy(np.ascontiguousarray(array[c], dtype=np.float32))[None, None]
-        out[c] = F.interpolate(channel, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
-    return out
+def class_values(probs: np.ndarray) -> np.ndarray:
+    """A semantic model's labels: the most probable class's value (its output channel) per pixel, uint8."""
+    return np.argmax(probs, axis=0).astype(np.uint8)
 
 
 def _instances_per_plane(probs: np.ndarray, min_size: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from napari_attention_unet.core.device import channels_last_format
 from napari_attention_unet.core.progress import Progress
 
 __all__ = ["Tiling", "predict_tiles", "tile_starts"]
@@ -126,7 +127,7 @@ def predict_tiles(
     weights = torch.zeros(tiling.padded)
     window = tiling.window
     mode = "bilinear" if net.config.spatial_dims == 2 else "trilinear"
-    channels_last = net.config.spatial_dims == 2
+    memory_format = channels_last_format(net.config.spatial_dims)
     source = torch.from_numpy(x)
     for batch in _batches(tiling.tiles, batch_size):
         # Inference mode is thread-local: it must not stay on across the yield, where the
@@ -134,7 +135,7 @@ def predict_tiles(
         with torch.inference_mode():
             tiles = torch.stack([source[(slice(None), *tiling.slices(s))] for s in batch]).to(dev, non_blocking=True)
             tiles = tiles.expand(-1, in_channels, *tiles.shape[2:])
-            tiles = tiles.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            tiles = tiles.contiguous(memory_format=memory_format)
             with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                 logits, alphas = net(tiles)
             tile_probs = torch.softmax(logits.float(), dim=1)

@@ -20,6 +20,7 @@ from magicgui.widgets import (
     Container,
     FloatSpinBox,
     Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     create_widget,
@@ -27,6 +28,7 @@ from magicgui.widgets import (
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_attention_unet.gui import new_model as _new_model
 from napari_attention_unet.gui.edits import EditTracker, edited_from_prediction, shapes_mask
 from napari_attention_unet.gui.plot import TrainingPlot
 from napari_attention_unet.gui.session import Session, explain_error
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["FinetuneWidget"]
 
 WHOLE_IMAGE, ONLY_EDITED, IN_SHAPES = "whole image", "only what I edited", "inside the shapes"
+FINE_TUNE, NEW_MODEL = "fine-tune the current model", "a new model for these labels"
 PROGRESS_STEPS = 1000
 
 
@@ -75,6 +78,9 @@ class FinetuneWidget(Container):
         self.edits = EditTracker(viewer)
 
         self._corrected = create_widget(annotation="napari.layers.Labels", label="corrected labels")
+        self._start_from = ComboBox(label="train", choices=[FINE_TUNE, NEW_MODEL], value=FINE_TUNE)
+        self._task = Label(label="labels hold", value="")
+        self._class_names = LineEdit(label="class names", value="")
         self._region = ComboBox(label="train on", choices=[WHOLE_IMAGE, ONLY_EDITED, IN_SHAPES], value=WHOLE_IMAGE)
         self._shapes = create_widget(annotation="napari.layers.Shapes", label="shapes", options={"nullable": True})
         self._minutes = FloatSpinBox(label="time budget (min)", value=2.0, min=0.1, max=120.0, step=0.5)
@@ -85,6 +91,9 @@ class FinetuneWidget(Container):
         super().__init__(
             widgets=[
                 self._corrected,
+                self._start_from,
+                self._task,
+                self._class_names,
                 self._region,
                 self._shapes,
                 self._minutes,
@@ -101,6 +110,14 @@ class FinetuneWidget(Container):
         self._region.tooltip = "Train on every pixel of the labels, or only on the pixels you painted"
         self._start.changed.connect(lambda *_: self.start())  # the button: the time budget only
         self._cancel.changed.connect(self._on_cancel)
+        self._start_from.tooltip = (
+            "Fine-tune the model in use on corrected masks, or train a new model for your own task: "
+            "label values as classes (semantic) or objects (instances), 2D or 3D (a volume with volume labels)"
+        )
+        self._class_names.tooltip = "Names of classes 1, 2, ... separated by commas (e.g. membrane, mitochondria)"
+        for widget in (self._start_from, self._corrected, self._region):
+            widget.changed.connect(self._show_task)
+        self._show_task()
         from napari_attention_unet.core.train import load_optimizer_code
 
         load_optimizer_code()  # here, not in the worker just after the click (see its docstring)
@@ -119,6 +136,20 @@ class FinetuneWidget(Container):
         self._on_cancel()
 
     # -- starting -----------------------------------------------------------------------
+    @property
+    def zero_is(self) -> str:
+        """What label 0 means for a new model: unlabelled when training on painted strokes only."""
+        return "unlabelled" if self._region.value == ONLY_EDITED else "background"
+
+    def _show_task(self, *_) -> None:
+        """Show or hide the new-model controls, and what the chosen labels would teach."""
+        new = self._start_from.value == NEW_MODEL
+        self._task.visible = self._class_names.visible = new
+        self._start.text = "Train" if new else "Fine-tune"
+        layer = self._corrected.value
+        if new and layer is not None and not getattr(layer, "multiscale", False):
+            self._task.value = _new_model.describe_labels(np.asarray(layer.data), self.zero_is)
+
     def _training_inputs(self):
         """(image layer, labels, ignore, edited) or None after telling the user what is missing."""
         image, corrected = self._image(), self._corrected.value
@@ -161,16 +192,32 @@ class FinetuneWidget(Container):
         if inputs is None:
             return
         image, labels, ignore, edited = inputs
+        self._session.plan = None
         try:
-            generator = self._session.finetune(
-                np.asarray(image.data),
-                labels,
-                rgb=bool(getattr(image, "rgb", False)),
-                ignore=ignore,
-                edited=edited,
-                minutes=float(self._minutes.value),
-                steps=self._steps,
-            )
+            if self._start_from.value == NEW_MODEL:
+                names = [n.strip() for n in self._class_names.value.split(",") if n.strip()] or None
+                generator = _new_model.train_new_model(
+                    self._session,
+                    np.asarray(image.data),
+                    labels,
+                    rgb=bool(getattr(image, "rgb", False)),
+                    spacing=tuple(image.scale),
+                    ignore=ignore if self.zero_is == "background" else None,
+                    zero_is=self.zero_is,
+                    class_names=names,
+                    minutes=float(self._minutes.value),
+                    steps=self._steps,
+                )
+            else:
+                generator = self._session.finetune(
+                    np.asarray(image.data),
+                    labels,
+                    rgb=bool(getattr(image, "rgb", False)),
+                    ignore=ignore,
+                    edited=edited,
+                    minutes=float(self._minutes.value),
+                    steps=self._steps,
+                )
         except Exception as exc:  # noqa: BLE001 - becomes a notification
             show_error(_explain(exc))
             return
@@ -191,7 +238,8 @@ class FinetuneWidget(Container):
         self._on_busy(True)
         planes = [i for i in self._session.trained_planes if i]
         where = f" (slices {', '.join(str(i[0] if len(i) == 1 else i) for i in planes)})" if planes else ""
-        self._readout.value = f"Fine-tuning on {image.name}{where}…"
+        what = "Training a new model" if self._start_from.value == NEW_MODEL else "Fine-tuning"
+        self._readout.value = f"{what} on {image.name}{where}…"
         self._worker.start()
 
     def _on_cancel(self) -> None:
@@ -243,6 +291,14 @@ class FinetuneWidget(Container):
         result, self._result = self._result, None
         if result is None:
             return
+        if self._session.plan is not None:  # a new model: kept even if doubted, there is none to fall back on
+            info, message = _new_model.save_new_model(result, self._session.plan, self._image_name)
+            self._session.set_model(result.trained_model, info)
+            self._progress.value = PROGRESS_STEPS
+            self._readout.value = message
+            show_info(message)
+            self._on_new_model(info)
+            return
         if not result.accepted:
             show_warning(result.message)
             self._readout.value = "Not used: " + result.message
@@ -267,7 +323,7 @@ class FinetuneWidget(Container):
         self._start.enabled = enabled and not self.is_running
 
     def _set_running(self, running: bool) -> None:
-        for widget in (self._start, self._corrected, self._region, self._shapes, self._minutes):
+        for widget in (self._start, self._corrected, self._region, self._shapes, self._minutes, self._start_from):
             widget.enabled = not running
         self._cancel.enabled = running
         if running:

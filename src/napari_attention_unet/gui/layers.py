@@ -137,6 +137,9 @@ def result_layers(prediction: PartPrediction, placement: Placement, visible_gate
     """
     index = tuple(prediction.index)
     masks = _masks_kwargs(placement, prediction.model_name)
+    classes = prediction.extra.get("classes")
+    if classes:  # a semantic model: the class of each label value, shown by napari under the cursor
+        masks["features"] = {"index": list(range(len(classes))), "class": list(classes)}
     labels = prediction.labels.astype(labels_dtype(prediction.labels), copy=False)
     layers = [ResultLayer("masks", None, labels, masks, "labels", index, placement.shape)]
     for k, (gate, values) in enumerate(prediction.gate_maps.items()):

@@ -221,7 +221,7 @@ class LazyRun:
         plane_shape = image.levels[0].shape[len(image.leading_shape) :]
         self.plan = plan_blocks(plane_shape, image.axes, block_size=block_size, halo=halo)
         self.order = view_first(self.plan, view)
-        options = PredictOptions.of(options, **settings)
+        options = PredictOptions.of(options, **settings).for_model(model.config)  # semantic: class values
         self.gate_names = tuple(model.config.gate_names if options.gates is None else options.gates)
         self.instances = options.instances
         self.options = PredictOptions.of(options, gates=self.gate_names)

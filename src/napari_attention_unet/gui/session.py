@@ -62,6 +62,7 @@ class Session:
         self._inference: AttentionUNet | None = None
         self.trainer: Trainer | None = None
         self.trained_planes: list[tuple[int, ...]] = []  # a stack's planes in the last fine-tune
+        self.plan = None  # the last new-model training's plan (gui.new_model), None for fine-tuning
 
     # -- models -------------------------------------------------------------------------
     @staticmethod
@@ -142,10 +143,11 @@ class Session:
         say how; their ``spacing`` (the layer's ``scale``) lets a 3D model see anisotropic
         volumes with cubic voxels, and their ``axes`` are set here from the model and ``rgb``.
         """
-        options = PredictOptions.of(options, **settings)
-        instances = options.instances
         if self.model is None:
             raise _registry.ModelNotFoundError(missing_bundled_model_message())
+        # A semantic model gives class values whatever was asked: no instances, no id offsets.
+        options = PredictOptions.of(options, **settings).for_model(self.model.config)
+        instances = options.instances
         block_dims = self.spatial_dims
         spatial_shape = tuple(image.shape[:-1] if rgb else image.shape)
         _check_shape(spatial_shape, block_dims, rgb)
@@ -190,6 +192,7 @@ class Session:
             device=describe_device(self.device),
             model_name=self.model_info.name if self.model_info else "model",
             semantic=not instances,
+            extra={"classes": list(self.model.config.classes)} if self.model.config.task == "semantic" else {},
         )
 
     # -- fine-tuning -----------------------------------------------------------------------

@@ -65,7 +65,14 @@ from napari_attention_unet.core.device import autocast_dtype, pick_device
 from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.instances import probabilities_to_instances
 from napari_attention_unet.core.model import AttentionUNet
-from napari_attention_unet.core.predict import PredictOptions, Progress, default_batch_size, prepare_model, run_to_end
+from napari_attention_unet.core.predict import (
+    PredictOptions,
+    Progress,
+    class_values,
+    default_batch_size,
+    prepare_model,
+    run_to_end,
+)
 from napari_attention_unet.core.tiling import Tiling, predict_tiles
 from napari_attention_unet.large_data.block_geometry import Block, BlockPlan, plan_blocks, tile_policy
 from napari_attention_unet.large_data.normalization import Normalization, global_normalization, model_input, read_region
@@ -161,7 +168,10 @@ def predict_block_steps(
     probability = (1.0 - probs[core][0]).astype(np.float32)
     gate_maps = np.stack([gates[g][core[1:]] for g in gate_names]) if gate_names else np.zeros((0, *block.core_shape))
     del gates
-    if options.instances:
+    if config.task == "semantic":  # class values need no stitching: each pixel's class is its own
+        labels = class_values(probs[core])
+        links = BlockLinks(block.index, 0, 0)
+    elif options.instances:
         outer_labels = probabilities_to_instances(probs, min_size=options.min_size)
         labels, links = local_labels(outer_labels, block, plan)
     else:
@@ -251,9 +261,10 @@ def predict_blocks(
     YXC or CYX; guessed for 2D and colour-last); ``settings`` change single fields of
     ``options``. Outputs go to ``sinks`` (default: in-memory numpy from :func:`allocate_sinks`).
     Peak memory is the sinks plus one block's working set. Closing the generator stops
-    before the next tile (the sinks are then incomplete).
+    before the next tile (the sinks are then incomplete). A semantic model writes class values
+    (its arg-max class per pixel) into the labels sink, with no stitching.
     """
-    options = PredictOptions.of(options, **settings)
+    options = PredictOptions.of(options, **settings).for_model(model.config)
     plan = plan_blocks(source.shape, options.axes, block_size=block_size, halo=halo, link_width=link_width)
     dev = pick_device(device)
     net = inference_model if inference_model is not None else prepare_model(model, dev)

@@ -95,7 +95,7 @@ def predict_large(
     from napari_attention_unet.large_data.blocks import Stitcher, plan_blocks, relabel_block
     from napari_attention_unet.large_data.files import TIFF_SUFFIXES, is_zarr_path, open_lazy_image, read_image
 
-    options = PredictOptions.of(options)
+    options = PredictOptions.of(options).for_model(config)  # a semantic model: class values, no stitching
     start = time.perf_counter()
     if Path(image_path).suffix.lower() in TIFF_SUFFIXES or is_zarr_path(image_path):
         source, file_axes = open_lazy_image(image_path)

@@ -21,6 +21,7 @@ PROGRESS = (
     "start_scores",
     "last_eval_step",
     "evals_since_best",
+    "best_class_dice",
 )
 
 
@@ -66,6 +67,7 @@ def restore_checkpoint(
         "start_scores": state.get("start_scores"),
         "last_eval_step": int(state.get("last_eval_step", step)),
         "evals_since_best": int(state["evals_since_best"]),
+        "best_class_dice": state.get("best_class_dice"),
     }
     rng.bit_generator.state = state["rng"]
     return progress

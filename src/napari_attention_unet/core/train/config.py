@@ -10,6 +10,9 @@ from napari_attention_unet.core.model import AttentionUNet
 #: Output classes for which objects (and so an instance score) can be made.
 INSTANCE_CLASSES = ("background", "interior", "boundary")
 
+#: What label value 0 can mean for a semantic model (see :attr:`TrainConfig.zero_is`).
+ZERO_IS = ("background", "unlabelled")
+
 
 @dataclass
 class TrainConfig:
@@ -24,7 +27,8 @@ class TrainConfig:
 
     max_steps: int | None = 300
     time_budget: float | None = None
-    patch_size: int = 256
+    # The patch edge (at most 64 in 3D), or one edge per spatial axis (e.g. fitted to small volumes).
+    patch_size: int | tuple[int, ...] = 256
     batch_size: int = 4
     # 3e-4: on 3 H&E images the bundled model's Dice rises at 3e-4 and falls at 1e-3, and the
     # ISBI EM fine-tune still passes 0.90 in 4 CPU minutes (benchmarks/README.md, bench_finetune)
@@ -39,6 +43,9 @@ class TrainConfig:
     patience: int = 6
     edited_fraction: float = 0.5
     scale_range: tuple[float, float] = (0.8, 1.25)
+    # Random flips on every axis and 90-degree turns in YX. Off for classes that depend on the
+    # orientation (anatomy: anterior / posterior, left / right), which flips would make ambiguous.
+    flips: bool = True
     freeze_batchnorm: bool | None = None
     from_scratch: bool = False
     report_every: int = 1
@@ -54,10 +61,24 @@ class TrainConfig:
     # unpainted pixels, the model's own accepted prediction, which the starting model
     # matches by construction.
     must_beat_start: bool | None = None
+    # Semantic models only (ModelConfig.task == "semantic"): what label value 0 means.
+    # "background": dense labels (medical label files), 0 is class 0 and every pixel counts.
+    # "unlabelled": strokes; only painted pixels count and the loss ignores 0. Painted value v
+    # trains output channel v, so the background must be painted as a class of its own
+    # (e.g. 1), and channel 0 is never a target (a model trained so never predicts it).
+    zero_is: str = "background"
+    # Voxel size (Z, Y, X) of every volume, for 3D models: anisotropic volumes are resampled to
+    # cubic voxels (labels nearest) as core.predict does, so training and prediction agree. A
+    # pair's own spacing (its fourth element) wins.
+    spacing: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.time_budget is None:
             raise ValueError("give max_steps or time_budget (or both), so that training ends")
+        if self.zero_is not in ZERO_IS:
+            raise ValueError(f"zero_is must be one of {', '.join(ZERO_IS)}, not {self.zero_is!r}")
+        if self.spacing is not None:
+            self.spacing = tuple(float(s) for s in self.spacing)
 
 
 @dataclass(frozen=True)
@@ -75,15 +96,27 @@ class StepReport:
     message: str = ""
     val_ap: float | None = None
     best_val_ap: float | None = None
+    # Semantic models: Dice of each class (by name) on the held-out region, after an evaluation;
+    # ``val_dice`` is then their mean over the foreground classes (channels 1..K).
+    val_class_dice: dict[str, float] | None = None
 
 
 def step_message(
-    step: int, loss: float, val_dice: float | None, val_ap: float | None, best_dice: float | None, best_ap: float | None
+    step: int,
+    loss: float,
+    val_dice: float | None,
+    val_ap: float | None,
+    best_dice: float | None,
+    best_ap: float | None,
+    class_dice: dict[str, float] | None = None,
 ) -> str:
     """The default :attr:`StepReport.message`: the loss, and the validation scores after an evaluation."""
     message = f"step {step}: loss {loss:.4f}"
     if val_ap is not None:
         message += f", validation AP@0.5 {val_ap:.3f} (best {best_ap:.3f}), Dice {val_dice:.3f}"
+    elif class_dice is not None:
+        per_class = ", ".join(f"{name} {value:.3f}" for name, value in class_dice.items())
+        message += f", validation mean class Dice {val_dice:.3f} (best {best_dice:.3f}; {per_class})"
     elif val_dice is not None:
         message += f", validation Dice {val_dice:.3f} (best {best_dice:.3f})"
     return message
@@ -110,3 +143,4 @@ class TrainResult:
     history: list[StepReport] = field(default_factory=list, repr=False)
     best_val_ap: float | None = None
     start_scores: dict | None = None  # the starting model's validation scores
+    best_val_class_dice: dict[str, float] | None = None  # semantic models: per class, at the best step

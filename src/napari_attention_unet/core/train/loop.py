@@ -21,27 +21,22 @@ from collections.abc import Generator, Sequence
 import numpy as np
 import torch
 
-from napari_attention_unet.core.device import autocast_dtype, pick_device
+from napari_attention_unet.core.device import autocast_dtype, channels_last_format, pick_device
 from napari_attention_unet.core.model import AttentionUNet
 from napari_attention_unet.core.train.checkpoints import PROGRESS, make_checkpoint, restore_checkpoint
 from napari_attention_unet.core.train.config import INSTANCE_CLASSES, StepReport, TrainConfig, TrainResult, step_message
-from napari_attention_unet.core.train.losses import segmentation_loss
+from napari_attention_unet.core.train.losses import segmentation_loss, semantic_loss
 from napari_attention_unet.core.train.optimizer import budget_spent, eta, learning_rate, make_optimizer
-from napari_attention_unet.core.train.samples import (
-    TrainingSample,
-    check_samples,
-    draw_batch,
-    patch_shape,
-    prepare_samples,
-)
+from napari_attention_unet.core.train.samples import TrainingSample, draw_batch, patch_shape, training_samples
 from napari_attention_unet.core.train.selection import (
     beats_best,
     must_beat_start,
     not_better_message,
     resolve_selection,
     sanity_verdict,
+    semantic_verdict,
 )
-from napari_attention_unet.core.train.validation import predict_probabilities, score_samples
+from napari_attention_unet.core.train.validation import predict_probabilities, score_samples, semantic_scores
 
 
 class Trainer:
@@ -67,32 +62,28 @@ class Trainer:
         sample_weights: Sequence[float] | None = None,
     ) -> None:
         self.config = config = config or TrainConfig()
-        if model.config.out_channels != len(INSTANCE_CLASSES):
+        self.task = model.config.task
+        if self.task == "instances" and model.config.out_channels != len(INSTANCE_CLASSES):
             raise ValueError(
                 "training learns the three classes background / interior / boundary from the labels; "
-                f"this model has {len(model.config.classes)} ({', '.join(model.config.classes)})"
+                f"this model has {len(model.config.classes)} ({', '.join(model.config.classes)}). "
+                "To learn class values, make it a semantic model (ModelConfig(task='semantic'))"
             )
         self.original_model = model
         self.device = pick_device(device)
-        self.model = copy.deepcopy(model).to(self.device)
-        self.channels_last = model.config.spatial_dims == 2
-        if self.channels_last:
-            # NHWC convolutions are ~25 % faster on the CPU (and on tensor cores).
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if samples is None:
-            samples = prepare_samples(
-                pairs,
-                in_channels=model.config.in_channels,
-                ignore_masks=ignore_masks,
-                weight_maps=weight_maps,
-                edited_masks=edited_masks,
-                val_fraction=0.0 if validation is not None else config.val_fraction,
-            )
-        self.samples = list(samples)
-        self.validation = (
-            list(validation) if validation is not None else [s for s in self.samples if s.val_target is not None]
+        # Channels-last: NHWC convolutions are ~25 % faster on the CPU (and on tensor cores), NDHWC ~5x.
+        self.memory_format = channels_last_format(model.config.spatial_dims)
+        self.model = copy.deepcopy(model).to(self.device).to(memory_format=self.memory_format)
+        self.samples, self.validation = training_samples(
+            model.config,
+            config,
+            pairs,
+            ignore_masks=ignore_masks,
+            weight_maps=weight_maps,
+            edited_masks=edited_masks,
+            samples=samples,
+            validation=validation,
         )
-        check_samples(self.samples, model.config.spatial_dims)
         self.select_by = resolve_selection(config.select_by, model, self.validation)
         self.must_beat_start = must_beat_start(config.must_beat_start, self.validation)
         weights = np.asarray(sample_weights if sample_weights is not None else [1.0] * len(self.samples), float)
@@ -112,6 +103,7 @@ class Trainer:
         self.best_dice: float | None = None
         self.best_iou: float | None = None
         self.best_ap: float | None = None
+        self.best_class_dice: dict[str, float] | None = None
         self.start_scores: dict | None = None
         self.last_eval_step = -1
         self.evals_since_best = 0
@@ -145,7 +137,7 @@ class Trainer:
                 with torch.enable_grad():
                     with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                         logits, _ = self.model(images)
-                    loss = segmentation_loss(logits, targets, dice_weight=cfg.dice_weight, weight_map=weight_map)
+                    loss = self._loss(logits, targets, dice_weight=cfg.dice_weight, weight_map=weight_map)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
                 # Clip after unscaling: one bad patch (e.g. a mislabelled blob) must not blow up the weights.
@@ -171,7 +163,7 @@ class Trainer:
                         self.stopped = "early stop"
                 # Log: every evaluation is reported, other steps every report_every.
                 if scores is not None:
-                    yield self._report(last_loss, scores["dice"], lr, val_ap=scores["ap"])
+                    yield self._report(last_loss, scores["dice"], lr, val_ap=scores["ap"], scores=scores)
                 elif self.step % cfg.report_every == 0:
                     yield self._report(last_loss, None, lr)
                 if self.stopped == "early stop":
@@ -184,6 +176,10 @@ class Trainer:
         return self.result()
 
     # -- pieces of the loop ----------------------------------------------------------
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, **settings) -> torch.Tensor:
+        """The instance classes' loss, or the semantic one for class values (see :mod:`.losses`)."""
+        return (semantic_loss if self.task == "semantic" else segmentation_loss)(logits, targets, **settings)
 
     def _lr(self) -> float:
         """Linear warm-up, then cosine decay over the run's progress (steps or time)."""
@@ -206,9 +202,7 @@ class Trainer:
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The next batch on the device (channels-last images for 2D)."""
         images, targets, weights = self._host_batch()
-        x = torch.as_tensor(images).to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.as_tensor(images).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         y = torch.as_tensor(targets).to(self.device, non_blocking=True)
         w = None if weights is None else torch.as_tensor(weights).to(self.device)
         return x, y, w
@@ -219,8 +213,11 @@ class Trainer:
 
     def validation_scores(self, model: AttentionUNet | None = None) -> dict:
         """Foreground ``dice``, ``iou`` and predicted ``fraction`` (means over the validation
-        images) and, when selecting by instances, ``ap``: AP@0.5 of the objects, all images pooled."""
+        images) and, when selecting by instances, ``ap``: AP@0.5 of the objects, all images pooled.
+        For a semantic model: :func:`~.validation.semantic_scores` (``dice`` is the mean class Dice)."""
         model = self.model if model is None else model
+        if self.task == "semantic":
+            return semantic_scores(self.validation, model, self._predict_probabilities)
         return score_samples(self.validation, model, self._predict_probabilities, self.select_by)
 
     def validate(self, model: AttentionUNet | None = None) -> tuple[float, float, float]:
@@ -234,6 +231,7 @@ class Trainer:
         self.start_scores, self.last_eval_step = scores, 0
         if self.must_beat_start:
             self.best_dice, self.best_iou, self.best_ap = scores["dice"], scores["iou"], scores["ap"]
+            self.best_class_dice = scores.get("class_dice")
             self.best_step, self.best_state = 0, None
 
     def _beats_best(self, scores: dict) -> bool:
@@ -244,6 +242,7 @@ class Trainer:
         self.last_eval_step = self.step
         if self._beats_best(scores):
             self.best_dice, self.best_iou, self.best_ap = scores["dice"], scores["iou"], scores["ap"]
+            self.best_class_dice = scores.get("class_dice")
             self.best_step = self.step
             # A CPU copy: the live weights keep changing, and GPU memory is precious.
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
@@ -253,9 +252,16 @@ class Trainer:
         return scores
 
     def _report(
-        self, loss: float, val_dice: float | None, lr: float, message: str = "", val_ap: float | None = None
+        self,
+        loss: float,
+        val_dice: float | None,
+        lr: float,
+        message: str = "",
+        val_ap: float | None = None,
+        scores: dict | None = None,
     ) -> StepReport:
         """The :class:`StepReport` of this step, also kept in the history."""
+        class_dice = None if scores is None else scores.get("class_dice")
         report = StepReport(
             step=self.step,
             total_steps=self.config.max_steps,
@@ -265,9 +271,11 @@ class Trainer:
             val_dice=val_dice,
             best_val_dice=self.best_dice,
             lr=lr,
-            message=message or step_message(self.step, loss, val_dice, val_ap, self.best_dice, self.best_ap),
+            message=message
+            or step_message(self.step, loss, val_dice, val_ap, self.best_dice, self.best_ap, class_dice),
             val_ap=val_ap,
             best_val_ap=self.best_ap,
+            val_class_dice=class_dice,
         )
         self.history.append(report)
         return report
@@ -303,6 +311,7 @@ class Trainer:
             history=list(self.history),
             best_val_ap=self.best_ap,
             start_scores=self.start_scores,
+            best_val_class_dice=self.best_class_dice,
         )
 
     def _sanity_check(self, trained: AttentionUNet) -> tuple[bool, str]:
@@ -311,8 +320,11 @@ class Trainer:
         if not self.validation:
             return True, f"trained {self.step} steps (no validation region, so no check)"
         trained = trained.to(self.device)
-        _, _, fraction = self.validate(trained)
+        scores = self.validation_scores(trained)
         trained.cpu()
+        if self.task == "semantic":
+            return semantic_verdict(scores, step=self.step, stopped=self.stopped, best_step=self.best_step)
+        fraction = scores["fraction"]
         return sanity_verdict(
             fraction,
             step=self.step,

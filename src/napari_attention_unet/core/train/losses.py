@@ -1,4 +1,5 @@
-"""The training loss: cross-entropy over the classes plus soft foreground Dice."""
+"""The training losses: cross-entropy over the classes plus soft Dice (on the foreground of the
+instance classes, or per class for semantic class values)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,38 @@ def segmentation_loss(
     p_fg = p_fg * valid
     dice = 1.0 - (2.0 * (p_fg * t_fg).sum() + 1.0) / (p_fg.sum() + t_fg.sum() + 1.0)
     return ce + dice_weight * dice
+
+
+def semantic_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    dice_weight: float = 1.0,
+    weight_map: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy over the classes plus soft Dice averaged over the classes present, for class-value targets.
+
+    ``target`` holds the class value (output channel) of each pixel, IGNORE where the loss
+    skips (padding, the held-out region and, for strokes, every unpainted pixel). Dice is
+    taken over the whole batch for each class 1..K present among the counted pixels, so a
+    small structure weighs as much as a large one; class 0 (the background of dense labels)
+    is learnt by cross-entropy alone, as its Dice would be near 1 from the start.
+    """
+    logits = logits.float()
+    valid = target != IGNORE
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+    ce = F.cross_entropy(logits, safe_target, reduction="none")
+    pixel_weight = valid.float() if weight_map is None else valid.float() * weight_map
+    ce = (ce * pixel_weight).sum() / valid.sum().clamp(min=1)
+    if dice_weight == 0:
+        return ce
+    present = [int(c) for c in torch.unique(safe_target[valid]).tolist() if c > 0]
+    if not present:
+        return ce
+    probs = torch.softmax(logits, dim=1)
+    mask = valid.float()
+    dice_terms = []
+    for c in present:
+        p, t = probs[:, c] * mask, ((safe_target == c) & valid).float()
+        dice_terms.append(1.0 - (2.0 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0))
+    return ce + dice_weight * torch.stack(dice_terms).mean()

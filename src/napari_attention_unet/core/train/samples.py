@@ -16,8 +16,17 @@ import numpy as np
 
 from napari_attention_unet.core.augment import IGNORE, augment
 from napari_attention_unet.core.images import match_channels, normalize, to_channel_first
-from napari_attention_unet.core.instances import as_instances, instances_to_classes
+from napari_attention_unet.core.model import ModelConfig
+from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom, resample, resample_labels
 from napari_attention_unet.core.train.config import TrainConfig
+from napari_attention_unet.core.train.targets import (
+    check_image,
+    check_label_values,
+    check_labels_shape,
+    check_sizes,
+    check_spatial_dims,
+    labels_to_target,
+)
 
 
 @dataclass
@@ -61,21 +70,32 @@ def prepare_sample(
     weight_map: np.ndarray | None = None,
     edited: np.ndarray | None = None,
     val_fraction: float = 0.0,
+    task: str = "instances",
+    zero_is: str = "background",
+    spacing: tuple[float, ...] | None = None,
 ) -> TrainingSample:
     """Turn an (image, labels) pair into a :class:`TrainingSample`.
 
-    ``labels`` are instance ids or a binary mask (0 = background); ``ignore`` marks
-    pixels that must not count; ``edited`` marks pixels the user painted (patches
-    are centred near them more often). ``val_fraction`` holds out a right-hand strip
-    of the labelled region (of the painted one when there are edits); see
-    :func:`held_out_region`.
+    ``labels`` are instance ids or a binary mask (0 = background) for the ``"instances"``
+    task, class values for ``"semantic"`` (0 background or, with ``zero_is="unlabelled"``,
+    not labelled; see :mod:`.targets`); ``ignore`` marks pixels that must not count;
+    ``edited`` marks pixels the user painted (patches are centred near them more often).
+    ``val_fraction`` holds out a right-hand strip of the labelled region (of the painted one
+    when there are edits); see :func:`held_out_region`. ``spacing`` (Z, Y, X) resamples a
+    volume to cubic voxels (labels and masks nearest) as prediction does.
     """
+    check_image(image, axes)
     x, spatial = prepare_image(image, axes, in_channels)
     labels = np.asarray(labels)
-    if labels.shape != x.shape[1:]:
-        raise ValueError(f"labels of shape {labels.shape} do not match the image's spatial shape {x.shape[1:]}")
-    instances = as_instances(labels)
-    target = instances_to_classes(instances)
+    check_labels_shape(labels.shape, x.shape[1:])
+    zoom = isotropic_zoom(spacing, 3) if spacing is not None and labels.ndim == 3 else None
+    if zoom is not None:
+        shape = isotropic_shape(labels.shape, zoom)
+        x, labels = resample(x, shape), resample_labels(labels, shape)
+        ignore = None if ignore is None else resample_labels(np.asarray(ignore, np.uint8), shape).astype(bool)
+        edited = None if edited is None else resample_labels(np.asarray(edited, np.uint8), shape).astype(bool)
+        weight_map = None if weight_map is None else resample(np.asarray(weight_map, np.float32)[None], shape)[0]
+    target, instances = labels_to_target(labels, task, zero_is)
     if ignore is not None:
         target[np.asarray(ignore, dtype=bool)] = IGNORE
     edited_mask = None if edited is None else np.asarray(edited, dtype=bool) & (target != IGNORE)
@@ -84,9 +104,10 @@ def prepare_sample(
     if box is not None:
         val_target = np.full_like(target, IGNORE)
         val_target[box] = target[box]
-        val_instances = np.zeros(instances.shape, np.int32)
-        val_instances[box] = instances[box]
-        val_instances[val_target == IGNORE] = 0
+        if instances is not None:
+            val_instances = np.zeros(instances.shape, np.int32)
+            val_instances[box] = instances[box]
+            val_instances[val_target == IGNORE] = 0
         target[box] = IGNORE  # never trained on
     val_trusted = True
     edited_coords = None
@@ -108,9 +129,13 @@ def prepare_samples(
     weight_maps: Sequence[np.ndarray | None] | None = None,
     edited_masks: Sequence[np.ndarray | None] | None = None,
     val_fraction: float = 0.0,
+    task: str = "instances",
+    zero_is: str = "background",
+    spacing: tuple[float, ...] | None = None,
 ) -> list[TrainingSample]:
-    """:func:`prepare_sample` of every ``(image, labels)`` or ``(image, labels, axes)`` pair, with
-    the i-th ignore mask, weight map and edit mask (each list may be None: none for any pair)."""
+    """:func:`prepare_sample` of every ``(image, labels)``, ``(image, labels, axes)`` or ``(image,
+    labels, axes, spacing)`` pair (a pair's spacing wins over ``spacing``), with the i-th ignore
+    mask, weight map and edit mask (each list may be None: none for any pair)."""
     if not pairs:
         raise ValueError("training needs at least one (image, labels) pair")
     n = len(pairs)
@@ -124,24 +149,72 @@ def prepare_samples(
             weight_map=(weight_maps or [None] * n)[i],
             edited=(edited_masks or [None] * n)[i],
             val_fraction=val_fraction,
+            task=task,
+            zero_is=zero_is,
+            spacing=pair[3] if len(pair) > 3 and pair[3] is not None else spacing,
         )
         for i, pair in enumerate(pairs)
     ]
 
 
+def training_samples(
+    model: ModelConfig,
+    config: TrainConfig,
+    pairs: Sequence[tuple] | None,
+    *,
+    ignore_masks: Sequence[np.ndarray | None] | None = None,
+    weight_maps: Sequence[np.ndarray | None] | None = None,
+    edited_masks: Sequence[np.ndarray | None] | None = None,
+    samples: Sequence[TrainingSample] | None = None,
+    validation: Sequence[TrainingSample] | None = None,
+) -> tuple[list[TrainingSample], list[TrainingSample]]:
+    """``(samples, validation)`` for a model of ``model``'s config: :func:`prepare_samples` of ``pairs``
+    (unless ``samples`` are given), the held-out regions (unless ``validation`` samples are
+    given), and every check of :mod:`.targets` (dimensions, sizes, semantic class values)."""
+    if samples is None:
+        samples = prepare_samples(
+            pairs,
+            in_channels=model.in_channels,
+            ignore_masks=ignore_masks,
+            weight_maps=weight_maps,
+            edited_masks=edited_masks,
+            val_fraction=0.0 if validation is not None else config.val_fraction,
+            task=model.task,
+            zero_is=config.zero_is,
+            spacing=config.spacing,
+        )
+    samples = list(samples)
+    validation = list(validation) if validation is not None else [s for s in samples if s.val_target is not None]
+    check_samples(samples, model.spatial_dims)
+    check_sizes([s.target.shape for s in samples], model.depth)
+    if model.task == "semantic":
+        targets = [s.target for s in samples] + [s.target if s.val_target is None else s.val_target for s in validation]
+        check_label_values(targets, model.classes, config.zero_is)
+    return samples, validation
+
+
 def check_samples(samples: Sequence[TrainingSample], spatial_dims: int) -> None:
     """Raise ValueError unless every sample has ``spatial_dims`` axes and some pixel is left to train on."""
-    if any(s.target.ndim != spatial_dims for s in samples):
-        raise ValueError(f"a {spatial_dims}D model trains on {spatial_dims}D images; split stacks into planes first")
+    check_spatial_dims([s.target.shape for s in samples], spatial_dims)
     if not any((s.target != IGNORE).any() for s in samples):
         raise ValueError("every labelled pixel is ignored or held out: nothing to train on")
 
 
-def patch_shape(patch_size: int, spatial_dims: int, multiple: int) -> tuple[int, ...]:
-    """The shape of a training patch: ``patch_size`` (at most 64 in 3D) on every axis, rounded
-    up to a ``multiple`` of the network's size step."""
+def patch_shape(patch_size: int | Sequence[int], spatial_dims: int, multiple: int) -> tuple[int, ...]:
+    """The shape of a training patch: ``patch_size`` (at most 64 in 3D) on every axis, or one size
+    per axis as given, rounded up to a ``multiple`` of the network's size step."""
+    if not isinstance(patch_size, int):
+        if len(patch_size) != spatial_dims:
+            raise ValueError(f"patch_size {tuple(patch_size)} does not give one size per axis ({spatial_dims}D model)")
+        return tuple(-(-int(size) // multiple) * multiple for size in patch_size)
     size = patch_size if spatial_dims == 2 else min(patch_size, 64)
     return tuple(-(-size // multiple) * multiple for _ in range(spatial_dims))
+
+
+def fitted_patch(shapes: Sequence[tuple[int, ...]], largest: int, multiple: int) -> tuple[int, ...]:
+    """A patch no larger than ``largest`` per axis nor than the largest image along it (rounded up to
+    ``multiple``): small volumes train on whole-volume patches, not on mostly padding."""
+    return tuple(min(largest, -(-max(s[a] for s in shapes) // multiple) * multiple) for a in range(len(shapes[0])))
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
@@ -193,7 +266,9 @@ def draw_batch(
         extra = sample.weight_map if any_weights else None
         if any_weights and extra is None:
             extra = np.ones((1, *sample.target.shape), np.float32)
-        out = augment(sample.image, sample.target, rng, patch, centre, config.scale_range, extra=extra)
+        out = augment(
+            sample.image, sample.target, rng, patch, centre, config.scale_range, extra=extra, flips=config.flips
+        )
         images.append(np.broadcast_to(out[0], (channels, *patch)))
         targets.append(out[1])
         if any_weights:

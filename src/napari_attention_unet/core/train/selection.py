@@ -18,10 +18,15 @@ from napari_attention_unet.core.train.samples import TrainingSample
 
 
 def resolve_selection(choice: str, model: AttentionUNet, validation: Sequence[TrainingSample]) -> str:
-    """``"instances"`` or ``"foreground"``: the score that picks the best state (see
-    :attr:`TrainConfig.select_by`); ``"auto"`` is instances wherever they can be scored."""
+    """``"instances"``, ``"foreground"`` or ``"classes"``: the score that picks the best state (see
+    :attr:`TrainConfig.select_by`); ``"auto"`` is instances wherever they can be scored. A
+    semantic model is always picked by ``"classes"``: the mean Dice of its foreground classes."""
     if choice not in ("auto", "instances", "foreground"):
         raise ValueError(f"select_by must be auto, instances or foreground, not {choice!r}")
+    if model.config.task == "semantic":
+        if choice == "instances":
+            raise ValueError("select_by='instances' needs an instance model; a semantic model makes no objects")
+        return "classes"
     possible = (
         tuple(model.config.classes[:3]) == INSTANCE_CLASSES
         and bool(validation)
@@ -55,6 +60,8 @@ def beats_best(scores: dict, best_dice: float | None, best_ap: float | None, sel
 def not_better_message(step: int, start_scores: dict) -> str:
     """Why the starting model is kept when no trained state beat its ``start_scores``."""
     score = f"AP@0.5 {start_scores['ap']:.3f}" if start_scores["ap"] is not None else f"Dice {start_scores['dice']:.3f}"
+    if start_scores.get("class_dice") is not None:
+        score = f"mean class Dice {start_scores['dice']:.3f}"
     return (
         f"after {step} steps no trained state scored better on the held-out region than the "
         f"starting model ({score}), so the previous model is kept. Correct more objects, or train longer."
@@ -91,3 +98,20 @@ def sanity_verdict(
     else:
         message += f"Dice {best_dice:.3f}"
     return True, message + f" at step {best_step}"
+
+
+def semantic_verdict(scores: dict, *, step: int, stopped: str, best_step: int) -> tuple[bool, str]:
+    """``(accepted, message)`` for a trained semantic model from its validation ``scores``
+    (:func:`~.validation.semantic_scores`): refused when it predicts one class everywhere in the
+    held-out region though the labels there hold several, else accepted with its class Dice."""
+    if scores["classes_predicted"] <= 1 < scores["classes_labelled"]:
+        return False, (
+            "the trained model predicts one class everywhere in the held-out region, so it is not used. "
+            "Train longer, or label more of the rarer classes."
+        )
+    per_class = ", ".join(f"{name} {value:.3f}" for name, value in scores["class_dice"].items())
+    return True, (
+        f"trained {step} steps ({stopped}); best validation mean class Dice {scores['dice']:.3f}"
+        + (f" ({per_class})" if per_class else "")
+        + f" at step {best_step}"
+    )

@@ -1,8 +1,9 @@
 """Scoring the network on the held-out validation region.
 
 The network is scored there (foreground Dice and IoU, and AP@0.5 of the objects when the
-model makes objects), on a crop of the image around the labelled validation pixels
-(:func:`validation_view`), so that an evaluation costs what the region scored costs.
+model makes objects; Dice of each class for a semantic model, :func:`semantic_scores`), on a
+crop of the image around the labelled validation pixels (:func:`validation_view`), so that an
+evaluation costs what the region scored costs.
 """
 
 from __future__ import annotations
@@ -129,3 +130,43 @@ def score_samples(
     if select_by == "instances":
         ap = 1.0 if counts.sum() == 0 else float(counts[0] / counts.sum())
     return {"dice": dice, "iou": iou, "fraction": fraction, "ap": ap}
+
+
+def semantic_scores(
+    samples: Sequence[TrainingSample],
+    model: AttentionUNet,
+    predict: Callable[[AttentionUNet, np.ndarray], np.ndarray],
+) -> dict:
+    """Scores of a semantic model on the labelled pixels of each :func:`validation_view`, all samples
+    pooled: ``class_dice`` (Dice of each foreground class 1..K by name, for the classes labelled or
+    predicted there), ``dice`` and ``iou`` (their means: the selection score; 1.0 when no class is
+    in either), ``fraction`` (share of labelled pixels predicted as a class other than 0),
+    ``classes_predicted`` and ``classes_labelled`` (how many distinct values each holds), ``ap`` None.
+    """
+    classes = model.config.classes
+    n = len(classes)
+    inter, p_sum, t_sum = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    was_training = model.training
+    model.eval()
+    for sample in samples:
+        image, target, _ = validation_view(sample)
+        valid = target != IGNORE
+        predicted = np.argmax(predict(model, image), axis=0)[valid]
+        truth = np.minimum(target[valid], n - 1)  # values past the head are refused before training
+        inter += np.bincount(truth[predicted == truth], minlength=n)[:n]
+        p_sum += np.bincount(predicted, minlength=n)[:n]
+        t_sum += np.bincount(truth, minlength=n)[:n]
+    model.train(was_training)
+    scored = [c for c in range(1, n) if p_sum[c] + t_sum[c] > 0]
+    class_dice = {classes[c]: float(2 * inter[c] / (p_sum[c] + t_sum[c])) for c in scored}
+    ious = [inter[c] / (p_sum[c] + t_sum[c] - inter[c]) for c in scored]
+    total = max(int(t_sum.sum()), 1)
+    return {
+        "dice": float(np.mean(list(class_dice.values()))) if scored else 1.0,
+        "iou": float(np.mean(ious)) if scored else 1.0,
+        "fraction": float(p_sum[1:].sum() / total),
+        "ap": None,
+        "class_dice": class_dice,
+        "classes_predicted": int(np.count_nonzero(p_sum)),
+        "classes_labelled": int(np.count_nonzero(t_sum)),
+    }

@@ -1,0 +1,245 @@
+"""A new 3D semantic model from scratch on MR volumes, against MONAI's AttentionUnet in the same time.
+
+Data: ``../shared/data/msd_hippocampus_dev`` (Medical Segmentation Decathlon Task04, CC-BY-SA 4.0:
+60 T1 MR crops, ZYX, labels 0 background / 1 anterior / 2 posterior; read in place, never copied).
+The volumes sorted by name are split into the first ``--n-train`` (default 20) for training and
+the others (40) for scoring. Intensities differ by 10^4 between scans, so every volume is
+normalised on its own with percentiles (``core.images.normalize``, 1 / 99.8), for both models.
+
+1. **ours**: what ``attention-unet train --task semantic --dims 3`` does (``core.train.start``:
+   a new 3D model sized by ``SCRATCH[3]``, ``default_train_config``: fitted patches, held-out
+   strips for choosing the best state), for ``--minutes`` of wall time; prediction with
+   ``core.predict.predict``.
+2. **MONAI**: ``monai.networks.nets.AttentionUnet`` (spatial_dims 3, channels (16, 32, 64, 128),
+   strides (2, 2, 2)), ``DiceCELoss`` (softmax, one-hot), Adam (lr 1e-3), random crops of
+   32x48x32 (volumes padded to that first), batch 4, for the same wall time, then
+   ``sliding_window_inference`` (same roi, overlap 0.25, Gaussian), as a user would write it.
+   ``--monai-channels-last`` also gives it the channels-last 3D layout ours uses.
+
+Scores: Dice of each class per test volume, averaged over volumes, and their mean. fp32 (this
+CPU has AVX2 only: bf16 would be emulated).
+
+``--part 2d`` measures where a 2D semantic model should start (from scratch, or from the
+bundled nuclei model's weights with a new head), ``--minutes`` each: ISBI 2012 EM membranes
+(``1 - mask``; train on slices 0-1, score membrane Dice on 2-14; non-commercial data, read in
+place) and NuInsSeg human-spleen H&E nuclei (ids > 0; train on 3 tiles, score on the other 31).
+
+    python benchmarks/bench_tasks.py [--part 3d|2d] [--minutes 8] [--n-train 20] [--threads 2] [--seed 0]
+        [--only both|ours|monai] [--monai-channels-last]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA  # noqa: E402
+
+from napari_attention_unet.core.images import normalize  # noqa: E402
+from napari_attention_unet.core.model import count_parameters  # noqa: E402
+from napari_attention_unet.core.predict import predict, run_to_end  # noqa: E402
+from napari_attention_unet.core.train import Trainer  # noqa: E402
+from napari_attention_unet.core.train.start import (  # noqa: E402
+    default_train_config,
+    new_model,
+    split_samples,
+    task_classes,
+)
+
+HIPPOCAMPUS = DATA / "msd_hippocampus_dev"
+CLASSES = ("anterior", "posterior")
+
+
+def load_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Every case as (name, float32 ZYX image, uint8 labels), sorted by name."""
+    import tifffile
+
+    with open(HIPPOCAMPUS / "index.csv", newline="") as f:
+        names = sorted(row["name"] for row in csv.DictReader(f))
+    return [
+        (
+            n,
+            tifffile.imread(HIPPOCAMPUS / "images" / f"{n}.tif").astype(np.float32),
+            tifffile.imread(HIPPOCAMPUS / "masks" / f"{n}.tif").astype(np.uint8),
+        )
+        for n in names
+    ]
+
+
+def class_dice(predicted: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Dice of classes 1 and 2 (1.0 when both are empty)."""
+    out = []
+    for c in (1, 2):
+        p, t = predicted == c, truth == c
+        total = p.sum() + t.sum()
+        out.append(1.0 if total == 0 else float(2 * (p & t).sum() / total))
+    return out
+
+
+def train_ours(train, minutes: float, seed: int) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(seed)
+    classes = task_classes("semantic", 2, CLASSES)
+    model = new_model("semantic", classes, 3, 1, "scratch")
+    shapes = [image.shape for _, image, _ in train]
+    config = default_train_config(
+        "semantic", 3, shapes, from_scratch=True, minutes=minutes, depth=model.config.depth, seed=seed
+    )
+    samples, validation = split_samples(model.config, config, [(image, labels, "ZYX") for _, image, labels in train])
+    trainer = Trainer(model, config=config, device="cpu", samples=samples, validation=validation)
+    run_to_end(trainer.run())
+    result = trainer.result()
+    info = {
+        "steps": result.steps,
+        "seconds": trainer.elapsed,
+        "params": count_parameters(model),
+        "note": f"patch {'x'.join(map(str, trainer.patch))} x{config.batch_size}, best step {result.best_step}",
+    }
+    return result.trained_model, info
+
+
+def score_ours(model, test) -> np.ndarray:
+    scores = []
+    for _, image, labels in test:
+        prediction = run_to_end(predict(model, image, axes="ZYX", gates=(), device="cpu", precision="fp32"))
+        scores.append(class_dice(prediction.labels, labels))
+    return np.array(scores)
+
+
+def train_monai(train, minutes: float, seed: int, channels_last: bool, roi=(32, 48, 32), batch: int = 4):
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import AttentionUnet
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = AttentionUnet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128), strides=(2, 2, 2))
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    volumes = []
+    for _, image, labels in train:  # pad to at least the roi (as SpatialPadd would), normalise per volume
+        pads = [(0, max(r - n, 0)) for r, n in zip(roi, labels.shape)]
+        volumes.append((np.pad(normalize(image[None])[0], pads), np.pad(labels, pads)))
+    model.train()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 60 * minutes:
+        xs, ys = [], []
+        for _ in range(batch):  # RandSpatialCrop
+            image, labels = volumes[rng.integers(len(volumes))]
+            corner = [int(rng.integers(0, n - r + 1)) for n, r in zip(labels.shape, roi)]
+            box = tuple(slice(c, c + r) for c, r in zip(corner, roi))
+            xs.append(image[box][None])
+            ys.append(labels[box][None])
+        x = torch.from_numpy(np.stack(xs)).contiguous(memory_format=memory_format)
+        y = torch.from_numpy(np.stack(ys).astype(np.int64))
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    info = {"steps": steps, "seconds": time.perf_counter() - start, "params": count_parameters(model)}
+    info["note"] = f"roi {'x'.join(map(str, roi))} x{batch}" + (", channels-last 3D" if channels_last else "")
+    return model.eval(), info
+
+
+@torch.no_grad()
+def score_monai(model, test, channels_last: bool, roi=(32, 48, 32)) -> np.ndarray:
+    from monai.inferers import sliding_window_inference
+
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    scores = []
+    for _, image, labels in test:
+        x = torch.from_numpy(normalize(image[None]))[None].contiguous(memory_format=memory_format)
+        logits = sliding_window_inference(x, roi, 4, model, overlap=0.25, mode="gaussian")
+        scores.append(class_dice(logits.argmax(1)[0].numpy(), labels))
+    return np.array(scores)
+
+
+def bench_2d(minutes: float, seed: int) -> None:
+    """Scratch against the bundled model's weights (new head) for 2D semantic models."""
+    import tifffile
+
+    from napari_attention_unet.models.registry import open_model
+
+    def read(folder: Path, names) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(tifffile.imread(folder / "images" / n), tifffile.imread(folder / "masks" / n)) for n in names]
+
+    em = DATA / "isbi2012_em"
+    spleen = DATA / "nuinsseg_human_spleen"
+    sets = []
+    if (em / "images").is_dir():
+        pairs = [
+            (image, (mask == 0).astype(np.uint8)) for image, mask in read(em, [f"slice_{i:02d}.tif" for i in range(15)])
+        ]
+        sets.append(("ISBI EM membranes", "membrane", 1, pairs[:2], pairs[2:]))
+    if (spleen / "images").is_dir():
+        names = sorted(p.name for p in (spleen / "images").glob("*.tif"))
+        pairs = [(image, (ids > 0).astype(np.uint8)) for image, ids in read(spleen, names)]
+        sets.append(("NuInsSeg spleen nuclei", "nucleus", 3, pairs[:3], pairs[3:]))
+    bundled, _, _ = open_model(None)
+    print("| data | start | steps | class Dice on held-out images |")
+    print("|---|---|---|---|")
+    for name, cls, channels, train, test in sets:
+        for start_name, start in (("scratch", "scratch"), ("bundled", bundled)):
+            torch.manual_seed(seed)
+            model = new_model("semantic", task_classes("semantic", 1, [cls]), 2, channels, start)
+            shapes = [labels.shape for _, labels in train]
+            config = default_train_config("semantic", 2, shapes, from_scratch=start == "scratch", minutes=minutes)
+            samples, validation = split_samples(model.config, config, train)
+            trainer = Trainer(model, config=config, device="cpu", samples=samples, validation=validation)
+            run_to_end(trainer.run())
+            trained = trainer.result().trained_model
+            dice = []
+            for image, labels in test:
+                predicted = run_to_end(predict(trained, image, gates=(), device="cpu", precision="fp32")).labels
+                dice.append(class_dice(predicted, labels)[0])
+            print(f"| {name} | {start_name} | {trainer.step} | {np.mean(dice):.3f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=8.0, help="training wall time per model")
+    parser.add_argument("--n-train", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["both", "ours", "monai"], default="both")
+    parser.add_argument("--monai-channels-last", action="store_true")
+    parser.add_argument("--part", choices=["3d", "2d"], default="3d")
+    args = parser.parse_args()
+    if args.part == "2d":
+        torch.set_num_threads(args.threads)
+        return bench_2d(args.minutes, args.seed)
+    if not (HIPPOCAMPUS / "index.csv").is_file():
+        print(f"skipped: the MSD hippocampus volumes are not at {HIPPOCAMPUS} (../shared/data beside the repository)")
+        return
+    torch.set_num_threads(args.threads)
+    cases = load_cases()
+    train, test = cases[: args.n_train], cases[args.n_train :]
+    print(f"{len(train)} training volumes, {len(test)} test volumes, {args.minutes:g} min each, {args.threads} threads")
+    rows = []
+    if args.only in ("both", "ours"):
+        model, info = train_ours(train, args.minutes, args.seed)
+        rows.append(("ours (attention-unet train)", info, score_ours(model, test)))
+    if args.only in ("both", "monai"):
+        model, info = train_monai(train, args.minutes, args.seed, args.monai_channels_last)
+        rows.append(("MONAI AttentionUnet", info, score_monai(model, test, args.monai_channels_last)))
+    print()
+    print("| model | params | steps | s/step | mean Dice | anterior | posterior | setup |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, info, scores in rows:
+        mean, pace = scores.mean(axis=0), info["seconds"] / max(info["steps"], 1)
+        print(
+            f"| {name} | {info['params'] / 1e6:.2f} M | {info['steps']} | {pace:.2f} "
+            f"| {mean.mean():.3f} | {mean[0]:.3f} | {mean[1]:.3f} | {info['note']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""A training run planned from labelled images: the task, the dimension, the classes, the model and its settings.
+
+``attention-unet train`` and the dock's "new model" training both call :func:`plan_training`,
+so that what is inferred from the labels (and said to the user) is the same in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_attention_unet.core.images import ImageShapeError, to_channel_first
+from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.train.config import TrainConfig
+from napari_attention_unet.core.train.start import (
+    default_train_config,
+    infer_task,
+    network_shape,
+    new_model,
+    task_classes,
+)
+from napari_attention_unet.core.train.targets import (
+    check_image,
+    check_labels_shape,
+    check_not_constant,
+    check_spatial_dims,
+)
+
+__all__ = ["TrainingPlan", "plan_training"]
+
+
+@dataclass
+class TrainingPlan:
+    """What :func:`plan_training` decided; ``notes`` are the inferences to show the user."""
+
+    model: AttentionUNet
+    config: TrainConfig
+    pairs: list[tuple]
+    task: str
+    dims: int
+    classes: tuple[str, ...]
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        what = f"semantic ({', '.join(self.classes[1:])})" if self.task == "semantic" else "instances"
+        return f"a new {self.dims}D {what} model"
+
+
+def plan_training(
+    pairs: Sequence[tuple],
+    *,
+    task: str | None = None,
+    dims: int | None = None,
+    class_names: Sequence[str] | None = None,
+    zero_is: str = "background",
+    start: str | AttentionUNet = "scratch",
+    minutes: float | None = None,
+    steps: int | None = None,
+    base_width: int | None = None,
+    depth: int | None = None,
+    **settings,
+) -> TrainingPlan:
+    """Plan a new model's training on ``pairs`` of ``(image, labels, axes, spacing)``.
+
+    Not given: ``task`` is inferred from the labels (a few class values: semantic; many ids:
+    instances), ``dims`` from the shapes (volumes with volume labels: 3D; a 2D model trains on
+    their planes). ``start`` is ``"scratch"`` or a model whose weights are copied where shapes
+    match (the head is new). ``settings`` are other :class:`TrainConfig` fields (seed, precision,
+    ...). Bad input raises ``ValueError`` / ``ImageShapeError`` with one line saying what works.
+    """
+    pairs, shapes, in_channels = _checked(pairs)
+    notes = []
+    check_not_constant([p[1] for p in pairs], zero_is)
+    if task is None:
+        task, why = infer_task([p[1] for p in pairs])
+        notes.append(why)
+    dims = dims or (3 if all(len(s) == 3 for s in shapes) else 2)
+    if dims == 3:
+        check_spatial_dims(shapes, 3)
+    elif any(len(s) == 3 for s in shapes):
+        pairs, shapes = _planes(pairs), [s[1:] if len(s) == 3 else s for s in shapes]
+        notes.append("volumes are trained on as Z planes by a 2D model")
+    n_classes = int(max(np.asarray(p[1]).max() for p in pairs)) if task == "semantic" else 0
+    classes = task_classes(task, n_classes, class_names, zero_is)
+    if start != "scratch" and (base_width or depth):
+        raise ValueError("a width and depth size a model from scratch; a starting model keeps its own size")
+    model = new_model(task, classes, dims, in_channels, start, base_width=base_width, depth=depth)
+    sizes = [network_shape(s, p[3]) for s, p in zip(shapes, pairs)] if dims == 3 else shapes
+    config = default_train_config(
+        task,
+        dims,
+        sizes,
+        from_scratch=isinstance(start, str),
+        minutes=minutes,
+        steps=steps,
+        depth=model.config.depth,
+        zero_is=zero_is,
+        **settings,
+    )
+    return TrainingPlan(model, config, list(pairs), task, dims, classes, notes)
+
+
+def _checked(pairs: Sequence[tuple]) -> tuple[list[tuple], list[tuple[int, ...]], int]:
+    """Pairs padded to ``(image, labels, axes, spacing)`` and checked, their spatial shapes, the input channels."""
+    out, shapes, channels = [], [], 1
+    for pair in pairs:
+        image, labels, axes, spacing = (*pair, None, None)[:4]
+        check_image(image, axes)
+        channels_first, _ = to_channel_first(image, axes)
+        check_labels_shape(np.shape(labels), channels_first.shape[1:])
+        out.append((image, labels, axes, spacing))
+        shapes.append(tuple(channels_first.shape[1:]))
+        channels = max(channels, min(channels_first.shape[0], 3))
+    return out, shapes, channels
+
+
+def _planes(pairs: list[tuple]) -> list[tuple]:
+    """Volumes cut into their Z planes (each with its labels), for a 2D model."""
+    out = []
+    for image, labels, axes, _ in pairs:
+        if np.ndim(labels) == 2:
+            out.append((image, labels, axes, None))
+        else:
+            if axes is not None and not axes.upper().startswith("Z"):
+                raise ImageShapeError(f"a 2D model trains on the Z planes of a volume with Z first, not axes {axes}")
+            planes_axes = None if axes is None else axes.upper().replace("Z", "")
+            out.extend((image[z], labels[z], planes_axes, None) for z in range(np.shape(labels)[0]))
+    return out

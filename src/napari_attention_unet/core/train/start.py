@@ -1,0 +1,209 @@
+"""A new model for a task: its classes, where it starts, and the training settings that suit it.
+
+- :func:`task_classes`: the output channels' names. Instances: background / interior /
+  boundary. Semantic: channel k is label value k; channel 0 is ``"background"`` for dense
+  labels (``zero_is="background"``) or ``"unlabelled"`` for strokes (never trained), then the
+  user's classes (``"class 1"`` .. ``"class K"`` unless named).
+- :func:`new_model`: from scratch (sized by :data:`SCRATCH`), or from another model of the same
+  dimension (transfer): every weight whose shape matches is copied, except the head, which is
+  new (K+1 outputs), unless the start already has this task and these classes.
+- :func:`infer_task`: instances or semantic, from the labels, when the user does not say.
+- :func:`default_train_config`: the settings of ``attention-unet train`` for a task, and
+  :func:`split_samples`: what it trains on and what it validates on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.measure import label as connected_components
+
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom
+from napari_attention_unet.core.train.config import INSTANCE_CLASSES, TrainConfig
+from napari_attention_unet.core.train.samples import TrainingSample, fitted_patch, prepare_samples
+from napari_attention_unet.core.train.targets import MAX_CLASS_VALUE
+
+__all__ = [
+    "SCRATCH",
+    "default_train_config",
+    "infer_task",
+    "network_shape",
+    "new_model",
+    "split_samples",
+    "task_classes",
+]
+
+#: Network sizes of a model trained from scratch, per spatial dimension. 3D: base width 16 and
+#: depth 4 (1.4 M parameters); see benchmarks/README.md (bench_tasks.py) for the measurements.
+SCRATCH: dict[int, dict] = {2: {"base_width": 16, "depth": 5}, 3: {"base_width": 16, "depth": 4}}
+
+#: From this many images on, :func:`split_samples` holds out whole images (every fifth) for validation.
+WHOLE_IMAGE_VALIDATION = 5
+
+#: More distinct label values than this (or any above 255) are object ids, not classes.
+MAX_INFERRED_CLASSES = 30
+
+
+def task_classes(
+    task: str, n_classes: int = 0, names: Sequence[str] | None = None, zero_is: str = "background"
+) -> tuple[str, ...]:
+    """The output channels' names of a model for ``task``; ``n_classes`` = K, the largest class value."""
+    if task == "instances":
+        return INSTANCE_CLASSES
+    if task != "semantic":
+        raise ValueError(f"task must be instances or semantic, not {task!r}")
+    if names:
+        names = tuple(str(n).strip() for n in names)
+        if n_classes and len(names) != n_classes:
+            raise ValueError(
+                f"{len(names)} class name(s) given ({', '.join(names)}) but the labels hold classes 1..{n_classes}"
+            )
+        n_classes = len(names)
+    if not 1 <= n_classes <= MAX_CLASS_VALUE:
+        raise ValueError(f"a semantic model needs 1..{MAX_CLASS_VALUE} classes besides class 0, not {n_classes}")
+    first = "unlabelled" if zero_is == "unlabelled" else "background"
+    return (first, *(names or tuple(f"class {k}" for k in range(1, n_classes + 1))))
+
+
+def new_model(
+    task: str,
+    classes: Sequence[str],
+    spatial_dims: int = 2,
+    in_channels: int = 1,
+    start: str | AttentionUNet = "scratch",
+    *,
+    base_width: int | None = None,
+    depth: int | None = None,
+) -> AttentionUNet:
+    """A model whose output channels are ``classes`` (from :func:`task_classes`), in train mode.
+
+    ``start="scratch"``: random weights, sized by :data:`SCRATCH` unless ``base_width`` / ``depth``
+    say otherwise. ``start=model``: the same architecture as ``model`` (its width, depth and
+    input channels; a grey ``in_channels=1`` start from a colour model sums the first kernels over
+    colours, which is the same network on a grey image repeated to colour), with every weight of
+    matching shape copied, the head excepted unless ``model`` has this task and these classes.
+    """
+    classes = tuple(classes)
+    if isinstance(start, str):
+        if start != "scratch":
+            raise ValueError(f"start must be 'scratch' or a model, not {start!r}")
+        size = {**SCRATCH[spatial_dims], **{k: v for k, v in (("base_width", base_width), ("depth", depth)) if v}}
+        return AttentionUNet(ModelConfig(spatial_dims, in_channels, classes, task=task, **size)).train()
+    source = start.config
+    if source.spatial_dims != spatial_dims:
+        raise ValueError(
+            f"the starting model is {source.spatial_dims}D, so it cannot start a {spatial_dims}D model: "
+            f"start from scratch, or from a {spatial_dims}D model"
+        )
+    channels = in_channels if in_channels == 1 else source.in_channels
+    config = ModelConfig(spatial_dims, channels, classes, source.base_width, source.depth, task=task)
+    model = AttentionUNet(config)
+    keep_head = source.task == task and source.classes == classes
+    state, own = start.state_dict(), model.state_dict()
+    first = "encoder.0.0.weight"
+    with torch.no_grad():
+        for key, value in state.items():
+            if key.startswith("head.") and not keep_head:
+                continue
+            if key == first and channels == 1 and value.shape[1] > 1:
+                value = value.sum(dim=1, keepdim=True)  # grey repeated to colour, through one kernel
+            if key in own and own[key].shape == value.shape:
+                own[key].copy_(value)
+    return model.train()
+
+
+def _one_piece_each(labels: np.ndarray) -> bool:
+    """Whether (almost) every id of ``labels`` is one connected piece, as objects are."""
+    boxes = ndimage.find_objects(labels.astype(np.int64, copy=False))
+    ids = [(i, box) for i, box in enumerate(boxes, start=1) if box is not None]
+    whole = sum(int(connected_components(labels[box] == i).max()) == 1 for i, box in ids)
+    return whole >= 0.9 * len(ids)
+
+
+def infer_task(labels: Sequence[np.ndarray]) -> tuple[str, str]:
+    """``(task, why)`` from label images. Instances ("412 objects: instances"): values past 255,
+    more than :data:`MAX_INFERRED_CLASSES` ids, 8 or more ids each in one piece, or a binary mask
+    of many separate pieces. Else semantic ("3 classes found (0, 1, 2): semantic")."""
+    labels = [np.asarray(lbl) for lbl in labels]
+    per_image = [np.unique(lbl) for lbl in labels]
+    values = np.unique(np.concatenate(per_image))
+    foreground = values[values != 0]
+    objects = sum(int(np.count_nonzero(ids)) for ids in per_image)
+    if foreground.max(initial=0) > MAX_CLASS_VALUE or len(foreground) > MAX_INFERRED_CLASSES:
+        return "instances", f"{objects} objects: instances"
+    if len(foreground) >= 8 and all(_one_piece_each(lbl) for lbl in labels):
+        return "instances", f"{objects} objects: instances"
+    if len(foreground) == 1:  # a binary mask: objects when it falls apart into many pieces
+        pieces = sum(int(connected_components(lbl != 0).max()) for lbl in labels)
+        if pieces >= 5 * len(labels):
+            return "instances", f"a binary mask of {pieces} objects: instances"
+    return "semantic", f"{len(values)} classes found ({', '.join(str(v) for v in values)}): semantic"
+
+
+def network_shape(shape: Sequence[int], spacing: Sequence[float] | None) -> tuple[int, ...]:
+    """The spatial shape a volume has for a 3D model once resampled to cubic voxels (as it is)."""
+    zoom = isotropic_zoom(spacing, len(shape)) if spacing is not None and len(shape) == 3 else None
+    return tuple(shape) if zoom is None else isotropic_shape(shape, zoom)
+
+
+def default_train_config(
+    task: str,
+    spatial_dims: int,
+    shapes: Sequence[tuple[int, ...]],
+    *,
+    from_scratch: bool,
+    minutes: float | None = None,
+    steps: int | None = None,
+    depth: int = 4,
+    **settings,
+) -> TrainConfig:
+    """The settings of ``attention-unet train``: ``shapes`` are the images' spatial shapes as the
+    network sees them (:func:`network_shape`); ``settings`` set other :class:`TrainConfig` fields.
+
+    A new model (or a new head) is trained, not fine-tuned: batch norm learns, the start is no bar
+    to clear, and patience is long. Patches are fitted to the images: 3D ones at most 64 px per axis,
+    two per batch; 2D patches are 256 px (less for smaller images), four per batch. Semantic 3D
+    models learn without flips: volumes are mostly anatomy, whose classes can depend on the
+    orientation (on MR hippocampi, anterior Dice 0.00 with flips, 0.51 without, after 60 steps).
+    """
+    largest, batch = (256, 4) if spatial_dims == 2 else (64, 2)
+    patch = fitted_patch(shapes, largest, 2 ** (depth - 1))
+    base = dict(
+        flips=not (task == "semantic" and spatial_dims == 3),
+        max_steps=steps,
+        time_budget=None if minutes is None else 60.0 * minutes,
+        patch_size=patch,
+        batch_size=batch,
+        lr=1e-3 if from_scratch else 3e-4,
+        warmup_steps=20,
+        eval_every=25,
+        patience=20,
+        freeze_batchnorm=False,
+        from_scratch=from_scratch,
+        must_beat_start=False,
+    )
+    return TrainConfig(**{**base, **settings})
+
+
+def split_samples(
+    config: ModelConfig, train: TrainConfig, pairs: Sequence[tuple]
+) -> tuple[list[TrainingSample], list[TrainingSample]]:
+    """``(samples, validation)`` for ``attention-unet train``: from :data:`WHOLE_IMAGE_VALIDATION`
+    images on, every fifth image is held out whole (a strip of dense labels often sits at the
+    image's edge, in the background); with fewer, a strip of each (``train.val_fraction``)."""
+    settings = dict(
+        in_channels=config.in_channels,
+        task=config.task,
+        zero_is=train.zero_is,
+        spacing=train.spacing,
+    )
+    if len(pairs) < WHOLE_IMAGE_VALIDATION or not train.val_fraction:
+        samples = prepare_samples(pairs, val_fraction=train.val_fraction, **settings)
+        return samples, [s for s in samples if s.val_target is not None]
+    held = set(range(4, len(pairs), WHOLE_IMAGE_VALIDATION))
+    samples = prepare_samples([p for i, p in enumerate(pairs) if i not in held], **settings)
+    return samples, prepare_samples([p for i, p in enumerate(pairs) if i in held], **settings)

@@ -1,0 +1,163 @@
+"""What the network learns from the user's labels, and the checks of what the user gave.
+
+- Instances (``ModelConfig.task == "instances"``): object ids, or a binary mask split into its
+  connected components, become background / interior / boundary (:mod:`core.instances`).
+- Semantic: the label value is the class, output channel k learns label value k. With
+  ``zero_is="background"`` (dense labels, as medical label files are) 0 is class 0, the
+  background; with ``zero_is="unlabelled"`` (strokes) 0 is IGNORE: only painted pixels count,
+  painted value v still trains channel v, and channel 0 is never a target, so the background
+  must be painted as a class of its own.
+
+Each check raises ``ValueError`` (:class:`ImageShapeError` for shapes) with one line that says
+what would work; ``attention-unet train`` prints the same line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from napari_attention_unet.core.augment import IGNORE
+from napari_attention_unet.core.images import ImageShapeError
+from napari_attention_unet.core.instances import as_instances, instances_to_classes
+
+__all__ = [
+    "MAX_CLASS_VALUE",
+    "check_image",
+    "check_label_values",
+    "check_labels_shape",
+    "check_not_constant",
+    "check_sizes",
+    "check_spatial_dims",
+    "labels_to_target",
+    "semantic_values",
+]
+
+#: The largest class value a semantic label may hold (255 is IGNORE): 255 classes with the background.
+MAX_CLASS_VALUE = IGNORE - 1
+
+
+def check_image(image: np.ndarray, axes: str | None) -> None:
+    """Refuse a 4D stack whose axes are not given (a time series, most likely) and NaN pixels."""
+    image = np.asarray(image)
+    if axes is None and image.ndim == 4 and image.shape[-1] not in (3, 4):
+        raise ImageShapeError(
+            f"the image is 4D (shape {image.shape}), a time series? Train on one time point (image[t], or "
+            "--time-point T on the command line), or give its axes (e.g. CZYX for channels first)"
+        )
+    if np.issubdtype(image.dtype, np.floating):
+        nan = int(np.count_nonzero(np.isnan(image)))
+        if nan:
+            raise ValueError(
+                f"the image holds {nan} NaN pixel(s); replace them (e.g. with 0 or the image's minimum) before training"
+            )
+
+
+def check_labels_shape(labels_shape: tuple[int, ...], spatial_shape: tuple[int, ...]) -> None:
+    """Refuse labels whose shape is not the image's spatial shape."""
+    if tuple(labels_shape) != tuple(spatial_shape):
+        raise ImageShapeError(
+            f"labels of shape {tuple(labels_shape)} do not match the image's spatial shape {tuple(spatial_shape)}"
+        )
+
+
+def semantic_values(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as whole class values 0..MAX_CLASS_VALUE (uint8), or a ValueError saying why not."""
+    if labels.dtype == bool:
+        return labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.number) or np.issubdtype(labels.dtype, np.complexfloating):
+        raise ValueError(f"labels of dtype {labels.dtype} are not class values: use integer labels")
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+            raise ValueError("semantic labels must be whole class values 0..254; these hold fractions or NaN")
+    low, high = labels.min(initial=0), labels.max(initial=0)
+    if low < 0:
+        raise ValueError(f"semantic labels are class values 0..{MAX_CLASS_VALUE}; these hold {low}")
+    if high > MAX_CLASS_VALUE:
+        raise ValueError(
+            f"semantic labels hold at most {MAX_CLASS_VALUE + 1} classes (values 0..{MAX_CLASS_VALUE}); these hold "
+            f"values up to {high}. Object ids? Train them as instances (task 'instances', --task instances)"
+        )
+    return labels.astype(np.uint8)
+
+
+def labels_to_target(
+    labels: np.ndarray, task: str, zero_is: str = "background"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(target, instances)``: uint8 classes (IGNORE where the loss skips) and, for the
+    instance task, the object ids the target was made from (None for semantic labels)."""
+    labels = np.asarray(labels)
+    if task == "instances":
+        instances = as_instances(labels)
+        return instances_to_classes(instances), instances
+    target = semantic_values(labels)
+    if zero_is == "unlabelled":
+        target[target == 0] = IGNORE
+    return target, None
+
+
+def check_not_constant(labels: Sequence[np.ndarray], zero_is: str = "background") -> None:
+    """Refuse labels that hold one value only (over all pairs): there is nothing to tell apart."""
+    values: set = set()
+    for lbl in labels:
+        values.update(np.unique(np.asarray(lbl)).tolist())
+        if len(values) > 2:
+            return
+    if zero_is == "unlabelled":
+        values.discard(0)
+        if not values:
+            raise ValueError("nothing is painted: with zero_is='unlabelled' only values other than 0 count")
+    if len(values) == 1:
+        only = values.pop()
+        what = "paint at least two classes, the background as one of its own (e.g. 1)"
+        if zero_is != "unlabelled":
+            what = "label at least two classes (e.g. background 0 and objects 1)"
+        raise ValueError(f"the labels hold one value only ({only}): nothing to tell apart; {what}")
+
+
+def check_label_values(targets: Sequence[np.ndarray], classes: Sequence[str], zero_is: str = "background") -> None:
+    """For a semantic model: refuse class values it has no output for, and labels of one class only."""
+    present: set[int] = set()
+    for target in targets:
+        present.update(int(v) for v in np.unique(target) if v != IGNORE)
+    if not present:
+        return  # nothing labelled at all: check_samples says so
+    check_not_constant([np.array(sorted(present), np.uint8)], zero_is)
+    high = max(present)
+    if high >= len(classes):
+        raise ValueError(
+            f"the labels hold class value {high} but the model has {len(classes)} outputs (class values "
+            f"0..{len(classes) - 1}: {', '.join(classes)}); make a model with {high + 1} classes"
+        )
+
+
+def check_spatial_dims(shapes: Sequence[tuple[int, ...]], spatial_dims: int) -> None:
+    """Refuse images whose number of spatial axes differs from the model's, saying what to do."""
+    for i, shape in enumerate(shapes, start=1):
+        if len(shape) == spatial_dims:
+            continue
+        if spatial_dims == 3:
+            raise ImageShapeError(
+                f"a 3D model trains on volumes (ZYX), but image {i} is 2D ({'x'.join(map(str, shape))}): "
+                "train a 2D model (--dims 2) or give volumes"
+            )
+        raise ImageShapeError(
+            f"a 2D model trains on 2D images, but image {i} is {len(shape)}D ({'x'.join(map(str, shape))}): "
+            "train a 3D model (--dims 3), or split stacks into planes first"
+        )
+
+
+def check_sizes(shapes: Sequence[tuple[int, ...]], depth: int) -> None:
+    """Refuse images smaller than the network's coarsest grid (``2**(depth-1)`` px on an axis)."""
+    need = 2 ** (depth - 1)
+    for i, shape in enumerate(shapes, start=1):
+        if min(shape) >= need:
+            continue
+        fits = max(2, int(math.log2(max(min(shape), 2))) + 1)
+        raise ImageShapeError(
+            f"image {i} is {'x'.join(map(str, shape))} px, too small for this network: depth {depth} halves it "
+            f"{depth - 1} times and needs at least {need} px on every axis. Use images of at least {need} px "
+            f"per axis, or a network of depth {fits} (works from {2 ** (fits - 1)} px)"
+        )

@@ -1,0 +1,124 @@
+"""Training a new model for the user's own task from napari layers: semantic classes or instances, 2D or 3D.
+
+No Qt here. :func:`train_new_model` is the generator the dock's Train button runs in a napari
+worker, like :meth:`Session.finetune`: the run is planned (task, dimension and classes inferred
+from the labels, see :func:`core.train.plan.plan_training`) and the :class:`Trainer` built on its
+first step, in the worker; the trainer stays in ``session.trainer`` so that Cancel keeps the
+best state so far. :func:`describe_labels` is what the dock shows before the click.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from datetime import datetime
+
+import numpy as np
+
+from napari_attention_unet.core.images import ImageShapeError
+from napari_attention_unet.core.train import StepReport, Trainer, TrainResult
+from napari_attention_unet.core.train.plan import TrainingPlan, plan_training
+from napari_attention_unet.core.train.start import infer_task
+from napari_attention_unet.gui.session import Session
+from napari_attention_unet.models import registry as _registry
+from napari_attention_unet.models.versions import save_version
+
+__all__ = ["describe_labels", "save_new_model", "train_new_model"]
+
+#: Labels larger than this are looked at through a strided subsample before the click.
+PREVIEW_PIXELS = 4_000_000
+
+
+def describe_labels(labels: np.ndarray, zero_is: str) -> str:
+    """What a new model would learn from ``labels``: "3 classes found: semantic" or "412 objects: instances"."""
+    labels = np.asarray(labels)
+    if labels.size > PREVIEW_PIXELS:  # on the main thread: keep it quick on large layers
+        step = int(np.ceil((labels.size / PREVIEW_PIXELS) ** (1 / labels.ndim)))
+        labels = labels[(slice(None, None, step),) * labels.ndim]
+    if not labels.any():
+        return "nothing labelled yet"
+    task, why = infer_task([labels])
+    if task == "semantic":
+        zero = "0 = unlabelled: only painted pixels count" if zero_is == "unlabelled" else "0 = background"
+        return f"{why}; {zero}"
+    return why
+
+
+def train_new_model(
+    session: Session,
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    rgb: bool = False,
+    spacing: Sequence[float] | None = None,
+    ignore: np.ndarray | None = None,
+    zero_is: str = "background",
+    class_names: Sequence[str] | None = None,
+    from_current: bool = False,
+    minutes: float | None = 5.0,
+    steps: int | None = None,
+) -> Generator[StepReport, None, TrainResult]:
+    """Train a new model on one image (or volume) and its labels; yields reports, returns the result.
+
+    A volume with volume labels trains a 3D model (``spacing``, the layer's scale, resamples it
+    to cubic voxels); a 2D image a 2D one. ``from_current`` starts from the session's model (its
+    weights where shapes match, a new head) instead of from scratch. Shape errors raise at once.
+    """
+    spatial_shape = tuple(image.shape[:-1] if rgb else image.shape)
+    if tuple(labels.shape) != spatial_shape:
+        raise ImageShapeError(f"the labels (shape {tuple(labels.shape)}) do not match the image {spatial_shape}")
+    if len(spatial_shape) not in (2, 3):
+        raise ImageShapeError(
+            f"a new model trains on a 2D image or a 3D volume; this one is {len(spatial_shape)}D: "
+            "pick one time point or channel first"
+        )
+    axes = "ZYX"[-len(spatial_shape) :] + ("C" if rgb else "")
+    start = session.model if from_current and session.model is not None else "scratch"
+    session.trainer, session.plan = None, None
+    pixels = None if spacing is None else tuple(float(s) for s in spacing)[-len(spatial_shape) :]
+
+    def run() -> Generator[StepReport, None, TrainResult]:
+        plan = plan_training(
+            [(np.asarray(image), np.asarray(labels), axes, pixels)],
+            class_names=class_names,
+            zero_is=zero_is,
+            start=start,
+            minutes=minutes,
+            steps=steps,
+        )
+        masks = None if ignore is None else _per_pair(ignore, plan)
+        session.plan = plan
+        session.trainer = Trainer(plan.model, plan.pairs, config=plan.config, device=session.device, ignore_masks=masks)
+        return (yield from session.trainer.run())
+
+    return run()
+
+
+def _per_pair(ignore: np.ndarray, plan: TrainingPlan) -> list[np.ndarray]:
+    """The ignore mask for each training pair (a volume's planes when a 2D model trains on them)."""
+    if len(plan.pairs) == 1:
+        return [ignore]
+    return [ignore[z] for z in range(len(plan.pairs))]
+
+
+def save_new_model(result: TrainResult, plan: TrainingPlan, image_name: str) -> tuple[object, str]:
+    """Save the best trained state as a new saved model; returns ``(ModelInfo, what to tell the user)``.
+
+    A new model is kept even when the sanity check doubts it (there is no earlier model for this
+    task to fall back on); the message says so.
+    """
+    taken = {m.name for m in _registry.all_models()}
+    base = _registry.safe_model_name(f"{image_name}-{plan.task}-{plan.dims}d-{datetime.now():%Y%m%d-%H%M}")
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    info = save_version(
+        result.trained_model,
+        f"new {plan.task} model",
+        steps=result.steps,
+        best_val_dice=result.best_val_dice,
+        best_val_ap=result.best_val_ap,
+        image_name=image_name,
+        name=name,
+    )
+    doubt = "" if result.accepted else f" (keep an eye on it: {result.message})"
+    return info, f"Saved {plan.describe()} as '{info.name}'{doubt}."

@@ -1,0 +1,111 @@
+"""Training a new model for the user's own classes from napari layers, in a real viewer, 2D and 3D."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_attention_unet.gui import finetune_widget as _finetune_widget
+from napari_attention_unet.gui.new_model import describe_labels
+
+TIMEOUT_MS = 180_000
+
+
+def three_classes_2d(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image of two kinds of discs on a background, and its dense class labels 0 / 1 / 2."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.uint8)
+    for k in range(8):
+        cy, cx = rng.integers(8, size - 8, 2)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < 30] = 1 + k % 2
+    image = np.where(labels == 1, 200.0, np.where(labels == 2, 100.0, 20.0)) + rng.normal(0, 5, labels.shape)
+    return image.astype(np.float32), labels
+
+
+def wait_idle(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: not widget.finetune.is_running and not widget.is_running, timeout=TIMEOUT_MS)
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    seen = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(_finetune_widget, f"show_{kind}", seen[kind].append)
+    return seen
+
+
+def test_what_the_labels_would_teach_is_said_before_the_click():
+    _image, labels = three_classes_2d()
+    assert describe_labels(labels, "background").startswith("3 classes found")
+    assert "0 = unlabelled" in describe_labels(labels, "unlabelled")
+    objects = np.zeros((64, 64), np.uint16)
+    for i in range(40):
+        objects[(i // 8) * 8 : (i // 8) * 8 + 5, (i % 8) * 8 : (i % 8) * 8 + 5] = i + 1
+    assert describe_labels(objects, "background") == "40 objects: instances"
+    assert describe_labels(np.zeros((8, 8), np.uint8), "background") == "nothing labelled yet"
+
+
+def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes):
+    viewer, widget = plugin_widget
+    image, labels = three_classes_2d()
+    viewer.add_image(image, name="discs")
+    layer = viewer.add_labels(labels, name="classes")
+    panel = widget.finetune
+    panel._corrected.value = layer
+    widget._image.value = viewer.layers["discs"]
+    panel._start_from.value = _finetune_widget.NEW_MODEL
+    panel._class_names.value = "bright, dim"
+    assert not panel._task.native.isHidden() and "3 classes found" in panel._task.value
+    assert panel._start.text == "Train"
+
+    panel.start(steps=6)
+    wait_idle(qtbot, widget)
+
+    assert not notes["error"], notes["error"]
+    model = widget.session.model
+    assert model.config.task == "semantic" and model.config.classes == ("background", "bright", "dim")
+    assert widget.session.model_info.name.startswith("discs-semantic-2d-")
+    masks = viewer.layers["discs masks"]  # re-predicted with the new model, class values
+    assert masks.data.shape == labels.shape and set(np.unique(masks.data)) <= {0, 1, 2}
+    assert list(masks.features["class"]) == ["background", "bright", "dim"]
+    assert np.array_equal(layer.data, labels)  # the user's layer is only read
+
+
+def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes):
+    viewer, widget = plugin_widget
+    rng = np.random.default_rng(1)
+    zz, yy, xx = np.mgrid[:16, :32, :32]
+    labels = (((zz - 8) / 5) ** 2 + ((yy - 16) / 9) ** 2 + ((xx - 14) / 8) ** 2 < 1).astype(np.uint8)
+    labels[((zz - 8) / 4) ** 2 + ((yy - 10) / 4) ** 2 + ((xx - 24) / 4) ** 2 < 1] = 2
+    volume = (labels * 80.0 + rng.normal(20, 5, labels.shape)).astype(np.float32)
+    viewer.add_image(volume, name="vol", scale=(2.0, 1.0, 1.0))
+    layer = viewer.add_labels(labels, name="vol labels", scale=(2.0, 1.0, 1.0))
+    panel = widget.finetune
+    panel._corrected.value = layer
+    widget._image.value = viewer.layers["vol"]
+    panel._start_from.value = _finetune_widget.NEW_MODEL
+
+    panel.start(steps=3)
+    wait_idle(qtbot, widget)
+
+    assert not notes["error"], notes["error"]
+    model = widget.session.model
+    assert model.config.spatial_dims == 3 and model.config.task == "semantic"
+    masks = viewer.layers["vol masks"]
+    assert masks.data.shape == labels.shape and tuple(masks.scale) == (2.0, 1.0, 1.0)
+    gates = [lyr for lyr in viewer.layers if lyr.name.startswith("vol attention")]
+    assert gates and all(g.data.shape == labels.shape for g in gates)  # 3D attention maps
+
+
+def test_mismatched_labels_are_a_clear_message(plugin_widget, qtbot, notes):
+    viewer, widget = plugin_widget
+    image, _labels = three_classes_2d()
+    viewer.add_image(image, name="discs")
+    layer = viewer.add_labels(np.ones((32, 32), np.uint8), name="small")
+    widget.finetune._corrected.value = layer
+    widget._image.value = viewer.layers["discs"]
+    widget.finetune._start_from.value = _finetune_widget.NEW_MODEL
+    widget.finetune.start(steps=2)
+    wait_idle(qtbot, widget)
+    assert notes["error"] and "do not match" in notes["error"][0]

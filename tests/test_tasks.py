@@ -1,0 +1,295 @@
+"""Any task, any dimension: semantic models (dense labels and strokes), 3D training, semantic
+prediction (whole image and block engine), new models from scratch or by transfer, and the checks
+of bad input. Tiny networks on synthetic images: seconds each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_attention_unet.core.augment import IGNORE, random_flips_rotations
+from napari_attention_unet.core.images import ImageShapeError
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.predict import predict, run_to_end
+from napari_attention_unet.core.train import TrainConfig, Trainer, prepare_sample
+from napari_attention_unet.core.train.losses import semantic_loss
+from napari_attention_unet.core.train.start import infer_task, new_model, task_classes
+from napari_attention_unet.core.weights import load_model, save_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def three_classes_2d(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Dark background (0), bright disks (1) and mid-grey squares (2), with noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.uint8)
+    for _ in range(10):
+        cy, cx = rng.integers(8, size - 8, 2)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = 1
+        sy, sx = rng.integers(4, size - 12, 2)
+        labels[sy : sy + 8, sx : sx + 8] = 2
+    image = np.choose(labels, [20.0, 200.0, 110.0]) + rng.normal(0, 8, labels.shape)
+    return image.astype(np.float32), labels
+
+
+def three_classes_3d(shape=(24, 40, 40), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Dark background (0), bright balls (1) and mid-grey cubes (2), with noise."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    labels = np.zeros(shape, np.uint8)
+    for _ in range(3):
+        c = [rng.integers(5, n - 5) for n in shape]
+        labels[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < 25] = 1
+        s = [rng.integers(0, n - 8) for n in shape]
+        labels[s[0] : s[0] + 8, s[1] : s[1] + 8, s[2] : s[2] + 8] = 2
+    image = np.choose(labels, [20.0, 200.0, 110.0]) + rng.normal(0, 8, shape)
+    return image.astype(np.float32), labels
+
+
+def semantic_model(dims: int = 2, classes=("background", "disk", "square"), **size) -> AttentionUNet:
+    torch.manual_seed(0)
+    size = {"base_width": 4, "depth": 3, **size}
+    return AttentionUNet(ModelConfig(spatial_dims=dims, in_channels=1, classes=classes, task="semantic", **size))
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(max_steps=40, patch_size=64, batch_size=4, lr=1e-2, warmup_steps=5, eval_every=10)
+    return TrainConfig(**{**base, "from_scratch": True, "must_beat_start": False, **overrides})
+
+
+# -- the model file ------------------------------------------------------------------------
+
+
+def test_task_is_saved_and_old_descriptions_load_as_instances(tmp_path):
+    semantic = semantic_model()
+    assert semantic.config.to_dict()["task"] == "semantic"
+    assert "task" not in ModelConfig().to_dict()  # instance models are described as before
+    old = {"spatial_dims": 2, "in_channels": 3, "classes": ["background", "interior", "boundary"], "depth": 3}
+    assert ModelConfig.from_dict(old).task == "instances"
+    loaded, _ = load_model(save_model(semantic, tmp_path / "sem"))
+    assert loaded.config == semantic.config and loaded.config.task == "semantic"
+    with pytest.raises(ValueError, match="task"):
+        ModelConfig(task="panoptic")
+
+
+# -- semantic training ---------------------------------------------------------------------
+
+
+def test_semantic_2d_dense_learns_every_class():
+    image, labels = three_classes_2d()
+    trainer = Trainer(semantic_model(), [(image, labels)], config=config(max_steps=60))
+    returned = run_to_end(trainer.run())
+    result = trainer.result()
+    assert result.accepted, result.message
+    assert set(result.best_val_class_dice) == {"disk", "square"}
+    assert min(result.best_val_class_dice.values()) > 0.8, result.best_val_class_dice
+    evaluated = [r for r in result.history if r.val_dice is not None]
+    assert evaluated and all(set(r.val_class_dice) <= {"disk", "square"} for r in evaluated)
+    assert all(r.val_ap is None for r in evaluated) and returned.best_val_class_dice == result.best_val_class_dice
+
+
+def test_semantic_3d_dense_learns_every_class():
+    image, labels = three_classes_3d()
+    other_image, other_labels = three_classes_3d(seed=1)  # validated on a volume of its own
+    validation = [prepare_sample(other_image, other_labels, axes="ZYX", in_channels=1, task="semantic")]
+    model = semantic_model(3, base_width=6, depth=3)
+    settings = config(max_steps=60, lr=2e-2, patch_size=(24, 40, 40))
+    trainer = Trainer(model, [(image, labels, "ZYX")], config=settings, validation=validation)
+    run_to_end(trainer.run())
+    result = trainer.result()
+    assert trainer.patch == (24, 40, 40) and result.trained_model.config.spatial_dims == 3
+    assert min(result.best_val_class_dice.values()) > 0.8, result.best_val_class_dice
+    prediction = run_to_end(predict(result.trained_model, other_image, axes="ZYX", device="cpu"))
+    assert prediction.labels.shape == labels.shape and prediction.labels.dtype == np.uint8
+    for c in (1, 2):
+        p, t = prediction.labels == c, other_labels == c
+        assert 2 * (p & t).sum() / (p.sum() + t.sum()) > 0.8
+
+
+def test_strokes_count_only_painted_pixels():
+    image, dense = three_classes_2d()
+    strokes = np.zeros_like(dense)  # background painted as class 1, disks as 2, squares as 3
+    rows = np.zeros(dense.shape, bool)
+    rows[::6] = True
+    strokes[rows] = dense[rows] + 1
+    sample = prepare_sample(image, strokes, in_channels=1, task="semantic", zero_is="unlabelled")
+    assert (sample.target[~rows] == IGNORE).all() and (sample.target[rows] == dense[rows] + 1).all()
+    dense_sample = prepare_sample(image, dense, in_channels=1, task="semantic")
+    assert (dense_sample.target == dense).all()  # 0 is the background when labels are dense
+
+    # The loss does not see unpainted pixels: any logits there give the same loss.
+    target = torch.from_numpy(sample.target[None].astype(np.int64))
+    logits = torch.randn(1, 4, *dense.shape)
+    other = logits.clone()
+    other[:, :, ~torch.from_numpy(rows)] = torch.randn_like(other[:, :, ~torch.from_numpy(rows)]) * 10
+    assert torch.allclose(semantic_loss(logits, target), semantic_loss(other, target))
+    # ... while a 0 read as background (dense) changes it.
+    dense_target = torch.from_numpy(np.where(rows, sample.target, 0)[None].astype(np.int64))
+    assert not torch.allclose(semantic_loss(logits, dense_target), semantic_loss(other, dense_target))
+
+    classes = task_classes("semantic", 3, None, "unlabelled")
+    assert classes == ("unlabelled", "class 1", "class 2", "class 3")
+    torch.manual_seed(0)
+    model = new_model("semantic", classes, 2, 1, "scratch", base_width=4, depth=3)
+    trainer = Trainer(model, [(image, strokes)], config=config(max_steps=60, zero_is="unlabelled"))
+    _, targets, _ = trainer._batch()
+    assert not (targets == 0).any()  # channel 0 is never a target
+    run_to_end(trainer.run())
+    result = trainer.result()
+    assert set(result.best_val_class_dice) == {"class 1", "class 2", "class 3"}
+    assert np.mean(list(result.best_val_class_dice.values())) > 0.7, result.best_val_class_dice
+    labels = run_to_end(predict(result.trained_model, image, device="cpu")).labels
+    agree = (labels == dense + 1).mean()
+    assert agree > 0.8 and (labels == 0).mean() < 0.01
+
+
+def test_instances_3d_train_and_predict():
+    image, classes = three_classes_3d()
+    from skimage.measure import label
+
+    instances = label(classes > 0).astype(np.uint16)
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=4, depth=3))
+    trainer = Trainer(model, [(image, instances, "ZYX")], config=config(max_steps=6, patch_size=(24, 32, 32)))
+    run_to_end(trainer.run())
+    assert trainer.select_by == "instances"
+    result = trainer.result().trained_model
+    prediction = run_to_end(predict(result, image, axes="ZYX", device="cpu", min_size=1))
+    assert prediction.labels.shape == image.shape and np.issubdtype(prediction.labels.dtype, np.integer)
+
+
+def test_spacing_resamples_volumes_as_prediction_does():
+    image, labels = three_classes_3d((12, 40, 40))
+    sample = prepare_sample(image, labels, axes="ZYX", in_channels=1, task="semantic", spacing=(2.0, 1.0, 1.0))
+    assert sample.image.shape == (1, 24, 40, 40) and sample.target.shape == (24, 40, 40)
+    assert set(np.unique(sample.target)) <= {0, 1, 2, IGNORE}
+    # Nearest neighbour on the voxel centres: each z plane comes twice.
+    assert (sample.target[0::2, :, :20] == sample.target[1::2, :, :20]).all()
+    trainer = Trainer(semantic_model(3), [(image, labels, "ZYX")], config=config(max_steps=1, spacing=(2, 1, 1)))
+    assert trainer.samples[0].target.shape == (24, 40, 40)
+
+
+def test_3d_flips_and_turns_keep_z_and_alignment():
+    rng = np.random.default_rng(0)
+    target = np.zeros((8, 16, 16), np.uint8)
+    target[:, 2:6, 3:12] = 1 + np.arange(8)[:, None, None]  # a bar whose value is its plane's z + 1
+    image = target[None].astype(np.float32)
+    turned = False
+    for _ in range(20):
+        x, y = random_flips_rotations(image, target, rng)
+        assert y.shape == (8, 16, 16) and (x[0] == y).all()
+        # Rotations are in the YX plane only: each output plane holds one input plane's values.
+        assert all(len(np.unique(plane[plane > 0])) == 1 for plane in y)
+        turned |= bool(y[:, 2:6, 3:12].sum() != target[:, 2:6, 3:12].sum()) and (y > 0).sum() == (target > 0).sum()
+    assert turned
+
+
+# -- prediction of a semantic model -----------------------------------------------------------
+
+
+def test_semantic_prediction_is_class_values_whole_and_in_blocks():
+    from napari_attention_unet.large_data.blocks import predict_blocks
+
+    image, labels = three_classes_2d(160)
+    trainer = Trainer(semantic_model(), [(image, labels)], config=config(max_steps=30))
+    run_to_end(trainer.run())
+    model = trainer.result().trained_model
+    whole = run_to_end(predict(model, image, device="cpu", keep_class_probabilities=True))
+    assert whole.labels.dtype == np.uint8 and set(np.unique(whole.labels)) <= {0, 1, 2}
+    assert (whole.labels == whole.class_probabilities.argmax(0)).all()
+    np.testing.assert_allclose(whole.probability, 1 - whole.class_probabilities[0], atol=1e-6)
+    as_mask = run_to_end(predict(model, image, device="cpu", instances=False))
+    assert (as_mask.labels == whole.labels).all()  # instances is ignored by a semantic model
+    blocks = run_to_end(predict_blocks(model, image, block_size=64, halo=32, device="cpu"))
+    assert blocks.n_objects == 0 and (np.asarray(blocks.labels) == whole.labels).mean() > 0.99
+
+
+# -- where a new model starts -------------------------------------------------------------------
+
+
+def test_transfer_keeps_the_encoder_and_replaces_the_head():
+    torch.manual_seed(0)
+    start = AttentionUNet(ModelConfig(base_width=4, depth=3))  # 3 colour channels, instance head
+    classes = task_classes("semantic", 4, ["a", "b", "c", "d"])
+    model = new_model("semantic", classes, 2, 3, start)
+    assert model.config.task == "semantic" and model.head.out_channels == 5
+    state = model.state_dict()
+    for key, value in start.state_dict().items():
+        if key.startswith("head."):
+            continue
+        assert torch.equal(state[key], value), key
+    assert state["head.weight"].shape[0] == 5
+    # Grey images: one input channel whose kernels are the colour kernels summed (same network on grey).
+    grey = new_model("semantic", classes, 2, 1, start).eval()
+    x = torch.rand(1, 1, 32, 32)
+    np.testing.assert_allclose(
+        grey.encoder[0](x).detach().numpy(), start.eval().encoder[0](x.expand(1, 3, 32, 32)).detach().numpy(), atol=1e-5
+    )
+    same = new_model("instances", task_classes("instances"), 2, 3, start)
+    assert torch.equal(same.head.weight, start.head.weight)  # same task and classes: the head is kept
+    with pytest.raises(ValueError, match="2D, so it cannot start a 3D model"):
+        new_model("semantic", classes, 3, 1, start)
+
+
+def test_the_task_is_inferred_from_the_labels():
+    image, labels = three_classes_2d()
+    assert infer_task([labels]) == ("semantic", "3 classes found (0, 1, 2): semantic")
+    from skimage.measure import label
+
+    ids = label(labels > 0)
+    assert infer_task([ids])[0] == "instances" and infer_task([ids])[1].endswith("objects: instances")
+    assert infer_task([labels > 0])[0] == "instances"  # a mask of many separate objects
+
+
+# -- bad input: one clear line --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("shape", "do not match the image's spatial shape"),
+        ("one value", "one value only"),
+        ("too many classes", "at most 255 classes"),
+        ("3d model on 2d", "a 3D model trains on volumes"),
+        ("nan", "NaN pixel"),
+        ("too small", "too small for this network"),
+        ("time series", "time series"),
+        ("class past the head", "has 3 outputs"),
+    ],
+)
+def test_bad_input_is_refused_clearly(case, match):
+    image, labels = three_classes_2d(64)
+    model = semantic_model()
+    pairs = [(image, labels)]
+    if case == "shape":
+        pairs = [(image, labels[:60])]
+    elif case == "one value":
+        pairs = [(image, np.ones_like(labels))]
+    elif case == "too many classes":
+        pairs = [(image, (np.arange(image.size) % 300).reshape(image.shape).astype(np.uint16))]
+    elif case == "3d model on 2d":
+        model = semantic_model(3)
+    elif case == "nan":
+        image = image.copy()
+        image[3, 4] = np.nan
+        pairs = [(image, labels)]
+    elif case == "too small":
+        model = semantic_model(depth=4)  # needs 8 px per axis
+        pairs = [(image[:6], labels[:6])]
+    elif case == "time series":
+        pairs = [(np.stack([image[None].repeat(8, 0)] * 2), np.stack([labels[None].repeat(8, 0)] * 2))]
+    elif case == "class past the head":
+        pairs = [(image, np.where(labels == 2, 3, labels).astype(np.uint8))]
+    with pytest.raises(ValueError, match=match) as error:
+        Trainer(model, pairs, config=config(max_steps=1))
+    assert "\n" not in str(error.value)
+    if case in ("shape", "3d model on 2d", "too small", "time series"):
+        assert isinstance(error.value, ImageShapeError)

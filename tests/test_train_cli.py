@@ -1,0 +1,158 @@
+"""`attention-unet train` end to end on TIFF files (train, then predict with the path as typed), and
+its answers to bad input: exit code 2 and one line, no traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_attention_unet.cli import main
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.weights import read_metadata, save_model
+
+EXE = shutil.which("attention-unet") or str(Path(sys.executable).with_name("attention-unet"))
+TINY = ["--base-width", "4", "--depth", "3", "--device", "cpu"]
+
+
+def run_cli(*args, cwd: Path):
+    return subprocess.run(
+        [EXE, *map(str, args)], capture_output=True, text=True, env=os.environ.copy(), timeout=300, cwd=cwd
+    )
+
+
+def three_classes(shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Background 0, bright blocks 1, mid-grey blocks 2, in 2D or 3D."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint8)
+    for k in range(12):
+        corner = [int(rng.integers(0, max(n - 6, 1))) for n in shape]
+        labels[tuple(slice(c, c + 6) for c in corner)] = 1 + k % 2
+    image = np.choose(labels, [20.0, 200.0, 110.0]) + rng.normal(0, 8, shape)
+    return image.astype(np.float32), labels
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_ATTENTION_UNET_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_train_then_predict_a_2d_semantic_model(tmp_path, home):
+    image, labels = three_classes((96, 96))
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    tifffile.imwrite(tmp_path / "cells_classes.tif", labels)
+    args = ["--image", "cells.tif", "--labels", "cells_classes.tif", "--out", "my-model", "--steps", "30"]
+    done = run_cli("train", *args, "--class-names", "bright,grey", *TINY, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "3 classes found (0, 1, 2): semantic" in done.stderr
+    assert "2D semantic (background, bright, grey)" in done.stderr
+    config, info = read_metadata(tmp_path / "my-model.safetensors")
+    assert config.task == "semantic" and config.classes == ("background", "bright", "grey")
+    assert info["task"] == "semantic" and info["steps"] == 30
+
+    done = run_cli("predict", "cells.tif", "--out", "out", "--model", "my-model", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    predicted = tifffile.imread(tmp_path / "out" / "cells_labels.tif")
+    assert predicted.shape == labels.shape and set(np.unique(predicted)) <= {0, 1, 2}
+    assert tifffile.imread(tmp_path / "out" / "cells_attention.tif").shape == (2, 96, 96)
+
+
+def test_train_then_predict_a_3d_model(tmp_path, home):
+    image, labels = three_classes((16, 32, 32))
+    tifffile.imwrite(tmp_path / "vol.tif", image)
+    tifffile.imwrite(tmp_path / "vol_labels.tif", labels)
+    args = ["--image", "vol.tif", "--labels", "vol_labels.tif", "--out", "models/vol3d", "--steps", "3"]
+    done = run_cli("train", *args, "--spacing", "2,1,1", *TINY, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "training a 3D semantic" in done.stderr and "patches 32x32x32" in done.stderr  # 16 planes -> 32 at 2:1
+    assert read_metadata(tmp_path / "models" / "vol3d.safetensors")[0].spatial_dims == 3
+
+    done = run_cli("predict", "vol.tif", "--out", "out", "--model", "models/vol3d", "--spacing", "2,1,1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    predicted = tifffile.imread(tmp_path / "out" / "vol_labels.tif")
+    assert predicted.shape == labels.shape and set(np.unique(predicted)) <= {0, 1, 2}
+    assert tifffile.imread(tmp_path / "out" / "vol_attention.tif").shape == (2, 16, 32, 32)  # gate first, then ZYX
+
+
+def test_instances_are_inferred_from_many_ids(tmp_path, home):
+    from skimage.measure import label
+
+    image, classes = three_classes((96, 96), seed=2)
+    ids = label(classes > 0).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "ids.tif", ids)
+    args = ["--image", "img.tif", "--labels", "ids.tif", "--out", "inst", "--steps", "2", "--start", "scratch"]
+    done = run_cli("train", *args, *TINY, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"{ids.max()} objects: instances" in done.stderr and "2D instances model" in done.stderr
+    assert read_metadata(tmp_path / "inst.safetensors")[0].task == "instances"
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def _write_case(case: str, folder: Path) -> list[str]:
+    image, labels = three_classes((64, 64))
+    extra: list[str] = []
+    if case == "shape":
+        labels = labels[:60]
+    elif case == "one value":
+        labels = np.ones_like(labels)
+    elif case == "too many classes":
+        labels = (np.arange(labels.size) % 300).reshape(labels.shape).astype(np.uint16)
+        extra = ["--task", "semantic"]
+    elif case == "3d on 2d":
+        extra = ["--dims", "3"]
+    elif case == "2d start for 3d":
+        image, labels = three_classes((16, 32, 32))
+        torch.manual_seed(0)
+        save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), folder / "flat")
+        extra = ["--dims", "3", "--start", str(folder / "flat")]
+    elif case == "nan":
+        image[5, 5] = np.nan
+    elif case == "too small":
+        image, labels = three_classes((6, 32, 32))
+        extra = ["--dims", "3"]
+    elif case == "time series":
+        image, labels = np.stack([three_classes((8, 32, 32))[0]] * 3), np.stack([three_classes((8, 32, 32))[1]] * 3)
+    tifffile.imwrite(folder / "img.tif", image)
+    tifffile.imwrite(folder / "lbl.tif", labels)
+    return ["train", "--image", str(folder / "img.tif"), "--labels", str(folder / "lbl.tif")] + extra
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("shape", "labels of shape (60, 64) do not match the image's spatial shape (64, 64)"),
+        ("one value", "the labels hold one value only (1)"),
+        ("too many classes", "semantic labels hold at most 255 classes"),
+        ("3d on 2d", "a 3D model trains on volumes (ZYX), but image 1 is 2D"),
+        ("2d start for 3d", "the starting model is 2D, so it cannot start a 3D model"),
+        ("nan", "the image holds 1 NaN pixel(s)"),
+        ("too small", "needs at least 8 px on every axis"),
+        ("time series", "a time series?"),
+    ],
+)
+def test_bad_input_ends_with_one_clear_line(tmp_path, home, capsys, case, message):
+    argv = _write_case(case, tmp_path) + ["--out", str(tmp_path / "never"), "--steps", "1", "--device", "cpu"]
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("attention-unet: error:")]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "never.safetensors").exists()
+
+
+def test_the_trainer_raises_the_same_text(tmp_path):
+    from napari_attention_unet.core.train import TrainConfig, Trainer
+
+    image, labels = three_classes((6, 32, 32))
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, classes=("a", "b", "c"), task="semantic", depth=4))
+    with pytest.raises(ValueError, match="needs at least 8 px on every axis.*depth 3 \\(works from 4 px\\)"):
+        Trainer(model, [(image, labels, "ZYX")], config=TrainConfig(max_steps=1))
