@@ -156,3 +156,16 @@ def test_the_trainer_raises_the_same_text(tmp_path):
     model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, classes=("a", "b", "c"), task="semantic", depth=4))
     with pytest.raises(ValueError, match="needs at least 8 px on every axis.*depth 3 \\(works from 4 px\\)"):
         Trainer(model, [(image, labels, "ZYX")], config=TrainConfig(max_steps=1))
+
+
+def test_one_time_point_of_a_series_trains(tmp_path, home, capsys):
+    image, labels = three_classes((8, 32, 32))
+    series = np.stack([image, image[::-1]])
+    tifffile.imwrite(tmp_path / "series.tif", series)
+    tifffile.imwrite(tmp_path / "labels.tif", np.stack([labels, labels[::-1]]))
+    files = ["train", "--image", str(tmp_path / "series.tif"), "--labels", str(tmp_path / "labels.tif")]
+    assert main([*files, "--time-point", "1", "--out", str(tmp_path / "t1"), "--steps", "1", *TINY]) == 0
+    assert read_metadata(tmp_path / "t1.safetensors")[0].spatial_dims == 3
+    capsys.readouterr()
+    assert main([*files, "--time-point", "2", "--out", str(tmp_path / "t2"), "--steps", "1", *TINY]) == 2
+    assert "outside the series (time points 0..1)" in capsys.readouterr().err

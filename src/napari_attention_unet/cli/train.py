@@ -42,35 +42,15 @@ def _pick_time_point(image: np.ndarray, labels: np.ndarray, t: int | None) -> tu
     return image[t], labels[t] if labels.ndim == 4 else labels
 
 
-def _load_pairs(args: argparse.Namespace) -> tuple[list[tuple], list[tuple[int, ...]], int]:
-    """``(pairs, spatial shapes, channels)``: every (image, labels, axes, spacing) checked as the
-    trainer checks them, and the most channels of an image (1 for grey, 3 for colour)."""
-    from napari_attention_unet.core.images import to_channel_first
-    from napari_attention_unet.core.train.targets import check_image, check_labels_shape
-
-    pairs, shapes, channels = [], [], 1
+def _load_pairs(args: argparse.Namespace) -> list[tuple]:
+    """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point)."""
+    pairs = []
     for image_path, labels_path in zip(args.image, args.labels):
         image, spacing = _read(image_path)
         labels, _ = _read(labels_path)
         image, labels = _pick_time_point(image, labels, args.time_point)
-        check_image(image, args.axes)
-        channels_first, _ = to_channel_first(image, args.axes)
-        check_labels_shape(labels.shape, channels_first.shape[1:])
         pairs.append((image, labels, args.axes, args.spacing or spacing))
-        shapes.append(tuple(channels_first.shape[1:]))
-        channels = max(channels, min(channels_first.shape[0], 3))
-    return pairs, shapes, channels
-
-
-def _planes(pairs: list[tuple]) -> list[tuple]:
-    """Volumes cut into their Z planes (each with its labels), for a 2D model."""
-    out = []
-    for image, labels, axes, _ in pairs:
-        if labels.ndim == 2:
-            out.append((image, labels, axes, None))
-        else:
-            out.extend((image[z], labels[z], None, None) for z in range(labels.shape[0]))
-    return out
+    return pairs
 
 
 def _start(args: argparse.Namespace, dims: int):
@@ -96,15 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.images import ImageShapeError
     from napari_attention_unet.core.model import count_parameters
     from napari_attention_unet.core.train import Trainer
-    from napari_attention_unet.core.train.start import (
-        default_train_config,
-        infer_task,
-        network_shape,
-        new_model,
-        split_samples,
-        task_classes,
-    )
-    from napari_attention_unet.core.train.targets import check_not_constant, check_spatial_dims, semantic_values
+    from napari_attention_unet.core.train.plan import plan_training
+    from napari_attention_unet.core.train.start import split_samples
     from napari_attention_unet.core.weights import save_model
     from napari_attention_unet.large_data.files import ImageReadError
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError
@@ -113,45 +86,31 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"give one --labels per --image (got {len(args.image)} images and {len(args.labels)} labels)")
     try:
         device = pick_device(args.device)
-        pairs, shapes, in_channels = _load_pairs(args)
-        check_not_constant([p[1] for p in pairs], args.zero_is)
-        task = args.task
-        if task is None:
-            task, why = infer_task([p[1] for p in pairs])
-            print(f"{why} (give --task to choose)", file=sys.stderr)
-        volumes = all(len(s) == 3 for s in shapes)
-        dims = args.dims or (3 if volumes else 2)
-        if dims == 3:
-            check_spatial_dims(shapes, 3)
-        elif any(len(s) == 3 for s in shapes):
-            pairs = _planes(pairs)
-            print("volumes are trained on as Z planes by a 2D model (--dims 3 for a 3D model)", file=sys.stderr)
-        n_classes = int(max(semantic_values(p[1]).max() for p in pairs)) if task == "semantic" else 0
-        names = [n for n in args.class_names.split(",") if n.strip()] if args.class_names else None
-        classes = task_classes(task, n_classes, names, args.zero_is)
-        start, start_name = _start(args, dims)
-        if start != "scratch" and (args.base_width or args.depth):
-            raise ValueError("--base-width and --depth size a model from scratch; a --start model keeps its own size")
-        model = new_model(task, classes, dims, in_channels, start, base_width=args.base_width, depth=args.depth)
-        sizes = [network_shape(s, p[3]) for s, p in zip(shapes, pairs)] if dims == 3 else shapes
-        minutes = 10.0 if args.minutes is None and args.steps is None else args.minutes
-        config = default_train_config(
-            task,
-            dims,
-            sizes,
-            from_scratch=isinstance(start, str),
-            minutes=minutes,
-            steps=args.steps,
-            depth=model.config.depth,
+        pairs = _load_pairs(args)
+        volumes = all(np.ndim(p[1]) == 3 for p in pairs)  # as plan_training infers it: volume labels, 3D
+        start, start_name = _start(args, args.dims or (3 if volumes else 2))
+        plan = plan_training(
+            pairs,
+            task=args.task,
+            dims=args.dims,
+            class_names=[n for n in args.class_names.split(",") if n.strip()] if args.class_names else None,
             zero_is=args.zero_is,
+            start=start,
+            minutes=10.0 if args.minutes is None and args.steps is None else args.minutes,
+            steps=args.steps,
+            base_width=args.base_width,
+            depth=args.depth,
             seed=args.seed,
             precision=args.precision,
             **({} if args.flips is None else {"flips": args.flips}),
         )
-        samples, validation = split_samples(model.config, config, pairs)
-        trainer = Trainer(model, config=config, device=device, samples=samples, validation=validation)
+        for note in plan.notes:
+            print(note, file=sys.stderr)
+        samples, validation = split_samples(plan.model.config, plan.config, plan.pairs)
+        trainer = Trainer(plan.model, config=plan.config, device=device, samples=samples, validation=validation)
     except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
+    model, config, task, dims, classes = plan.model, plan.config, plan.task, plan.dims, plan.classes
     what = f"{task} ({', '.join(classes)})" if task == "semantic" else task
     print(
         f"training a {dims}D {what} model ({count_parameters(model) / 1e6:.2f} M parameters, from {start_name}) "

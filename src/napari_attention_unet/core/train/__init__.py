@@ -6,11 +6,16 @@ model outlives a cancelled generator. What each module holds:
 
 - :mod:`.config`: :class:`TrainConfig` (the settings), :class:`StepReport` and
   :class:`TrainResult` (what a run reports), ``INSTANCE_CLASSES``.
-- :mod:`.samples`: (image, labels) pairs to :class:`TrainingSample` (:func:`prepare_sample`),
-  the held-out validation strip (:func:`held_out_region`), augmented batches (:func:`draw_batch`).
-- :mod:`.losses`: :func:`segmentation_loss`, cross-entropy plus soft foreground Dice.
+- :mod:`.targets`: labels to what the network learns (instance classes, or class values for a
+  semantic model, with ``zero_is``), and the checks of bad input (one line each).
+- :mod:`.samples`: (image, labels) pairs to :class:`TrainingSample` (:func:`prepare_sample`;
+  volumes resampled to cubic voxels with ``spacing``), the held-out validation strip
+  (:func:`held_out_region`), augmented batches (:func:`draw_batch`).
+- :mod:`.losses`: :func:`segmentation_loss`, cross-entropy plus soft foreground Dice;
+  ``semantic_loss``, cross-entropy plus soft Dice over the classes present.
 - :mod:`.validation`: scoring on the held-out region (:func:`validation_view`,
-  ``VALIDATION_MARGIN``, :func:`foreground_scores`, AP@0.5 of the objects).
+  ``VALIDATION_MARGIN``, :func:`foreground_scores`, AP@0.5 of the objects, and
+  ``semantic_scores``: Dice of each class).
 - :mod:`.selection`: which score picks the best state, whether it beats the starting model,
   and the sanity check before a trained model replaces the one passed in.
 - :mod:`.optimizer`: AdamW, the warm-up/cosine learning-rate schedule, the budget and ETA,
@@ -18,6 +23,9 @@ model outlives a cancelled generator. What each module holds:
 - :mod:`.checkpoints`: what a checkpoint holds, for runs that span several sessions.
 - :mod:`.loop`: :class:`Trainer` (the loop of :meth:`Trainer.run`, results, checkpoints) and
   :func:`train`.
+- :mod:`.start`: a new model for a task (its classes, from scratch or another model's weights),
+  the task inferred from labels, the settings and validation split of ``attention-unet train``.
+- :mod:`.plan`: a new model's run planned from labelled images, for the CLI and the dock.
 
 Modules of this package import each other from the module that defines a name, never from
 the package itself.

@@ -71,7 +71,7 @@ class Trainer:
             )
         self.original_model = model
         self.device = pick_device(device)
-        # Channels-last: NHWC convolutions are ~25 % faster on the CPU (and on tensor cores), NDHWC ~5x.
+        # Channels-last: NHWC / NDHWC convolutions are ~25 % faster on the CPU (and on tensor cores).
         self.memory_format = channels_last_format(model.config.spatial_dims)
         self.model = copy.deepcopy(model).to(self.device).to(memory_format=self.memory_format)
         self.samples, self.validation = training_samples(

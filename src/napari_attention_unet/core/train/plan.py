@@ -26,6 +26,7 @@ from napari_attention_unet.core.train.targets import (
     check_labels_shape,
     check_not_constant,
     check_spatial_dims,
+    semantic_values,
 )
 
 __all__ = ["TrainingPlan", "plan_training"]
@@ -75,14 +76,14 @@ def plan_training(
     check_not_constant([p[1] for p in pairs], zero_is)
     if task is None:
         task, why = infer_task([p[1] for p in pairs])
-        notes.append(why)
+        notes.append(f"{why} (give the task to choose)")
     dims = dims or (3 if all(len(s) == 3 for s in shapes) else 2)
     if dims == 3:
         check_spatial_dims(shapes, 3)
     elif any(len(s) == 3 for s in shapes):
         pairs, shapes = _planes(pairs), [s[1:] if len(s) == 3 else s for s in shapes]
-        notes.append("volumes are trained on as Z planes by a 2D model")
-    n_classes = int(max(np.asarray(p[1]).max() for p in pairs)) if task == "semantic" else 0
+        notes.append("volumes are trained on as Z planes by a 2D model (3D for a 3D model)")
+    n_classes = int(max(semantic_values(p[1]).max() for p in pairs)) if task == "semantic" else 0
     classes = task_classes(task, n_classes, class_names, zero_is)
     if start != "scratch" and (base_width or depth):
         raise ValueError("a width and depth size a model from scratch; a starting model keeps its own size")
