@@ -109,3 +109,23 @@ def test_mismatched_labels_are_a_clear_message(plugin_widget, qtbot, notes):
     widget.finetune.start(steps=2)
     wait_idle(qtbot, widget)
     assert notes["error"] and "do not match" in notes["error"][0]
+
+
+def test_new_model_from_strokes_where_0_is_unlabelled(plugin_widget, qtbot, notes):
+    """A partial label map (a few strokes per class, background painted as class 1): 0 is not a class."""
+    viewer, widget = plugin_widget
+    image, dense = three_classes_2d()
+    strokes = np.zeros_like(dense)
+    strokes[::7] = dense[::7] + 1  # every 7th row painted: 1 = background, 2 and 3 the two kinds of disc
+    viewer.add_image(image, name="discs")
+    layer = viewer.add_labels(strokes, name="strokes")
+    panel = widget.finetune
+    panel._corrected.value = layer
+    widget._image.value = viewer.layers["discs"]
+    panel._start_from.value = _finetune_widget.NEW_MODEL
+    panel._zero.value = _finetune_widget.ZERO_UNLABELLED
+    assert "0 = unlabelled" in panel._task.value
+    panel.start(steps=3)
+    wait_idle(qtbot, widget)
+    assert not notes["error"], notes["error"]
+    assert widget.session.model.config.classes == ("unlabelled", "class 1", "class 2", "class 3")

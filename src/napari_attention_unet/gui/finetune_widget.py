@@ -45,6 +45,7 @@ __all__ = ["FinetuneWidget"]
 
 WHOLE_IMAGE, ONLY_EDITED, IN_SHAPES = "whole image", "only what I edited", "inside the shapes"
 FINE_TUNE, NEW_MODEL = "fine-tune the current model", "a new model for these labels"
+ZERO_BACKGROUND, ZERO_UNLABELLED = "background", "unlabelled (only painted pixels count)"
 PROGRESS_STEPS = 1000
 
 
@@ -81,6 +82,7 @@ class FinetuneWidget(Container):
         self._start_from = ComboBox(label="train", choices=[FINE_TUNE, NEW_MODEL], value=FINE_TUNE)
         self._task = Label(label="labels hold", value="")
         self._class_names = LineEdit(label="class names", value="")
+        self._zero = ComboBox(label="label 0 is", choices=[ZERO_BACKGROUND, ZERO_UNLABELLED], value=ZERO_BACKGROUND)
         self._region = ComboBox(label="train on", choices=[WHOLE_IMAGE, ONLY_EDITED, IN_SHAPES], value=WHOLE_IMAGE)
         self._shapes = create_widget(annotation="napari.layers.Shapes", label="shapes", options={"nullable": True})
         self._minutes = FloatSpinBox(label="time budget (min)", value=2.0, min=0.1, max=120.0, step=0.5)
@@ -94,6 +96,7 @@ class FinetuneWidget(Container):
                 self._start_from,
                 self._task,
                 self._class_names,
+                self._zero,
                 self._region,
                 self._shapes,
                 self._minutes,
@@ -115,7 +118,9 @@ class FinetuneWidget(Container):
             "label values as classes (semantic) or objects (instances), 2D or 3D (a volume with volume labels)"
         )
         self._class_names.tooltip = "Names of classes 1, 2, ... separated by commas (e.g. membrane, mitochondria)"
-        for widget in (self._start_from, self._corrected, self._region):
+        self._zero.tooltip = "Dense labels: 0 is the background. Strokes or a partial label map: 0 is not labelled"
+        self._region.changed.connect(self._follow_region)
+        for widget in (self._start_from, self._corrected, self._zero):
             widget.changed.connect(self._show_task)
         self._show_task()
         from napari_attention_unet.core.train import load_optimizer_code
@@ -138,13 +143,17 @@ class FinetuneWidget(Container):
     # -- starting -----------------------------------------------------------------------
     @property
     def zero_is(self) -> str:
-        """What label 0 means for a new model: unlabelled when training on painted strokes only."""
-        return "unlabelled" if self._region.value == ONLY_EDITED else "background"
+        """What label 0 means for a new model, as the dock shows it (unlabelled for strokes)."""
+        return "unlabelled" if self._zero.value == ZERO_UNLABELLED else "background"
+
+    def _follow_region(self, *_) -> None:
+        """Training on painted pixels only means that the unpainted 0s are unlabelled, not background."""
+        self._zero.value = ZERO_UNLABELLED if self._region.value == ONLY_EDITED else self._zero.value
 
     def _show_task(self, *_) -> None:
         """Show or hide the new-model controls, and what the chosen labels would teach."""
         new = self._start_from.value == NEW_MODEL
-        self._task.visible = self._class_names.visible = new
+        self._task.visible = self._class_names.visible = self._zero.visible = new
         self._start.text = "Train" if new else "Fine-tune"
         layer = self._corrected.value
         if new and layer is not None and not getattr(layer, "multiscale", False):
@@ -323,7 +332,8 @@ class FinetuneWidget(Container):
         self._start.enabled = enabled and not self.is_running
 
     def _set_running(self, running: bool) -> None:
-        for widget in (self._start, self._corrected, self._region, self._shapes, self._minutes, self._start_from):
+        controls = (self._start, self._corrected, self._region, self._shapes, self._minutes, self._start_from)
+        for widget in (*controls, self._class_names, self._zero):
             widget.enabled = not running
         self._cancel.enabled = running
         if running:
