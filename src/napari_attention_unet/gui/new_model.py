@@ -53,7 +53,7 @@ def train_new_model(
     ignore: np.ndarray | None = None,
     zero_is: str = "background",
     class_names: Sequence[str] | None = None,
-    from_current: bool = False,
+    from_current: bool | None = None,
     minutes: float | None = 5.0,
     steps: int | None = None,
 ) -> Generator[StepReport, None, TrainResult]:
@@ -61,7 +61,9 @@ def train_new_model(
 
     A volume with volume labels trains a 3D model (``spacing``, the layer's scale, resamples it
     to cubic voxels); a 2D image a 2D one. ``from_current`` starts from the session's model (its
-    weights where shapes match, a new head) instead of from scratch. Shape errors raise at once.
+    weights where shapes match, a new head) instead of from scratch; by default 2D models do
+    (as ``attention-unet train`` starts 2D models from the bundled one) and 3D ones start from
+    scratch. Shape errors raise at once.
     """
     spatial_shape = tuple(image.shape[:-1] if rgb else image.shape)
     if tuple(labels.shape) != spatial_shape:
@@ -72,7 +74,10 @@ def train_new_model(
             "pick one time point or channel first"
         )
     axes = "ZYX"[-len(spatial_shape) :] + ("C" if rgb else "")
-    start = session.model if from_current and session.model is not None else "scratch"
+    current = session.model
+    if from_current is None:
+        from_current = len(spatial_shape) == 2 and current is not None and current.config.spatial_dims == 2
+    start = current if from_current and current is not None else "scratch"
     session.trainer, session.plan = None, None
     pixels = None if spacing is None else tuple(float(s) for s in spacing)[-len(spatial_shape) :]
 
