@@ -24,11 +24,7 @@ def segmentation_loss(
     small foreground fractions from being drowned by background.
     """
     logits = logits.float()
-    valid = target != IGNORE
-    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
-    ce = F.cross_entropy(logits, safe_target, reduction="none")
-    pixel_weight = valid.float() if weight_map is None else valid.float() * weight_map
-    ce = (ce * pixel_weight).sum() / valid.sum().clamp(min=1)
+    ce, valid, safe_target = _masked_cross_entropy(logits, target, weight_map)
     if dice_weight == 0:
         return ce
     p_fg = 1.0 - torch.softmax(logits, dim=1)[:, BACKGROUND]
@@ -54,11 +50,7 @@ def semantic_loss(
     is learnt by cross-entropy alone, as its Dice would be near 1 from the start.
     """
     logits = logits.float()
-    valid = target != IGNORE
-    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
-    ce = F.cross_entropy(logits, safe_target, reduction="none")
-    pixel_weight = valid.float() if weight_map is None else valid.float() * weight_map
-    ce = (ce * pixel_weight).sum() / valid.sum().clamp(min=1)
+    ce, valid, safe_target = _masked_cross_entropy(logits, target, weight_map)
     if dice_weight == 0:
         return ce
     present = [int(c) for c in torch.unique(safe_target[valid]).tolist() if c > 0]
@@ -71,3 +63,14 @@ def semantic_loss(
         p, t = probs[:, c] * mask, ((safe_target == c) & valid).float()
         dice_terms.append(1.0 - (2.0 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0))
     return ce + dice_weight * torch.stack(dice_terms).mean()
+
+
+def _masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(cross-entropy averaged over counted pixels, counted mask, target with IGNORE as 0)``."""
+    valid = target != IGNORE
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+    ce = F.cross_entropy(logits, safe_target, reduction="none")
+    pixel_weight = valid.float() if weight_map is None else valid.float() * weight_map
+    return (ce * pixel_weight).sum() / valid.sum().clamp(min=1), valid, safe_target
