@@ -25,8 +25,9 @@ __all__ = ["run"]
 def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
     """Pixels of an image file and, for NIfTI, its voxel size (None otherwise)."""
     from napari_attention_unet.large_data import files
+    from napari_attention_unet.large_data.nifti import is_nifti_path
 
-    if path.name.lower().endswith((".nii", ".nii.gz")) and hasattr(files, "read_nifti_volume"):
+    if is_nifti_path(path):
         volume = files.read_nifti_volume(path)
         return np.asarray(volume.data), tuple(volume.spacing) if volume.spacing is not None else None
     return files.read_image(path), None

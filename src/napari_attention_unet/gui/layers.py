@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_attention_unet.large_data.files import labels_dtype as files_labels_dtype
+
 if TYPE_CHECKING:
     import napari.layers
     from napari.components import LayerList
@@ -155,7 +157,7 @@ def labels_dtype(labels: np.ndarray) -> type:
     and small types faster than large ones (2048x2048: uint32 about 1 s, uint16 0.14 s). uint8
     is left out: the brush's next id would overflow it after 255 objects.
     """
-    return np.uint16 if int(labels.max(initial=0)) < np.iinfo(np.uint16).max else np.uint32
+    return files_labels_dtype(int(labels.max(initial=0)) + 1)  # room for the next id the brush paints
 
 
 def lazy_result_layers(
