@@ -293,3 +293,40 @@ def test_bad_input_is_refused_clearly(case, match):
     assert "\n" not in str(error.value)
     if case in ("shape", "3d model on 2d", "too small", "time series"):
         assert isinstance(error.value, ImageShapeError)
+
+
+# -- training settings -------------------------------------------------------------------------
+
+
+def test_a_2d_model_trains_on_the_planes_of_a_volume_normalised_whole():
+    """The planes keep the volume's intensity scale, as a stack is normalised whole at prediction."""
+    from napari_attention_unet.core.images import normalize
+    from napari_attention_unet.core.train.plan import plan_training
+    from napari_attention_unet.core.train.samples import training_samples
+
+    image, labels = three_classes_3d()
+    image[:4] *= 0.1  # dim top planes: stretched to the full range if each plane were normalised alone
+    labels[-3:] = 0
+    plan = plan_training([(image, labels, "ZYX", None)], task="semantic", dims=2, steps=1, base_width=4, depth=3)
+    assert plan.model.config.spatial_dims == 2 and len(plan.pairs) == 1
+    assert any("Z planes" in note for note in plan.notes)
+    samples, validation = training_samples(plan.model.config, plan.config, plan.pairs)
+    whole = normalize(image[None])[0]
+    assert all(s.image.shape == (1, 40, 40) and s.target.shape == (40, 40) for s in samples + validation)
+    # the held-out strip of the volume is a strip of every plane; planes without labels are left out
+    assert len(samples) == image.shape[0] and 0 < len(validation) <= image.shape[0]
+    np.testing.assert_allclose(samples[0].image[0], whole[0], atol=1e-6)
+    assert samples[0].image.max() < 0.5 < samples[10].image.max()
+    trainer = Trainer(plan.model, config=plan.config, device="cpu", samples=samples, validation=validation)
+    run_to_end(trainer.run())
+    assert trainer.step == 1
+
+
+def test_3d_patches_hold_about_the_voxel_budget_and_fit_small_volumes():
+    from napari_attention_unet.core.train.start import PATCH_VOXELS_3D, patch_3d
+
+    assert patch_3d([(45, 59, 39), (26, 40, 31)], 8) == (24, 32, 24)  # MR hippocampus crops
+    big = patch_3d([(200, 300, 300)], 8)
+    assert all(n % 8 == 0 and n >= 16 for n in big) and 0.5 < np.prod(big) / PATCH_VOXELS_3D < 1.5
+    assert patch_3d([(12, 30, 30)], 8) == (16, 32, 32)  # small: the whole volume, rounded up
+    assert patch_3d([(20, 20, 20)], 4) == (20, 20, 20)

@@ -72,7 +72,8 @@ def test_train_then_predict_a_3d_model(tmp_path, home):
     args = ["--image", "vol.tif", "--labels", "vol_labels.tif", "--out", "models/vol3d", "--steps", "3"]
     done = run_cli("train", *args, "--spacing", "2,1,1", *TINY, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "training a 3D semantic" in done.stderr and "patches 32x32x32" in done.stderr  # 16 planes -> 32 at 2:1
+    # 16 planes are 32 at 2:1 (patches 16x32x32 without --spacing), shrunk to the 3D voxel budget
+    assert "training a 3D semantic" in done.stderr and "patches 28x28x28" in done.stderr
     assert read_metadata(tmp_path / "models" / "vol3d.safetensors")[0].spatial_dims == 3
 
     done = run_cli("predict", "vol.tif", "--out", "out", "--model", "models/vol3d", "--spacing", "2,1,1", cwd=tmp_path)

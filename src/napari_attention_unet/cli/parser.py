@@ -149,7 +149,7 @@ def _add_train(sub) -> None:
         "--flips",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="random flips and turns (default: on, but off for semantic 3D: anatomy has an orientation)",
+        help="random flips and turns (default: on, but off for semantic models of volumes: anatomy has an orientation)",
     )
     t.add_argument("--base-width", type=int, default=None, help="from scratch: channels of the first level")
     t.add_argument("--depth", type=int, default=None, help="from scratch: levels of the network")

@@ -90,19 +90,12 @@ def train_new_model(
             minutes=minutes,
             steps=steps,
         )
-        masks = None if ignore is None else _per_pair(ignore, plan)
+        masks = None if ignore is None else [ignore]
         session.plan = plan
         session.trainer = Trainer(plan.model, plan.pairs, config=plan.config, device=session.device, ignore_masks=masks)
         return (yield from session.trainer.run())
 
     return run()
-
-
-def _per_pair(ignore: np.ndarray, plan: TrainingPlan) -> list[np.ndarray]:
-    """The ignore mask for each training pair (a volume's planes when a 2D model trains on them)."""
-    if len(plan.pairs) == 1:
-        return [ignore]
-    return [ignore[z] for z in range(len(plan.pairs))]
 
 
 def save_new_model(result: TrainResult, plan: TrainingPlan, image_name: str) -> tuple[object, str]:

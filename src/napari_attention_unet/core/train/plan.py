@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from napari_attention_unet.core.images import ImageShapeError, to_channel_first
 from napari_attention_unet.core.model import AttentionUNet
@@ -72,6 +73,7 @@ def plan_training(
     ...). Bad input raises ``ValueError`` / ``ImageShapeError`` with one line saying what works.
     """
     pairs, shapes, in_channels = _checked(pairs)
+    original_shapes = list(shapes)
     notes = []
     check_not_constant([p[1] for p in pairs], zero_is)
     if task is None:
@@ -81,13 +83,16 @@ def plan_training(
     if dims == 3:
         check_spatial_dims(shapes, 3)
     elif any(len(s) == 3 for s in shapes):
-        pairs, shapes = _planes(pairs), [s[1:] if len(s) == 3 else s for s in shapes]
+        _check_z_first(pairs)  # each volume is normalised whole, then cut into planes (samples.planes_of)
+        shapes = [s[1:] if len(s) == 3 else s for s in shapes]
         notes.append("volumes are trained on as Z planes by a 2D model (3D for a 3D model)")
     n_classes = int(max(semantic_values(p[1]).max() for p in pairs)) if task == "semantic" else 0
     classes = task_classes(task, n_classes, class_names, zero_is)
     if start != "scratch" and (base_width or depth):
         raise ValueError("a width and depth size a model from scratch; a starting model keeps its own size")
-    model = new_model(task, classes, dims, in_channels, start, base_width=base_width, depth=depth)
+    with torch.random.fork_rng(devices=[]):  # the new weights follow the seed, the caller's generator is left alone
+        torch.manual_seed(settings.get("seed", 0))
+        model = new_model(task, classes, dims, in_channels, start, base_width=base_width, depth=depth)
     sizes = [network_shape(s, p[3]) for s, p in zip(shapes, pairs)] if dims == 3 else shapes
     config = default_train_config(
         task,
@@ -97,6 +102,7 @@ def plan_training(
         minutes=minutes,
         steps=steps,
         depth=model.config.depth,
+        from_volumes=any(len(s) == 3 for s in original_shapes),
         zero_is=zero_is,
         **settings,
     )
@@ -117,15 +123,8 @@ def _checked(pairs: Sequence[tuple]) -> tuple[list[tuple], list[tuple[int, ...]]
     return out, shapes, channels
 
 
-def _planes(pairs: list[tuple]) -> list[tuple]:
-    """Volumes cut into their Z planes (each with its labels), for a 2D model."""
-    out = []
-    for image, labels, axes, _ in pairs:
-        if np.ndim(labels) == 2:
-            out.append((image, labels, axes, None))
-        else:
-            if axes is not None and not axes.upper().startswith("Z"):
-                raise ImageShapeError(f"a 2D model trains on the Z planes of a volume with Z first, not axes {axes}")
-            planes_axes = None if axes is None else axes.upper().replace("Z", "")
-            out.extend((image[z], labels[z], planes_axes, None) for z in range(np.shape(labels)[0]))
-    return out
+def _check_z_first(pairs: list[tuple]) -> None:
+    """A 2D model trains on the Z planes of a volume: Z must be its first axis."""
+    for _, labels, axes, _ in pairs:
+        if np.ndim(labels) == 3 and axes is not None and not axes.upper().startswith("Z"):
+            raise ImageShapeError(f"a 2D model trains on the Z planes of a volume with Z first, not axes {axes}")

@@ -185,12 +185,50 @@ def training_samples(
         )
     samples = list(samples)
     validation = list(validation) if validation is not None else [s for s in samples if s.val_target is not None]
+    if model.spatial_dims == 2:
+        samples = [p for s in samples for p in planes_of(s) if (p.target != IGNORE).any()]
+        validation = [p for s in validation for p in planes_of(s) if _has_validation(p)]
     check_samples(samples, model.spatial_dims)
     check_sizes([s.target.shape for s in samples], model.depth)
     if model.task == "semantic":
         targets = [s.target for s in samples] + [s.target if s.val_target is None else s.val_target for s in validation]
         check_label_values(targets, model.classes, config.zero_is)
     return samples, validation
+
+
+def planes_of(sample: TrainingSample) -> list[TrainingSample]:
+    """A volume's sample as one sample per Z plane, for a 2D model (a 2D sample as itself).
+
+    The volume was normalised as a whole, as prediction normalises a stack, so the planes keep
+    one intensity scale (an empty edge plane is not stretched to the range of a full one)."""
+    if sample.target.ndim != 3:
+        return [sample]
+
+    def plane(a: np.ndarray | None, z: int, channels: bool = False) -> np.ndarray | None:
+        return None if a is None else (a[:, z] if channels else a[z])
+
+    out = []
+    for z in range(sample.target.shape[0]):
+        edited = None
+        if sample.edited is not None:
+            edited = sample.edited[sample.edited[:, 0] == z][:, 1:]
+            edited = edited if len(edited) else None
+        out.append(
+            TrainingSample(
+                sample.image[:, z],
+                sample.target[z],
+                plane(sample.val_target, z),
+                plane(sample.weight_map, z, channels=True),
+                edited,
+                plane(sample.val_instances, z),
+                sample.val_trusted,
+            )
+        )
+    return out
+
+
+def _has_validation(sample: TrainingSample) -> bool:
+    return ((sample.target if sample.val_target is None else sample.val_target) != IGNORE).any()
 
 
 def check_samples(samples: Sequence[TrainingSample], spatial_dims: int) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "infer_task",
     "network_shape",
     "new_model",
+    "patch_3d",
     "split_samples",
     "task_classes",
 ]
@@ -40,6 +41,11 @@ __all__ = [
 #: Network sizes of a model trained from scratch, per spatial dimension. 3D: base width 16 and
 #: depth 4 (1.4 M parameters); see benchmarks/README.md (bench_tasks.py) for the measurements.
 SCRATCH: dict[int, dict] = {2: {"base_width": 16, "depth": 5}, 3: {"base_width": 16, "depth": 4}}
+
+#: Voxels in a 3D training patch (24x32x24). On a CPU the time budget is won by steps per second:
+#: on MR hippocampi in 2 minutes, whole-volume 48x56x40 patches two a batch reached a mean Dice of
+#: 0.76, 32x32x32 four a batch 0.82, 24x32x24 four a batch 0.84 (benchmarks/README.md, bench_tasks.py).
+PATCH_VOXELS_3D = 24 * 32 * 24
 
 #: From this many images on, :func:`split_samples` holds out whole images (every fifth) for validation.
 WHOLE_IMAGE_VALIDATION = 5
@@ -159,21 +165,27 @@ def default_train_config(
     minutes: float | None = None,
     steps: int | None = None,
     depth: int = 4,
+    from_volumes: bool = False,
     **settings,
 ) -> TrainConfig:
     """The settings of ``attention-unet train``: ``shapes`` are the images' spatial shapes as the
     network sees them (:func:`network_shape`); ``settings`` set other :class:`TrainConfig` fields.
 
     A new model (or a new head) is trained, not fine-tuned: batch norm learns, the start is no bar
-    to clear, and patience is long. Patches are fitted to the images: 3D ones at most 64 px per axis,
-    two per batch; 2D patches are 256 px (less for smaller images), four per batch. Semantic 3D
-    models learn without flips: volumes are mostly anatomy, whose classes can depend on the
-    orientation (on MR hippocampi, anterior Dice 0.00 with flips, 0.51 without, after 60 steps).
+    to clear, and patience is long. Patches are fitted to the images (:func:`patch_3d` in 3D; 2D
+    ones 256 px, less for smaller images), four per batch. Semantic models of volumes (3D, or 2D
+    on their planes: ``from_volumes``) learn without flips: volumes are mostly anatomy, whose
+    classes can depend on the orientation (MR hippocampi, anterior / posterior: in 3D, anterior Dice
+    0.00 with flips, 0.51 without, after 60 steps; a 2D model on the planes, 2 minutes: mean Dice
+    0.52 with flips, 0.71 without).
     """
-    largest, batch = (256, 4) if spatial_dims == 2 else (64, 2)
-    patch = fitted_patch(shapes, largest, 2 ** (depth - 1))
+    multiple = 2 ** (depth - 1)
+    if spatial_dims == 2:
+        patch, batch = fitted_patch(shapes, 256, multiple), 4
+    else:
+        patch, batch = patch_3d(shapes, multiple), 4
     base = dict(
-        flips=not (task == "semantic" and spatial_dims == 3),
+        flips=not (task == "semantic" and (spatial_dims == 3 or from_volumes)),
         max_steps=steps,
         time_budget=None if minutes is None else 60.0 * minutes,
         patch_size=patch,
@@ -187,6 +199,15 @@ def default_train_config(
         must_beat_start=False,
     )
     return TrainConfig(**{**base, **settings})
+
+
+def patch_3d(shapes: Sequence[tuple[int, ...]], multiple: int, voxels: int = PATCH_VOXELS_3D) -> tuple[int, ...]:
+    """A 3D training patch: the volumes' extent (:func:`fitted_patch`, at most 64 per axis), shrunk
+    by the same factor on every axis to about ``voxels`` voxels, each side a multiple of ``multiple``
+    and at least two of them (so the coarsest level keeps two voxels a side)."""
+    fitted = fitted_patch(shapes, 64, multiple)
+    factor = min(1.0, (voxels / float(np.prod(fitted))) ** (1 / 3))
+    return tuple(max(2 * multiple, int(round(n * factor / multiple)) * multiple) for n in fitted)
 
 
 def split_samples(
