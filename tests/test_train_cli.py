@@ -82,6 +82,12 @@ def test_train_then_predict_a_3d_model(tmp_path, home):
     assert predicted.shape == labels.shape and set(np.unique(predicted)) <= {0, 1, 2}
     assert tifffile.imread(tmp_path / "out" / "vol_attention.tif").shape == (2, 16, 32, 32)  # gate first, then ZYX
 
+    # without --spacing, a TIFF volume is taken at the spacing the model was trained at, and it says so
+    done = run_cli("predict", "vol.tif", "--out", "again", "--model", "models/vol3d", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "training spacing 2,1,1" in done.stderr
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "again" / "vol_labels.tif"), predicted)
+
 
 def test_instances_are_inferred_from_many_ids(tmp_path, home):
     from skimage.measure import label

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from tqdm import tqdm
 
@@ -25,6 +26,14 @@ def _options(args: argparse.Namespace):
     )
 
 
+def _trained_spacing(args: argparse.Namespace, model, meta: dict) -> tuple[float, ...] | None:
+    """The voxel size a 3D model was trained at, for volumes that state none (TIFF) when --spacing is not given."""
+    spacing = meta.get("spacing")
+    if args.spacing is not None or model.config.spatial_dims != 3 or not spacing or len(spacing) != 3:
+        return None
+    return tuple(float(s) for s in spacing)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.workers is not None or args.scheduler is not None:
         return _run_on_dask(args)
@@ -32,11 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.images import ImageShapeError
     from napari_attention_unet.core.predict import prepare_model
     from napari_attention_unet.large_data.files import ImageReadError
+    from napari_attention_unet.large_data.nifti import is_nifti_path
     from napari_attention_unet.large_data.pipeline import needs_blocks, predict_file_in_blocks, predict_file_steps
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
 
     try:
-        model, _, info = open_model(args.model)
+        model, meta, info = open_model(args.model)
         device = pick_device(args.device)
     except (ModelNotFoundError, ModelFileError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
@@ -44,10 +54,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {info.name} on {describe_device(device, args.precision)}", file=sys.stderr)
     net = prepare_model(model, device)
     options = _options(args)
+    trained = _trained_spacing(args, model, meta)
+    if trained is not None:
+        size = ",".join(f"{v:g}" for v in trained)
+        print(
+            f"no --spacing: volumes without a voxel size are taken at the model's training spacing {size} "
+            "(NIfTI inputs use their header)",
+            file=sys.stderr,
+        )
     failures = 0
     leave = len(args.images) == 1
     images = tqdm(args.images, desc="images", unit="image", disable=len(args.images) < 2, file=sys.stderr)
     for path in images:
+        if trained is not None:
+            options = replace(_options(args), spacing=None if is_nifti_path(path) else trained)
         try:
             if needs_blocks(path, args.out, args.axes, args.block_size):
                 steps = predict_file_in_blocks(

@@ -43,6 +43,12 @@ def _pick_time_point(image: np.ndarray, labels: np.ndarray, t: int | None) -> tu
     return image[t], labels[t] if labels.ndim == 4 else labels
 
 
+def _spacing(plan) -> list[float] | None:
+    """The voxel size a 3D model was trained at (--spacing or the NIfTI headers), when all volumes share it."""
+    sizes = {tuple(float(v) for v in p[3]) for p in plan.pairs if p[3] is not None}
+    return list(sizes.pop()) if plan.dims == 3 and len(sizes) == 1 else None
+
+
 def _load_pairs(args: argparse.Namespace) -> list[tuple]:
     """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point)."""
     pairs = []
@@ -131,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         "classes": list(classes),
         "zero_is": args.zero_is,
         "start": start_name,
-        "spacing": list(args.spacing) if args.spacing else None,
+        "spacing": _spacing(plan),
         "steps": result.steps,
         "best_val_dice": result.best_val_dice,
         "best_val_ap": result.best_val_ap,
