@@ -177,6 +177,34 @@ def test_spacing_resamples_volumes_as_prediction_does():
     assert trainer.samples[0].target.shape == (24, 40, 40)
 
 
+def test_3d_objects_are_separated_on_the_cubic_grid(monkeypatch):
+    """With a voxel size, the instance step runs where the network sees cubic voxels (true
+    distances), with the 3D split depth, and the labels come back on the volume's own grid."""
+    import napari_attention_unet.core.predict as predict_module
+    from napari_attention_unet.core.instances import SPLIT_DEPTH_3D, probabilities_to_instances
+
+    seen = []
+
+    def recorded(probabilities, **settings):
+        seen.append(probabilities.shape)
+        return probabilities_to_instances(probabilities, **settings)
+
+    monkeypatch.setattr(predict_module, "probabilities_to_instances", recorded)
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=4, depth=3)).eval()
+    image, _ = three_classes_3d((12, 32, 32))
+    result = run_to_end(predict(model, image, axes="ZYX", spacing=(2.0, 1.0, 1.0), gates=(), device="cpu"))
+    assert seen == [(3, 24, 32, 32)] and result.labels.shape == (12, 32, 32)
+    # the 3D default split depth is the shallower one
+    z, y, x = np.mgrid[:16, :16, :16]
+    ball = ((z - 8) ** 2 + (y - 8) ** 2 + (x - 8) ** 2 < 25).astype(np.float32)
+    probs = np.stack([1 - ball, ball, 0 * ball])
+    assert SPLIT_DEPTH_3D < 1.0
+    np.testing.assert_array_equal(
+        probabilities_to_instances(probs), probabilities_to_instances(probs, split_depth=SPLIT_DEPTH_3D)
+    )
+
+
 def test_3d_flips_and_turns_keep_z_and_alignment():
     rng = np.random.default_rng(0)
     target = np.zeros((8, 16, 16), np.uint8)

@@ -23,7 +23,7 @@ from napari_attention_unet.core.images import ImageShapeError, match_channels, n
 from napari_attention_unet.core.instances import probabilities_to_instances
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.progress import Progress, run_to_end
-from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom, resample
+from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom, resample, resample_labels
 from napari_attention_unet.core.tiling import Tiling, predict_tiles, tile_starts
 
 __all__ = [
@@ -193,6 +193,11 @@ def predict(
         name: (np.stack([r[1][name] for r in results]) if len(planes) > 1 else results[0][1][name])
         for name in gate_names
     }
+    # A 3D model's objects are separated on its cubic grid, where the distance transform is true
+    # (the image's own grid is coarser along z), then brought back to the image's grid.
+    cubic_instances = None
+    if zoom is not None and config.task != "semantic" and options.instances:
+        cubic_instances = probabilities_to_instances(probs, min_size=options.min_size)
     if zoom is not None:  # back to the image's grid
         probs = resample(probs, original_shape)
         probs /= probs.sum(axis=0, keepdims=True)
@@ -202,6 +207,8 @@ def predict(
         labels = class_values(probs)
     elif not options.instances:
         labels = (foreground > 0.5).astype(np.uint8)
+    elif cubic_instances is not None:
+        labels = resample_labels(cubic_instances, original_shape)
     elif len(planes) > 1:
         labels = _instances_per_plane(probs, options.min_size)
     else:
