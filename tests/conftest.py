@@ -67,3 +67,26 @@ def plugin_widget(make_napari_viewer, tiny_model_path, qtbot):
     if widget.is_running:  # never leave a worker running into the next test
         widget.cancel()
         qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny networks gain nothing from threads, and on a shared machine
+    idle-spinning OpenMP threads cost a lot of time."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Messages the fine-tune / train controls send to napari's notifications, by kind."""
+    from napari_attention_unet.gui import finetune_widget
+
+    seen = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(finetune_widget, f"show_{kind}", seen[kind].append)
+    return seen

@@ -14,15 +14,6 @@ TIMEOUT_MS = 180_000
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    """Messages the fine-tune controls send to napari's notifications, by kind."""
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(_finetune_widget, f"show_{kind}", seen[kind].append)
-    return seen
-
-
-@pytest.fixture
 def corrected(plugin_widget, qtbot):
     """The nuclei sample and a user's Labels layer (the thresholded image) chosen for fine-tuning."""
     viewer, widget = plugin_widget

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from napari_attention_unet.gui import finetune_widget as _finetune_widget
 from napari_attention_unet.gui.new_model import describe_labels
@@ -25,14 +24,6 @@ def three_classes_2d(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
 
 def wait_idle(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: not widget.finetune.is_running and not widget.is_running, timeout=TIMEOUT_MS)
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(_finetune_widget, f"show_{kind}", seen[kind].append)
-    return seen
 
 
 def test_what_the_labels_would_teach_is_said_before_the_click():

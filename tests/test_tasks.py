@@ -17,13 +17,7 @@ from napari_attention_unet.core.train.losses import semantic_loss
 from napari_attention_unet.core.train.start import infer_task, new_model, task_classes
 from napari_attention_unet.core.weights import load_model, save_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def three_classes_2d(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -52,14 +52,7 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
     return tifffile.imread(images[0]), tifffile.imread(DATA / "masks" / images[0].name)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks gain nothing from threads, and on a shared machine idle-spinning
-    # OpenMP threads cost a lot of time.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""What the sub-commands share: one way to fail, one way to show a generator's progress."""
+"""What the sub-commands share: one way to fail, one way to show a generator's progress, one way to train."""
 
 from __future__ import annotations
 
@@ -28,3 +28,25 @@ def drive(generator: Generator[object, None, T], desc: str, *, leave: bool = Tru
             bar.total = progress.total
             bar.set_postfix_str(progress.stage)
             bar.update(progress.done - bar.n)
+
+
+def drive_training(trainer) -> None:
+    """Run ``trainer`` under a tqdm bar on stderr (steps, or open-ended under a time budget), each
+    validation on its own line; Ctrl-C stops it and keeps the best model so far."""
+    config = trainer.config
+    total = config.max_steps if config.time_budget is None else None
+    steps = trainer.run()
+    try:
+        with tqdm(total=total, unit="step", file=sys.stderr) as bar:
+            for report in steps:
+                bar.update(report.step - bar.n)
+                if report.best_val_ap is not None:
+                    best = f"best val AP@0.5 {report.best_val_ap:.3f}"
+                else:
+                    best = "best val Dice " + ("-" if report.best_val_dice is None else f"{report.best_val_dice:.3f}")
+                bar.set_postfix_str(f"loss {report.loss:.3f}, {best}")
+                if report.val_dice is not None:
+                    tqdm.write(report.message, file=sys.stderr)
+    except KeyboardInterrupt:
+        steps.close()
+        print("interrupted: keeping the best model so far", file=sys.stderr)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tqdm import tqdm
-
-from napari_attention_unet.cli.common import fail
+from napari_attention_unet.cli.common import drive_training, fail
 
 __all__ = ["run"]
 
@@ -39,23 +37,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"fine-tuning {info.name} on {len(pairs)} image(s), {describe_device(device, args.precision)}", file=sys.stderr
     )
-    total = config.max_steps if config.time_budget is None else None
-    run = trainer.run()
-    try:
-        with tqdm(total=total, unit="step", file=sys.stderr) as bar:
-            for report in run:
-                bar.update(report.step - bar.n)
-                if report.best_val_ap is not None:
-                    best = f"best val AP@0.5 {report.best_val_ap:.3f}"
-                else:
-                    best = "best val Dice " + ("-" if report.best_val_dice is None else f"{report.best_val_dice:.3f}")
-                bar.set_postfix_str(f"loss {report.loss:.3f}, {best}")
-                if report.val_dice is not None:
-                    ap = "" if report.val_ap is None else f"AP@0.5 {report.val_ap:.3f}, "
-                    tqdm.write(f"step {report.step}: validation {ap}Dice {report.val_dice:.3f}", file=sys.stderr)
-    except KeyboardInterrupt:
-        run.close()
-        print("interrupted: keeping the best model so far", file=sys.stderr)
+    drive_training(trainer)
     result = trainer.result()
     print(result.message, file=sys.stderr)
     if not result.accepted:

@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from napari_attention_unet.cli.common import fail
+from napari_attention_unet.cli.common import drive_training, fail
 
 __all__ = ["run"]
 
@@ -117,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer(plan.model, config=plan.config, device=device, samples=samples, validation=validation)
     except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
-    model, config, task, dims, classes = plan.model, plan.config, plan.task, plan.dims, plan.classes
+    model, task, dims, classes = plan.model, plan.task, plan.dims, plan.classes
     what = f"{task} ({', '.join(classes)})" if task == "semantic" else task
     print(
         f"training a {dims}D {what} model ({count_parameters(model) / 1e6:.2f} M parameters, from {start_name}) "
@@ -125,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         f"patches {'x'.join(map(str, trainer.patch))}, {describe_device(device, args.precision)}",
         file=sys.stderr,
     )
-    _drive(trainer, config)
+    drive_training(trainer)
     result = trainer.result()
     if result.accepted:
         print(result.message, file=sys.stderr)
@@ -153,20 +152,3 @@ def _validation(samples, validation) -> str:
     if any(s in samples for s in validation):
         return "a held-out strip of each"
     return f"{len(validation)} held-out image(s)"
-
-
-def _drive(trainer, config) -> None:
-    """Run the trainer under a tqdm bar; Ctrl-C keeps the best model so far."""
-    total = config.max_steps if config.time_budget is None else None
-    steps = trainer.run()
-    try:
-        with tqdm(total=total, unit="step", file=sys.stderr) as bar:
-            for report in steps:
-                bar.update(report.step - bar.n)
-                best = "-" if report.best_val_dice is None else f"{report.best_val_dice:.3f}"
-                bar.set_postfix_str(f"loss {report.loss:.3f}, best val Dice {best}")
-                if report.val_dice is not None:
-                    tqdm.write(report.message, file=sys.stderr)
-    except KeyboardInterrupt:
-        steps.close()
-        print("interrupted: keeping the best model so far", file=sys.stderr)
