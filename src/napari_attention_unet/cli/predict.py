@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"model {info.name} on {describe_device(device, args.precision)}", file=sys.stderr)
     net = prepare_model(model, device)
-    options = _options(args)
+    given = _options(args)
     trained = _trained_spacing(args, model, meta)
     if trained is not None:
         size = ",".join(f"{v:g}" for v in trained)
@@ -66,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
     leave = len(args.images) == 1
     images = tqdm(args.images, desc="images", unit="image", disable=len(args.images) < 2, file=sys.stderr)
     for path in images:
-        if trained is not None:
-            options = replace(_options(args), spacing=None if is_nifti_path(path) else trained)
+        options = given if trained is None else replace(given, spacing=None if is_nifti_path(path) else trained)
         try:
             if needs_blocks(path, args.out, args.axes, args.block_size):
                 steps = predict_file_in_blocks(
