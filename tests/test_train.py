@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_attention_unet.core.augment import IGNORE, augment
+from napari_attention_unet.core.augment import IGNORE, augment, stain_jitter
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.predict import run_to_end
 from napari_attention_unet.core.train import (
@@ -346,6 +346,29 @@ def test_augment_keeps_image_and_target_aligned():
         inside = y == 1
         # Image bright exactly where the label is, up to interpolation at the rim and intensity jitter.
         assert x[0][inside].mean() > x[0][y == 0].mean() + 0.3
+
+
+def test_stain_jitter_changes_the_stains_not_the_picture():
+    rng = np.random.default_rng(0)
+    # An H&E-like patch: pink background, purple-blue nuclei (dark in red and green).
+    image = np.empty((3, 40, 40), np.float32)
+    image[:] = np.array([0.9, 0.7, 0.85], np.float32)[:, None, None]
+    image[:, 10:20, 10:20] = np.array([0.35, 0.2, 0.6], np.float32)[:, None, None]
+    assert stain_jitter(image, rng, 0.0) is image
+    grey = image[:1]
+    assert stain_jitter(grey, rng, 0.1) is grey  # only RGB images have stains
+    changes = []
+    for _ in range(10):
+        out = stain_jitter(image, rng, 0.1)
+        assert out.shape == image.shape and out.dtype == np.float32
+        nucleus, background = out[:, 15, 15], out[:, 30, 30]
+        # The colours move, but nuclei stay darker than the background in every channel.
+        assert np.all(nucleus < background)
+        changes.append(np.abs(out - image).max())
+    assert 0.005 < np.median(changes) < 0.3
+    # Without a change of stain amounts, colour deconvolution and back gives the image again.
+    same = stain_jitter(image, np.random.default_rng(1), 1e-9)
+    np.testing.assert_allclose(same, image, atol=1e-5)
 
 
 def test_fine_tuning_freezes_batchnorm_statistics(tiny_model, pair):

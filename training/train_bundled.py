@@ -33,11 +33,15 @@ from napari_attention_unet.core.weights import load_model, save_model
 ROOT = Path(__file__).resolve().parents[1]
 #: The shared data folder sits next to the repository; DSB2018_DATA points elsewhere.
 DATA = Path(os.environ.get("DSB2018_DATA", ROOT.parent / "shared" / "data" / "dsb2018_train"))
+#: NuInsSeg human-spleen H&E tiles (CC BY 4.0): a second source of H&E nuclei (--nuinsseg).
+NUINSSEG = Path(os.environ.get("NUINSSEG_DATA", ROOT.parent / "shared" / "data" / "nuinsseg_human_spleen"))
 SPLIT = ROOT / "training" / "split.json"
 MODEL_OUT = ROOT / "src" / "napari_attention_unet" / "models" / "nuclei.safetensors"
 #: Share of training patches per kind. Fluorescence dominates the data (541 of 664);
 #: colour (H&E) and brightfield are oversampled so the model serves them too.
 KIND_SHARE = {"gray_darkbg": 0.55, "color": 0.30, "gray_brightbg": 0.15}
+#: The same with NuInsSeg's H&E tiles (kind ``he``), which take a share from the other kinds.
+KIND_SHARE_NUINSSEG = {"gray_darkbg": 0.45, "color": 0.20, "gray_brightbg": 0.15, "he": 0.20}
 
 
 def read_index(data: Path = DATA) -> list[dict]:
@@ -59,24 +63,39 @@ def make_split(rows: list[dict], val_fraction: float, seed: int) -> dict:
 
 
 def load_split(rows: list[dict], val_fraction: float, seed: int) -> dict:
-    if SPLIT.exists():
-        return json.loads(SPLIT.read_text())
-    split = make_split(rows, val_fraction, seed)
+    split = json.loads(SPLIT.read_text()) if SPLIT.exists() else make_split(rows, val_fraction, seed)
+    if "nuinsseg" not in split and NUINSSEG.exists():
+        # NuInsSeg came later: its own whole-tile split, drawn once and kept beside DSB's.
+        tiles = read_nuinsseg_index()
+        split["nuinsseg"] = {k: v for k, v in make_split(tiles, 0.3, seed).items() if k in ("train", "validation")}
     SPLIT.write_text(json.dumps(split, indent=1) + "\n")
     return split
+
+
+def read_nuinsseg_index(data: Path = NUINSSEG) -> list[dict]:
+    with open(data / "index.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def load_nuinsseg(tile: str, data: Path = NUINSSEG) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(image, instance labels, ignore mask or None): the authors' "vague areas" are not scored or trained."""
+    vague = data / "vague" / f"{tile}.tif"
+    ignore = tifffile.imread(vague).astype(bool) if vague.exists() else None
+    return (*load_pair(tile, data), ignore)
 
 
 def load_pair(image_id: str, data: Path = DATA) -> tuple[np.ndarray, np.ndarray]:
     return tifffile.imread(data / "images" / f"{image_id}.tif"), tifffile.imread(data / "masks" / f"{image_id}.tif")
 
 
-def sample_weights(rows: list[dict], patch: int) -> list[float]:
-    """Each kind gets its KIND_SHARE; within a kind, bigger images get more patches (sqrt of area)."""
+def sample_weights(rows: list[dict], patch: int, shares: dict[str, float] = KIND_SHARE) -> list[float]:
+    """Each kind gets its share; within a kind, bigger images get more patches (sqrt of area)."""
     area = [max(1.0, int(r["height"]) * int(r["width"]) / patch**2) ** 0.5 for r in rows]
     totals: dict[str, float] = {}
     for r, a in zip(rows, area):
         totals[r["kind"]] = totals.get(r["kind"], 0.0) + a
-    return [KIND_SHARE[r["kind"]] * a / totals[r["kind"]] for r, a in zip(rows, area)]
+    present = sum(shares[k] for k in totals)
+    return [shares[r["kind"]] / present * a / totals[r["kind"]] for r, a in zip(rows, area)]
 
 
 class PatchStream(torch.utils.data.IterableDataset):
@@ -147,6 +166,19 @@ def main(argv: list[str] | None = None) -> None:
         help="image kinds to train and validate on (index_train.csv's kind column; default: all). "
         "Leaving one out makes a start model to which that kind is a new domain (benchmarks/bench_finetune.py)",
     )
+    parser.add_argument(
+        "--nuinsseg", action="store_true", help="also train on the NuInsSeg H&E tiles of split.json's nuinsseg.train"
+    )
+    parser.add_argument("--scale-min", type=float, default=0.8, help="smallest random zoom of a patch")
+    parser.add_argument("--scale-max", type=float, default=1.25, help="largest random zoom of a patch")
+    parser.add_argument("--stain", type=float, default=0.0, help="stain jitter of RGB patches (0: off; e.g. 0.05)")
+    parser.add_argument(
+        "--select",
+        choices=("validation", "none"),
+        default="validation",
+        help="keep the state with the best validation Dice (validation), or the last state and never look "
+        "at the validation images (none: they stay unseen for training/evaluate.py)",
+    )
     parser.add_argument("--width", type=int, default=ModelConfig.base_width, help="channels of the first level")
     parser.add_argument("--depth", type=int, default=ModelConfig.depth)
     parser.add_argument("--init", type=Path, default=None, help="start from these weights (a warm start)")
@@ -183,6 +215,17 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     samples = [prepare_sample(*load_pair(r["id"]), in_channels=config.in_channels) for r in train_rows]
     validation = [prepare_sample(*load_pair(r["id"]), in_channels=config.in_channels) for r in val_rows]
+    shares = KIND_SHARE
+    if args.nuinsseg:
+        tiles = {r["id"]: r for r in read_nuinsseg_index()}
+        for tile in split["nuinsseg"]["train"]:
+            image, labels, ignore = load_nuinsseg(tile)
+            samples.append(prepare_sample(image, labels, ignore=ignore, in_channels=config.in_channels))
+            train_rows.append(tiles[tile])
+        shares = KIND_SHARE_NUINSSEG
+        print(f"+ {len(split['nuinsseg']['train'])} NuInsSeg training tiles", flush=True)
+    if args.select == "none":
+        validation = []
     print(f"loaded and prepared the data in {time.perf_counter() - t0:.0f} s", flush=True)
 
     steps = args.steps or int(args.minutes * 60 * args.steps_per_second)
@@ -200,13 +243,15 @@ def main(argv: list[str] | None = None) -> None:
         freeze_batchnorm=False,  # many images per batch: batch statistics are sound
         must_beat_start=False,  # each run keeps its best state, as when the bundled model was trained
         seed=args.seed,
+        scale_range=(args.scale_min, args.scale_max),
+        stain_jitter=args.stain,
     )
     common = dict(
         config=train_config,
         device=args.device,
         samples=samples,
         validation=validation,
-        sample_weights=sample_weights(train_rows, args.patch),
+        sample_weights=sample_weights(train_rows, args.patch, shares),
     )
     if args.workers > 0:
         trainer = StreamTrainer(model, workers=args.workers, stream_seed=args.seed, **common)
@@ -258,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         "description": "Nuclei in fluorescence, brightfield and H&E images (DSB2018 / BBBC038)"
         if kinds == set(KIND_SHARE)
         else f"Nuclei, trained on DSB2018 / BBBC038 images of kind {', '.join(sorted(kinds))} only",
-        "data": "BBBC038v1 / DSB2018 stage1_train with community mask fixes (CC0)",
+        "data": "BBBC038v1 / DSB2018 stage1_train with community mask fixes (CC0)"
+        + (", NuInsSeg human spleen (Mahbod et al. 2024, CC BY 4.0)" if args.nuinsseg else ""),
         "split": "training/split.json",
         "kinds": sorted(kinds),
         "steps": result.steps,

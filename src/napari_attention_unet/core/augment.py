@@ -11,10 +11,25 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["IGNORE", "augment", "crop_patch", "intensity_jitter", "random_flips_rotations", "rescale_patch"]
+__all__ = [
+    "IGNORE",
+    "augment",
+    "crop_patch",
+    "intensity_jitter",
+    "random_flips_rotations",
+    "rescale_patch",
+    "stain_jitter",
+]
 
 #: Target value the loss ignores (fits in uint8, far from any class index).
 IGNORE = 255
+
+#: Optical densities of haematoxylin, eosin and DAB (rows), unit length: Ruifrok & Johnston,
+#: Anal. Quant. Cytol. Histol. 23, 291 (2001), the matrix of skimage.color.rgb2hed.
+_HED_FROM_RGB = np.linalg.inv(
+    np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
+    / np.linalg.norm([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], axis=1, keepdims=True)
+)
 
 
 def crop_patch(
@@ -80,6 +95,27 @@ def intensity_jitter(image: np.ndarray, rng: np.random.Generator, strength: floa
     return out.astype(np.float32, copy=False)
 
 
+def stain_jitter(image: np.ndarray, rng: np.random.Generator, strength: float = 0.05) -> np.ndarray:
+    """Random change of each stain's amount in an RGB patch (H&E-DAB colour deconvolution).
+
+    Tellez et al. 2018 (HED jitter): the patch, read as transmitted light in [0, 1], is
+    turned into stain concentrations; each is scaled by ``1 + U(-strength, strength)`` and
+    shifted by ``U(-strength, strength)``, and the light is computed back. Stains change
+    together across a slide and between labs; the shapes of nuclei do not. ``image`` is
+    ``(3, ...)``; other channel counts are returned unchanged.
+    """
+    if image.shape[0] != 3 or strength <= 0:
+        return image
+    light = np.clip(image, 1e-3, 1.0).reshape(3, -1).astype(np.float64)
+    stains = _HED_FROM_RGB.T @ -np.log(light)
+    alpha = 1.0 + rng.uniform(-strength, strength, size=(3, 1))
+    beta = rng.uniform(-strength, strength, size=(3, 1))
+    density = np.linalg.inv(_HED_FROM_RGB).T @ (stains * alpha + beta)
+    out = np.exp(-density).reshape(image.shape).astype(np.float32)
+    # Keep what lay outside [0, 1] after normalisation (very bright or dark pixels) as it was.
+    return out + (image - np.clip(image, 1e-3, 1.0))
+
+
 def augment(
     image: np.ndarray,
     target: np.ndarray,
@@ -89,6 +125,7 @@ def augment(
     scale_range: tuple[float, float] = (0.8, 1.25),
     extra: np.ndarray | None = None,
     flips: bool = True,
+    stain: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One augmented training patch of ``size`` from a whole image and its target.
 
@@ -98,6 +135,8 @@ def augment(
     ``extra`` (float, ``(K, *spatial)``, e.g. a loss weight map) gets the same geometry
     but no intensity jitter, and is returned third. ``flips=False`` leaves out the random
     flips and turns, for classes that depend on orientation (anterior / posterior, left / right).
+    ``stain`` > 0 applies :func:`stain_jitter` of that strength to RGB images (before the
+    brightness / contrast / gamma jitter).
     """
     n_channels = image.shape[0]
     if extra is not None:
@@ -119,7 +158,8 @@ def augment(
         image_patch, target_patch = rescale_patch(image_patch, target_patch, size)
     if flips:
         image_patch, target_patch = random_flips_rotations(image_patch, target_patch, rng)
+    extra_patch = image_patch[n_channels:]
+    image_patch = intensity_jitter(stain_jitter(image_patch[:n_channels], rng, stain), rng)
     if extra is not None:
-        extra_patch = image_patch[n_channels:]
-        return intensity_jitter(image_patch[:n_channels], rng), target_patch, extra_patch
-    return intensity_jitter(image_patch, rng), target_patch
+        return image_patch, target_patch, extra_patch
+    return image_patch, target_patch

@@ -46,6 +46,8 @@ class TrainConfig:
     # Random flips on every axis and 90-degree turns in YX. Off for classes that depend on the
     # orientation (anatomy: anterior / posterior, left / right), which flips would make ambiguous.
     flips: bool = True
+    # Strength of the random stain change of RGB images (core.augment.stain_jitter); 0: off.
+    stain_jitter: float = 0.0
     freeze_batchnorm: bool | None = None
     from_scratch: bool = False
     report_every: int = 1

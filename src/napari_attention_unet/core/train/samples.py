@@ -305,7 +305,15 @@ def draw_batch(
         if any_weights and extra is None:
             extra = np.ones((1, *sample.target.shape), np.float32)
         out = augment(
-            sample.image, sample.target, rng, patch, centre, config.scale_range, extra=extra, flips=config.flips
+            sample.image,
+            sample.target,
+            rng,
+            patch,
+            centre,
+            config.scale_range,
+            extra=extra,
+            flips=config.flips,
+            stain=config.stain_jitter,
         )
         images.append(np.broadcast_to(out[0], (channels, *patch)))
         targets.append(out[1])
