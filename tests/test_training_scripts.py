@@ -123,3 +123,38 @@ def test_bench_finetune_scores_only_images_the_start_model_never_saw():
     assert set(known) < set(new) and set(new) & set(split["train"])
     # A model that trained on the kind: back to its validation split.
     assert bench_finetune.unseen_ids("color", {"kinds": ["color", "gray_darkbg"]})[0] == known
+
+
+def test_grouped_scores_pool_small_groups_and_name_the_worst():
+    from evaluate import groups_of, grouped
+
+    rows = [
+        {"id": "a", "kind": "color", "height": "256", "width": "320"},
+        {"id": "b", "kind": "color", "height": "256", "width": "320"},
+        {"id": "c", "kind": "color", "height": "256", "width": "320"},
+        {"id": "d", "kind": "gray_darkbg", "height": "512", "width": "640"},
+        {"id": "e", "kind": "gray_darkbg", "height": "603", "width": "1272"},
+    ]
+    groups = groups_of({"validation": ["a", "b", "c", "d", "e"]}, rows)
+    assert groups["a"] == "dsb color 256x320"
+    # One image of a size is not a group of its own: it pools with its kind's other small sizes.
+    assert groups["d"] == groups["e"] == "dsb gray_darkbg other sizes"
+
+    def row(group, ap, tp, fp, fn):
+        return {"group": group, "model": {"ap50": ap, "dice": 0.9, "tp": tp, "fp": fp, "fn": fn}}
+
+    scored = [
+        row("dsb color 256x320", 0.9, 9, 0, 1),
+        row("dsb color 256x320", 0.7, 7, 1, 2),
+        row("nuinsseg he 512x512", 0.3, 3, 4, 3),
+        row("stress: half scale color", 0.1, 1, 5, 4),
+    ]
+    out = grouped(scored, ["model"])
+    assert out["per_group"]["dsb color 256x320"]["model"] == {
+        "n": 2, "ap50": 0.8, "dice": 0.9, "missed": 3, "nuclei": 19, "false": 1,
+    }  # fmt: skip
+    # The stress group is reported but is neither in the overall figures nor the worst group.
+    assert out["overall"]["model"]["n"] == 3 and out["overall"]["model"]["ap50"] == pytest.approx(0.6333, abs=1e-4)
+    assert out["groups"]["model"] == {"n_groups": 2, "ap50_mean_over_groups": 0.55}
+    assert out["worst_group"]["model"] == {"group": "nuinsseg he 512x512", "ap50": 0.3}
+    assert "stress: half scale color" in out["per_group"]

@@ -1,14 +1,27 @@
-"""Score a model on the held-out DSB2018 validation images, next to a classic baseline.
+"""Score a model on held-out nucleus images, grouped by source, next to a classic baseline.
 
-Metrics, per image then averaged (overall and per image kind):
+Metrics, per image, then averaged per group, over all images and over groups:
 
 - ``ap50``: DSB2018 / StarDist-style average precision at IoU 0.5. Predicted and true
   nuclei are paired one-to-one (optimal assignment on IoU, pairs need IoU >= 0.5);
   AP = TP / (TP + FP + FN).
 - ``dice``: foreground Dice of the binary masks.
 
-The baseline is Otsu thresholding (inverted when the background is the bright side)
-and a distance-transform watershed, computed by this script on the same images.
+Groups (none of these images is ever trained on; see training/README.md, "Validation"):
+
+- ``dsb <kind> <height>x<width>``: split.json's DSB2018 validation images by kind and size,
+  which in DSB2018 stand for the source experiment; sizes with fewer than 3 images pool
+  into ``dsb <kind> other sizes``.
+- ``nuinsseg he``: split.json's NuInsSeg validation tiles (H&E, human spleen, another lab).
+  For a model trained without ``--nuinsseg`` this whole source is unseen.
+- ``stress: half scale <kind>``: the DSB validation images of that kind shrunk to half
+  their size (nuclei of half the diameter), a kind of image the data hardly has. Reported
+  apart; not in the worst group.
+
+The summary gives the mean over images, the mean over groups and the worst group, because
+a mean over images is ruled by the most common kind (fluorescence, 256x256). The baseline
+is Otsu thresholding (inverted when the background is the bright side) and a
+distance-transform watershed, computed by this script on the same images.
 
     python training/evaluate.py --model src/napari_attention_unet/models/nuclei.safetensors \\
         --out runs/bundled/scores.json --update-card
@@ -35,7 +48,7 @@ from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.weights import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_bundled import DATA, ROOT, SPLIT, load_pair, read_index  # noqa: E402
+from train_bundled import DATA, NUINSSEG, ROOT, SPLIT, load_nuinsseg, load_pair, read_index  # noqa: E402
 
 CARD = ROOT / "src" / "napari_attention_unet" / "models" / "nuclei.json"
 
@@ -106,13 +119,73 @@ def predict_instances(model, image: np.ndarray, tta: bool = False) -> np.ndarray
     return probabilities_to_instances(total / 4)
 
 
+#: Fewer images of one kind and size than this pool into "<kind> other sizes".
+MIN_GROUP = 3
+
+
+def groups_of(split: dict, rows: list[dict]) -> dict[str, str]:
+    """DSB validation image id -> group name (kind and size, small sizes pooled per kind)."""
+    by_id = {r["id"]: r for r in rows}
+    size = {i: f"{by_id[i]['height']}x{by_id[i]['width']}" for i in split["validation"]}
+    count: dict[tuple, int] = {}
+    for i in split["validation"]:
+        key = (by_id[i]["kind"], size[i])
+        count[key] = count.get(key, 0) + 1
+    return {
+        i: f"dsb {by_id[i]['kind']} " + (size[i] if count[(by_id[i]["kind"], size[i])] >= MIN_GROUP else "other sizes")
+        for i in split["validation"]
+    }
+
+
+def evaluation_images(split: dict, limit: int | None = None, stress: bool = True):
+    """(group, id, image, true labels) of every held-out image: DSB by group, NuInsSeg, stress."""
+    groups = groups_of(split, read_index())
+    kinds = {r["id"]: r["kind"] for r in read_index()}
+    ids = split["validation"][:limit]
+    for image_id in ids:
+        image, true = load_pair(image_id, DATA)
+        yield groups[image_id], image_id, image, true
+    if NUINSSEG.exists() and "nuinsseg" in split:
+        for tile in split["nuinsseg"]["validation"][:limit]:
+            image, true, _ = load_nuinsseg(tile)
+            yield "nuinsseg he 512x512", tile, image, true
+    for image_id in ids if stress else []:
+        if kinds[image_id] == "gray_brightbg":
+            continue  # 3 images of 1024 px: too few to say anything at another scale
+        image, true = load_pair(image_id, DATA)
+        zoom = (0.5, 0.5, 1)[: image.ndim]
+        small = ndimage.zoom(image.astype(np.float32), zoom, order=1)
+        yield f"stress: half scale {kinds[image_id]}", image_id, small, ndimage.zoom(true, 0.5, order=0)
+
+
 def summarise(rows: list[dict], key: str) -> dict:
     out = {
         "n": len(rows),
         "ap50": float(np.mean([r[key]["ap50"] for r in rows])),
         "dice": float(np.mean([r[key]["dice"] for r in rows])),
+        "missed": int(sum(r[key]["fn"] for r in rows)),
+        "nuclei": int(sum(r[key]["tp"] + r[key]["fn"] for r in rows)),
+        "false": int(sum(r[key]["fp"] for r in rows)),
     }
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def grouped(rows: list[dict], methods: list[str]) -> dict:
+    """Per group, over all held-out images, the mean over groups and the worst group (stress apart)."""
+    names = sorted({r["group"] for r in rows})
+    per_group = {g: {m: summarise([r for r in rows if r["group"] == g], m) for m in methods} for g in names}
+    real = [g for g in names if not g.startswith("stress")]
+    held = [r for r in rows if not r["group"].startswith("stress")]
+    out = {"overall": {m: summarise(held, m) for m in methods}, "groups": {}, "worst_group": {}, "per_group": per_group}
+    for m in methods:
+        aps = {g: per_group[g][m]["ap50"] for g in real}
+        worst = min(aps, key=aps.get)
+        out["groups"][m] = {
+            "n_groups": len(real),
+            "ap50_mean_over_groups": round(float(np.mean(list(aps.values()))), 4),
+        }
+        out["worst_group"][m] = {"group": worst, "ap50": aps[worst]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,56 +193,65 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", type=Path, default=ROOT / "src/napari_attention_unet/models/nuclei.safetensors")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bundled" / "scores.json")
     parser.add_argument("--tta", action="store_true", help="also score flip-averaged prediction")
+    parser.add_argument("--no-stress", action="store_true", help="leave out the half-scale stress groups")
     parser.add_argument("--update-card", action="store_true", help=f"write the scores into {CARD.name}")
     parser.add_argument("--card", type=Path, default=CARD)
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="only this many images of each set (smoke tests)")
     args = parser.parse_args(argv)
 
     model, info = load_model(args.model)
-    kinds = {r["id"]: r["kind"] for r in read_index()}
     split = json.loads(SPLIT.read_text())
-    ids = split["validation"][: args.limit]
     rows, t0 = [], time.perf_counter()
-    times = {"model": 0.0, "tta": 0.0, "baseline": 0.0}
-    for image_id in ids:
-        image, true = load_pair(image_id, DATA)
-        row = {"id": image_id, "kind": kinds[image_id]}
-        for key in ("model", "baseline"):
+    methods = ["model", "baseline"] + (["tta"] if args.tta else [])
+    times = dict.fromkeys(methods, 0.0)
+    for group, image_id, image, true in evaluation_images(split, args.limit, stress=not args.no_stress):
+        row = {"id": image_id, "group": group}
+        for key in methods:
             t = time.perf_counter()
-            pred = predict_instances(model, image) if key == "model" else otsu_watershed(image)
+            if key == "baseline":
+                pred = otsu_watershed(image)
+            else:
+                pred = predict_instances(model, image, tta=key == "tta")
             times[key] += time.perf_counter() - t
             ap, tp, fp, fn_ = match_ap(true, pred)
             row[key] = {"ap50": ap, "tp": tp, "fp": fp, "fn": fn_, "dice": foreground_dice(true, pred)}
-        if args.tta:
-            t = time.perf_counter()
-            pred = predict_instances(model, image, tta=True)
-            times["tta"] += time.perf_counter() - t
-            ap, tp, fp, fn_ = match_ap(true, pred)
-            row["tta"] = {"ap50": ap, "tp": tp, "fp": fp, "fn": fn_, "dice": foreground_dice(true, pred)}
         rows.append(row)
 
-    methods = ["model", "baseline"] + (["tta"] if args.tta else [])
     scores = {
         "model_file": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
         "model_steps": info.get("steps"),
+        "model_data": info.get("data"),
         "split": str(SPLIT.relative_to(ROOT)),
         "metric": "mean over images of AP@IoU0.5 = TP/(TP+FP+FN), one-to-one matching; foreground Dice",
-        "seconds": {k: round(v, 1) for k, v in times.items() if k in methods},
-        "overall": {m: summarise(rows, m) for m in methods},
-        "per_kind": {
-            kind: {m: summarise([r for r in rows if r["kind"] == kind], m) for m in methods}
-            for kind in sorted({r["kind"] for r in rows})
-        },
+        "seconds": {k: round(v, 1) for k, v in times.items()},
+        **grouped(rows, methods),
         "per_image": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(scores, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in scores.items() if k != "per_image"}, indent=1))
+    print(json.dumps({k: v for k, v in scores.items() if k not in ("per_image", "per_group")}, indent=1))
+    print(table(scores, methods))
     print(f"{len(rows)} images in {time.perf_counter() - t0:.0f} s; wrote {args.out}")
     if args.update_card:
         write_card(model, info, scores, args.card)
         print(f"wrote {args.card}")
     return scores
+
+
+def table(scores: dict, methods: list[str]) -> str:
+    """A Markdown table: one row per group, AP@0.5 (missed / nuclei, false) per method."""
+    head = "| group | n | " + " | ".join(f"AP@0.5 {m} (missed/nuclei, false)" for m in methods) + " |"
+    lines = [head, "|" + "---|" * (2 + len(methods))]
+    for group, per in scores["per_group"].items():
+        cells = [f"{per[m]['ap50']:.3f} ({per[m]['missed']}/{per[m]['nuclei']}, {per[m]['false']})" for m in methods]
+        lines.append(f"| {group} | {per[methods[0]]['n']} | " + " | ".join(cells) + " |")
+    for m in methods:
+        lines.append(
+            f"{m}: mean over images {scores['overall'][m]['ap50']:.3f}, over groups "
+            f"{scores['groups'][m]['ap50_mean_over_groups']:.3f}, worst group "
+            f"{scores['worst_group'][m]['group']} {scores['worst_group'][m]['ap50']:.3f}"
+        )
+    return "\n".join(lines)
 
 
 def write_card(model, info: dict, scores: dict, path: Path = CARD) -> None:
