@@ -136,6 +136,50 @@ def test_progress_is_monotonic_and_complete(tiny_model, fluo):
     assert len(reports) >= 16  # one report per tile at least
 
 
+def test_small_objects_get_a_second_look_at_an_enlarged_image(fluo):
+    """A model whose config names the object sizes it knows enlarges an image whose objects came out
+    smaller; every output comes back on the image's grid, and progress counts both passes."""
+    import copy
+
+    from napari_attention_unet.core.instances import median_diameter, small_object_zoom
+
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(base_width=4, depth=3)).eval()
+    with torch.no_grad():  # every pixel interior: one object as large as the image
+        model.head.bias.copy_(torch.tensor([-20.0, 20.0, -20.0]))
+    image = fluo[:100, :90]
+    plain = run_to_end(predict(model, image, tile_size=64, overlap=16))
+    assert plain.zoom is None  # no size record in the config: no second look
+    assert median_diameter(plain.labels) == pytest.approx(2 * np.sqrt(100 * 90 / np.pi))
+
+    knows = copy.deepcopy(model)
+    knows.config.extra["small_objects"] = {"below": 1e6, "to": 1e7, "max_zoom": 1.5}
+    reports, gen = [], predict(knows, image, tile_size=64, overlap=16)
+    try:
+        while True:
+            reports.append(next(gen))
+    except StopIteration as stop:
+        result = stop.value
+    assert result.zoom == 1.5
+    assert result.labels.shape == result.probability.shape == result.gate_maps["gate1"].shape == (100, 90)
+    assert np.all(result.labels == 1)  # the one object, back on the image's grid
+    done = [r.done for r in reports]
+    assert done == sorted(done) and reports[-1].done == reports[-1].total and reports[-1].stage == "done"
+    # The first reports count the image's own tiles; the enlarged image's tiles were added later.
+    assert reports[0].total == plain_tiles(image) + 1 < reports[-1].total
+    assert run_to_end(predict(knows, image, tile_size=64, overlap=16, auto_zoom=False)).zoom is None
+
+    assert small_object_zoom(None) is None and small_object_zoom(16.0) is None
+    assert small_object_zoom(10.0) == pytest.approx(2.0) and small_object_zoom(4.0) == 3.0
+    assert median_diameter(np.zeros((5, 5), np.int32)) is None
+
+
+def plain_tiles(image):
+    from napari_attention_unet.core.tiling import Tiling
+
+    return len(Tiling(image.shape, 64, 16, 4, fit=False).tiles)
+
+
 def test_cancel_stops_within_one_tile(tiny_model, fluo):
     calls = []
     net = tiny_model.fused_for_inference()

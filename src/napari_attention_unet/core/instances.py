@@ -92,6 +92,34 @@ def probabilities_to_instances(
     return relabelled.astype(np.int32, copy=False)
 
 
+def median_diameter(labels: np.ndarray) -> float | None:
+    """The median equivalent-circle (2D) or -sphere (3D) diameter of the objects, in pixels; None if none."""
+    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64, copy=False))[1:]
+    areas = areas[areas > 0]
+    if not len(areas):
+        return None
+    if labels.ndim == 3:
+        return float(np.median(np.cbrt(6.0 * areas / np.pi)))
+    return float(np.median(2.0 * np.sqrt(areas / np.pi)))
+
+
+def small_object_zoom(
+    diameter: float | None, below: float = 16.0, to: float = 20.0, max_zoom: float = 3.0
+) -> float | None:
+    """How much to enlarge an image whose objects came out ``diameter`` pixels wide: None (leave it)
+    unless that is under ``below``; then enough to make them ``to`` wide, at most ``max_zoom``.
+
+    A network separates touching objects worst when they are smaller than it learnt them: on
+    the bundled nuclei model's own training images shrunk to half size (median 12 px), a second
+    look at the image enlarged to 20 px nuclei lifts AP@0.5 from 0.66 to 0.75, and leaves
+    full-size images as they were (0.786 either way). 16 and 20 px were chosen on those
+    training images (training/README.md), not on the images the scores are reported on.
+    """
+    if diameter is None or diameter <= 0 or diameter >= below:
+        return None
+    return float(min(to / diameter, max_zoom))
+
+
 def _split_seeds(distance: np.ndarray, interior: np.ndarray, depth: float) -> np.ndarray:
     """One marker per distance peak at least ``depth`` above its saddles, per interior part.
 

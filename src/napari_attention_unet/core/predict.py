@@ -20,7 +20,7 @@ import torch
 
 from napari_attention_unet.core.device import autocast_dtype, channels_last_format, pick_device
 from napari_attention_unet.core.images import ImageShapeError, match_channels, normalize, to_channel_first
-from napari_attention_unet.core.instances import probabilities_to_instances
+from napari_attention_unet.core.instances import median_diameter, probabilities_to_instances, small_object_zoom
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.progress import Progress, run_to_end
 from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom, resample, resample_labels
@@ -51,7 +51,10 @@ class PredictOptions:
     ``instances`` and ``min_size``: its labels are always class values. ``gates`` limits which
     gate maps are stitched (all when None, none with ``()``). ``spacing`` is the pixel size per
     spatial axis (a 3D model sees anisotropic volumes resampled to cubic voxels).
-    ``keep_class_probabilities`` keeps every class's probability in the result.
+    ``keep_class_probabilities`` keeps every class's probability in the result. ``auto_zoom``
+    lets a 2D instance model whose config says which object sizes it knows
+    (``config.extra["small_objects"]``, the bundled model's does) look again at an image whose
+    objects came out smaller than that, enlarged (see :func:`.instances.small_object_zoom`).
     """
 
     axes: str | None = None
@@ -64,6 +67,7 @@ class PredictOptions:
     min_size: int = 16
     spacing: tuple[float, ...] | None = None
     keep_class_probabilities: bool = False
+    auto_zoom: bool = True
 
     def __post_init__(self) -> None:
         # Lists from callers become tuples, so options stay hashable and picklable as values.
@@ -101,6 +105,8 @@ class Prediction:
     spatial_axes: str
     device: str
     class_probabilities: np.ndarray | None = field(default=None, repr=False)
+    #: The factor a 2D image was enlarged by for its small objects (``auto_zoom``), or None.
+    zoom: float | None = None
 
 
 def default_batch_size(device: torch.device, spatial_dims: int) -> int:
@@ -172,48 +178,41 @@ def predict(
 
     original_shape = x.shape[1:]
     zoom = isotropic_zoom(options.spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None
-    if zoom is not None:
-        x = resample(x, isotropic_shape(original_shape, zoom))
+    grid = x if zoom is None else resample(x, isotropic_shape(original_shape, zoom))
+    run = _Passes(net, dev, amp, batch_size, gate_names, tile_size, overlap, fit_tiles, config)
+    probs, gate_maps = yield from run(grid, ndim > config.spatial_dims)
 
-    # A 2D model on a Z stack: predict plane by plane, reporting progress over the whole stack.
-    planes = [x[:, z] for z in range(x.shape[1])] if ndim > config.spatial_dims else [x]
-    plane_shape = planes[0].shape[1:]
-    tiling = Tiling(plane_shape, tile_size, overlap, config.size_multiple, fit=fit_tiles)
-    total = len(planes) * len(tiling.tiles) + 1
-    done = 0
-    results = []
-    for plane in planes:
-        stitched = yield from predict_tiles(net, plane, tiling, dev, amp, batch_size, gate_names, done, total)
-        done += len(tiling.tiles)
-        results.append(stitched)
-
-    yield Progress(done, total, "post-processing")
-    probs = np.stack([r[0] for r in results], axis=1) if len(planes) > 1 else results[0][0]
-    gate_maps = {
-        name: (np.stack([r[1][name] for r in results]) if len(planes) > 1 else results[0][1][name])
-        for name in gate_names
-    }
-    # A 3D model's objects are separated on its cubic grid, where the distance transform is true
-    # (the image's own grid is coarser along z), then brought back to the image's grid.
-    cubic_instances = None
-    if zoom is not None and config.task != "semantic" and options.instances:
-        cubic_instances = probabilities_to_instances(probs, min_size=options.min_size)
+    # Instances are separated on the grid the model saw: a 3D model's cubic one (the image's
+    # own grid is coarser along z), or a 2D image enlarged for its small objects.
+    instances = None
+    wants_instances = config.task != "semantic" and options.instances
+    if wants_instances and zoom is None and ndim == 2 and options.auto_zoom and config.extra.get("small_objects"):
+        instances = probabilities_to_instances(probs, min_size=options.min_size)
+        factor = small_object_zoom(median_diameter(instances), **config.extra["small_objects"])
+        if factor is not None:
+            zoom = (factor, factor)
+            probs, gate_maps = yield from run(resample(x, isotropic_shape(original_shape, zoom)), False)
+            instances = None
+    if zoom is not None and wants_instances:
+        instances = probabilities_to_instances(probs, min_size=options.min_size)
     if zoom is not None:  # back to the image's grid
         probs = resample(probs, original_shape)
         probs /= probs.sum(axis=0, keepdims=True)
         gate_maps = {name: resample(g[np.newaxis], original_shape)[0] for name, g in gate_maps.items()}
+        if instances is not None:
+            instances = resample_labels(instances, original_shape)
     foreground = 1.0 - probs[0]
     if config.task == "semantic":
         labels = class_values(probs)
     elif not options.instances:
         labels = (foreground > 0.5).astype(np.uint8)
-    elif cubic_instances is not None:
-        labels = resample_labels(cubic_instances, original_shape)
-    elif len(planes) > 1:
+    elif instances is not None:
+        labels = instances
+    elif ndim > config.spatial_dims:
         labels = _instances_per_plane(probs, options.min_size)
     else:
         labels = probabilities_to_instances(probs, min_size=options.min_size)
-    yield Progress(total, total, "done")
+    yield Progress(run.total, run.total, "done")
     return Prediction(
         labels=labels,
         probability=foreground.astype(np.float32, copy=False),
@@ -221,12 +220,46 @@ def predict(
         spatial_axes=spatial_axes,
         device=str(dev),
         class_probabilities=probs if options.keep_class_probabilities else None,
+        zoom=None if zoom is None or config.spatial_dims == 3 else float(zoom[0]),
     )
 
 
 def class_values(probs: np.ndarray) -> np.ndarray:
     """A semantic model's labels: the most probable class's value (its output channel) per pixel, uint8."""
     return np.argmax(probs, axis=0).astype(np.uint8)
+
+
+class _Passes:
+    """Tiled passes of the network over a normalised image (C, ...), reporting progress as one run.
+
+    ``total`` counts tiles (plus one step for post-processing) and may grow when a second
+    pass is needed; a Z stack through a 2D model goes plane by plane.
+    """
+
+    def __init__(self, net, dev, amp, batch_size, gate_names, tile_size, overlap, fit_tiles, config):
+        self.net, self.dev, self.amp, self.batch_size, self.gate_names = net, dev, amp, batch_size, gate_names
+        self.tile_size, self.overlap, self.fit_tiles, self.config = tile_size, overlap, fit_tiles, config
+        self.done, self.total = 0, None
+
+    def __call__(self, x: np.ndarray, stack: bool) -> Generator[Progress, None, tuple]:
+        planes = [x[:, z] for z in range(x.shape[1])] if stack else [x]
+        tiling = Tiling(
+            planes[0].shape[1:], self.tile_size, self.overlap, self.config.size_multiple, fit=self.fit_tiles
+        )
+        # The first pass sets the total; a later one (an enlarged image) extends it by its own tiles.
+        self.total = max(self.total or 0, self.done + len(planes) * len(tiling.tiles) + 1)
+        results = []
+        for plane in planes:
+            stitched = yield from predict_tiles(
+                self.net, plane, tiling, self.dev, self.amp, self.batch_size, self.gate_names, self.done, self.total
+            )
+            self.done += len(tiling.tiles)
+            results.append(stitched)
+        yield Progress(self.done, self.total, "post-processing")
+        if not stack:
+            return results[0]
+        probs = np.stack([r[0] for r in results], axis=1)
+        return probs, {name: np.stack([r[1][name] for r in results]) for name in self.gate_names}
 
 
 def _instances_per_plane(probs: np.ndarray, min_size: int) -> np.ndarray:

@@ -36,16 +36,17 @@ def isotropic_shape(shape: Sequence[int], zoom: Sequence[float]) -> tuple[int, .
 
 
 def resample(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """(C, Z, Y, X) float array -> (C, *shape) by trilinear interpolation, channel by channel."""
+    """(C, Z, Y, X) or (C, Y, X) float array -> (C, *shape) by (tri)linear interpolation, channel by channel."""
     out = np.empty((array.shape[0], *shape), dtype=np.float32)
+    mode = "trilinear" if len(shape) == 3 else "bilinear"
     for c in range(array.shape[0]):
         channel = torch.from_numpy(np.ascontiguousarray(array[c], dtype=np.float32))[None, None]
-        out[c] = F.interpolate(channel, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
+        out[c] = F.interpolate(channel, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()
     return out
 
 
 def resample_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """(Z, Y, X) labels -> ``shape`` by nearest neighbour on the same voxel centres as :func:`resample`
+    """(Z, Y, X) or (Y, X) labels -> ``shape`` by nearest neighbour on the same voxel centres as :func:`resample`
     (``nearest-exact``), keeping the dtype: class values and object ids stay what they were."""
     source = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64, copy=False))[None, None]
     # Ids up to 2**24 are exact in float32; nearest-exact only picks values, so a float64 copy keeps all.
