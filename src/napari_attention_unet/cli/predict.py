@@ -23,6 +23,7 @@ def _options(args: argparse.Namespace):
         instances=not args.semantic,
         precision=args.precision,
         spacing=args.spacing,
+        auto_zoom=args.auto_zoom,
     )
 
 

@@ -45,6 +45,8 @@ class PartPrediction:
     model_name: str
     semantic: bool = False
     extra: dict = field(default_factory=dict)
+    #: The largest factor an image (or plane) was enlarged by for its small objects, or None.
+    zoom: float | None = None
 
 
 class Session:
@@ -169,7 +171,7 @@ class Session:
 
         labels = np.zeros(part_shape, dtype=np.int32)
         gate_maps = {name: np.zeros(part_shape, dtype=np.float32) for name in gate_names}
-        offset = 0
+        offset, zooms = 0, []
         for k, block in enumerate(blocks):
             result = yield from _scaled(
                 predict(self.model, np.asarray(image[block]), options, device=self.device, inference_model=net),
@@ -177,6 +179,7 @@ class Session:
                 len(blocks),
             )
             where = () if partial else block
+            zooms += [result.zoom] if result.zoom else []
             block_labels = result.labels.astype(np.int32, copy=False)
             if instances and offset:
                 block_labels = np.where(block_labels > 0, block_labels + offset, 0)
@@ -193,6 +196,7 @@ class Session:
             model_name=self.model_info.name if self.model_info else "model",
             semantic=not instances,
             extra={"classes": list(self.model.config.classes)} if self.model.config.task == "semantic" else {},
+            zoom=max(zooms, default=None),
         )
 
     # -- fine-tuning -----------------------------------------------------------------------
