@@ -11,6 +11,10 @@
    :func:`unseen_ids`: for the bundled model, its validation split). Fine-tune on
    ``--n-train`` of them, score foreground Dice and AP@0.5 (training/evaluate.py's
    ``match_ap``) on the others.
+3. ``--domain nuinsseg``: NuInsSeg human-spleen H&E tiles (``../shared/data/nuinsseg_human_spleen``,
+   another lab and scanner than DSB): training/split.json's ``nuinsseg.validation`` tiles,
+   ``--n-train`` to fine-tune on, the rest scored. A model trained without NuInsSeg (the model card's
+   ``data`` does not name it) has never seen this source.
 
 The bundled model trained on DSB H&E and brightfield images too, so for it those are
 known domains. ``--model runs/fluo/nuclei.safetensors`` starts from a model trained on
@@ -21,7 +25,7 @@ Every run uses ``TrainConfig`` defaults (as the widget and ``attention-unet fine
 do) with ``time_budget = --minutes`` (and ``max_steps = --steps``, default none).
 
     python benchmarks/bench_finetune.py [--minutes 4] [--steps N] [--device auto|cpu|cuda]
-        [--train-slices 0,1] [--seed 0] [--domain isbi|he|bf|both] [--n-train 3] [--model M]
+        [--train-slices 0,1] [--seed 0] [--domain isbi|he|bf|nuinsseg|both] [--n-train 3] [--model M]
 """
 
 from __future__ import annotations
@@ -194,6 +198,25 @@ def dsb_domain(domain: str, model, meta: dict, args, device) -> dict:
     )
 
 
+def nuinsseg_domain(model, meta: dict, args, device) -> dict:
+    folder = DATA / "nuinsseg_human_spleen"
+    tiles = json.loads((REPO / "training" / "split.json").read_text())["nuinsseg"]["validation"]
+    seen = "NuInsSeg" in str(meta.get("data", ""))
+    pool = "split.json's NuInsSeg validation tiles; " + (
+        "the model trained on other tiles of this source" if seen else "a source the model never saw"
+    )
+    rng = np.random.default_rng(args.seed)
+    order = [tiles[i] for i in rng.permutation(len(tiles))]
+
+    def load(names):
+        return [imread(folder / "images" / f"{n}.tif") for n in names], [
+            imread(folder / "masks" / f"{n}.tif") for n in names
+        ]
+
+    train, test = load(order[: args.n_train]), load(order[args.n_train :])
+    return run_domain(f"NuInsSeg H&E ({pool})", model, train, test, args, device, lambda m: m > 0, match_ap_fn())
+
+
 def table(rows: list[dict]) -> None:
     print("\n| domain | train / test images | metric | before | after | delta | ratio |")
     print("|---|---|---|---|---|---|---|")
@@ -222,7 +245,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train-slices", default="0,1", help="ISBI slices to fine-tune on (default 0,1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--domain", default="both", choices=["isbi", "he", "bf", "both"], help="both: isbi and he (default)"
+        "--domain",
+        default="both",
+        choices=["isbi", "he", "bf", "nuinsseg", "both"],
+        help="both: isbi and he (default)",
     )
     parser.add_argument("--n-train", type=int, default=3, help="DSB images to fine-tune on (default 3)")
     parser.add_argument(
@@ -248,6 +274,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for domain in DSB_DOMAINS:
         if args.domain == domain or (domain == "he" and args.domain == "both"):
             rows.append(dsb_domain(domain, model, meta, args, device))
+    if args.domain == "nuinsseg":
+        rows.append(nuinsseg_domain(model, meta, args, device))
     table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -126,7 +126,7 @@ def test_bench_finetune_scores_only_images_the_start_model_never_saw():
 
 
 def test_grouped_scores_pool_small_groups_and_name_the_worst():
-    from evaluate import groups_of, grouped
+    from evaluate import grouped, groups_of
 
     rows = [
         {"id": "a", "kind": "color", "height": "256", "width": "320"},
