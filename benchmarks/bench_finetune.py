@@ -173,6 +173,13 @@ def unseen_ids(kind: str, meta: dict) -> tuple[list[str], str]:
     return sorted(r["id"] for r in rows if r["id"] in validation), "the model's validation split"
 
 
+def load_pairs(folder: Path, names: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(images, masks) of ``names`` from a folder's ``images/`` and ``masks/`` TIFF pairs."""
+    return [imread(folder / "images" / f"{n}.tif") for n in names], [
+        imread(folder / "masks" / f"{n}.tif") for n in names
+    ]
+
+
 def dsb_domain(domain: str, model, meta: dict, args, device) -> dict:
     kind, title = DSB_DOMAINS[domain]
     ids, pool = unseen_ids(kind, meta)
@@ -181,16 +188,11 @@ def dsb_domain(domain: str, model, meta: dict, args, device) -> dict:
     rng = np.random.default_rng(args.seed)
     order = [ids[i] for i in rng.permutation(len(ids))]
 
-    def load(names):
-        return [imread(DSB2018 / "images" / f"{n}.tif") for n in names], [
-            imread(DSB2018 / "masks" / f"{n}.tif") for n in names
-        ]
-
     return run_domain(
         f"{title} ({pool})",
         model,
-        load(order[: args.n_train]),
-        load(order[args.n_train :]),
+        load_pairs(DSB2018, order[: args.n_train]),
+        load_pairs(DSB2018, order[args.n_train :]),
         args,
         device,
         lambda m: m > 0,
@@ -208,12 +210,7 @@ def nuinsseg_domain(model, meta: dict, args, device) -> dict:
     rng = np.random.default_rng(args.seed)
     order = [tiles[i] for i in rng.permutation(len(tiles))]
 
-    def load(names):
-        return [imread(folder / "images" / f"{n}.tif") for n in names], [
-            imread(folder / "masks" / f"{n}.tif") for n in names
-        ]
-
-    train, test = load(order[: args.n_train]), load(order[args.n_train :])
+    train, test = load_pairs(folder, order[: args.n_train]), load_pairs(folder, order[args.n_train :])
     return run_domain(f"NuInsSeg H&E ({pool})", model, train, test, args, device, lambda m: m > 0, match_ap_fn())
 
 

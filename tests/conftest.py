@@ -82,11 +82,21 @@ def one_thread():
 
 
 @pytest.fixture
-def notes(monkeypatch):
+def notes_of(monkeypatch):
+    """``notes_of(module)``: the messages ``module`` sends to napari's notifications, by kind."""
+
+    def capture(module) -> dict[str, list]:
+        seen = {"error": [], "warning": [], "info": []}
+        for kind in seen:
+            monkeypatch.setattr(module, f"show_{kind}", seen[kind].append)
+        return seen
+
+    return capture
+
+
+@pytest.fixture
+def notes(notes_of):
     """Messages the fine-tune / train controls send to napari's notifications, by kind."""
     from napari_attention_unet.gui import finetune_widget
 
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(finetune_widget, f"show_{kind}", seen[kind].append)
-    return seen
+    return notes_of(finetune_widget)

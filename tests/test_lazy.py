@@ -287,14 +287,11 @@ TIMEOUT_MS = 300_000
 
 
 @pytest.fixture
-def notes(monkeypatch):
+def notes(notes_of):
     """Messages the widget sends to napari's notifications, by kind."""
     from napari_attention_unet.gui import widget as _widget
 
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(_widget, f"show_{kind}", seen[kind].append)
-    return seen
+    return notes_of(_widget)
 
 
 @pytest.fixture

@@ -15,12 +15,9 @@ TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
-def notes(monkeypatch):
+def notes(notes_of):
     """Messages the widget sends to napari's notifications, by kind."""
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(_widget, f"show_{kind}", seen[kind].append)
-    return seen
+    return notes_of(_widget)
 
 
 def run_prediction(qtbot, widget):

@@ -139,20 +139,21 @@ def groups_of(split: dict, rows: list[dict]) -> dict[str, str]:
 
 def evaluation_images(split: dict, limit: int | None = None, stress: bool = True):
     """(group, id, image, true labels) of every held-out image: DSB by group, NuInsSeg, stress."""
-    groups = groups_of(split, read_index())
-    kinds = {r["id"]: r["kind"] for r in read_index()}
-    ids = split["validation"][:limit]
-    for image_id in ids:
+    rows = read_index()
+    groups = groups_of(split, rows)
+    kinds = {r["id"]: r["kind"] for r in rows}
+    shrink = []  # the DSB images for the stress groups, kept from the first pass
+    for image_id in split["validation"][:limit]:
         image, true = load_pair(image_id, DATA)
         yield groups[image_id], image_id, image, true
+        # Brightfield: 3 images of 1024 px, too few to say anything at another scale.
+        if stress and kinds[image_id] != "gray_brightbg":
+            shrink.append((image_id, image, true))
     if NUINSSEG.exists() and "nuinsseg" in split:
         for tile in split["nuinsseg"]["validation"][:limit]:
             image, true, _ = load_nuinsseg(tile)
             yield "nuinsseg he 512x512", tile, image, true
-    for image_id in ids if stress else []:
-        if kinds[image_id] == "gray_brightbg":
-            continue  # 3 images of 1024 px: too few to say anything at another scale
-        image, true = load_pair(image_id, DATA)
+    for image_id, image, true in shrink:
         zoom = (0.5, 0.5, 1)[: image.ndim]
         small = ndimage.zoom(image.astype(np.float32), zoom, order=1)
         yield f"stress: half scale {kinds[image_id]}", image_id, small, ndimage.zoom(true, 0.5, order=0)

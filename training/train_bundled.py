@@ -68,11 +68,14 @@ def make_split(rows: list[dict], val_fraction: float, seed: int) -> dict:
 
 def load_split(rows: list[dict], val_fraction: float, seed: int) -> dict:
     split = json.loads(SPLIT.read_text()) if SPLIT.exists() else make_split(rows, val_fraction, seed)
+    drawn = not SPLIT.exists()
     if "nuinsseg" not in split and NUINSSEG.exists():
         # NuInsSeg came later: its own whole-tile split, drawn once and kept beside DSB's.
         tiles = read_nuinsseg_index()
         split["nuinsseg"] = {k: v for k, v in make_split(tiles, 0.3, seed).items() if k in ("train", "validation")}
-    SPLIT.write_text(json.dumps(split, indent=1) + "\n")
+        drawn = True
+    if drawn:
+        SPLIT.write_text(json.dumps(split, indent=1) + "\n")
     return split
 
 

@@ -26,10 +26,9 @@ IGNORE = 255
 
 #: Optical densities of haematoxylin, eosin and DAB (rows), unit length: Ruifrok & Johnston,
 #: Anal. Quant. Cytol. Histol. 23, 291 (2001), the matrix of skimage.color.rgb2hed.
-_HED_FROM_RGB = np.linalg.inv(
-    np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
-    / np.linalg.norm([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], axis=1, keepdims=True)
-)
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
+_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
 
 
 def crop_patch(
@@ -110,7 +109,7 @@ def stain_jitter(image: np.ndarray, rng: np.random.Generator, strength: float = 
     stains = _HED_FROM_RGB.T @ -np.log(light)
     alpha = 1.0 + rng.uniform(-strength, strength, size=(3, 1))
     beta = rng.uniform(-strength, strength, size=(3, 1))
-    density = np.linalg.inv(_HED_FROM_RGB).T @ (stains * alpha + beta)
+    density = _RGB_FROM_HED.T @ (stains * alpha + beta)
     out = np.exp(-density).reshape(image.shape).astype(np.float32)
     # Keep what lay outside [0, 1] after normalisation (very bright or dark pixels) as it was.
     return out + (image - np.clip(image, 1e-3, 1.0))

@@ -180,16 +180,13 @@ def default_train_config(
     0.52 with flips, 0.71 without).
     """
     multiple = 2 ** (depth - 1)
-    if spatial_dims == 2:
-        patch, batch = fitted_patch(shapes, 256, multiple), 4
-    else:
-        patch, batch = patch_3d(shapes, multiple), 4
+    patch = fitted_patch(shapes, 256, multiple) if spatial_dims == 2 else patch_3d(shapes, multiple)
     base = dict(
         flips=not (task == "semantic" and (spatial_dims == 3 or from_volumes)),
         max_steps=steps,
         time_budget=None if minutes is None else 60.0 * minutes,
         patch_size=patch,
-        batch_size=batch,
+        batch_size=4,
         lr=1e-3 if from_scratch else 3e-4,
         warmup_steps=20,
         eval_every=25,
