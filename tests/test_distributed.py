@@ -230,3 +230,26 @@ def test_cli_zarr_in_zarr_out_on_a_scheduler(cluster, mosaic, mosaic_in_one_proc
     stored = zarr.open_group(str(out), mode="r")["slide"]
     assert_same_instances(stored["labels"][...], mosaic_in_one_process.labels)
     np.testing.assert_allclose(stored["attention"][...].astype(np.float32), mosaic_in_one_process.attention, atol=2e-3)
+
+
+def test_workers_take_volumes_at_the_models_training_spacing(cluster, tmp_path, capsys):
+    """A 3D model trained at spacing 3,1,1 is given TIFF volumes (no voxel size of their own) at that
+    spacing on dask workers too, as in one process; ``--spacing 1,1,1`` gives other maps."""
+    torch.manual_seed(0)
+    model = AttentionUNet(
+        ModelConfig(spatial_dims=3, in_channels=1, classes=("background", "a"), base_width=4, depth=3)
+    )
+    model_path = save_model(model, tmp_path / "vol3d.safetensors", info={"spacing": [3.0, 1.0, 1.0]})
+    volume = tmp_path / "volume.tif"
+    tifffile.imwrite(volume, np.random.default_rng(0).random((6, 32, 40), dtype=np.float32))
+    argv = ["predict", str(volume), "--model", str(model_path), "--device", "cpu"]
+    assert cli.main([*argv, "--out", str(tmp_path / "dask"), "--scheduler", cluster.scheduler_address]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "local")]) == 0
+    assert "training spacing 3,1,1" in capsys.readouterr().err
+    assert cli.main([*argv, "--out", str(tmp_path / "cubic"), "--spacing", "1,1,1"]) == 0
+    dask_maps, local_maps, cubic_maps = (
+        tifffile.imread(result_paths(tmp_path / out, volume)[1]) for out in ("dask", "local", "cubic")
+    )
+    assert dask_maps.shape == local_maps.shape == (2, 6, 32, 40)  # gate first, then the volume's own grid
+    np.testing.assert_allclose(dask_maps, local_maps, atol=1e-4)
+    assert np.abs(cubic_maps - local_maps).max() > 1e-3

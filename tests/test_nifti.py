@@ -300,6 +300,38 @@ def test_cli_predict_on_a_time_series_is_skipped_with_the_reason(tmp_path, tiny_
     assert "time series of 2 volumes" in err and "--time-point 0" in err
 
 
+def test_cli_predict_picks_a_time_point_of_a_series(tmp_path, tiny_model_path, capsys):
+    """``predict --time-point T`` predicts that volume of a 4D NIfTI (or a TZYX TIFF) and names its outputs _tT."""
+    import tifffile
+
+    from napari_attention_unet.cli import main
+
+    series = np.stack([blobs_xyz(seed) for seed in range(3)], axis=-1)
+    path = save(tmp_path / "fmri.nii.gz", series)
+    out = tmp_path / "out"
+    model = ["--model", str(tiny_model_path), "--device", "cpu"]
+    assert main(["predict", str(path), "--out", str(out), "--time-point", "2", *model]) == 0
+    labels = nib.load(str(out / "fmri_t2_labels.nii.gz"))
+    assert labels.shape == SHAPE_XYZ and np.array_equal(labels.affine, nib.load(str(path)).affine)
+    # the same volume written alone and predicted gives the same labels: time point 2 is the one read
+    save(tmp_path / "third.nii.gz", series[..., 2])
+    assert main(["predict", str(tmp_path / "third.nii.gz"), "--out", str(out), *model]) == 0
+    alone = nib.load(str(out / "third_labels.nii.gz"))
+    assert np.array_equal(np.asarray(labels.dataobj), np.asarray(alone.dataobj))
+    assert nib.load(str(out / "fmri_t2_attention.nii.gz")).shape == (*SHAPE_XYZ, 2)
+
+    capsys.readouterr()
+    assert main(["predict", str(path), "--out", str(out), "--time-point", "3", *model]) == 1
+    assert "3 time points (0 to 2); time point 3 is out of range" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "third.nii.gz"), "--out", str(out), "--time-point", "0", *model]) == 1
+    assert "is one volume, not a time series" in capsys.readouterr().err
+
+    # a TIFF series, time first
+    tifffile.imwrite(tmp_path / "movie.tif", np.transpose(series, (3, 2, 1, 0)))  # (t, z, y, x)
+    assert main(["predict", str(tmp_path / "movie.tif"), "--out", str(out), "--time-point", "1", *model]) == 0
+    assert tifffile.imread(out / "movie_t1_labels.tif").shape == SHAPE_XYZ[::-1]
+
+
 def test_predicted_masks_carry_the_source_grid(make_napari_viewer, volume_path, tmp_path):
     """The widget's masks of a NIfTI volume save as .nii.gz on the scan's grid without a viewer lookup."""
     from napari_attention_unet.gui import layers as _layers
@@ -316,3 +348,34 @@ def test_predicted_masks_carry_the_source_grid(make_napari_viewer, volume_path, 
     viewer.layers.remove(image)  # no source in the viewer to look up: the masks' own metadata must do
     [written] = write_labels_nifti(str(tmp_path / "masks.nii.gz"), masks.data, {"metadata": masks.metadata})
     same_grid(nib.load(written), nib.load(str(volume_path)))
+
+
+def test_cli_train_reads_nifti_and_predict_writes_classes_on_its_grid(tmp_path, model_home, capsys):
+    """``train`` on a NIfTI volume and label map (a 4D series at --time-point too) makes a 3D semantic model
+    that remembers the header's voxel size; ``predict`` then writes class values on the scan's grid."""
+    from napari_attention_unet.cli import main
+    from napari_attention_unet.core.weights import read_metadata
+
+    volume = blobs_xyz()
+    classes = np.zeros(SHAPE_XYZ, np.uint8)
+    classes[volume > 0.5] = 1
+    classes[:20][volume[:20] > 0.5] = 2  # two classes by position
+    image_path, labels_path = save(tmp_path / "scan.nii.gz", volume), save(tmp_path / "scan_seg.nii.gz", classes)
+    tiny = ["--base-width", "4", "--depth", "3", "--steps", "2", "--device", "cpu"]
+    out = tmp_path / "scan-model"
+    assert main(["train", "--image", str(image_path), "--labels", str(labels_path), "--out", str(out), *tiny]) == 0
+    assert "3 classes found (0, 1, 2): semantic" in capsys.readouterr().err
+    config, meta = read_metadata(tmp_path / "scan-model.safetensors")  # predict finds it by the typed path
+    assert config.spatial_dims == 3 and config.task == "semantic" and meta["spacing"] == [2.5, 1.0, 1.0]
+
+    assert main(["predict", str(image_path), "--out", str(tmp_path / "pred"), "--model", str(out)]) == 0
+    predicted = nib.load(str(tmp_path / "pred" / "scan_labels.nii.gz"))
+    same_grid(predicted, nib.load(str(image_path)))
+    assert set(np.unique(np.asarray(predicted.dataobj)).tolist()) <= {0, 1, 2}
+    assert nib.load(str(tmp_path / "pred" / "scan_attention.nii.gz")).shape[:3] == SHAPE_XYZ
+
+    series = save(tmp_path / "series.nii.gz", np.stack([volume * 0.5, volume], axis=-1))
+    args = ["train", "--image", str(series), "--labels", str(labels_path), "--out", str(tmp_path / "t1"), *tiny]
+    assert main([*args, "--time-point", "1"]) == 0
+    assert main(args) == 2
+    assert "time series of 2 volumes" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=Path,
         metavar="IMAGE",
-        help="TIFF or PNG files, zarr / OME-Zarr stores (folders ending in .zarr)",
+        help="TIFF or PNG files, NIfTI volumes (.nii, .nii.gz), zarr / OME-Zarr stores (folders ending in .zarr)",
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
     p.add_argument(
@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="Z,Y,X",
         help="voxel size of volumes, e.g. 2,0.5,0.5: a 3D model sees them resampled to cubic voxels",
+    )
+    p.add_argument(
+        "--time-point",
+        type=int,
+        default=None,
+        metavar="T",
+        help="predict time point T (from 0) of 4D series (NIfTI, or TIFF with time first); writes <stem>_tT_labels...",
     )
     p.add_argument(
         "--block-size",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 
 from tqdm import tqdm
 
@@ -28,11 +27,27 @@ def _options(args: argparse.Namespace):
 
 
 def _trained_spacing(args: argparse.Namespace, model, meta: dict) -> tuple[float, ...] | None:
-    """The voxel size a 3D model was trained at, for volumes that state none (TIFF) when --spacing is not given."""
+    """The voxel size a 3D model was trained at, for volumes that state none (TIFF) when --spacing is not given
+    (said on stderr)."""
     spacing = meta.get("spacing")
     if args.spacing is not None or model.config.spatial_dims != 3 or not spacing or len(spacing) != 3:
         return None
-    return tuple(float(s) for s in spacing)
+    spacing = tuple(float(s) for s in spacing)
+    print(
+        f"no --spacing: volumes without a voxel size are taken at the model's training spacing "
+        f"{','.join(f'{v:g}' for v in spacing)} (NIfTI inputs use their header)",
+        file=sys.stderr,
+    )
+    return spacing
+
+
+def _whole_series_only(args: argparse.Namespace) -> None:
+    """The block engine reads one image, not a time point of a series."""
+    if args.time_point is not None:
+        raise ValueError(
+            "--time-point works on series read whole (NIfTI, TIFF), not block by block: leave out "
+            "--block-size and the .zarr output"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.images import ImageShapeError
     from napari_attention_unet.core.predict import prepare_model
     from napari_attention_unet.large_data.files import ImageReadError
-    from napari_attention_unet.large_data.nifti import is_nifti_path
     from napari_attention_unet.large_data.pipeline import needs_blocks, predict_file_in_blocks, predict_file_steps
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
 
@@ -56,25 +70,27 @@ def run(args: argparse.Namespace) -> int:
     net = prepare_model(model, device)
     given = _options(args)
     trained = _trained_spacing(args, model, meta)
-    if trained is not None:
-        size = ",".join(f"{v:g}" for v in trained)
-        print(
-            f"no --spacing: volumes without a voxel size are taken at the model's training spacing {size} "
-            "(NIfTI inputs use their header)",
-            file=sys.stderr,
-        )
     failures = 0
     leave = len(args.images) == 1
     images = tqdm(args.images, desc="images", unit="image", disable=len(args.images) < 2, file=sys.stderr)
     for path in images:
-        options = given if trained is None else replace(given, spacing=None if is_nifti_path(path) else trained)
         try:
             if needs_blocks(path, args.out, args.axes, args.block_size):
+                _whole_series_only(args)  # the block engine takes 2D images only: no spacing to give
                 steps = predict_file_in_blocks(
-                    model, path, args.out, options, block_size=args.block_size, device=device, inference_model=net
+                    model, path, args.out, given, block_size=args.block_size, device=device, inference_model=net
                 )
             else:
-                steps = predict_file_steps(model, path, args.out, options, device=device, inference_model=net)
+                steps = predict_file_steps(
+                    model,
+                    path,
+                    args.out,
+                    given,
+                    device=device,
+                    inference_model=net,
+                    time_point=args.time_point,
+                    default_spacing=trained,
+                )
             drive(steps, path.name, leave=leave)
         except (ImageReadError, ImageShapeError, ValueError) as exc:
             failures += 1
@@ -98,11 +114,12 @@ def _run_on_dask(args: argparse.Namespace) -> int:
         return fail(f"--workers must be at least 1, got {args.workers}")
     workers = args.workers or usable_cores()  # --workers alone (or 0): one per core
     try:
-        model, _meta, info = open_model(args.model)  # a bad model fails here, before any worker starts
+        model, meta, info = open_model(args.model)  # a bad model fails here, before any worker starts
     except (ModelNotFoundError, ModelFileError) as exc:
         return fail(str(exc))
     spec = model_spec(info.name if info.bundled else info.path, args.device)
     options = _options(args)
+    trained = _trained_spacing(args, model, meta)
     large = [path for path in args.images if needs_blocks(path, args.out, args.axes, args.block_size)]
     files = [path for path in args.images if path not in large]
     where = args.scheduler or f"a local cluster of {workers} worker process(es)"
@@ -112,9 +129,13 @@ def _run_on_dask(args: argparse.Namespace) -> int:
         with dask_client(args.scheduler, None if args.scheduler else workers) as client:
             if files:
                 args.out.mkdir(parents=True, exist_ok=True)
-                failures += sum(not r.ok for r in predict_batch(client, files, args.out, spec, options))
+                results = predict_batch(
+                    client, files, args.out, spec, options, time_point=args.time_point, default_spacing=trained
+                )
+                failures += sum(not r.ok for r in results)
             for path in large:
                 try:
+                    _whole_series_only(args)
                     size = args.block_size or BLOCK_SIZE
                     predict_large(client, path, args.out, spec, model.config, block_size=size, options=options)
                 except (ImageShapeError, ValueError, OSError) as exc:  # OSError: unreadable input, unwritable output

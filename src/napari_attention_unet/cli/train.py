@@ -21,25 +21,28 @@ from napari_attention_unet.cli.common import drive_training, fail
 __all__ = ["run"]
 
 
-def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """Pixels of an image file and, for NIfTI, its voxel size (None otherwise)."""
+def _read(path: Path, time_point: int | None, *, series: bool = True) -> tuple[np.ndarray, tuple | None]:
+    """Pixels of an image file and, for NIfTI, its voxel size (None otherwise).
+
+    With ``time_point``, a 4D NIfTI series is read at that time point and a TIFF series (TZYX) cut
+    to it; a file that is no series is an error, unless ``series=False`` (labels: one volume of
+    labels serves every time point)."""
     from napari_attention_unet.large_data import files
     from napari_attention_unet.large_data.nifti import is_nifti_path
 
     if is_nifti_path(path):
-        volume = files.read_nifti_volume(path)
+        volume = files.read_nifti_volume(path, time_point)
+        if time_point is not None and volume.time_point is None and series:
+            raise ValueError(f"--time-point picks one time point of a 4D series; {path.name} is one volume")
         return np.asarray(volume.data), tuple(volume.spacing) if volume.spacing is not None else None
-    return files.read_image(path), None
-
-
-def _pick_time_point(image: np.ndarray, labels: np.ndarray, t: int | None) -> tuple[np.ndarray, np.ndarray]:
-    if t is None:
-        return image, labels
-    if image.ndim != 4:
-        raise ValueError(f"--time-point picks one time point of a 4D series; this image is {image.ndim}D")
-    if not 0 <= t < image.shape[0]:
-        raise ValueError(f"--time-point {t} is outside the series (time points 0..{image.shape[0] - 1})")
-    return image[t], labels[t] if labels.ndim == 4 else labels
+    data = files.read_image(path)
+    if time_point is None or (data.ndim != 4 and not series):
+        return data, None
+    if data.ndim != 4:
+        raise ValueError(f"--time-point picks one time point of a 4D series; {path.name} is {data.ndim}D")
+    if not 0 <= time_point < data.shape[0]:
+        raise ValueError(f"--time-point {time_point} is outside the series (time points 0..{data.shape[0] - 1})")
+    return data[time_point], None
 
 
 def _spacing(plan) -> list[float] | None:
@@ -52,9 +55,8 @@ def _load_pairs(args: argparse.Namespace) -> list[tuple]:
     """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point)."""
     pairs = []
     for image_path, labels_path in zip(args.image, args.labels):
-        image, spacing = _read(image_path)
-        labels, _ = _read(labels_path)
-        image, labels = _pick_time_point(image, labels, args.time_point)
+        image, spacing = _read(image_path, args.time_point)
+        labels, _ = _read(labels_path, args.time_point, series=False)
         pairs.append((image, labels, args.axes, args.spacing or spacing))
     return pairs
 

@@ -127,8 +127,16 @@ def worker_model(spec: ModelSpec) -> tuple[AttentionUNet, AttentionUNet, torch.d
         return _MODELS[key]
 
 
-def predict_file(image_path: Path, out_dir: Path, spec: ModelSpec, options: PredictOptions) -> FileResult:
-    """Read, predict and write one file (a dask task; runs anywhere).
+def predict_file(
+    image_path: Path,
+    out_dir: Path,
+    spec: ModelSpec,
+    options: PredictOptions,
+    time_point: int | None = None,
+    default_spacing: tuple[float, ...] | None = None,
+) -> FileResult:
+    """Read, predict and write one file (a dask task; runs anywhere). ``time_point`` and
+    ``default_spacing``: as :func:`~napari_attention_unet.large_data.pipeline.predict_file_steps`.
 
     An unreadable file, an image the model cannot take, or a model or device this worker
     does not have becomes a :class:`FileResult` with ``error`` set, so one bad file
@@ -148,11 +156,20 @@ def predict_file(image_path: Path, out_dir: Path, spec: ModelSpec, options: Pred
     except (ModelNotFoundError, ModelFileError, RuntimeError) as exc:  # RuntimeError: no such device here
         return FileResult(Path(image_path), worker=worker, error=f"on worker {worker}: {exc}")
     try:
-        steps = predict_file_steps(model, Path(image_path), Path(out_dir), options, device=device, inference_model=net)
+        steps = predict_file_steps(
+            model,
+            Path(image_path),
+            Path(out_dir),
+            options,
+            device=device,
+            inference_model=net,
+            time_point=time_point,
+            default_spacing=default_spacing,
+        )
         result = run_to_end(steps)
     except (ImageReadError, ImageShapeError, ValueError) as exc:
         return FileResult(Path(image_path), worker=worker, error=str(exc))
-    labels_path, attention_path = result_paths(Path(out_dir), Path(image_path))
+    labels_path, attention_path = result_paths(Path(out_dir), Path(image_path), time_point)
     return FileResult(
         Path(image_path),
         labels_path,
@@ -171,11 +188,14 @@ def _worker_name() -> str:
         return "local"
 
 
-def submit_files(client: Client, paths: Sequence[Path], out_dir: Path, spec: ModelSpec, options: PredictOptions):
-    """One future per file; keys are unique, so the same file predicted again is new work."""
+def submit_files(
+    client: Client, paths: Sequence[Path], out_dir: Path, spec: ModelSpec, options: PredictOptions, **reading
+):
+    """One future per file; keys are unique, so the same file predicted again is new work.
+    ``reading``: ``time_point`` and ``default_spacing`` for :func:`predict_file`."""
     batch = uuid.uuid4().hex[:12]
     return [
-        client.submit(predict_file, Path(p), Path(out_dir), spec, options, key=f"predict-file-{batch}-{i}")
+        client.submit(predict_file, Path(p), Path(out_dir), spec, options, **reading, key=f"predict-file-{batch}-{i}")
         for i, p in enumerate(paths)
     ]
 
@@ -188,15 +208,20 @@ def predict_batch(
     options: PredictOptions,
     *,
     progress: bool = True,
+    time_point: int | None = None,
+    default_spacing: tuple[float, ...] | None = None,
 ) -> list[FileResult]:
     """Predict every file on the cluster; returns one :class:`FileResult` per file, in order.
 
     Files are reported as they finish (tqdm on stderr); a file that fails is reported
     with its reason and the others go on. On Ctrl-C the outstanding tasks are cancelled.
+    ``time_point`` and ``default_spacing``: as for :func:`predict_file`.
     """
     from tqdm import tqdm
 
-    futures = submit_files(client, paths, out_dir, spec, options)
+    futures = submit_files(
+        client, paths, out_dir, spec, options, time_point=time_point, default_spacing=default_spacing
+    )
     index = {f.key: i for i, f in enumerate(futures)}
     results: list[FileResult | None] = [None] * len(futures)
     try:

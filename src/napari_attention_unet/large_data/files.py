@@ -33,13 +33,15 @@ class ImageReadError(OSError):
     """An input file is missing or not an image we can read."""
 
 
-def read_nifti_volume(path: str | Path) -> NiftiVolume:
-    """A NIfTI file as a :class:`~.nifti.NiftiVolume` (data ZYX, spacing, affine); errors as ImageReadError."""
+def read_nifti_volume(path: str | Path, time_point: int | None = None) -> NiftiVolume:
+    """A NIfTI file as a :class:`~.nifti.NiftiVolume` (data ZYX, spacing, affine); errors as ImageReadError.
+
+    ``time_point``: the volume of a 4D series to read (a 3D file ignores it)."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"no such file: {path}")
     try:
-        return read_nifti(path)
+        return read_nifti(path, time_point)
     except (ImportError, ValueError) as exc:  # nibabel missing (with the pip line), 4D without a time point, 5D
         raise ImageReadError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear message

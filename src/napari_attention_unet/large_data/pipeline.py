@@ -52,9 +52,10 @@ def stem_of(image_path: str | Path) -> str:
     return Path(image_path).name.split(".")[0]
 
 
-def result_paths(out_dir: Path, image_path: Path) -> tuple[Path, Path]:
-    """Where ``attention-unet predict`` writes an image's labels and attention maps (``.nii.gz`` for NIfTI)."""
-    stem = stem_of(image_path)
+def result_paths(out_dir: Path, image_path: Path, time_point: int | None = None) -> tuple[Path, Path]:
+    """Where ``attention-unet predict`` writes an image's labels and attention maps (``.nii.gz`` for NIfTI;
+    ``<stem>_t3_labels...`` for time point 3 of a series)."""
+    stem = stem_of(image_path) + ("" if time_point is None else f"_t{time_point}")
     suffix = ".nii.gz" if is_nifti_path(image_path) else ".tif"
     return Path(out_dir) / f"{stem}_labels{suffix}", Path(out_dir) / f"{stem}_attention{suffix}"
 
@@ -83,23 +84,32 @@ def predict_file_steps(
     *,
     device: str | torch.device = "auto",
     inference_model: AttentionUNet | None = None,
+    time_point: int | None = None,
+    default_spacing: tuple[float, ...] | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """Read one image whole, predict it and write its labels and attention maps into ``out_dir``.
 
     A NIfTI input is read as ZYX with its voxel size as the default ``spacing`` and its outputs
-    are NIfTI on its grid (see the module's docstring).
+    are NIfTI on its grid (see the module's docstring). Other files take ``default_spacing``
+    (e.g. the voxel size a 3D model was trained at) when ``options`` gives none. ``time_point``
+    picks one volume of a time series (a 4D NIfTI, or a TIFF whose first axis is time); its
+    outputs are named ``<stem>_t<T>_labels...``.
     """
     volume = None
     if is_nifti_path(image_path):
-        volume = read_nifti_volume(image_path)
+        volume = read_nifti_volume(image_path, time_point)
+        if time_point is not None and volume.time_point is None:
+            raise ValueError(f"{Path(image_path).name} is one volume, not a time series: leave out the time point")
         image = volume.data
         options = PredictOptions.of(
             options, axes=options.axes or volume.axes, spacing=options.spacing or volume.spacing
         )
     else:
-        image = read_image(image_path)
+        image = _time_point_of(read_image(image_path), time_point, Path(image_path).name)
+        if options.spacing is None and default_spacing is not None:
+            options = PredictOptions.of(options, spacing=tuple(default_spacing))
     result = yield from predict(model, image, options, device=device, inference_model=inference_model)
-    labels_path, attention_path = result_paths(out_dir, image_path)
+    labels_path, attention_path = result_paths(out_dir, image_path, time_point)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     if volume is None:
         write_labels(labels_path, result.labels)
@@ -112,6 +122,17 @@ def predict_file_steps(
         stack = np.stack([m[np.newaxis] if m.ndim == 2 else m for m in maps])  # (gate, z, y, x)
         write_nifti(attention_path, stack, volume, labels=False, description="attention gates: " + ",".join(names))
     return result
+
+
+def _time_point_of(image: np.ndarray, time_point: int | None, name: str) -> np.ndarray:
+    """Volume ``time_point`` of a TIFF time series (TZYX), or the image itself when no time point is asked."""
+    if time_point is None:
+        return image
+    if image.ndim != 4:
+        raise ValueError(f"{name} is {image.ndim}D: a time point is picked from a 4D series (time first, TZYX)")
+    if not 0 <= time_point < image.shape[0]:
+        raise ValueError(f"{name} has {image.shape[0]} time points (0 to {image.shape[0] - 1}), not {time_point}")
+    return image[time_point]
 
 
 def predict_file_in_blocks(
