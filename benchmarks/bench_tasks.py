@@ -25,12 +25,16 @@ bundled nuclei model's weights with a new head), ``--minutes`` each: ISBI 2012 E
 place) and NuInsSeg human-spleen H&E nuclei (ids > 0; train on 3 tiles, score on the other 31).
 
     python benchmarks/bench_tasks.py [--part 3d|2d] [--minutes 8] [--n-train 20] [--threads 2] [--seed 0]
-        [--only both|ours|monai] [--monai-channels-last]
+        [--only both|ours|monai] [--monai-channels-last] [--inner] [--patch ZxYxX] [--batch N] [--last]
+
+``--inner`` chooses settings without the test volumes: it trains on the first half of the
+training volumes and scores on the second half (``--patch`` / ``--batch`` set ours).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import sys
 import time
@@ -83,13 +87,14 @@ def class_dice(predicted: np.ndarray, truth: np.ndarray) -> list[float]:
     return out
 
 
-def train_ours(train, minutes: float, seed: int) -> tuple[torch.nn.Module, dict]:
+def train_ours(train, minutes: float, seed: int, **settings) -> tuple[torch.nn.Module, dict]:
+    """``settings``: TrainConfig fields that replace the defaults (e.g. ``patch_size``, ``batch_size``)."""
     torch.manual_seed(seed)
     classes = task_classes("semantic", 2, CLASSES)
     model = new_model("semantic", classes, 3, 1, "scratch")
     shapes = [image.shape for _, image, _ in train]
     config = default_train_config(
-        "semantic", 3, shapes, from_scratch=True, minutes=minutes, depth=model.config.depth, seed=seed
+        "semantic", 3, shapes, from_scratch=True, minutes=minutes, depth=model.config.depth, seed=seed, **settings
     )
     samples, validation = split_samples(model.config, config, [(image, labels, "ZYX") for _, image, labels in train])
     trainer = Trainer(model, config=config, device="cpu", samples=samples, validation=validation)
@@ -100,6 +105,7 @@ def train_ours(train, minutes: float, seed: int) -> tuple[torch.nn.Module, dict]
         "seconds": trainer.elapsed,
         "params": count_parameters(model),
         "note": f"patch {'x'.join(map(str, trainer.patch))} x{config.batch_size}, best step {result.best_step}",
+        "last": copy.deepcopy(trainer.model).cpu().eval(),  # the state at the end, for --last
     }
     return result.trained_model, info
 
@@ -203,6 +209,13 @@ def bench_2d(minutes: float, seed: int) -> None:
             print(f"| {name} | {start_name} | {trainer.step} | {np.mean(dice):.3f} |", flush=True)
 
 
+def _patch(text: str) -> tuple[int, int, int]:
+    sizes = tuple(int(v) for v in text.lower().split("x"))
+    if len(sizes) != 3:
+        raise argparse.ArgumentTypeError(f"a 3D patch is ZxYxX, e.g. 24x32x24, not {text!r}")
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall time per model")
@@ -212,6 +225,15 @@ def main() -> None:
     parser.add_argument("--only", choices=["both", "ours", "monai"], default="both")
     parser.add_argument("--monai-channels-last", action="store_true")
     parser.add_argument("--part", choices=["3d", "2d"], default="3d")
+    parser.add_argument(
+        "--inner",
+        action="store_true",
+        help="choose settings without the test volumes: train on the first half of the training volumes, "
+        "score on the second half",
+    )
+    parser.add_argument("--patch", type=_patch, default=None, metavar="ZxYxX", help="our 3D patch (default: fitted)")
+    parser.add_argument("--batch", type=int, default=None, help="our batch size (default 4)")
+    parser.add_argument("--last", action="store_true", help="also score our last state, not only the best one")
     args = parser.parse_args()
     if args.part == "2d":
         torch.set_num_threads(args.threads)
@@ -222,11 +244,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cases = load_cases()
     train, test = cases[: args.n_train], cases[args.n_train :]
-    print(f"{len(train)} training volumes, {len(test)} test volumes, {args.minutes:g} min each, {args.threads} threads")
+    if args.inner:  # the test volumes are never used: half of the training volumes stand in for them
+        train, test = train[: len(train) // 2], train[len(train) // 2 :]
+    kind = "inner test" if args.inner else "test"
+    print(f"{len(train)} training, {len(test)} {kind} volumes, {args.minutes:g} min each, {args.threads} threads")
     rows = []
     if args.only in ("both", "ours"):
-        model, info = train_ours(train, args.minutes, args.seed)
+        settings = {k: v for k, v in (("patch_size", args.patch), ("batch_size", args.batch)) if v is not None}
+        model, info = train_ours(train, args.minutes, args.seed, **settings)
         rows.append(("ours (attention-unet train)", info, score_ours(model, test)))
+        if args.last:
+            last = {**info, "note": info["note"].split(", best")[0] + ", the last state"}
+            rows.append(("ours, last state", last, score_ours(info["last"], test)))
     if args.only in ("both", "monai"):
         model, info = train_monai(train, args.minutes, args.seed, args.monai_channels_last)
         rows.append(("MONAI AttentionUnet", info, score_monai(model, test, args.monai_channels_last)))

@@ -190,6 +190,23 @@ def test_3d_model_exports_to_both_formats(tmp_path):
     assert np.abs(probabilities.numpy() - expected_probabilities).max() < TOLERANCE
 
 
+def test_semantic_model_export_names_its_classes(tmp_path):
+    """A semantic model's export says which output channel is which class, and runs as the network does."""
+    torch.manual_seed(0)
+    classes = ("background", "membrane", "mitochondria")
+    model = AttentionUNet(ModelConfig(in_channels=1, classes=classes, base_width=4, depth=3, task="semantic")).eval()
+    x = network_input(FLUO, in_channels=1)[..., :64, :96]
+    expected, _ = reference(model, x)
+    path = export_torchscript(model, tmp_path / "em.pt", "em", {"task": "semantic", "classes": list(classes)})
+    contract = json.loads(sidecar_path(path).read_text())
+    assert contract["outputs"][0]["channels"] == list(classes)
+    assert contract["architecture"]["task"] == "semantic"
+    with torch.inference_mode():
+        probabilities, _ = torch.jit.load(str(path))(torch.from_numpy(x))
+    assert probabilities.shape == (1, 3, 64, 96)
+    assert np.abs(probabilities.numpy() - expected).max() < TOLERANCE
+
+
 def test_missing_onnx_packages_give_an_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     model = AttentionUNet(ModelConfig(base_width=4, depth=3))
