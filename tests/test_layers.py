@@ -120,3 +120,30 @@ def test_layers_and_session_import_no_qt():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert not {"qtpy", "PyQt6", "PySide6", "magicgui", "superqt", "vispy"} & set(out)
+
+
+def test_layers_prepared_in_the_worker_carry_the_fingerprint_the_main_thread_would_compute():
+    """``predict_into_layers`` (run in the worker) builds the full stack and hashes it there; the layers
+    added from it record that very fingerprint, and a later change to them is still noticed."""
+    placement = Placement((3, 6, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), "abc", "stack")
+
+    def steps():
+        yield "progress"
+        return make_prediction(index=(1,), fill=7)
+
+    generator = _layers.predict_into_layers(steps(), placement)
+    assert next(generator) == "progress"
+    with pytest.raises(StopIteration) as done:
+        next(generator)
+    prediction, prepared = done.value.value
+    assert prediction.index == (1,) and all(r.full_fingerprint for r in prepared)
+    assert prepared[0].full.shape == (3, 6, 8) and (prepared[0].full[1] == 7).all()
+
+    layers = LayerList()
+    added = apply_results(layers, prepared, placement)
+    for layer, result in zip(added, prepared):
+        assert layer.data is result.full
+        assert layer.metadata[MARKER]["fingerprint"] == _layers.fingerprint(layer.data)
+        assert not _layers.is_user_modified(layer)
+    added[1].data[0, 0, 0] = 0.9  # a change that bypassed paint events
+    assert _layers.is_user_modified(added[1])

@@ -42,6 +42,7 @@ __all__ = [
     "lazy_result_layers",
     "masks_name",
     "placement_from_layer",
+    "predict_into_layers",
     "result_layers",
     "slice_index",
 ]
@@ -82,14 +83,27 @@ class ResultLayer:
     layer_type: str
     index: tuple[int, ...]
     shape: tuple[int, ...]
+    # Set by prepare() (in the worker): the full-shape array and its fingerprint, so that the main
+    # thread only hands napari the array (hashing a 60-plane 1024² stack takes 0.4 s).
+    full: np.ndarray | None = field(default=None, repr=False)
+    full_fingerprint: str | None = None
 
     def full_data(self) -> np.ndarray:
         """The data for a new layer of the full image shape, zeros outside the predicted block."""
+        if self.full is not None:
+            return self.full
         if not self.index:
             return self.data
         full = np.zeros(self.shape, dtype=self.data.dtype)
         full[self.index] = self.data
         return full
+
+    def prepare(self) -> ResultLayer:
+        """Build the full-shape data and its fingerprint now (call in a worker thread); returns self."""
+        if isinstance(self.data, np.ndarray):
+            self.full = self.full_data()
+            self.full_fingerprint = fingerprint(self.full)
+        return self
 
     def as_layer_data_tuple(self) -> tuple:
         return (self.full_data(), self.kwargs, self.layer_type)
@@ -148,6 +162,14 @@ def result_layers(prediction: PartPrediction, placement: Placement, visible_gate
         kwargs = _attention_kwargs(placement, prediction.model_name, gate, k < visible_gates)
         layers.append(ResultLayer("attention", gate, values, kwargs, "image", index, placement.shape))
     return layers
+
+
+def predict_into_layers(steps, placement: Placement):
+    """Drive a prediction generator (``Session.predict``) and return ``(prediction, its result layers)``,
+    the layers' full data and fingerprints built here (:meth:`ResultLayer.prepare`): run it in the
+    worker, so that the main thread only adds the layers."""
+    prediction = yield from steps
+    return prediction, [result.prepare() for result in result_layers(prediction, placement)]
 
 
 def labels_dtype(labels: np.ndarray) -> type:
@@ -274,9 +296,15 @@ def unique_name(existing: Iterable[str], base: str) -> str:
     return f"{base} [{n}]"
 
 
-def _stamp(layer: napari.layers.Layer) -> None:
+def _stamp(layer: napari.layers.Layer, known: tuple[np.ndarray, str] | None = None) -> None:
+    """Record the layer's data as ours: ``known`` is ``(array, its fingerprint)`` when computed before
+    (:meth:`ResultLayer.prepare`), used if the layer holds that very array."""
     data = layer.data
-    layer.metadata[MARKER]["fingerprint"] = fingerprint(data) if isinstance(data, np.ndarray) else None
+    if known is not None and data is known[0]:
+        digest = known[1]
+    else:
+        digest = fingerprint(data) if isinstance(data, np.ndarray) else None
+    layer.metadata[MARKER]["fingerprint"] = digest
     layer.metadata[MARKER]["painted"] = False
 
 
@@ -311,16 +339,17 @@ def apply_results(layers: LayerList, results: Sequence[ResultLayer], placement: 
 
     shown = []
     for result in results:
+        known = None if result.full_fingerprint is None else (result.full, result.full_fingerprint)
         own = _own_layer(layers, result, placement.source_id)
         if own is not None and not is_user_modified(own) and _update(own, result, placement):
-            _stamp(own)
+            _stamp(own, known)
             shown.append(own)
             continue
         data, kwargs, layer_type = result.as_layer_data_tuple()
         kwargs = {**kwargs, "name": unique_name((layer.name for layer in layers), kwargs["name"])}
         layer = Layer.create(data, kwargs, layer_type)
         layers.append(layer)
-        _stamp(layer)
+        _stamp(layer, known)
         if layer_type == "labels":
             layer.events.paint.connect(_on_paint)
         shown.append(layer)

@@ -264,13 +264,13 @@ class AttentionUNetWidget(Container):
         index = None
         if self._current_slice.value and n_leading > 0:
             index = _layers.slice_index(self._viewer.dims.point, placement, n_leading)
+        # a 3D model resamples anisotropic volumes to cubic voxels
+        options = PredictOptions.of(self._options(), spacing=placement.scale)
+        steps = self._session.predict(layer.data, options, rgb=bool(layer.rgb), index=index)
         self._worker = create_worker(
-            self._session.predict,
-            layer.data,
-            # a 3D model resamples anisotropic volumes to cubic voxels
-            PredictOptions.of(self._options(), spacing=placement.scale),
-            rgb=bool(layer.rgb),
-            index=index,
+            _layers.predict_into_layers,
+            steps,
+            placement,
             _start_thread=False,
             _connect={
                 "yielded": self._on_progress,
@@ -346,10 +346,10 @@ class AttentionUNetWidget(Container):
         if note is not None:
             show_info(note)
 
-    def _on_returned(self, result, placement: _layers.Placement) -> None:
+    def _on_returned(self, outcome, placement: _layers.Placement) -> None:
         # napari takes 0.1-0.4 s to add one large layer: one layer per event-loop turn keeps the
         # viewer answering between them instead of freezing for the sum.
-        self._to_add = _layers.result_layers(result, placement)
+        result, self._to_add = outcome
         self._device_info.value = result.device
         n = int(result.labels.max(initial=0))
         done = f"Done: {n} object(s) in {placement.source_name}." if not result.semantic else "Done."
