@@ -144,7 +144,7 @@ def test_edited_falls_back_to_our_last_prediction(make_napari_viewer):
     image = viewer.add_image(np.zeros((16, 16), dtype=np.float32), name="img")
     ours = viewer.add_labels(np.zeros((16, 16), dtype=np.uint32), name="img masks")
     ours.metadata[_layers.MARKER] = {"role": "masks", "gate": None, "source": str(image.unique_id)}
-    _layers._stamp(ours)
+    _layers.stamp(ours)
     user = np.zeros((16, 16), dtype=np.uint8)
     user[2:4, 5:7] = 1
     corrected = viewer.add_labels(user, name="fixed")

@@ -147,3 +147,49 @@ def test_layers_prepared_in_the_worker_carry_the_fingerprint_the_main_thread_wou
         assert not _layers.is_user_modified(layer)
     added[1].data[0, 0, 0] = 0.9  # a change that bypassed paint events
     assert _layers.is_user_modified(added[1])
+
+
+def test_fingerprint_after_write_is_the_fingerprint_of_the_written_array():
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 500, (4, 3, 6, 8)).astype(np.uint16)
+    block = rng.integers(0, 70000, (6, 8))  # int64, cast on writing as numpy does
+    expected = stack.copy()
+    expected[2, 1] = block
+    assert _layers.fingerprint_after_write(stack, (2, 1), block) == _layers.fingerprint(expected)
+    assert _layers.fingerprint(stack) != _layers.fingerprint(expected)  # stack itself is untouched
+
+
+def test_a_second_plane_is_checked_in_the_worker_and_written_in_place():
+    """Re-predicting another plane: the worker hashes our earlier layers (none changed), the main thread
+    writes the block in place and records the digest the worker computed; an edit that bypassed paint
+    events between two clicks is still noticed, and that layer is kept."""
+    placement = Placement((3, 6, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), "abc", "stack")
+    layers = LayerList()
+
+    def click(index, fill):
+        earlier = _layers.own_layer_states(layers, placement.source_id)
+
+        def steps():
+            return make_prediction(index=index, fill=fill)
+            yield  # a generator, as Session.predict is
+
+        generator = _layers.predict_into_layers(steps(), placement, earlier)
+        with pytest.raises(StopIteration) as done:
+            next(generator)
+        _, prepared = done.value.value
+        return prepared, apply_results(layers, prepared, placement)
+
+    _, first = click((0,), 1)
+    prepared, second = click((2,), 4)
+    assert all(r.checked is not None and r.checked[1] and r.full is None for r in prepared)
+    assert all(a is b for a, b in zip(first, second)) and len(layers) == 3
+    masks = layers["stack masks"]
+    assert (masks.data[0] == 1).all() and (masks.data[2] == 4).all()
+    for layer in second:
+        assert layer.metadata[MARKER]["fingerprint"] == _layers.fingerprint(layer.data)
+
+    masks.data[1, 0, 0] = 5  # not through a paint event
+    prepared, third = click((1,), 2)
+    assert prepared[0].checked[1] is False and prepared[0].full is not None
+    assert third[0] is not masks and masks.data[1, 0, 0] == 5 and not masks.data[1, 1:].any()
+    assert layers["stack masks [2]"].data[1].min() == 2 and third[1] is second[1]

@@ -8,21 +8,34 @@ layer the user made or painted on; such a layer is kept and the new result gets 
 name (``"<image> masks [2]"``).
 
 Our layers carry ``metadata[MARKER]`` with the source layer's id, their role, and a
-fingerprint of the data we last wrote, so a change by the user is noticed even when it
-did not come through a paint event. Layers on zarr arrays (:func:`lazy_result_layers`,
-large and lazy images) have no fingerprint, which would read all their data: for them only
-paint events count, and ``metadata[MARKER]["store"]`` names the zarr store they read.
+fingerprint of the data we last wrote (:mod:`~napari_attention_unet.gui.ownership`), so a
+change by the user is noticed even when it did not come through a paint event. Layers on
+zarr arrays (:func:`lazy_result_layers`, large and lazy images) have no fingerprint, which
+would read all their data: for them only paint events count, and ``metadata[MARKER]["store"]``
+names the zarr store they read. :func:`predict_into_layers` does the hashing in the worker.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_attention_unet.gui.ownership import (
+    MARKER,
+    OwnLayerState,
+    changed_by_user,
+    fingerprint,
+    fingerprint_after_write,
+    is_ours,
+    is_user_modified,
+    on_paint,
+    own_layer_states,
+    stamp,
+    store_of,
+)
 from napari_attention_unet.large_data.files import labels_dtype as files_labels_dtype
 
 if TYPE_CHECKING:
@@ -34,20 +47,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MARKER",
+    "OwnLayerState",
     "Placement",
     "ResultLayer",
     "apply_results",
     "attention_name",
+    "fingerprint",
+    "is_ours",
     "is_user_modified",
     "lazy_result_layers",
     "masks_name",
+    "own_layer_states",
     "placement_from_layer",
     "predict_into_layers",
     "result_layers",
     "slice_index",
+    "store_of",
 ]
 
-MARKER = "napari_attention_unet"
 GATE_COLORMAP = "magma"
 
 
@@ -87,6 +104,9 @@ class ResultLayer:
     # thread only hands napari the array (hashing a 60-plane 1024² stack takes 0.4 s).
     full: np.ndarray | None = field(default=None, repr=False)
     full_fingerprint: str | None = None
+    # Set by check_against() (in the worker) for a block going into our earlier layer:
+    # (that layer's array, whether it still holds what we wrote, its fingerprint once the block is in).
+    checked: tuple[np.ndarray, bool, str | None] | None = field(default=None, repr=False)
 
     def full_data(self) -> np.ndarray:
         """The data for a new layer of the full image shape, zeros outside the predicted block."""
@@ -104,6 +124,15 @@ class ResultLayer:
             self.full = self.full_data()
             self.full_fingerprint = fingerprint(self.full)
         return self
+
+    def check_against(self, earlier: OwnLayerState | None) -> None:
+        """Compare our earlier layer's data with the fingerprint we recorded, and for a block, say what
+        it will be once the block is in (call in a worker thread; the array is read, never written)."""
+        if earlier is None or tuple(earlier.data.shape) != self.shape:
+            return
+        unchanged = fingerprint(earlier.data) == earlier.fingerprint
+        after = fingerprint_after_write(earlier.data, self.index, self.data) if unchanged and self.index else None
+        self.checked = (earlier.data, unchanged, after)
 
     def as_layer_data_tuple(self) -> tuple:
         return (self.full_data(), self.kwargs, self.layer_type)
@@ -164,12 +193,22 @@ def result_layers(prediction: PartPrediction, placement: Placement, visible_gate
     return layers
 
 
-def predict_into_layers(steps, placement: Placement):
-    """Drive a prediction generator (``Session.predict``) and return ``(prediction, its result layers)``,
-    the layers' full data and fingerprints built here (:meth:`ResultLayer.prepare`): run it in the
-    worker, so that the main thread only adds the layers."""
+def predict_into_layers(steps, placement: Placement, earlier: dict[tuple, OwnLayerState] | None = None):
+    """Drive a prediction generator (``Session.predict``) and return ``(prediction, its result layers)``.
+
+    Run it in the worker: the hashing that tells our data from a user's edits happens here, so
+    the main thread only hands arrays to napari. Each of our ``earlier`` layers
+    (:func:`own_layer_states`) is checked against what we wrote (:meth:`ResultLayer.check_against`);
+    results for a new layer or a whole one get their full-size data and fingerprint
+    (:meth:`ResultLayer.prepare`).
+    """
     prediction = yield from steps
-    return prediction, [result.prepare() for result in result_layers(prediction, placement)]
+    results = result_layers(prediction, placement)
+    for result in results:
+        result.check_against((earlier or {}).get((result.role, result.gate)))
+        if result.checked is None or not result.index or not result.checked[1]:
+            result.prepare()  # a new layer, or a whole one: full-size data and its fingerprint
+    return prediction, results
 
 
 def labels_dtype(labels: np.ndarray) -> type:
@@ -234,44 +273,6 @@ def _attention_kwargs(placement: Placement, model_name: str, gate: str, visible:
 # -- putting results into a layer list (napari model objects only, no Qt) -------------------
 
 
-def fingerprint(data: np.ndarray) -> str:
-    """A digest of an array's contents, to notice edits that bypassed paint events."""
-    array = np.ascontiguousarray(data)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{array.shape}{array.dtype}".encode())
-    digest.update(array.view(np.uint8).reshape(-1) if array.size else b"")
-    return digest.hexdigest()
-
-
-def is_ours(layer: napari.layers.Layer) -> bool:
-    return isinstance(layer.metadata.get(MARKER), dict)
-
-
-def is_user_modified(layer: napari.layers.Layer) -> bool:
-    """True when the user painted on one of our layers, or its data changed since we set it.
-
-    Layers on zarr arrays (not numpy) are only checked for paint events.
-    """
-    info = layer.metadata.get(MARKER) or {}
-    if info.get("painted"):
-        return True
-    if not isinstance(layer.data, np.ndarray):
-        return False
-    return info.get("fingerprint") != fingerprint(layer.data)
-
-
-def store_of(layer: napari.layers.Layer) -> str | None:
-    """The zarr store one of our layers reads, or None."""
-    info = layer.metadata.get(MARKER)
-    return info.get("store") if isinstance(info, dict) else None
-
-
-def _on_paint(event) -> None:
-    layer = event.source
-    if is_ours(layer):
-        layer.metadata[MARKER]["painted"] = True
-
-
 def _own_layer(layers: Iterable[napari.layers.Layer], result: ResultLayer, source_id: str):
     """The latest of our layers for this source, role and gate, or None."""
     matches = [
@@ -294,18 +295,6 @@ def unique_name(existing: Iterable[str], base: str) -> str:
     while f"{base} [{n}]" in names:
         n += 1
     return f"{base} [{n}]"
-
-
-def _stamp(layer: napari.layers.Layer, known: tuple[np.ndarray, str] | None = None) -> None:
-    """Record the layer's data as ours: ``known`` is ``(array, its fingerprint)`` when computed before
-    (:meth:`ResultLayer.prepare`), used if the layer holds that very array."""
-    data = layer.data
-    if known is not None and data is known[0]:
-        digest = known[1]
-    else:
-        digest = fingerprint(data) if isinstance(data, np.ndarray) else None
-    layer.metadata[MARKER]["fingerprint"] = digest
-    layer.metadata[MARKER]["painted"] = False
 
 
 def _update(layer: napari.layers.Layer, result: ResultLayer, placement: Placement) -> bool:
@@ -341,16 +330,19 @@ def apply_results(layers: LayerList, results: Sequence[ResultLayer], placement: 
     for result in results:
         known = None if result.full_fingerprint is None else (result.full, result.full_fingerprint)
         own = _own_layer(layers, result, placement.source_id)
-        if own is not None and not is_user_modified(own) and _update(own, result, placement):
-            _stamp(own, known)
+        if own is not None and not changed_by_user(own, result.checked) and _update(own, result, placement):
+            checked = result.checked
+            if checked is not None and checked[0] is own.data and checked[2] is not None:
+                known = (own.data, checked[2])  # the block went into the array the worker hashed
+            stamp(own, known)
             shown.append(own)
             continue
         data, kwargs, layer_type = result.as_layer_data_tuple()
         kwargs = {**kwargs, "name": unique_name((layer.name for layer in layers), kwargs["name"])}
         layer = Layer.create(data, kwargs, layer_type)
         layers.append(layer)
-        _stamp(layer, known)
+        stamp(layer, known)
         if layer_type == "labels":
-            layer.events.paint.connect(_on_paint)
+            layer.events.paint.connect(on_paint)
         shown.append(layer)
     return shown

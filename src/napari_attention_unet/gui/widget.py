@@ -1,7 +1,7 @@
 """The "Attention U-Net" dock widget: a thin magicgui Container over a :class:`Session`.
 
 Controls only: the model lives in the session, compute in ``core.predict`` (run in a
-napari worker), and the results are turned into layers by ``_layers`` on the main thread.
+napari worker, with the layers' data), and ``_layers`` adds the layers on the main thread.
 Large and lazy images (dask, zarr, pyramids) go block by block through ``_lazy``, into
 layers on zarr stores (``_scratch``) that ``gui.block_prediction`` refreshes as blocks arrive.
 """
@@ -264,13 +264,12 @@ class AttentionUNetWidget(Container):
         index = None
         if self._current_slice.value and n_leading > 0:
             index = _layers.slice_index(self._viewer.dims.point, placement, n_leading)
-        # a 3D model resamples anisotropic volumes to cubic voxels
-        options = PredictOptions.of(self._options(), spacing=placement.scale)
-        steps = self._session.predict(layer.data, options, rgb=bool(layer.rgb), index=index)
-        self._worker = create_worker(
+        options = PredictOptions.of(self._options(), spacing=placement.scale)  # 3D: resampled to cubic voxels
+        self._worker = create_worker(  # the layers' data is built and checked in the worker too
             _layers.predict_into_layers,
-            steps,
+            self._session.predict(layer.data, options, rgb=bool(layer.rgb), index=index),
             placement,
+            _layers.own_layer_states(self._viewer.layers, placement.source_id),
             _start_thread=False,
             _connect={
                 "yielded": self._on_progress,
