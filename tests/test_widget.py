@@ -311,14 +311,42 @@ def test_session_finetunes_a_2d_model_on_a_stack(tiny_model_path, nuclei_image):
 
     session = Session(device="cpu")
     session.load_model("tiny")
-    stack = np.stack([nuclei_image, nuclei_image[::-1], nuclei_image[:, ::-1]])
+    stack = np.stack([nuclei_image, 0.5 * nuclei_image[::-1], nuclei_image[:, ::-1]]).astype(np.float32)
     labels = np.zeros(stack.shape, np.uint16)
     labels[1] = stack[1] > np.percentile(stack[1], 70)
     result = run_to_end(session.finetune(stack, labels, steps=2, minutes=None))
     assert session.trained_planes == [(1,)]
     assert result.steps == 2 and session.trainer.samples and len(session.trainer.samples) == 1
+    # the plane is normalised with its stack's percentiles, as the dock then predicts it
+    from napari_attention_unet.core.images import normalize
+    from napari_attention_unet.core.predict import stack_intensity_range
+
+    expected = normalize(stack[1][np.newaxis], ranges=stack_intensity_range(stack, 3))
+    np.testing.assert_array_equal(session.trainer.samples[0].image, expected)
+    assert np.abs(expected - normalize(stack[1][np.newaxis])).max() > 0.1  # not the plane's own
     with pytest.raises(ValueError, match="do not match"):
         session.finetune(stack, labels[:2])
+
+
+def test_a_plane_of_a_stack_is_normalised_with_the_stack_as_on_the_command_line(tiny_model_path, nuclei_image):
+    """The dock's plane (current slice) and the whole stack give what ``predict`` gives on the stack at
+    once: each plane normalised with the stack's percentiles, so a dim plane stays dim."""
+    from napari_attention_unet.core.predict import predict, run_to_end
+    from napari_attention_unet.gui.session import Session
+
+    session = Session(device="cpu")
+    session.load_model("tiny")
+    image = nuclei_image.astype(np.float32)
+    stack = np.stack([image, 0.2 * image[::-1], 3.0 * image[:, ::-1] + 50])  # planes of other brightness
+    whole = run_to_end(predict(session.model, stack, axes="ZYX", device="cpu"))
+    for k in range(3):
+        plane = run_to_end(session.predict(stack, index=(k,)))
+        for name, values in plane.gate_maps.items():
+            np.testing.assert_allclose(values, whole.gate_maps[name][k], atol=1e-5)
+    every = run_to_end(session.predict(stack))
+    np.testing.assert_allclose(every.gate_maps["gate1"], whole.gate_maps["gate1"], atol=1e-5)
+    alone = run_to_end(predict(session.model, stack[1], device="cpu"))  # the dim plane on its own
+    assert np.abs(alone.gate_maps["gate1"] - whole.gate_maps["gate1"][1]).max() > 1e-3
 
 
 def test_session_passes_the_layer_spacing_to_a_3d_model(model_home):

@@ -7,9 +7,11 @@ normalised with robust percentiles.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-__all__ = ["ImageShapeError", "guess_axes", "match_channels", "normalize", "to_channel_first"]
+__all__ = ["ImageShapeError", "guess_axes", "intensity_ranges", "match_channels", "normalize", "to_channel_first"]
 
 
 class ImageShapeError(ValueError):
@@ -77,23 +79,45 @@ def match_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
     )
 
 
-def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000) -> np.ndarray:
-    """Per-channel percentile normalisation of a channel-first image to float32.
-
-    The percentiles are taken on an evenly strided subsample so that large images
-    cost little; constant channels become zeros instead of dividing by zero.
-    """
-    out = np.empty(image.shape, dtype=np.float32)
+def intensity_ranges(
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000
+) -> tuple[tuple[float, float] | None, ...]:
+    """Per channel of a channel-first image, the ``(low, high)`` percentiles that :func:`normalize`
+    stretches to [0, 1] (None for a channel with nothing to stretch), from an evenly strided
+    subsample so that large images cost little."""
+    ranges = []
     for c in range(image.shape[0]):
-        channel = image[c]
-        flat = channel.reshape(-1)
+        flat = image[c].reshape(-1)
         step = max(1, flat.size // max_samples)
         lo, hi = np.percentile(flat[::step].astype(np.float32), [low, high])
         scale = hi - lo
-        if not np.isfinite(scale) or scale <= 1e-12:
-            # Nothing to stretch: keep what the channel holds, centred.
+        ranges.append(None if not np.isfinite(scale) or scale <= 1e-12 else (float(lo), float(hi)))
+    return tuple(ranges)
+
+
+def normalize(
+    image: np.ndarray,
+    low: float = 1.0,
+    high: float = 99.8,
+    max_samples: int = 2_000_000,
+    ranges: Sequence[tuple[float, float] | None] | None = None,
+) -> np.ndarray:
+    """Per-channel percentile normalisation of a channel-first image to float32.
+
+    ``ranges`` (from :func:`intensity_ranges`, e.g. of the whole stack a plane comes from)
+    replaces the image's own percentiles. Constant channels (range None) become zeros instead
+    of dividing by zero.
+    """
+    if ranges is None:
+        ranges = intensity_ranges(image, low, high, max_samples)
+    if len(ranges) != image.shape[0]:
+        raise ValueError(f"{len(ranges)} intensity range(s) for an image of {image.shape[0]} channel(s)")
+    out = np.empty(image.shape, dtype=np.float32)
+    for c, bounds in enumerate(ranges):
+        if bounds is None:  # nothing to stretch: keep what the channel holds, centred
             out[c] = 0.0
             continue
-        np.subtract(channel, lo, out=out[c], casting="unsafe")
-        out[c] *= np.float32(1.0 / scale)
+        lo, hi = bounds
+        np.subtract(image[c], np.float64(lo), out=out[c], casting="unsafe")
+        out[c] *= np.float32(1.0 / (hi - lo))
     return out

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 
 from napari_attention_unet.core.device import autocast_dtype, channels_last_format, pick_device
-from napari_attention_unet.core.images import ImageShapeError, match_channels, normalize, to_channel_first
+from napari_attention_unet.core.images import (
+    ImageShapeError,
+    intensity_ranges,
+    match_channels,
+    normalize,
+    to_channel_first,
+)
 from napari_attention_unet.core.instances import median_diameter, probabilities_to_instances, small_object_zoom
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.progress import Progress, run_to_end
@@ -34,6 +40,7 @@ __all__ = [
     "predict",
     "prepare_model",
     "run_to_end",
+    "stack_intensity_range",
     "tile_starts",
 ]
 
@@ -55,6 +62,8 @@ class PredictOptions:
     lets a 2D instance model whose config says which object sizes it knows
     (``config.extra["small_objects"]``, the bundled model's does) look again at an image whose
     objects came out smaller than that, enlarged (see :func:`.instances.small_object_zoom`).
+    ``intensity_range`` (per channel, from :func:`stack_intensity_range`) normalises with the
+    percentiles of a larger whole, e.g. the stack a plane comes from, instead of the image's own.
     """
 
     axes: str | None = None
@@ -68,13 +77,17 @@ class PredictOptions:
     spacing: tuple[float, ...] | None = None
     keep_class_probabilities: bool = False
     auto_zoom: bool = True
+    intensity_range: tuple[tuple[float, float] | None, ...] | None = None
 
     def __post_init__(self) -> None:
         # Lists from callers become tuples, so options stay hashable and picklable as values.
-        for name in ("gates", "spacing"):
+        for name in ("gates", "spacing", "intensity_range"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
+        if self.intensity_range is not None:
+            ranges = tuple(None if r is None else (float(r[0]), float(r[1])) for r in self.intensity_range)
+            object.__setattr__(self, "intensity_range", ranges)
 
     @classmethod
     def of(cls, options: PredictOptions | None = None, **settings) -> PredictOptions:
@@ -112,6 +125,21 @@ class Prediction:
 def default_batch_size(device: torch.device, spatial_dims: int) -> int:
     """Tiles per network call: one on the CPU (no gain from more), several on a GPU."""
     return 1 if device.type == "cpu" else (8 if spatial_dims == 2 else 2)
+
+
+def _network_channels(channels_first: np.ndarray, in_channels: int) -> np.ndarray:
+    """The channels that are normalised for a network of ``in_channels``: one for a grey image."""
+    return channels_first if channels_first.shape[0] == 1 else match_channels(channels_first, in_channels)
+
+
+def stack_intensity_range(
+    image: np.ndarray, in_channels: int, *, rgb: bool = False
+) -> tuple[tuple[float, float] | None, ...]:
+    """The per-channel ranges :func:`predict` normalises ``image`` (a stack, colour last when ``rgb``)
+    with, for :attr:`PredictOptions.intensity_range`: a plane predicted with them is normalised as
+    it is when the whole stack is predicted at once."""
+    channels_first = np.moveaxis(np.asarray(image), -1, 0) if rgb else np.asarray(image)[np.newaxis]
+    return intensity_ranges(_network_channels(channels_first, in_channels))
 
 
 def prepare_model(model: AttentionUNet, device: torch.device) -> AttentionUNet:
@@ -169,12 +197,9 @@ def predict(
     overlap = max(tile_size // 8, 16) if options.overlap is None else options.overlap
     batch_size = options.batch_size or default_batch_size(dev, config.spatial_dims)
 
-    if channels_first.shape[0] == 1:
-        # Grey image: normalise its one channel; each tile repeats it for a colour network,
-        # which saves the percentiles and the memory of identical copies.
-        x = normalize(channels_first)
-    else:
-        x = normalize(match_channels(channels_first, config.in_channels))
+    # Grey images keep their one channel (each tile repeats it for a colour network, which saves
+    # the percentiles and the memory of identical copies).
+    x = normalize(_network_channels(channels_first, config.in_channels), ranges=options.intensity_range)
 
     original_shape = x.shape[1:]
     zoom = isotropic_zoom(options.spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None

@@ -17,7 +17,7 @@ import torch
 from napari_attention_unet.core.device import DEVICE_CHOICES, describe_device, pick_device
 from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.model import AttentionUNet
-from napari_attention_unet.core.predict import PredictOptions, Progress, predict, prepare_model
+from napari_attention_unet.core.predict import PredictOptions, Progress, predict, prepare_model, stack_intensity_range
 from napari_attention_unet.core.train import StepReport, TrainConfig, Trainer, TrainResult
 from napari_attention_unet.core.weights import ModelFileError, ModelInfo
 from napari_attention_unet.models import registry as _registry
@@ -144,6 +144,9 @@ class Session:
         ``None`` predicts them all. ``options`` (or single ``settings``, e.g. ``tile_size=256``)
         say how; their ``spacing`` (the layer's ``scale``) lets a 3D model see anisotropic
         volumes with cubic voxels, and their ``axes`` are set here from the model and ``rgb``.
+        A 2D model's planes of an in-memory stack are normalised with the stack's percentiles
+        (:func:`~napari_attention_unet.core.predict.stack_intensity_range`), as ``core.predict``
+        normalises a ZYX stack given whole: the dock and the command line agree.
         """
         if self.model is None:
             raise _registry.ModelNotFoundError(missing_bundled_model_message())
@@ -171,10 +174,18 @@ class Session:
 
         labels = np.zeros(part_shape, dtype=np.int32)
         gate_maps = {name: np.zeros(part_shape, dtype=np.float32) for name in gate_names}
-        offset, zooms = 0, []
+        offset, zooms, ranges = 0, [], {}
         for k, block in enumerate(blocks):
+            block_options = options
+            if block_dims == 2 and block and isinstance(image, np.ndarray) and options.intensity_range is None:
+                # A plane is normalised with its stack's percentiles, as `attention-unet predict`
+                # normalises a ZYX stack whole (and as models trained on volumes' planes learnt).
+                stack = block[:-1]
+                if stack not in ranges:
+                    ranges[stack] = stack_intensity_range(image[stack], self.model.config.in_channels, rgb=rgb)
+                block_options = PredictOptions.of(options, intensity_range=ranges[stack])
             result = yield from _scaled(
-                predict(self.model, np.asarray(image[block]), options, device=self.device, inference_model=net),
+                predict(self.model, np.asarray(image[block]), block_options, device=self.device, inference_model=net),
                 k,
                 len(blocks),
             )
@@ -251,12 +262,18 @@ class Session:
 
         model = self.model
 
+        def stack_range(index: tuple[int, ...]) -> tuple | None:
+            """The plane's stack's percentiles, as :meth:`predict` normalises it (2D models on stacks)."""
+            if self.spatial_dims != 2 or not index or not isinstance(image, np.ndarray):
+                return None
+            return stack_intensity_range(image[index[:-1]], model.config.in_channels, rgb=rgb)
+
         def run() -> Generator[StepReport, None, TrainResult]:
             # Built on the first step, so in the widget's worker: preparing the samples and the
             # optimiser took 1.4 s on a 512x512 image, which froze the viewer when done on click.
             self.trainer = Trainer(
                 model,
-                [(plane(image, i), plane(labels, i), axes) for i in planes],
+                [(plane(image, i), plane(labels, i), axes, None, stack_range(i)) for i in planes],
                 config=config,
                 device=self.device,
                 ignore_masks=[plane(ignore, i) for i in planes],

@@ -48,16 +48,19 @@ class TrainingSample:
     val_trusted: bool = True
 
 
-def prepare_image(image: np.ndarray, axes: str | None, in_channels: int) -> tuple[np.ndarray, str]:
-    """Channel-first, normalised float32, exactly as :func:`core.predict.predict` sees it.
+def prepare_image(
+    image: np.ndarray, axes: str | None, in_channels: int, intensity_range: tuple | None = None
+) -> tuple[np.ndarray, str]:
+    """Channel-first, normalised float32, exactly as :func:`core.predict.predict` sees it
+    (``intensity_range``: as :attr:`~core.predict.PredictOptions.intensity_range`).
 
     Grey images keep one channel (repeated to ``in_channels`` per batch, which is
     what predict does too) so that big data sets cost a third of the memory.
     """
     channels_first, spatial = to_channel_first(image, axes)
     if channels_first.shape[0] == 1:
-        return normalize(channels_first), spatial
-    return normalize(match_channels(channels_first, in_channels)), spatial
+        return normalize(channels_first, ranges=intensity_range), spatial
+    return normalize(match_channels(channels_first, in_channels), ranges=intensity_range), spatial
 
 
 def prepare_sample(
@@ -73,6 +76,7 @@ def prepare_sample(
     task: str = "instances",
     zero_is: str = "background",
     spacing: tuple[float, ...] | None = None,
+    intensity_range: tuple | None = None,
 ) -> TrainingSample:
     """Turn an (image, labels) pair into a :class:`TrainingSample`.
 
@@ -82,10 +86,11 @@ def prepare_sample(
     ``edited`` marks pixels the user painted (patches are centred near them more often).
     ``val_fraction`` holds out a right-hand strip of the labelled region (of the painted one
     when there are edits); see :func:`held_out_region`. ``spacing`` (Z, Y, X) resamples a
-    volume to cubic voxels (labels and masks nearest) as prediction does.
+    volume to cubic voxels (labels and masks nearest) as prediction does. ``intensity_range``
+    normalises with given percentiles (a plane with its stack's), as prediction then does.
     """
     check_image(image, axes)
-    x, spatial = prepare_image(image, axes, in_channels)
+    x, spatial = prepare_image(image, axes, in_channels, intensity_range)
     labels = np.asarray(labels)
     check_labels_shape(labels.shape, x.shape[1:])
     zoom = isotropic_zoom(spacing, 3) if spacing is not None and labels.ndim == 3 else None
@@ -133,9 +138,10 @@ def prepare_samples(
     zero_is: str = "background",
     spacing: tuple[float, ...] | None = None,
 ) -> list[TrainingSample]:
-    """:func:`prepare_sample` of every ``(image, labels)``, ``(image, labels, axes)`` or ``(image,
-    labels, axes, spacing)`` pair (a pair's spacing wins over ``spacing``), with the i-th ignore
-    mask, weight map and edit mask (each list may be None: none for any pair)."""
+    """:func:`prepare_sample` of every ``(image, labels)``, ``(image, labels, axes)``, ``(image,
+    labels, axes, spacing)`` or ``(..., spacing, intensity_range)`` pair (a pair's spacing wins over
+    ``spacing``), with the i-th ignore mask, weight map and edit mask (each list may be None: none
+    for any pair)."""
     if not pairs:
         raise ValueError("training needs at least one (image, labels) pair")
     n = len(pairs)
@@ -152,6 +158,7 @@ def prepare_samples(
             task=task,
             zero_is=zero_is,
             spacing=pair[3] if len(pair) > 3 and pair[3] is not None else spacing,
+            intensity_range=pair[4] if len(pair) > 4 else None,
         )
         for i, pair in enumerate(pairs)
     ]
