@@ -250,6 +250,26 @@ def test_held_out_strip_lies_in_the_labelled_or_painted_region(pair):
         held_out_region(np.ones((4, 1), bool), None, 0.2)
 
 
+def test_dense_class_labels_hold_out_a_strip_where_the_classes_are():
+    """A scan whose classes sit in its middle (background margins, as MR crops): the held-out strip
+    of dense semantic labels lies in the classes' columns and holds both, not the background margin."""
+    from napari_attention_unet.core.train.samples import prepare_sample
+
+    labels = np.zeros((12, 20, 40), np.uint8)
+    labels[3:9, 5:15, 8:20] = 1
+    labels[3:9, 5:15, 20:26] = 2
+    image = labels.astype(np.float32) * 50 + np.random.default_rng(0).normal(0, 5, labels.shape)
+    sample = prepare_sample(image, labels, axes="ZYX", in_channels=1, val_fraction=0.3, task="semantic")
+    held = sample.val_target != IGNORE
+    columns = np.flatnonzero(held.any(axis=(0, 1)))
+    assert columns.min() >= 8 and columns.max() <= 25  # inside the classes' columns, not the margin
+    assert {1, 2} <= set(np.unique(sample.val_target[held]).tolist())
+    assert (sample.target[held] == IGNORE).all()  # never trained on
+    # instance labels keep the right-hand strip of the image
+    instances = prepare_sample(image, labels, axes="ZYX", in_channels=1, val_fraction=0.3)
+    assert np.flatnonzero((instances.val_target != IGNORE).any(axis=(0, 1))).max() == 39
+
+
 def test_validation_predicts_the_held_out_region_with_context_not_the_whole_image(tiny_model, pair):
     # Corrections in the top-left corner of a large image: each evaluation predicts the held-out
     # strip plus VALIDATION_MARGIN of context, and scores what the whole image would have scored.
