@@ -26,8 +26,11 @@ place) and NuInsSeg human-spleen H&E nuclei (ids > 0; train on 3 tiles, score on
 
     python benchmarks/bench_tasks.py [--part 3d|2d] [--minutes 8] [--n-train 20] [--threads 2] [--seed 0]
         [--only both|ours|monai] [--monai-channels-last] [--inner] [--patch ZxYxX] [--batch N] [--last]
+        [--slices K --zero-is background|slices]
 
-``--inner`` chooses settings without the test volumes: it trains on the first half of the
+``--slices K`` keeps K labelled slices of each training volume (a user who labelled a few
+slices), trained with ``--zero-is background`` or ``slices``. ``--inner`` chooses settings
+without the test volumes: it trains on the first half of the
 training volumes and scores on the second half (``--patch`` / ``--batch`` set ours).
 """
 
@@ -209,6 +212,15 @@ def bench_2d(minutes: float, seed: int) -> None:
             print(f"| {name} | {start_name} | {trainer.step} | {np.mean(dice):.3f} |", flush=True)
 
 
+def few_slices(labels: np.ndarray, k: int) -> np.ndarray:
+    """``labels`` with only ``k`` of its slices (first axis) kept, evenly spread over those with labels."""
+    holding = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
+    keep = holding[np.linspace(0, len(holding) - 1, k + 2).round().astype(int)[1:-1]]
+    out = np.zeros_like(labels)
+    out[keep] = labels[keep]
+    return out
+
+
 def _patch(text: str) -> tuple[int, int, int]:
     sizes = tuple(int(v) for v in text.lower().split("x"))
     if len(sizes) != 3:
@@ -234,6 +246,14 @@ def main() -> None:
     parser.add_argument("--patch", type=_patch, default=None, metavar="ZxYxX", help="our 3D patch (default: fitted)")
     parser.add_argument("--batch", type=int, default=None, help="our batch size (default 4)")
     parser.add_argument("--last", action="store_true", help="also score our last state, not only the best one")
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=None,
+        metavar="K",
+        help="keep K labelled slices (first axis, evenly spread over those with labels) of each training volume",
+    )
+    parser.add_argument("--zero-is", default="background", choices=["background", "slices"], help="with --slices")
     args = parser.parse_args()
     if args.part == "2d":
         torch.set_num_threads(args.threads)
@@ -246,11 +266,14 @@ def main() -> None:
     train, test = cases[: args.n_train], cases[args.n_train :]
     if args.inner:  # the test volumes are never used: half of the training volumes stand in for them
         train, test = train[: len(train) // 2], train[len(train) // 2 :]
+    if args.slices:  # a user who labelled K slices of each volume: the other slices are 0
+        train = [(name, image, few_slices(labels, args.slices)) for name, image, labels in train]
     kind = "inner test" if args.inner else "test"
     print(f"{len(train)} training, {len(test)} {kind} volumes, {args.minutes:g} min each, {args.threads} threads")
     rows = []
     if args.only in ("both", "ours"):
         settings = {k: v for k, v in (("patch_size", args.patch), ("batch_size", args.batch)) if v is not None}
+        settings["zero_is"] = args.zero_is
         model, info = train_ours(train, args.minutes, args.seed, **settings)
         rows.append(("ours (attention-unet train)", info, score_ours(model, test)))
         if args.last:

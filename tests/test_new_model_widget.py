@@ -120,3 +120,31 @@ def test_new_model_from_strokes_where_0_is_unlabelled(plugin_widget, qtbot, note
     wait_idle(qtbot, widget)
     assert not notes["error"], notes["error"]
     assert widget.session.model.config.classes == ("unlabelled", "class 1", "class 2", "class 3")
+
+
+def test_new_3d_model_from_a_few_labelled_slices(plugin_widget, qtbot, notes):
+    """Three slices of a volume labelled (background left 0 in them): "background in labelled slices"."""
+    viewer, widget = plugin_widget
+    rng = np.random.default_rng(1)
+    zz, yy, xx = np.mgrid[:16, :32, :32]
+    dense = (((zz - 8) / 6) ** 2 + ((yy - 16) / 9) ** 2 + ((xx - 14) / 8) ** 2 < 1).astype(np.uint8)
+    dense[((zz - 8) / 5) ** 2 + ((yy - 10) / 4) ** 2 + ((xx - 24) / 4) ** 2 < 1] = 2
+    labels = np.zeros_like(dense)
+    labels[[5, 8, 11]] = dense[[5, 8, 11]]
+    volume = (dense * 80.0 + rng.normal(20, 5, dense.shape)).astype(np.float32)
+    viewer.add_image(volume, name="vol")
+    panel = widget.finetune
+    panel._corrected.value = viewer.add_labels(labels, name="three slices")
+    widget._image.value = viewer.layers["vol"]
+    panel._start_from.value = _finetune_widget.NEW_MODEL
+    assert "4 empty slices between labelled ones" in panel._task.value  # the dock suggests the mode
+    panel._zero.value = _finetune_widget.ZERO_SLICES
+    assert panel.zero_is == "slices"
+    assert "0 = background in the 3 labelled slices, the other 13 not labelled" in panel._task.value
+
+    panel.start(steps=3)
+    wait_idle(qtbot, widget)
+    assert not notes["error"], notes["error"]
+    model = widget.session.model
+    assert model.config.spatial_dims == 3 and model.config.classes == ("background", "class 1", "class 2")
+    assert viewer.layers["vol masks"].data.shape == dense.shape

@@ -352,3 +352,23 @@ def test_3d_patches_hold_about_the_voxel_budget_and_fit_small_volumes():
     assert all(n % 8 == 0 and n >= 16 for n in big) and 0.5 < np.prod(big) / PATCH_VOXELS_3D < 1.5
     assert patch_3d([(12, 30, 30)], 8) == (16, 32, 32)  # small: the whole volume, rounded up
     assert patch_3d([(20, 20, 20)], 4) == (20, 20, 20)
+
+
+def test_a_few_labelled_slices_of_a_volume_train_with_zero_is_slices():
+    """``zero_is="slices"``: 0 is the background in the planes that hold labels; planes without any
+    are not labelled, so they teach nothing (with ``background`` they would teach "all background")."""
+    from napari_attention_unet.core.augment import IGNORE
+    from napari_attention_unet.core.train.targets import labels_to_target, unlabelled_slices
+
+    labels = np.zeros((10, 16, 16), np.uint8)
+    for z in (2, 5, 8):  # three labelled slices, background 0 around the classes
+        labels[z, 4:8, 4:8], labels[z, 9:13, 9:13] = 1, 2
+    target, _ = labels_to_target(labels, "semantic", "slices")
+    labelled = ~unlabelled_slices(labels)
+    assert labelled.tolist() == [z in (2, 5, 8) for z in range(10)]
+    assert (target[~labelled] == IGNORE).all()
+    assert (target[labelled] == labels[labelled]).all()  # 0 stays class 0 where the slice is labelled
+    dense, _ = labels_to_target(labels, "semantic", "background")
+    assert (dense == labels).all()
+    plane, _ = labels_to_target(np.zeros((8, 8), np.uint8), "semantic", "slices")
+    assert (plane == IGNORE).all()  # an unlabelled 2D plane of a stack counts nowhere

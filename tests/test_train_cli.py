@@ -176,3 +176,19 @@ def test_one_time_point_of_a_series_trains(tmp_path, home, capsys):
     capsys.readouterr()
     assert main([*files, "--time-point", "2", "--out", str(tmp_path / "t2"), "--steps", "1", *TINY]) == 2
     assert "outside the series (time points 0..1)" in capsys.readouterr().err
+
+
+def test_a_few_labelled_slices_train_with_zero_is_slices(tmp_path, home, capsys):
+    """`train --zero-is slices`: the slices without labels are not labelled, and the CLI says how many."""
+    image, labels = three_classes((12, 32, 32))
+    sparse = np.zeros_like(labels)
+    sparse[[3, 8]] = labels[[3, 8]]
+    tifffile.imwrite(tmp_path / "vol.tif", image)
+    tifffile.imwrite(tmp_path / "few.tif", sparse)
+    files = ["train", "--image", str(tmp_path / "vol.tif"), "--labels", str(tmp_path / "few.tif")]
+    assert main([*files, "--out", str(tmp_path / "dense"), "--steps", "1", *TINY]) == 0
+    assert "4 empty slice(s) lie between labelled ones" in capsys.readouterr().err  # the CLI suggests the mode
+    assert main([*files, "--zero-is", "slices", "--out", str(tmp_path / "m"), "--steps", "1", *TINY]) == 0
+    assert "0 = background in the 2 labelled slices; the other 10 are not labelled" in capsys.readouterr().err
+    info = read_metadata(tmp_path / "m.safetensors")[1]
+    assert info["zero_is"] == "slices"

@@ -147,10 +147,11 @@ def _add_train(sub) -> None:
     t.add_argument("--class-names", default=None, metavar="NAME,NAME,...", help="names of classes 1..K (semantic)")
     t.add_argument(
         "--zero-is",
-        choices=["background", "unlabelled"],
+        choices=["background", "unlabelled", "slices"],
         default="background",
-        help="semantic labels: 0 is the background (dense labels), or unlabelled (strokes: paint the background "
-        "as a class of its own)",
+        help="semantic labels: 0 is the background (dense labels), unlabelled (strokes: paint the background "
+        "as a class of its own), or slices (a few labelled slices of a volume: 0 is the background in the "
+        "slices that hold labels, the other slices are not labelled)",
     )
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=None, help="time budget (default 10 minutes)")

@@ -46,6 +46,8 @@ __all__ = ["FinetuneWidget"]
 WHOLE_IMAGE, ONLY_EDITED, IN_SHAPES = "whole image", "only what I edited", "inside the shapes"
 FINE_TUNE, NEW_MODEL = "fine-tune the current model", "a new model for these labels"
 ZERO_BACKGROUND, ZERO_UNLABELLED = "background", "unlabelled (only painted pixels count)"
+ZERO_SLICES = "background in labelled slices (others not labelled)"
+ZERO_MEANS = {ZERO_BACKGROUND: "background", ZERO_UNLABELLED: "unlabelled", ZERO_SLICES: "slices"}
 PROGRESS_STEPS = 1000
 
 
@@ -82,7 +84,7 @@ class FinetuneWidget(Container):
         self._start_from = ComboBox(label="train", choices=[FINE_TUNE, NEW_MODEL], value=FINE_TUNE)
         self._task = Label(label="labels hold", value="")
         self._class_names = LineEdit(label="class names", value="")
-        self._zero = ComboBox(label="label 0 is", choices=[ZERO_BACKGROUND, ZERO_UNLABELLED], value=ZERO_BACKGROUND)
+        self._zero = ComboBox(label="label 0 is", choices=list(ZERO_MEANS), value=ZERO_BACKGROUND)
         self._region = ComboBox(label="train on", choices=[WHOLE_IMAGE, ONLY_EDITED, IN_SHAPES], value=WHOLE_IMAGE)
         self._shapes = create_widget(annotation="napari.layers.Shapes", label="shapes", options={"nullable": True})
         self._minutes = FloatSpinBox(label="time budget (min)", value=2.0, min=0.1, max=120.0, step=0.5)
@@ -144,7 +146,7 @@ class FinetuneWidget(Container):
     @property
     def zero_is(self) -> str:
         """What label 0 means for a new model, as the dock shows it (unlabelled for strokes)."""
-        return "unlabelled" if self._zero.value == ZERO_UNLABELLED else "background"
+        return ZERO_MEANS[self._zero.value]
 
     def _follow_region(self, *_) -> None:
         """Training on painted pixels only means that the unpainted 0s are unlabelled, not background."""
@@ -211,7 +213,7 @@ class FinetuneWidget(Container):
                     labels,
                     rgb=bool(getattr(image, "rgb", False)),
                     spacing=tuple(image.scale),
-                    ignore=ignore if self.zero_is == "background" else None,
+                    ignore=ignore if self.zero_is != "unlabelled" else None,
                     zero_is=self.zero_is,
                     class_names=names,
                     minutes=float(self._minutes.value),

@@ -18,6 +18,7 @@ from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.train import StepReport, Trainer, TrainResult
 from napari_attention_unet.core.train.plan import TrainingPlan, plan_training
 from napari_attention_unet.core.train.start import infer_task
+from napari_attention_unet.core.train.targets import slices_between, unlabelled_slices
 from napari_attention_unet.gui.session import Session
 from napari_attention_unet.models import registry as _registry
 from napari_attention_unet.models.versions import save_version
@@ -30,7 +31,7 @@ PREVIEW_PIXELS = 4_000_000
 
 def describe_labels(labels: np.ndarray, zero_is: str) -> str:
     """What a new model would learn from ``labels``: "3 classes found: semantic" or "412 objects: instances"."""
-    labels = np.asarray(labels)
+    labels = full = np.asarray(labels)
     if labels.size > PREVIEW_PIXELS:  # on the main thread: keep it quick on large layers
         step = int(np.ceil((labels.size / PREVIEW_PIXELS) ** (1 / labels.ndim)))
         labels = labels[(slice(None, None, step),) * labels.ndim]
@@ -39,6 +40,14 @@ def describe_labels(labels: np.ndarray, zero_is: str) -> str:
     task, why = infer_task([labels])
     if task == "semantic":
         zero = "0 = unlabelled: only painted pixels count" if zero_is == "unlabelled" else "0 = background"
+        if full.ndim >= 3 and zero_is != "unlabelled":
+            empty = unlabelled_slices(full)
+            if zero_is == "slices":
+                zero = f"0 = background in the {len(full) - int(empty.sum())} labelled slices, the other "
+                zero += f"{int(empty.sum())} not labelled"
+            elif slices_between(empty):
+                zero += f"; {slices_between(empty)} empty slices between labelled ones: labelled only some? "
+                zero += "choose 'background in labelled slices'"
         return f"{why}; {zero}"
     return why
 

@@ -11,7 +11,7 @@ from napari_attention_unet.core.model import AttentionUNet
 INSTANCE_CLASSES = ("background", "interior", "boundary")
 
 #: What label value 0 can mean for a semantic model (see :attr:`TrainConfig.zero_is`).
-ZERO_IS = ("background", "unlabelled")
+ZERO_IS = ("background", "unlabelled", "slices")
 
 
 @dataclass
@@ -68,6 +68,8 @@ class TrainConfig:
     # "unlabelled": strokes; only painted pixels count and the loss ignores 0. Painted value v
     # trains output channel v, so the background must be painted as a class of its own
     # (e.g. 1), and channel 0 is never a target (a model trained so never predicts it).
+    # "slices": a few labelled slices of a volume; 0 is the background in the planes (along the
+    # first axis) that hold labels, and planes without any are not labelled.
     zero_is: str = "background"
     # Voxel size (Z, Y, X) of every volume, for 3D models: anisotropic volumes are resampled to
     # cubic voxels (labels nearest) as core.predict does, so training and prediction agree. A

@@ -106,7 +106,7 @@ def prepare_sample(
     edited_mask = None if edited is None else np.asarray(edited, dtype=bool) & (target != IGNORE)
     val_target = val_instances = None
     region = target != IGNORE
-    if task == "semantic" and zero_is == "background" and (target[region] > 0).any():
+    if task == "semantic" and zero_is != "unlabelled" and (target[region] > 0).any():
         # Dense class labels: the strip goes where the classes are. The right-hand margin of a
         # scan is often background alone (MR hippocampi: class Dice 0.002 there while the model
         # reached 0.7 on other volumes), and a strip without the classes cannot choose a state.

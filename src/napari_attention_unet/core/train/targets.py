@@ -6,7 +6,9 @@
   ``zero_is="background"`` (dense labels, as medical label files are) 0 is class 0, the
   background; with ``zero_is="unlabelled"`` (strokes) 0 is IGNORE: only painted pixels count,
   painted value v still trains channel v, and channel 0 is never a target, so the background
-  must be painted as a class of its own.
+  must be painted as a class of its own. With ``zero_is="slices"`` (a few labelled slices of a
+  volume) 0 is the background in the planes along the first axis that hold labels, and the
+  planes without any are IGNORE.
 
 Each check raises ``ValueError`` (:class:`ImageShapeError` for shapes) with one line that says
 what would work; ``attention-unet train`` prints the same line.
@@ -95,7 +97,24 @@ def labels_to_target(
     target = semantic_values(labels)
     if zero_is == "unlabelled":
         target[target == 0] = IGNORE
+    elif zero_is == "slices":
+        target[unlabelled_slices(target)] = IGNORE
     return target, None
+
+
+def slices_between(empty: np.ndarray) -> int:
+    """How many empty slices (``empty``, from :func:`unlabelled_slices`) lie between labelled ones:
+    dense labels of one structure have none, a few labelled slices have many."""
+    labelled = np.flatnonzero(~np.asarray(empty))
+    return 0 if len(labelled) < 2 else int(np.asarray(empty)[labelled[0] : labelled[-1]].sum())
+
+
+def unlabelled_slices(labels: np.ndarray) -> np.ndarray:
+    """The planes along the first axis that hold no label (all 0), as a mask of ``labels``' first
+    axis (a 2D image is one plane: the whole image when it holds none)."""
+    if labels.ndim < 3:
+        return np.full(labels.shape, not np.asarray(labels).any())
+    return ~np.asarray(labels).reshape(labels.shape[0], -1).any(axis=1)
 
 
 def check_not_constant(labels: Sequence[np.ndarray], zero_is: str = "background") -> None:
