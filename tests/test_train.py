@@ -265,6 +265,11 @@ def test_dense_class_labels_hold_out_a_strip_where_the_classes_are():
     assert columns.min() >= 8 and columns.max() <= 25  # inside the classes' columns, not the margin
     assert {1, 2} <= set(np.unique(sample.val_target[held]).tolist())
     assert (sample.target[held] == IGNORE).all()  # never trained on
+    # a class found in one spot only is never held out whole: the model could not learn it
+    rare = labels.copy()
+    rare[5, 10, 30:32] = 3
+    sample = prepare_sample(image, rare, axes="ZYX", in_channels=1, val_fraction=0.3, task="semantic")
+    assert (sample.target == 3).any()
     # instance labels keep the right-hand strip of the image
     instances = prepare_sample(image, labels, axes="ZYX", in_channels=1, val_fraction=0.3)
     assert np.flatnonzero((instances.val_target != IGNORE).any(axis=(0, 1))).max() == 39

@@ -286,7 +286,7 @@ def held_out_region(
     corrected one corner of it, the strip lies where their labels are, not in a part of
     the image that holds no labels or only the model's own prediction. With ``classes``
     (class values of dense labels), the strip is the right-most one among those holding the
-    most classes, so that it can score each of them.
+    most classes, so that it can score each of them, without taking any class whole.
     """
     region = labelled if edited is None or not edited.any() else edited
     if not region.any():
@@ -307,13 +307,21 @@ def held_out_region(
 
 
 def _richest_window(classes: np.ndarray, region: np.ndarray, width: int) -> int:
-    """The right-most start of ``width`` columns (last axis) that hold the most class values above 0."""
+    """The right-most start of ``width`` columns (last axis) that hold the most class values above 0,
+    among the windows that leave every class some labelled columns to train on (a class found in
+    one spot only is not held out whole); the right-most window when every window would."""
     columns = classes.shape[-1]
     held = np.zeros(columns - width + 1, np.int64)
+    takes_all = np.zeros(columns - width + 1, bool)
     others = tuple(range(classes.ndim - 1))
     for value in np.unique(classes[region & (classes > 0)]):
         present = np.concatenate([[0], np.cumsum(((classes == value) & region).any(axis=others))])
-        held += (present[width:] - present[:-width]) > 0
+        inside = present[width:] - present[:-width]
+        held += (inside > 0) & (inside < present[-1])
+        takes_all |= inside == present[-1]
+    if takes_all.all():
+        return columns - width
+    held[takes_all] = -1
     return int(np.flatnonzero(held == held.max())[-1])
 
 
