@@ -22,6 +22,15 @@ def three_classes_2d(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), labels
 
 
+def two_blobs_3d(z_radii: tuple[float, float] = (5, 4)) -> tuple[np.ndarray, np.ndarray]:
+    """A 16x32x32 volume of two ellipsoids (classes 1 and 2) on a noisy background, and its labels."""
+    rng = np.random.default_rng(1)
+    zz, yy, xx = np.mgrid[:16, :32, :32]
+    labels = (((zz - 8) / z_radii[0]) ** 2 + ((yy - 16) / 9) ** 2 + ((xx - 14) / 8) ** 2 < 1).astype(np.uint8)
+    labels[((zz - 8) / z_radii[1]) ** 2 + ((yy - 10) / 4) ** 2 + ((xx - 24) / 4) ** 2 < 1] = 2
+    return (labels * 80.0 + rng.normal(20, 5, labels.shape)).astype(np.float32), labels
+
+
 def wait_idle(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: not widget.finetune.is_running and not widget.is_running, timeout=TIMEOUT_MS)
 
@@ -65,11 +74,7 @@ def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes):
 
 def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes):
     viewer, widget = plugin_widget
-    rng = np.random.default_rng(1)
-    zz, yy, xx = np.mgrid[:16, :32, :32]
-    labels = (((zz - 8) / 5) ** 2 + ((yy - 16) / 9) ** 2 + ((xx - 14) / 8) ** 2 < 1).astype(np.uint8)
-    labels[((zz - 8) / 4) ** 2 + ((yy - 10) / 4) ** 2 + ((xx - 24) / 4) ** 2 < 1] = 2
-    volume = (labels * 80.0 + rng.normal(20, 5, labels.shape)).astype(np.float32)
+    volume, labels = two_blobs_3d()
     viewer.add_image(volume, name="vol", scale=(2.0, 1.0, 1.0))
     layer = viewer.add_labels(labels, name="vol labels", scale=(2.0, 1.0, 1.0))
     panel = widget.finetune
@@ -125,13 +130,9 @@ def test_new_model_from_strokes_where_0_is_unlabelled(plugin_widget, qtbot, note
 def test_new_3d_model_from_a_few_labelled_slices(plugin_widget, qtbot, notes):
     """Three slices of a volume labelled (background left 0 in them): "background in labelled slices"."""
     viewer, widget = plugin_widget
-    rng = np.random.default_rng(1)
-    zz, yy, xx = np.mgrid[:16, :32, :32]
-    dense = (((zz - 8) / 6) ** 2 + ((yy - 16) / 9) ** 2 + ((xx - 14) / 8) ** 2 < 1).astype(np.uint8)
-    dense[((zz - 8) / 5) ** 2 + ((yy - 10) / 4) ** 2 + ((xx - 24) / 4) ** 2 < 1] = 2
+    volume, dense = two_blobs_3d(z_radii=(6, 5))
     labels = np.zeros_like(dense)
     labels[[5, 8, 11]] = dense[[5, 8, 11]]
-    volume = (dense * 80.0 + rng.normal(20, 5, dense.shape)).astype(np.float32)
     viewer.add_image(volume, name="vol")
     panel = widget.finetune
     panel._corrected.value = viewer.add_labels(labels, name="three slices")
