@@ -22,27 +22,13 @@ __all__ = ["run"]
 
 
 def _read(path: Path, time_point: int | None, *, series: bool = True) -> tuple[np.ndarray, tuple | None]:
-    """Pixels of an image file and, for NIfTI, its voxel size (None otherwise).
+    """Pixels of an image file (at ``time_point`` of a series: ``files.read_time_point``) and, for
+    NIfTI, its voxel size (None otherwise)."""
+    from napari_attention_unet.large_data.files import read_time_point
 
-    With ``time_point``, a 4D NIfTI series is read at that time point and a TIFF series (TZYX) cut
-    to it; a file that is no series is an error, unless ``series=False`` (labels: one volume of
-    labels serves every time point)."""
-    from napari_attention_unet.large_data import files
-    from napari_attention_unet.large_data.nifti import is_nifti_path
-
-    if is_nifti_path(path):
-        volume = files.read_nifti_volume(path, time_point)
-        if time_point is not None and volume.time_point is None and series:
-            raise ValueError(f"--time-point picks one time point of a 4D series; {path.name} is one volume")
-        return np.asarray(volume.data), tuple(volume.spacing) if volume.spacing is not None else None
-    data = files.read_image(path)
-    if time_point is None or (data.ndim != 4 and not series):
-        return data, None
-    if data.ndim != 4:
-        raise ValueError(f"--time-point picks one time point of a 4D series; {path.name} is {data.ndim}D")
-    if not 0 <= time_point < data.shape[0]:
-        raise ValueError(f"--time-point {time_point} is outside the series (time points 0..{data.shape[0] - 1})")
-    return data[time_point], None
+    data, volume = read_time_point(path, time_point, series=series)
+    spacing = None if volume is None or volume.spacing is None else tuple(volume.spacing)
+    return np.asarray(data), spacing
 
 
 def _spacing(plan) -> list[float] | None:

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ImageShapeError", "guess_axes", "intensity_ranges", "match_channels", "normalize", "to_channel_first"]
+__all__ = [
+    "ImageShapeError",
+    "guess_axes",
+    "intensity_ranges",
+    "match_channels",
+    "network_channels",
+    "normalize",
+    "to_channel_first",
+]
 
 
 class ImageShapeError(ValueError):
@@ -77,6 +85,13 @@ def match_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
         f"the model takes {in_channels} channel(s) but the image has {n}: "
         "pick one channel (or an RGB image) or use a model trained for these channels"
     )
+
+
+def network_channels(channels_first: np.ndarray, in_channels: int) -> np.ndarray:
+    """The channels that are normalised for a network of ``in_channels``: a grey image keeps its one
+    channel (repeated per tile or batch for a colour network, which saves the percentiles and the
+    memory of identical copies); others are matched (:func:`match_channels`)."""
+    return channels_first if channels_first.shape[0] == 1 else match_channels(channels_first, in_channels)
 
 
 def intensity_ranges(

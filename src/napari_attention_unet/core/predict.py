@@ -22,7 +22,7 @@ from napari_attention_unet.core.device import autocast_dtype, channels_last_form
 from napari_attention_unet.core.images import (
     ImageShapeError,
     intensity_ranges,
-    match_channels,
+    network_channels,
     normalize,
     to_channel_first,
 )
@@ -127,11 +127,6 @@ def default_batch_size(device: torch.device, spatial_dims: int) -> int:
     return 1 if device.type == "cpu" else (8 if spatial_dims == 2 else 2)
 
 
-def _network_channels(channels_first: np.ndarray, in_channels: int) -> np.ndarray:
-    """The channels that are normalised for a network of ``in_channels``: one for a grey image."""
-    return channels_first if channels_first.shape[0] == 1 else match_channels(channels_first, in_channels)
-
-
 def stack_intensity_range(
     image: np.ndarray, in_channels: int, *, rgb: bool = False
 ) -> tuple[tuple[float, float] | None, ...]:
@@ -139,7 +134,7 @@ def stack_intensity_range(
     with, for :attr:`PredictOptions.intensity_range`: a plane predicted with them is normalised as
     it is when the whole stack is predicted at once."""
     channels_first = np.moveaxis(np.asarray(image), -1, 0) if rgb else np.asarray(image)[np.newaxis]
-    return intensity_ranges(_network_channels(channels_first, in_channels))
+    return intensity_ranges(network_channels(channels_first, in_channels))
 
 
 def prepare_model(model: AttentionUNet, device: torch.device) -> AttentionUNet:
@@ -197,9 +192,7 @@ def predict(
     overlap = max(tile_size // 8, 16) if options.overlap is None else options.overlap
     batch_size = options.batch_size or default_batch_size(dev, config.spatial_dims)
 
-    # Grey images keep their one channel (each tile repeats it for a colour network, which saves
-    # the percentiles and the memory of identical copies).
-    x = normalize(_network_channels(channels_first, config.in_channels), ranges=options.intensity_range)
+    x = normalize(network_channels(channels_first, config.in_channels), ranges=options.intensity_range)
 
     original_shape = x.shape[1:]
     zoom = isotropic_zoom(options.spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None

@@ -45,8 +45,8 @@ def describe_labels(labels: np.ndarray, zero_is: str) -> str:
             if zero_is == "slices":
                 zero = f"0 = background in the {len(full) - int(empty.sum())} labelled slices, the other "
                 zero += f"{int(empty.sum())} not labelled"
-            elif slices_between(empty):
-                zero += f"; {slices_between(empty)} empty slices between labelled ones: labelled only some? "
+            elif gaps := slices_between(empty):
+                zero += f"; {gaps} empty slices between labelled ones: labelled only some? "
                 zero += "choose 'background in labelled slices'"
         return f"{why}; {zero}"
     return why

@@ -174,16 +174,12 @@ class Session:
 
         labels = np.zeros(part_shape, dtype=np.int32)
         gate_maps = {name: np.zeros(part_shape, dtype=np.float32) for name in gate_names}
-        offset, zooms, ranges = 0, [], {}
+        offset, zooms = 0, []
+        stack_range = _stack_ranges(image, rgb, self.model.config.in_channels, block_dims)
         for k, block in enumerate(blocks):
             block_options = options
-            if block_dims == 2 and block and isinstance(image, np.ndarray) and options.intensity_range is None:
-                # A plane is normalised with its stack's percentiles, as `attention-unet predict`
-                # normalises a ZYX stack whole (and as models trained on volumes' planes learnt).
-                stack = block[:-1]
-                if stack not in ranges:
-                    ranges[stack] = stack_intensity_range(image[stack], self.model.config.in_channels, rgb=rgb)
-                block_options = PredictOptions.of(options, intensity_range=ranges[stack])
+            if options.intensity_range is None and (intensity_range := stack_range(block)) is not None:
+                block_options = PredictOptions.of(options, intensity_range=intensity_range)
             result = yield from _scaled(
                 predict(self.model, np.asarray(image[block]), block_options, device=self.device, inference_model=net),
                 k,
@@ -261,12 +257,7 @@ class Session:
             return None if array is None else np.asarray(array[index])
 
         model = self.model
-
-        def stack_range(index: tuple[int, ...]) -> tuple | None:
-            """The plane's stack's percentiles, as :meth:`predict` normalises it (2D models on stacks)."""
-            if self.spatial_dims != 2 or not index or not isinstance(image, np.ndarray):
-                return None
-            return stack_intensity_range(image[index[:-1]], model.config.in_channels, rgb=rgb)
+        stack_range = _stack_ranges(image, rgb, model.config.in_channels, self.spatial_dims)
 
         def run() -> Generator[StepReport, None, TrainResult]:
             # Built on the first step, so in the widget's worker: preparing the samples and the
@@ -282,6 +273,24 @@ class Session:
             return (yield from self.trainer.run())
 
         return run()
+
+
+def _stack_ranges(image, rgb: bool, in_channels: int, spatial_dims: int):
+    """``index -> percentiles`` of the stack the plane at ``index`` (leading indices) belongs to, each
+    stack's taken once: a 2D model's plane of an in-memory stack is normalised with them, as
+    ``attention-unet predict`` normalises a ZYX stack whole (and as models trained on volumes'
+    planes learnt). None for a single image, a 3D model, or a lazy (dask, zarr) layer."""
+    cache: dict[tuple[int, ...], tuple] = {}
+
+    def of(index: tuple[int, ...]) -> tuple | None:
+        if spatial_dims != 2 or not index or not isinstance(image, np.ndarray):
+            return None
+        stack = tuple(index[:-1])
+        if stack not in cache:
+            cache[stack] = stack_intensity_range(image[stack], in_channels, rgb=rgb)
+        return cache[stack]
+
+    return of
 
 
 MAX_TRAINING_PLANES = 16

@@ -21,6 +21,7 @@ __all__ = [
     "open_lazy_image",
     "read_image",
     "read_nifti_volume",
+    "read_time_point",
     "write_attention",
     "write_labels",
 ]
@@ -46,6 +47,28 @@ def read_nifti_volume(path: str | Path, time_point: int | None = None) -> NiftiV
         raise ImageReadError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear message
         raise ImageReadError(f"{path.name} could not be read as NIfTI ({exc})") from exc
+
+
+def read_time_point(path: str | Path, time_point: int | None, *, series: bool = True):
+    """``(pixels, NiftiVolume or None)`` of an image file, at ``time_point`` of a time series (a 4D
+    NIfTI, or a TIFF whose first axis is time) when one is asked. A file that is no series is then an
+    error, unless ``series=False`` (labels: one volume of labels serves every time point)."""
+    path = Path(path)
+    if is_nifti_path(path):
+        volume = read_nifti_volume(path, time_point)
+        if time_point is not None and volume.time_point is None and series:
+            raise ValueError(f"{path.name} is one volume, not a time series: leave out the time point")
+        return volume.data, volume
+    data = read_image(path)
+    if time_point is None or (data.ndim != 4 and not series):
+        return data, None
+    if data.ndim != 4:
+        raise ValueError(f"{path.name} is {data.ndim}D: a time point is picked from a 4D series (time first, TZYX)")
+    if not 0 <= time_point < data.shape[0]:
+        raise ValueError(
+            f"{path.name}: time point {time_point} is outside the series (time points 0..{data.shape[0] - 1})"
+        )
+    return data[time_point], None
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -35,7 +35,7 @@ from napari_attention_unet.large_data.files import (
     is_zarr_path,
     open_lazy_image,
     read_image,
-    read_nifti_volume,
+    read_time_point,
     write_attention,
     write_labels,
 )
@@ -95,19 +95,13 @@ def predict_file_steps(
     picks one volume of a time series (a 4D NIfTI, or a TIFF whose first axis is time); its
     outputs are named ``<stem>_t<T>_labels...``.
     """
-    volume = None
-    if is_nifti_path(image_path):
-        volume = read_nifti_volume(image_path, time_point)
-        if time_point is not None and volume.time_point is None:
-            raise ValueError(f"{Path(image_path).name} is one volume, not a time series: leave out the time point")
-        image = volume.data
+    image, volume = read_time_point(image_path, time_point)
+    if volume is not None:
         options = PredictOptions.of(
             options, axes=options.axes or volume.axes, spacing=options.spacing or volume.spacing
         )
-    else:
-        image = _time_point_of(read_image(image_path), time_point, Path(image_path).name)
-        if options.spacing is None and default_spacing is not None:
-            options = PredictOptions.of(options, spacing=tuple(default_spacing))
+    elif options.spacing is None and default_spacing is not None:
+        options = PredictOptions.of(options, spacing=tuple(default_spacing))
     result = yield from predict(model, image, options, device=device, inference_model=inference_model)
     labels_path, attention_path = result_paths(out_dir, image_path, time_point)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -122,17 +116,6 @@ def predict_file_steps(
         stack = np.stack([m[np.newaxis] if m.ndim == 2 else m for m in maps])  # (gate, z, y, x)
         write_nifti(attention_path, stack, volume, labels=False, description="attention gates: " + ",".join(names))
     return result
-
-
-def _time_point_of(image: np.ndarray, time_point: int | None, name: str) -> np.ndarray:
-    """Volume ``time_point`` of a TIFF time series (TZYX), or the image itself when no time point is asked."""
-    if time_point is None:
-        return image
-    if image.ndim != 4:
-        raise ValueError(f"{name} is {image.ndim}D: a time point is picked from a 4D series (time first, TZYX)")
-    if not 0 <= time_point < image.shape[0]:
-        raise ValueError(f"{name} has {image.shape[0]} time points (0 to {image.shape[0] - 1}), not {time_point}")
-    return image[time_point]
 
 
 def predict_file_in_blocks(

@@ -88,12 +88,12 @@ def plan_training(
         _check_z_first(pairs)  # each volume is normalised whole, then cut into planes (samples.planes_of)
         shapes = [s[1:] if len(s) == 3 else s for s in shapes]
         notes.append("volumes are trained on as Z planes by a 2D model (3D for a 3D model)")
-    planes = [unlabelled_slices(np.asarray(p[1])) for p in pairs if np.ndim(p[1]) == 3]
-    if zero_is == "slices" and task == "semantic":
+    planes = [unlabelled_slices(np.asarray(p[1])) for p in pairs if np.ndim(p[1]) == 3 and task == "semantic"]
+    if zero_is == "slices" and planes:
         empty, total = sum(int(m.sum()) for m in planes), sum(len(m) for m in planes)
         notes.append(f"0 = background in the {total - empty} labelled slices; the other {empty} are not labelled")
     gaps = sum(slices_between(m) for m in planes)
-    if zero_is == "background" and task == "semantic" and gaps:
+    if zero_is == "background" and gaps:
         notes.append(
             f"{gaps} empty slice(s) lie between labelled ones and are trained on as background: if you labelled "
             "only some slices, give --zero-is slices"

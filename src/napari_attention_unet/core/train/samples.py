@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_attention_unet.core.augment import IGNORE, augment
-from napari_attention_unet.core.images import match_channels, normalize, to_channel_first
+from napari_attention_unet.core.images import network_channels, normalize, to_channel_first
 from napari_attention_unet.core.model import ModelConfig
 from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom, resample, resample_labels
 from napari_attention_unet.core.train.config import TrainConfig
@@ -58,9 +58,7 @@ def prepare_image(
     what predict does too) so that big data sets cost a third of the memory.
     """
     channels_first, spatial = to_channel_first(image, axes)
-    if channels_first.shape[0] == 1:
-        return normalize(channels_first, ranges=intensity_range), spatial
-    return normalize(match_channels(channels_first, in_channels), ranges=intensity_range), spatial
+    return normalize(network_channels(channels_first, in_channels), ranges=intensity_range), spatial
 
 
 def prepare_sample(
@@ -105,15 +103,13 @@ def prepare_sample(
         target[np.asarray(ignore, dtype=bool)] = IGNORE
     edited_mask = None if edited is None else np.asarray(edited, dtype=bool) & (target != IGNORE)
     val_target = val_instances = None
-    region = target != IGNORE
+    region, classes = target != IGNORE, None
     if task == "semantic" and zero_is != "unlabelled" and (target[region] > 0).any():
         # Dense class labels: the strip goes where the classes are. The right-hand margin of a
         # scan is often background alone (MR hippocampi: class Dice 0.002 there while the model
         # reached 0.7 on other volumes), and a strip without the classes cannot choose a state.
-        region &= target > 0
-        box = held_out_region(region, edited_mask, val_fraction, classes=target) if val_fraction > 0 else None
-    else:
-        box = held_out_region(region, edited_mask, val_fraction) if val_fraction > 0 else None
+        region, classes = region & (target > 0), target
+    box = held_out_region(region, edited_mask, val_fraction, classes=classes) if val_fraction > 0 else None
     if box is not None:
         val_target = np.full_like(target, IGNORE)
         val_target[box] = target[box]
