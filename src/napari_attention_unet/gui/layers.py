@@ -33,6 +33,7 @@ from napari_attention_unet.gui.ownership import (
     is_user_modified,
     on_paint,
     own_layer_states,
+    own_layers,
     stamp,
     store_of,
 )
@@ -273,19 +274,6 @@ def _attention_kwargs(placement: Placement, model_name: str, gate: str, visible:
 # -- putting results into a layer list (napari model objects only, no Qt) -------------------
 
 
-def _own_layer(layers: Iterable[napari.layers.Layer], result: ResultLayer, source_id: str):
-    """The latest of our layers for this source, role and gate, or None."""
-    matches = [
-        layer
-        for layer in layers
-        if is_ours(layer)
-        and layer.metadata[MARKER].get("source") == source_id
-        and layer.metadata[MARKER].get("role") == result.role
-        and layer.metadata[MARKER].get("gate") == result.gate
-    ]
-    return matches[-1] if matches else None
-
-
 def unique_name(existing: Iterable[str], base: str) -> str:
     """``base``, or ``base [2]``, ``base [3]``, ... whichever is free."""
     names = set(existing)
@@ -327,9 +315,10 @@ def apply_results(layers: LayerList, results: Sequence[ResultLayer], placement: 
     from napari.layers import Layer
 
     shown = []
+    earlier = own_layers(layers, placement.source_id)
     for result in results:
         known = None if result.full_fingerprint is None else (result.full, result.full_fingerprint)
-        own = _own_layer(layers, result, placement.source_id)
+        own = earlier.get((result.role, result.gate))
         if own is not None and not changed_by_user(own, result.checked) and _update(own, result, placement):
             checked = result.checked
             if checked is not None and checked[0] is own.data and checked[2] is not None:

@@ -30,6 +30,7 @@ __all__ = [
     "is_user_modified",
     "on_paint",
     "own_layer_states",
+    "own_layers",
     "stamp",
     "store_of",
 ]
@@ -45,15 +46,24 @@ class OwnLayerState:
     fingerprint: str | None
 
 
-def own_layer_states(layers: Iterable[napari.layers.Layer], source_id: str) -> dict[tuple, OwnLayerState]:
-    """Our numpy-backed layers of ``source_id`` by (role, gate), the latest of each: taken on the
-    main thread at the click, so that the worker can check them (:func:`predict_into_layers`)."""
-    states = {}
+def own_layers(layers: Iterable[napari.layers.Layer], source_id: str) -> dict[tuple, napari.layers.Layer]:
+    """Our layers of ``source_id`` by (role, gate), the latest (last in the list) of each."""
+    found = {}
     for layer in layers:
         info = layer.metadata.get(MARKER)
-        if isinstance(info, dict) and info.get("source") == source_id and isinstance(layer.data, np.ndarray):
-            states[(info.get("role"), info.get("gate"))] = OwnLayerState(layer.data, info.get("fingerprint"))
-    return states
+        if isinstance(info, dict) and info.get("source") == source_id:
+            found[(info.get("role"), info.get("gate"))] = layer
+    return found
+
+
+def own_layer_states(layers: Iterable[napari.layers.Layer], source_id: str) -> dict[tuple, OwnLayerState]:
+    """:func:`own_layers` that hold numpy arrays, as the worker checks them (:func:`predict_into_layers`):
+    taken on the main thread at the click."""
+    return {
+        key: OwnLayerState(layer.data, layer.metadata[MARKER].get("fingerprint"))
+        for key, layer in own_layers(layers, source_id).items()
+        if isinstance(layer.data, np.ndarray)
+    }
 
 
 def fingerprint(data: np.ndarray) -> str:
