@@ -6,6 +6,12 @@ probabilities as a numpy array. Ours also stitches every attention gate's map an
 in the second figure, turns the probabilities into instance labels (watershed).
 
     python benchmarks/bench_predict.py [--quick] [--device auto|cpu|cuda] [--repeats 3]
+    python benchmarks/bench_predict.py --processes [--size 2048] [--repeats 3]
+
+``--processes`` times whole processes as a user runs them, start-up, reading and writing
+included: ``attention-unet predict MOSAIC.tif --out DIR`` (instance labels and every gate map
+written as TIFFs) against ``monai_predict_file.py`` (MONAI's network and sliding window, class
+probabilities written), plain and CPU-tuned, in turns, after one warm-up turn.
 
 Each measurement is warmed up once, then the median of ``--repeats`` runs is shown.
 The ratio is our throughput over MONAI's (above 1 = we are faster). A second MONAI row is
@@ -17,7 +23,11 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -115,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (median shown)")
     parser.add_argument("--sw-batch", type=int, default=4, help="MONAI sliding-window batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--processes", action="store_true", help="whole processes, as a user runs them (CPU)")
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore", category=UserWarning, module="monai")
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     size = args.size or (1024 if args.quick else 2048)
     image, _ids = dsb2018_mosaic(size)
+    if args.processes:
+        return whole_processes(image, args.repeats)
     megapixels = image.size / 1e6
 
     model, model_name = load_our_model()
@@ -206,6 +219,39 @@ def main(argv: list[str] | None = None) -> None:
                 f"ratio vs MONAI {monai_seconds / seconds:5.2f}x"
             )
         print()
+
+
+def whole_processes(image: np.ndarray, repeats: int) -> None:
+    """Each command as its own process, in turns (one warm-up turn first); the median of ``repeats``."""
+    import tifffile
+
+    here = Path(__file__).resolve().parent
+    cli = Path(sys.executable).parent / "attention-unet"
+    ours = [str(cli)] if cli.is_file() else [sys.executable, "-m", "napari_attention_unet.cli"]
+    monai = [sys.executable, str(here / "monai_predict_file.py")]
+    bf16 = ["--bf16"] if autocast_dtype(torch.device("cpu"), "auto") is not None else []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "mosaic.tif"
+        tifffile.imwrite(source, image)
+        commands = {
+            "MONAI sliding window (probabilities written)": [*monai, str(source), f"{tmp}/monai.tif"],
+            "MONAI tuned (probabilities written)": [*monai, str(source), f"{tmp}/tuned.tif", "--tuned", *bf16],
+            "attention-unet predict (labels + gate maps)": [*ours, "predict", str(source), "--out", f"{tmp}/ours"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for turn in range(repeats + 1):
+            for name, command in commands.items():
+                start = time.perf_counter()
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                if turn:  # the first turn warms the file cache
+                    times[name].append(time.perf_counter() - start)
+    print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}")
+    print(f"{image.shape[0]}x{image.shape[1]} mosaic, whole processes, median of {repeats} turns\n")
+    plain, tuned = (statistics.median(times[name]) for name in list(commands)[:2])
+    for name, runs in times.items():
+        seconds = statistics.median(runs)
+        ratios = f"vs MONAI {plain / seconds:5.2f}x  vs tuned MONAI {tuned / seconds:5.2f}x"
+        print(f"  {name:46s} {seconds:7.2f} s  {ratios}")
 
 
 if __name__ == "__main__":
