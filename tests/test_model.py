@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from napari_attention_unet.core.model import AttentionUNet, ModelConfig, count_parameters
+from napari_attention_unet.core.model import AttentionUNet, JoinConv, ModelConfig, count_parameters
 
 TINY = ModelConfig(base_width=4, depth=3)
 
@@ -66,6 +66,28 @@ def test_fused_copy_gives_the_same_output_and_leaves_the_original_trainable():
     assert torch.allclose(model(x)[0], fused(x)[0], atol=1e-5)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_joined_copy_gives_the_same_outputs_and_gate_maps(dims):
+    # On the CPU the decoder convs take the skip and the upsampled features apart (JoinConv):
+    # same logits and gate maps as the concatenating network, channels-last as predict runs it.
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(spatial_dims=dims, base_width=4, depth=3))
+    model.train()
+    shape = (2, 3) + (16,) * dims
+    model(torch.rand(shape))
+    model.eval()
+    fused = model.fused_for_inference()
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    joined = model.fused_for_inference().joined_for_cpu().to(memory_format=layout)
+    assert sum(isinstance(m, JoinConv) for m in joined.modules()) == 2
+    x = torch.rand(shape)
+    with torch.inference_mode():
+        (expected, expected_gates), (logits, gates) = fused(x), joined(x.contiguous(memory_format=layout))
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert gates.keys() == expected_gates.keys()
+    assert all(torch.allclose(gates[k], expected_gates[k], atol=1e-6) for k in gates)
 
 
 def test_config_round_trip_and_validation():

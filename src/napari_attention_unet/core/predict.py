@@ -138,8 +138,11 @@ def stack_intensity_range(
 
 
 def prepare_model(model: AttentionUNet, device: torch.device) -> AttentionUNet:
-    """An inference copy: batch norm folded, on ``device``, channels-last (NHWC / NDHWC)."""
+    """An inference copy: batch norm folded, on ``device``, channels-last (NHWC / NDHWC); on the CPU
+    the decoder's joins are left out (:meth:`~.model.AttentionUNet.joined_for_cpu`)."""
     fused = model.fused_for_inference().to(device)
+    if torch.device(device).type == "cpu":
+        fused = fused.joined_for_cpu()
     return fused.to(memory_format=channels_last_format(model.config.spatial_dims))
 
 
