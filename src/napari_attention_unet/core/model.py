@@ -255,7 +255,7 @@ class AttentionUNet(nn.Module):
     def joined_for_cpu(self) -> AttentionUNet:
         """This model (changed in place; an inference copy) with each decoder's first conv a
         :class:`JoinConv`: the skip and the upsampled features are never joined into one tensor.
-        Same outputs to float precision; a 2048² image 6 % faster on the CPU
+        Same outputs to float precision; 3-4 % less time per 544² tile on the CPU
         (benchmarks/README.md). For inference only, not for export."""
         for decode, level in zip(self.decoder, self._skip_levels):
             if not isinstance(decode[0], JoinConv):
