@@ -90,6 +90,37 @@ def test_semantic_2d_dense_learns_every_class():
     assert all(r.val_ap is None for r in evaluated) and returned.best_val_class_dice == result.best_val_class_dice
 
 
+@pytest.mark.parametrize("keep_within", [0.0, 0.005])
+def test_a_later_state_within_keep_within_of_the_best_is_kept(monkeypatch, keep_within):
+    # The held-out Dice of each evaluation is scripted (the network and its states are real): the
+    # best comes at step 2, steps 3 and 5 are within 0.005 of it, step 4 is not.
+    image, labels = three_classes_2d()
+    settings = config(max_steps=5, eval_every=1, keep_within=keep_within)
+    trainer = Trainer(semantic_model(), [(image, labels)], config=settings)
+    real, script, states = trainer.validation_scores, {1: 0.5, 2: 0.8, 3: 0.797, 4: 0.7, 5: 0.796}, {}
+
+    def scripted(model=None):
+        scores = real(model)
+        if model is None and trainer.step in script:
+            states[trainer.step] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            scores = {**scores, "dice": script[trainer.step]}
+        return scores
+
+    monkeypatch.setattr(trainer, "validation_scores", scripted)
+    run_to_end(trainer.run())
+    expected = 5 if keep_within else 2
+    assert trainer.best_step == expected and trainer.top_dice == 0.8
+    assert all(torch.equal(trainer.best_state[k], states[expected][k]) for k in states[expected])
+
+
+def test_new_semantic_models_keep_a_later_state_near_the_best():
+    from napari_attention_unet.core.train.start import KEEP_WITHIN_SEMANTIC, default_train_config
+
+    semantic = default_train_config("semantic", 3, [(36, 50, 35)], from_scratch=True, minutes=1)
+    instances = default_train_config("instances", 2, [(256, 256)], from_scratch=True, minutes=1)
+    assert semantic.keep_within == KEEP_WITHIN_SEMANTIC > 0 and instances.keep_within == 0
+
+
 def test_semantic_3d_dense_learns_every_class():
     image, labels = three_classes_3d()
     other_image, other_labels = three_classes_3d(seed=1)  # validated on a volume of its own

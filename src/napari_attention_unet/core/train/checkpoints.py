@@ -22,6 +22,7 @@ PROGRESS = (
     "last_eval_step",
     "evals_since_best",
     "best_class_dice",
+    "top_dice",
 )
 
 
@@ -68,6 +69,7 @@ def restore_checkpoint(
         "last_eval_step": int(state.get("last_eval_step", step)),
         "evals_since_best": int(state["evals_since_best"]),
         "best_class_dice": state.get("best_class_dice"),
+        "top_dice": state.get("top_dice", state["best_dice"]),
     }
     rng.bit_generator.state = state["rng"]
     return progress

@@ -57,6 +57,11 @@ class TrainConfig:
     # held-out strip, ties broken by foreground Dice), "foreground" (Dice), or "auto": instances
     # when the model has background/interior/boundary classes and the strip has labels.
     select_by: str = "auto"
+    # A later state whose validation Dice is within this of the best so far is kept instead of the
+    # best (Dice-selected models; 0: the best state). A new model's learning rate decays to the end
+    # of its budget, and on a few held-out images a later state a little below the best is within
+    # their noise and does better elsewhere (benchmarks/README.md, bench_tasks.py, session 11).
+    keep_within: float = 0.0
     # Keep the starting model unless a trained state beats it on the held-out strip. None: yes
     # when every labelled pixel of the strip is the user's (no record of edits: a full
     # annotation; or only painted pixels are trained on); no when the strip also holds

@@ -104,6 +104,7 @@ class Trainer:
         self.best_iou: float | None = None
         self.best_ap: float | None = None
         self.best_class_dice: dict[str, float] | None = None
+        self.top_dice: float | None = None  # the best validation Dice so far (the kept state may be later: keep_within)
         self.start_scores: dict | None = None
         self.last_eval_step = -1
         self.evals_since_best = 0
@@ -237,18 +238,25 @@ class Trainer:
     def _beats_best(self, scores: dict) -> bool:
         return beats_best(scores, self.best_dice, self.best_ap, self.select_by)
 
+    def _near_top(self, scores: dict) -> bool:
+        """A trained state was kept, and ``scores`` are within ``keep_within`` of the best Dice so far."""
+        within = self.config.keep_within
+        if not within or self.select_by == "instances" or self.best_state is None or self.top_dice is None:
+            return False
+        return scores["dice"] >= self.top_dice - within
+
     def _evaluate_and_keep_best(self) -> dict:
         scores = self.validation_scores()
         self.last_eval_step = self.step
-        if self._beats_best(scores):
+        improved = self._beats_best(scores)
+        if improved or self._near_top(scores):
             self.best_dice, self.best_iou, self.best_ap = scores["dice"], scores["iou"], scores["ap"]
             self.best_class_dice = scores.get("class_dice")
             self.best_step = self.step
             # A CPU copy: the live weights keep changing, and GPU memory is precious.
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-            self.evals_since_best = 0
-        else:
-            self.evals_since_best += 1
+        self.evals_since_best = 0 if improved else self.evals_since_best + 1
+        self.top_dice = scores["dice"] if self.top_dice is None else max(self.top_dice, scores["dice"])
         return scores
 
     def _report(
