@@ -101,7 +101,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
 #: How result TIFFs are compressed: zlib (every TIFF reader has it) at level 1, strips on up to 4
 #: threads. The four float32 gate maps of a 2048² image: 1.3 s at zlib's default level on one thread,
-#: 0.37 s like this, for a file 1 % larger (benchmarks/README.md, "the rest of the path").
+#: 0.37 s like this, and the file is no larger (58.4 -> 58.0 MB: float maps hardly compress at any
+#: level; benchmarks/README.md, "Whole processes, and the rest of the path").
 TIFF_COMPRESSION = {
     "compression": "zlib",
     "compressionargs": {"level": 1},
