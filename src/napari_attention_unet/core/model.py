@@ -212,7 +212,6 @@ class AttentionUNet(nn.Module):
         self.decoder = nn.ModuleList([ConvBlock(dims, 2 * widths[lv], widths[lv]) for lv in skip_levels])
         self.head = _conv(dims)(widths[0], config.out_channels, 1)
         self._skip_levels = skip_levels
-        self._joined = False  # True once each decoder's first conv is a JoinConv (joined_for_cpu)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         multiple = self.config.size_multiple
@@ -230,7 +229,8 @@ class AttentionUNet(nn.Module):
         for up, decode, level in zip(self.upsample, self.decoder, self._skip_levels):
             name = self.config.gate_names[level]
             gated, gate_maps[name] = self.gates[name](skips[level], g)
-            g = decode((gated, up(g))) if self._joined else decode(torch.cat([gated, up(g)], dim=1))
+            joined = isinstance(decode[0], JoinConv)  # joined_for_cpu
+            g = decode((gated, up(g))) if joined else decode(torch.cat([gated, up(g)], dim=1))
         return self.head(g), gate_maps
 
     def fused_for_inference(self) -> AttentionUNet:
@@ -260,7 +260,6 @@ class AttentionUNet(nn.Module):
         for decode, level in zip(self.decoder, self._skip_levels):
             if not isinstance(decode[0], JoinConv):
                 decode[0] = JoinConv(decode[0], self.config.widths[level])
-        self._joined = True
         return self
 
 
