@@ -83,6 +83,7 @@ def test_semantic_2d_dense_learns_every_class():
     returned = run_to_end(trainer.run())
     result = trainer.result()
     assert result.accepted, result.message
+    assert f"kept the state of step {result.best_step}:" in result.message  # not "best": see keep_within
     assert set(result.best_val_class_dice) == {"disk", "square"}
     assert min(result.best_val_class_dice.values()) > 0.8, result.best_val_class_dice
     evaluated = [r for r in result.history if r.val_dice is not None]

@@ -41,9 +41,9 @@ def drive_training(trainer) -> None:
             for report in steps:
                 bar.update(report.step - bar.n)
                 if report.best_val_ap is not None:
-                    best = f"best val AP@0.5 {report.best_val_ap:.3f}"
+                    best = f"kept val AP@0.5 {report.best_val_ap:.3f}"
                 else:
-                    best = "best val Dice " + ("-" if report.best_val_dice is None else f"{report.best_val_dice:.3f}")
+                    best = "kept val Dice " + ("-" if report.best_val_dice is None else f"{report.best_val_dice:.3f}")
                 bar.set_postfix_str(f"loss {report.loss:.3f}, {best}")
                 if report.val_dice is not None:
                     tqdm.write(report.message, file=sys.stderr)

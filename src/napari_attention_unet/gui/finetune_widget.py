@@ -361,9 +361,9 @@ def describe_report(report: StepReport) -> str:
     if report.val_dice is not None:
         parts.append(f"val Dice {report.val_dice:.3f}")
     if report.best_val_ap is not None:
-        parts.append(f"best AP {report.best_val_ap:.3f}")
+        parts.append(f"kept AP {report.best_val_ap:.3f}")
     elif report.best_val_dice is not None:
-        parts.append(f"best {report.best_val_dice:.3f}")
+        parts.append(f"kept {report.best_val_dice:.3f}")
     if report.eta is not None:
         minutes, seconds = divmod(round(report.eta), 60)
         parts.append(f"ETA {minutes}:{seconds:02d}")

@@ -122,12 +122,12 @@ def step_message(
     """The default :attr:`StepReport.message`: the loss, and the validation scores after an evaluation."""
     message = f"step {step}: loss {loss:.4f}"
     if val_ap is not None:
-        message += f", validation AP@0.5 {val_ap:.3f} (best {best_ap:.3f}), Dice {val_dice:.3f}"
+        message += f", validation AP@0.5 {val_ap:.3f} (kept {best_ap:.3f}), Dice {val_dice:.3f}"
     elif class_dice is not None:
         per_class = ", ".join(f"{name} {value:.3f}" for name, value in class_dice.items())
-        message += f", validation mean class Dice {val_dice:.3f} (best {best_dice:.3f}; {per_class})"
+        message += f", validation mean class Dice {val_dice:.3f} (kept {best_dice:.3f}; {per_class})"
     elif val_dice is not None:
-        message += f", validation Dice {val_dice:.3f} (best {best_dice:.3f})"
+        message += f", validation Dice {val_dice:.3f} (kept {best_dice:.3f})"
     return message
 
 

@@ -90,14 +90,14 @@ def sanity_verdict(
             "the trained model marks the whole held-out region as objects, so it is not used; "
             "the previous model is kept. Label some background too, or train for fewer steps."
         )
-    message = f"trained {step} steps ({stopped}); best validation "
+    message = f"trained {step} steps ({stopped}); kept the state of step {best_step}: validation "
     if best_ap is not None:
         start = start_scores["ap"] if start_scores else None
         message += f"AP@0.5 {best_ap:.3f}" + (f" (starting model {start:.3f})" if start is not None else "")
         message += f", Dice {best_dice:.3f}"
     else:
         message += f"Dice {best_dice:.3f}"
-    return True, message + f" at step {best_step}"
+    return True, message
 
 
 def semantic_verdict(scores: dict, *, step: int, stopped: str, best_step: int) -> tuple[bool, str]:
@@ -111,7 +111,6 @@ def semantic_verdict(scores: dict, *, step: int, stopped: str, best_step: int) -
         )
     per_class = ", ".join(f"{name} {value:.3f}" for name, value in scores["class_dice"].items())
     return True, (
-        f"trained {step} steps ({stopped}); best validation mean class Dice {scores['dice']:.3f}"
-        + (f" ({per_class})" if per_class else "")
-        + f" at step {best_step}"
+        f"trained {step} steps ({stopped}); kept the state of step {best_step}: "
+        f"validation mean class Dice {scores['dice']:.3f}" + (f" ({per_class})" if per_class else "")
     )
