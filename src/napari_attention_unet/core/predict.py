@@ -26,11 +26,12 @@ from napari_attention_unet.core.images import (
     normalize,
     to_channel_first,
 )
-from napari_attention_unet.core.instances import median_diameter, probabilities_to_instances, small_object_zoom
+from napari_attention_unet.core.instances import probabilities_to_instances
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.progress import Progress, run_to_end
-from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom, resample, resample_labels
+from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom, resample
 from napari_attention_unet.core.tiling import Tiling, predict_tiles, tile_starts
+from napari_attention_unet.core.zoom import auto_zoom_applies, back_to_grid, enlarge, object_zoom
 
 __all__ = [
     "PredictOptions",
@@ -62,6 +63,8 @@ class PredictOptions:
     lets a 2D instance model whose config says which object sizes it knows
     (``config.extra["small_objects"]``, the bundled model's does) look again at an image whose
     objects came out smaller than that, enlarged (see :func:`.instances.small_object_zoom`).
+    ``zoom`` enlarges a 2D image by that factor before a 2D model instead (the outputs come back
+    on the image's grid); the block engine sets it once for a whole large image.
     ``intensity_range`` (per channel, from :func:`stack_intensity_range`) normalises with the
     percentiles of a larger whole, e.g. the stack a plane comes from, instead of the image's own.
     """
@@ -77,6 +80,7 @@ class PredictOptions:
     spacing: tuple[float, ...] | None = None
     keep_class_probabilities: bool = False
     auto_zoom: bool = True
+    zoom: float | None = None
     intensity_range: tuple[tuple[float, float] | None, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -199,6 +203,8 @@ def predict(
 
     original_shape = x.shape[1:]
     zoom = isotropic_zoom(options.spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None
+    if options.zoom and options.zoom != 1 and config.spatial_dims == 2 and ndim == 2:
+        zoom = (float(options.zoom),) * 2
     grid = x if zoom is None else resample(x, isotropic_shape(original_shape, zoom))
     run = _Passes(net, dev, amp, batch_size, gate_names, tile_size, overlap, fit_tiles, config)
     probs, gate_maps = yield from run(grid, ndim > config.spatial_dims)
@@ -207,21 +213,18 @@ def predict(
     # own grid is coarser along z), or a 2D image enlarged for its small objects.
     instances = None
     wants_instances = config.task != "semantic" and options.instances
-    if wants_instances and zoom is None and ndim == 2 and options.auto_zoom and config.extra.get("small_objects"):
+    auto = auto_zoom_applies(config, instances=options.instances, auto_zoom=options.auto_zoom)
+    if auto and zoom is None and ndim == 2:
         instances = probabilities_to_instances(probs, min_size=options.min_size)
-        factor = small_object_zoom(median_diameter(instances), **config.extra["small_objects"])
+        factor = object_zoom(instances, config)
         if factor is not None:
             zoom = (factor, factor)
-            probs, gate_maps = yield from run(resample(x, isotropic_shape(original_shape, zoom)), False)
+            probs, gate_maps = yield from run(enlarge(x, factor), False)
             instances = None
     if zoom is not None and wants_instances:
         instances = probabilities_to_instances(probs, min_size=options.min_size)
     if zoom is not None:  # back to the image's grid
-        probs = resample(probs, original_shape)
-        probs /= probs.sum(axis=0, keepdims=True)
-        gate_maps = {name: resample(g[np.newaxis], original_shape)[0] for name, g in gate_maps.items()}
-        if instances is not None:
-            instances = resample_labels(instances, original_shape)
+        probs, gate_maps, instances = back_to_grid(probs, gate_maps, instances, original_shape)
     foreground = 1.0 - probs[0]
     if config.task == "semantic":
         labels = class_values(probs)
