@@ -78,6 +78,20 @@ def test_plan_tiles_the_image_and_bands_lie_in_both_blocks():
         B.plan_blocks((5, 40, 50), "ZYX")
 
 
+def test_enlarged_blocks_are_smaller_and_probe_windows_spread_over_the_image():
+    # An enlarged block with its halo stays within 15 % of a 2048 px block's width as it is.
+    assert B.zoomed_block_size(2048, 64, None) == B.zoomed_block_size(2048, 64, 1.0) == 2048
+    assert B.zoomed_block_size(2048, 64, 1.5) == 1024 and B.zoomed_block_size(2048, 64, 3.0) == 512
+    assert B.zoomed_block_size(1024, 64, 2.0) == 512 and B.zoomed_block_size(300, 64, 3.0) == 300
+    windows = B.plan_blocks((2000, 3000)).probe_windows()
+    assert len(windows) == 5 and all(w.core == w.outer and w.core_shape == (512, 512) for w in windows)
+    assert windows[0].core == ((744, 1256), (1244, 1756))  # the centre first
+    assert [w.core for w in B.plan_blocks((300, 400)).probe_windows()] == [((0, 300), (0, 400))]
+    # Progress counts the enlarged blocks' tiles.
+    plan = B.plan_blocks((1000, 1000), block_size=512)
+    assert sum(plan.tiles_per_block(None, None, 16, 2.0)) > sum(plan.tiles_per_block(None, None, 16))
+
+
 def test_global_normalisation_matches_whole_image_normalisation(mosaic):
     plan = B.plan_blocks(mosaic.shape, block_size=BLOCK)
     norm = B.global_normalization(mosaic, plan, in_channels=3)

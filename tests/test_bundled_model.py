@@ -109,3 +109,37 @@ def test_small_nuclei_get_a_second_look_in_the_cli_and_the_dock(bundled, tmp_pat
     zoomed = tifffile.imread(tmp_path / "zoomed" / "small_labels.tif")
     plain = tifffile.imread(tmp_path / "plain" / "small_labels.tif")
     assert np.array_equal(zoomed > 0, twice.labels > 0) and np.array_equal(plain > 0, once.labels > 0)
+
+
+def test_large_images_of_small_nuclei_get_the_second_look_block_by_block(bundled):
+    """Images over the block size are predicted block by block (CLI, dask, the dock's lazy path):
+    the second look is decided once for the whole image, and matches predicting it whole."""
+    from scipy import ndimage
+
+    from napari_attention_unet.large_data.blocks import predict_blocks
+
+    model = bundled[0]
+    image = tifffile.imread(SAMPLES / "nuclei_fluorescence.tif")
+    truth = tifffile.imread(HELDOUT / CASES[0][1])
+    small, small_truth = ndimage.zoom(image, 0.5, order=1), ndimage.zoom(truth, 0.5, order=0)
+    # 4 x 4 turned copies, 512 px: nuclei about 9 px across cut by the 192 px block edges.
+    turns = [(np.rot90(small, k % 4), np.rot90(small_truth, k % 4)) for k in range(16)]
+    mosaic = np.block([[turns[4 * r + c][0] for c in range(4)] for r in range(4)])
+    mosaic_truth = np.block(
+        [
+            [np.where(turns[4 * r + c][1] > 0, turns[4 * r + c][1] + 1000 * (4 * r + c), 0) for c in range(4)]
+            for r in range(4)
+        ]
+    )
+    blocked = run_to_end(predict_blocks(model, mosaic, block_size=192, device="cpu"))
+    plain = run_to_end(predict_blocks(model, mosaic, block_size=192, device="cpu", auto_zoom=False))
+    whole = run_to_end(predict(model, mosaic, device="cpu"))
+    assert plain.zoom is None and whole.zoom is not None and blocked.zoom == pytest.approx(whole.zoom, rel=0.15)
+    ap_blocked, ap_plain = (
+        average_precision(mosaic_truth, blocked.labels),
+        average_precision(mosaic_truth, plain.labels),
+    )
+    assert ap_blocked > ap_plain + 0.05, (ap_blocked, ap_plain)
+    # The same enlargement on the whole image gives the same objects (the blocks are stitched).
+    same = run_to_end(predict(model, mosaic, device="cpu", zoom=blocked.zoom))
+    assert average_precision(same.labels, blocked.labels) > 0.95

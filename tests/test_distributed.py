@@ -219,6 +219,28 @@ def test_large_tiff_in_blocks_matches_one_process(client, mosaic, mosaic_in_one_
     np.testing.assert_allclose(attention, mosaic_in_one_process.attention, atol=2e-3)
 
 
+def test_large_image_of_small_nuclei_is_enlarged_alike_on_the_workers(client, mosaic, tmp_path):
+    """The mosaic at half size (nuclei under 12 px): a worker decides the second look once, and the
+    blocks (smaller for it when large) are enlarged as the sequential driver enlarges them."""
+    from scipy import ndimage
+
+    from napari_attention_unet.large_data.blocks import predict_blocks
+    from napari_attention_unet.large_data.distributed_blocks import predict_large
+
+    spec = model_spec(None, "cpu")
+    model, _, _ = worker_model(spec)
+    small = ndimage.zoom(mosaic, 0.5, order=1)
+    one_process = run_to_end(predict_blocks(model, small, block_size=128, device="cpu"))
+    assert one_process.zoom is not None and one_process.zoom > 1.2
+    image_path, out = tmp_path / "small.tif", tmp_path / "out"
+    tifffile.imwrite(image_path, small)
+    result = predict_large(client, image_path, out, spec, model.config, block_size=128, progress=False)
+    assert result.blocks == 4 and result.n_objects == one_process.n_objects > 20
+    labels, attention = [tifffile.imread(p) for p in result_paths(out, image_path)]
+    assert_same_instances(labels, one_process.labels)
+    np.testing.assert_allclose(attention, one_process.attention, atol=2e-3)
+
+
 def test_cli_zarr_in_zarr_out_on_a_scheduler(cluster, mosaic, mosaic_in_one_process, tmp_path, capsys):
     zarr = pytest.importorskip("zarr")
 

@@ -195,6 +195,33 @@ def test_lazy_run_matches_in_memory_engine_and_reads_view_first(session, mosaic,
         np.testing.assert_array_equal(np.asarray(arrays[0]), reference.attention[k])
 
 
+def test_lazy_run_enlarges_small_objects_as_the_in_memory_engine_does(model, mosaic, model_home):
+    """A model whose config says its objects are larger than this image's: every block of the plane is
+    enlarged by the one factor the probe decides, exactly as the in-memory engine does."""
+    import copy
+
+    from napari_attention_unet.core.weights import ModelInfo
+
+    knows = copy.deepcopy(model)
+    knows.config.extra["small_objects"] = {"below": 1e6, "to": 1e7, "max_zoom": 1.5}
+    reference = run_to_end(predict_blocks(knows, mosaic, block_size=BLOCK, device="cpu"))
+    plain = run_to_end(predict_blocks(knows, mosaic, block_size=BLOCK, device="cpu", auto_zoom=False))
+    assert reference.zoom == 1.5 and plain.zoom is None and reference.plan.block_size == BLOCK
+    assert not np.array_equal(reference.labels, plain.labels)
+    session = Session(device="cpu")
+    session.set_model(knows, ModelInfo("knows", model_home / "models" / "knows.safetensors", False))
+    run = _lazy.LazyRun(session, _lazy.LazyImage((mosaic,)), _scratch.ScratchStores(), block_size=BLOCK)
+    steps, reports = run.steps(), []
+    try:
+        while True:
+            reports.append(next(steps))
+    except StopIteration as stop:
+        outcome = stop.value
+    assert outcome.zoom == 1.5 and outcome.n_objects == reference.n_objects
+    np.testing.assert_array_equal(np.asarray(run.outputs.labels[0]), reference.labels)
+    assert reports[-1].done == reports[-1].total and all(r.done <= r.total for r in reports)
+
+
 def test_cancel_keeps_the_blocks_done_stitched(session, mosaic, reference):
     run = _lazy.LazyRun(session, _lazy.LazyImage((mosaic,)), _scratch.ScratchStores(), block_size=BLOCK)
     steps = run.steps()

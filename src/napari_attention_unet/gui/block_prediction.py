@@ -118,4 +118,5 @@ def outcome_message(outcome: _lazy.LazyOutcome, placement: _layers.Placement) ->
         return status, f"Prediction cancelled; {blocks} kept."
     if outcome.semantic:
         return f"Done ({blocks}).", None
-    return f"Done: {outcome.n_objects} object(s) in {placement.source_name} ({blocks}).", None
+    zoom = f" Small objects: looked again at {outcome.zoom:.1f}x." if outcome.zoom else ""
+    return f"Done: {outcome.n_objects} object(s) in {placement.source_name} ({blocks}).{zoom}", None

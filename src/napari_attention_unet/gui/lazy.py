@@ -31,7 +31,12 @@ from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.predict import PredictOptions, Progress
 from napari_attention_unet.gui.session import PROGRESS_STEPS
 from napari_attention_unet.large_data.block_geometry import Block, BlockPlan, plan_blocks
-from napari_attention_unet.large_data.blocks import Normalization, global_normalization, predict_block_steps
+from napari_attention_unet.large_data.blocks import (
+    Normalization,
+    global_normalization,
+    predict_block_steps,
+    probe_zoom,
+)
 from napari_attention_unet.large_data.files import LARGE_PIXELS
 from napari_attention_unet.large_data.stitching import Stitcher
 
@@ -189,6 +194,7 @@ class LazyOutcome:
     model_name: str
     semantic: bool
     store: Path
+    zoom: float | None = None  # the blocks were enlarged this much for small objects (blocks.probe_zoom)
 
 
 class LazyRun:
@@ -254,10 +260,11 @@ class LazyRun:
         """Predict the planes block by block; yields :class:`BlockProgress`, returns :class:`LazyOutcome`."""
         net = self.session.inference_model()
         model, device = self.session.model, self.session.device
+        multiple, zooms = model.config.size_multiple, []
         tiles = dict(
             zip(
                 (b.index for b in self.plan.blocks),
-                self.plan.tiles_per_block(self.options.tile_size, self.options.overlap, model.config.size_multiple),
+                self.plan.tiles_per_block(self.options.tile_size, self.options.overlap, multiple),
             )
         )
         per_plane = 1 + sum(tiles.values()) + (len(self.order) if self.instances else 0)
@@ -273,12 +280,21 @@ class LazyRun:
                 break
             yield report(done, "normalising")
             normalization = self.normalization(plane)
-            done += 1
             source = self.image.plane(plane)
+            # Small objects: the plane's blocks all enlarged alike (the blocks stay as planned:
+            # at most 3x, a 1024 px block then has the working set of a 2048 px one as it is).
+            zoom = probe_zoom(source, self.plan, model, normalization, self.options, device=device, inference_model=net)
+            options, plane_tiles = PredictOptions.of(self.options, zoom=zoom), tiles
+            if zoom:
+                counts = self.plan.tiles_per_block(self.options.tile_size, self.options.overlap, multiple, zoom)
+                plane_tiles = dict(zip((b.index for b in self.plan.blocks), counts))
+                total += sum(plane_tiles.values()) - sum(tiles.values())
+                zooms.append(zoom)
+            done += 1
             stitcher, offsets, next_id = Stitcher(self.plan), {}, first_id
             for block in self.order:
                 steps = predict_block_steps(
-                    source, block, self.plan, model, normalization, self.options, device=device, inference_model=net
+                    source, block, self.plan, model, normalization, options, device=device, inference_model=net
                 )
                 result = None
                 while not self.cancelled:
@@ -291,7 +307,7 @@ class LazyRun:
                 if result is None:
                     steps.close()
                     break
-                done += tiles[block.index]
+                done += plane_tiles[block.index]
                 labels = result.labels
                 if self.instances:  # provisional ids, unique in the plane, until the plane is stitched
                     offsets[block.index] = next_id
@@ -316,6 +332,7 @@ class LazyRun:
             model_name=self.model_name,
             semantic=not self.instances,
             store=self.outputs.path,
+            zoom=max(zooms, default=None),
         )
 
     def _join(self, plane, stitcher: Stitcher, offsets: dict, first_id: int, report):

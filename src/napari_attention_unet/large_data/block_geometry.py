@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from napari_attention_unet.core.images import ImageShapeError
+from napari_attention_unet.core.resampling import isotropic_shape
 from napari_attention_unet.core.tiling import Tiling
 
-__all__ = ["BLOCK_OVERLAP", "BLOCK_TILE", "Block", "BlockPlan", "Index", "Span", "plan_blocks"]
+__all__ = ["BLOCK_OVERLAP", "BLOCK_TILE", "Block", "BlockPlan", "Index", "Span", "plan_blocks", "zoomed_block_size"]
 
 Span = tuple[int, int]  # [start, stop) along one axis
 Index = tuple[int, int]  # (row, column) of a block in the grid
@@ -109,10 +110,45 @@ class BlockPlan:
         """A chunk edge for output arrays that divides ``block_size`` (race-free parallel writes)."""
         return math.gcd(self.block_size, preferred)
 
-    def tiles_per_block(self, tile_size: int | None, overlap: int | None, multiple: int) -> list[int]:
-        """How many network tiles each block (in plan order) takes; for progress totals."""
+    def tiles_per_block(
+        self, tile_size: int | None, overlap: int | None, multiple: int, zoom: float | None = None
+    ) -> list[int]:
+        """How many network tiles each block (in plan order) takes, enlarged ``zoom`` times; for progress totals."""
         fit, tile_size, overlap = tile_policy(tile_size, overlap)
-        return [len(Tiling(b.outer_shape, tile_size, overlap, multiple, fit=fit).tiles) for b in self.blocks]
+        factor = (zoom, zoom) if zoom else (1.0, 1.0)
+        return [
+            len(Tiling(isotropic_shape(b.outer_shape, factor), tile_size, overlap, multiple, fit=fit).tiles)
+            for b in self.blocks
+        ]
+
+    def probe_windows(self, size: int = 512) -> list[Block]:
+        """Windows of up to ``size`` px (core = outer) where the image is looked at before its blocks:
+        its centre and the middles of its four quarters, distinct ones only."""
+        windows = []
+        for fy, fx in ((0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)):
+            spans = []
+            for f, n in zip((fy, fx), self.shape):
+                edge = min(size, n)
+                start = min(max(int(round(f * n - edge / 2)), 0), n - edge)
+                spans.append((start, start + edge))
+            window = Block((len(windows), 0), tuple(spans), tuple(spans))
+            if all(w.core != window.core for w in windows):
+                windows.append(window)
+        return windows
+
+
+def zoomed_block_size(block_size: int, halo: int, zoom: float | None, smallest: int = 256) -> int:
+    """The block edge for an image enlarged ``zoom`` times: ``block_size`` halved (down to
+    ``smallest``) until an enlarged block with its halo is no more than 15 % wider than a block of
+    ``block_size`` as it is, so that a block's working set stays about what it was. Halving keeps
+    the blocks on the grid of output chunks that divide ``block_size``."""
+    size = int(block_size)
+    if not zoom or zoom <= 1:
+        return size
+    limit = (block_size + 2 * halo) * 1.15
+    while size // 2 >= smallest and size % 2 == 0 and (size + 2 * halo) * zoom > limit:
+        size //= 2
+    return size
 
 
 def plan_blocks(

@@ -13,6 +13,10 @@ dask workers):
 2. ``norm = global_normalization(source, plan, in_channels)`` - percentiles of a strided
    subsample of the **whole** image, computed once, so that results do not depend on the
    block layout.
+   ``zoom = probe_zoom(source, plan, model, norm, options)`` - whether every block is enlarged
+   for small objects (a few windows of the image predicted first; ``core.zoom``), decided once
+   so that both sides of a block edge are seen alike; the drivers then re-plan with
+   ``zoomed_block_size`` and pass ``options.zoom``.
 3. ``result = predict_block(source, block, model, norm, options)`` - a pure, module-level,
    picklable function. ``source`` is the whole image as any array-like with ``.shape``,
    ``.dtype`` and slicing (numpy, ``np.memmap``, zarr, dask); only ``block.outer`` is read
@@ -74,7 +78,14 @@ from napari_attention_unet.core.predict import (
     run_to_end,
 )
 from napari_attention_unet.core.tiling import Tiling, predict_tiles
-from napari_attention_unet.large_data.block_geometry import Block, BlockPlan, plan_blocks, tile_policy
+from napari_attention_unet.core.zoom import auto_zoom_applies, back_to_grid, enlarge, inside_objects, object_zoom
+from napari_attention_unet.large_data.block_geometry import (
+    Block,
+    BlockPlan,
+    plan_blocks,
+    tile_policy,
+    zoomed_block_size,
+)
 from napari_attention_unet.large_data.normalization import Normalization, global_normalization, model_input, read_region
 from napari_attention_unet.large_data.sinks import BlockSinks, allocate_sinks, as_sink_dtype, relabel_block
 from napari_attention_unet.large_data.stitching import BlockLinks, Stitcher, Stitching, local_labels, stitch
@@ -97,10 +108,12 @@ __all__ = [
     "predict_block",
     "predict_block_steps",
     "predict_blocks",
+    "probe_zoom",
     "read_region",
     "relabel_block",
     "stitch",
     "write_block",
+    "zoomed_block_size",
 ]
 
 
@@ -157,6 +170,9 @@ def predict_block_steps(
         region = read_region(source, block, plan.axes)
     x = normalization.apply(model_input(region, plan.axes, config.in_channels))
     del region
+    outer_shape, zoom = x.shape[1:], options.zoom if options.zoom and options.zoom != 1 else None
+    if zoom:  # small objects: the whole image is enlarged alike (probe_zoom), block by block
+        x = enlarge(x, zoom)
     fit, tile_size, overlap = tile_policy(options.tile_size, options.overlap)
     tiling = Tiling(x.shape[1:], tile_size, overlap, config.size_multiple, fit=fit)
     batch_size = options.batch_size or default_batch_size(dev, 2)
@@ -164,6 +180,11 @@ def predict_block_steps(
     total = len(tiling.tiles)
     probs, gates = yield from predict_tiles(net, x, tiling, dev, amp, batch_size, list(gate_names), 0, total)
     del x
+    outer_labels = None
+    if zoom:  # objects are separated where the network saw them, then all goes back to the image's grid
+        if options.instances and config.task != "semantic":
+            outer_labels = probabilities_to_instances(probs, min_size=options.min_size)
+        probs, gates, outer_labels = back_to_grid(probs, gates, outer_labels, outer_shape)
     core = (slice(None), *block.core_in_outer())
     probability = (1.0 - probs[core][0]).astype(np.float32)
     gate_maps = np.stack([gates[g][core[1:]] for g in gate_names]) if gate_names else np.zeros((0, *block.core_shape))
@@ -172,7 +193,8 @@ def predict_block_steps(
         labels = class_values(probs[core])
         links = BlockLinks(block.index, 0, 0)
     elif options.instances:
-        outer_labels = probabilities_to_instances(probs, min_size=options.min_size)
+        if outer_labels is None:
+            outer_labels = probabilities_to_instances(probs, min_size=options.min_size)
         labels, links = local_labels(outer_labels, block, plan)
     else:
         labels = (probability > 0.5).astype(np.uint8)
@@ -213,6 +235,43 @@ def predict_block(
     return run_to_end(steps)
 
 
+def probe_zoom(
+    source: Any,
+    plan: BlockPlan,
+    model: AttentionUNet | str | os.PathLike,
+    normalization: Normalization,
+    options: PredictOptions | None = None,
+    *,
+    device: str | torch.device = "auto",
+    inference_model: AttentionUNet | None = None,
+) -> float | None:
+    """How much to enlarge every block of a large image for its small objects (None: not at all).
+
+    Decided once for the whole image, as :func:`~napari_attention_unet.core.predict.predict` decides
+    for a small one (``options.auto_zoom``, a model with ``config.extra["small_objects"]``; a set
+    ``options.zoom`` is returned as it is): the windows of :meth:`BlockPlan.probe_windows` (the
+    centre and the middles of the quarters, 512 px) are predicted as they are and the objects not
+    cut by a window's edge pooled (:func:`~napari_attention_unet.core.zoom.object_zoom`). Every
+    block is then enlarged alike, so an object cut by a block edge is seen alike on both sides.
+    """
+    options = PredictOptions.of(options)
+    dev = pick_device(device)
+    net = inference_model if inference_model is not None else load_inference_model(model, dev)
+    config = net.config
+    if options.zoom or not auto_zoom_applies(config, instances=options.instances, auto_zoom=options.auto_zoom):
+        return options.zoom or None
+    amp = autocast_dtype(dev, options.precision)
+    batch_size = options.batch_size or default_batch_size(dev, 2)
+    fit, tile_size, overlap = tile_policy(options.tile_size, options.overlap)
+    found = []
+    for window in plan.probe_windows():
+        x = normalization.apply(model_input(read_region(source, window, plan.axes), plan.axes, config.in_channels))
+        tiling = Tiling(x.shape[1:], tile_size, overlap, config.size_multiple, fit=fit)
+        probs, _ = run_to_end(predict_tiles(net, x, tiling, dev, amp, batch_size, [], 0, len(tiling.tiles)))
+        found.append(inside_objects(probabilities_to_instances(probs, min_size=options.min_size)))
+    return object_zoom(found, config)
+
+
 def write_block(result: BlockResult, sinks: BlockSinks) -> None:
     """Write a block's core arrays into ``sinks`` (labels keep their local ids until relabelled)."""
     ys, xs = result.block.core_slices
@@ -236,6 +295,7 @@ class BlockedPrediction:
     normalization: Normalization
     device: str
     spatial_axes: str = "YX"
+    zoom: float | None = None  # every block was enlarged this much for its small objects (probe_zoom)
 
     def gate_map(self, name: str) -> Any:
         return self.attention[self.gate_names.index(name)]
@@ -277,12 +337,19 @@ def predict_blocks(
     if options.instances and np.dtype(sinks.labels.dtype).itemsize < 4:
         raise ValueError(f"the labels sink needs a 32- or 64-bit integer dtype, not {sinks.labels.dtype}")
     options = PredictOptions.of(options, gates=gate_names)
-    blocks = plan.blocks
     tiles = plan.tiles_per_block(options.tile_size, options.overlap, model.config.size_multiple)
-    total = sum(tiles) + len(blocks) + 1
+    total = sum(tiles) + len(plan.blocks) + 1
     yield Progress(0, total, "normalising")
     if normalization is None:
         normalization = global_normalization(source, plan, model.config.in_channels)
+    zoom = probe_zoom(source, plan, model, normalization, options, device=dev, inference_model=net)
+    if zoom:  # smaller blocks, so that an enlarged one takes about the memory of one as it is
+        size = zoomed_block_size(plan.block_size, plan.halo, zoom)
+        plan = plan_blocks(source.shape, plan.axes, block_size=size, halo=plan.halo, link_width=plan.link_width)
+        options = PredictOptions.of(options, zoom=zoom)
+        tiles = plan.tiles_per_block(options.tile_size, options.overlap, model.config.size_multiple, zoom)
+        total = sum(tiles) + len(plan.blocks) + 1
+    blocks = plan.blocks
     stitcher = Stitcher(plan)
     done = 0
     for block, n_tiles in zip(blocks, tiles):
@@ -317,4 +384,5 @@ def predict_blocks(
         plan=plan,
         normalization=normalization,
         device=str(dev),
+        zoom=zoom,
     )

@@ -57,6 +57,14 @@ def _normalization_task(source, plan, in_channels: int):
     return global_normalization(_open_source(source), plan, in_channels)
 
 
+def _zoom_task(source, plan, spec: ModelSpec, normalization, options):
+    """On a worker: how much every block is enlarged for small objects (``blocks.probe_zoom``)."""
+    from napari_attention_unet.large_data.blocks import probe_zoom
+
+    model, net, device = worker_model(spec)
+    return probe_zoom(_open_source(source), plan, model, normalization, options, device=device, inference_model=net)
+
+
 def block_sinks(out: Path, stem: str, plan, gate_names: Sequence[str], instances: bool = True):
     """Where a large image's blocks go: ``out/<stem>/{labels,attention,probability}`` in a ``.zarr`` ``out``,
     else ``out/<stem>_labels.tif`` and ``out/<stem>_attention.tif`` (uncompressed, written in place)."""
@@ -92,7 +100,7 @@ def predict_large(
     """
     from tqdm import tqdm
 
-    from napari_attention_unet.large_data.blocks import Stitcher, plan_blocks, relabel_block
+    from napari_attention_unet.large_data.blocks import Stitcher, plan_blocks, relabel_block, zoomed_block_size
     from napari_attention_unet.large_data.files import TIFF_SUFFIXES, is_zarr_path, open_lazy_image, read_image
 
     options = PredictOptions.of(options).for_model(config)  # a semantic model: class values, no stitching
@@ -104,9 +112,15 @@ def predict_large(
         source, file_axes = read_image(image_path), None
         source_arg = client.scatter(source, broadcast=False)
     plan = plan_blocks(source.shape, options.axes or file_axes, block_size=block_size)
-    sinks = block_sinks(out, Path(image_path).name.split(".")[0], plan, config.gate_names, options.instances)
     block_options = PredictOptions.of(options, gates=tuple(config.gate_names))
     normalization = client.submit(_normalization_task, source_arg, plan, config.in_channels, pure=False).result()
+    # Small objects: every block enlarged alike, the blocks smaller for it (as blocks.predict_blocks).
+    zoom = client.submit(_zoom_task, source_arg, plan, spec, normalization, block_options, pure=False).result()
+    if zoom:
+        size = zoomed_block_size(block_size, plan.halo, zoom)
+        plan = plan_blocks(source.shape, plan.axes, block_size=size, halo=plan.halo, link_width=plan.link_width)
+        block_options = PredictOptions.of(block_options, zoom=zoom)
+    sinks = block_sinks(out, Path(image_path).name.split(".")[0], plan, config.gate_names, options.instances)
     blocks = plan.blocks
     futures = [
         client.submit(_predict_block_task, source_arg, b, plan, spec, normalization, block_options, sinks, pure=False)
