@@ -79,10 +79,15 @@ def test_plan_tiles_the_image_and_bands_lie_in_both_blocks():
 
 
 def test_enlarged_blocks_are_smaller_and_probe_windows_spread_over_the_image():
-    # An enlarged block with its halo stays within 15 % of a 2048 px block's width as it is.
-    assert B.zoomed_block_size(2048, 64, None) == B.zoomed_block_size(2048, 64, 1.0) == 2048
-    assert B.zoomed_block_size(2048, 64, 1.5) == 1024 and B.zoomed_block_size(2048, 64, 3.0) == 512
-    assert B.zoomed_block_size(1024, 64, 2.0) == 512 and B.zoomed_block_size(300, 64, 3.0) == 300
+    # An enlarged block with its (shrunk) halo stays within 1.5 times a block's width as it is.
+    plan = B.plan_blocks((5000, 6000), block_size=2048, halo=64)
+    assert B.zoomed_plan(plan, None) is plan and B.zoomed_plan(plan, 1.0) is plan
+    for zoom, size, halo in ((1.5, 2048, 43), (1.9, 1024, 34), (2.5, 1024, 32), (3.0, 1024, 32)):
+        zoomed = B.zoomed_plan(plan, zoom)
+        assert (zoomed.block_size, zoomed.halo, zoomed.link_width) == (size, halo, halo // 2), zoom
+        assert (size + 2 * halo) * zoom <= 1.5 * (2048 + 128) and zoomed.grid == (-(-5000 // size), -(-6000 // size))
+        assert 2048 % zoomed.chunk_size() == 0 and zoomed.chunk_size() <= size
+    assert B.zoomed_plan(B.plan_blocks((900, 900), block_size=300, halo=16), 3.0).block_size == 300
     windows = B.plan_blocks((2000, 3000)).probe_windows()
     assert len(windows) == 5 and all(w.core == w.outer and w.core_shape == (512, 512) for w in windows)
     assert windows[0].core == ((744, 1256), (1244, 1756))  # the centre first

@@ -30,7 +30,7 @@ import numpy as np
 from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.predict import PredictOptions, Progress
 from napari_attention_unet.gui.session import PROGRESS_STEPS
-from napari_attention_unet.large_data.block_geometry import Block, BlockPlan, plan_blocks
+from napari_attention_unet.large_data.block_geometry import Block, BlockPlan, plan_blocks, zoomed_plan
 from napari_attention_unet.large_data.blocks import (
     Normalization,
     global_normalization,
@@ -281,20 +281,22 @@ class LazyRun:
             yield report(done, "normalising")
             normalization = self.normalization(plane)
             source = self.image.plane(plane)
-            # Small objects: the plane's blocks all enlarged alike (the blocks stay as planned:
-            # at most 3x, a 1024 px block then has the working set of a 2048 px one as it is).
+            # Small objects: the plane's blocks all enlarged alike, with the halo of the in-memory
+            # engine; the blocks stay as the outputs were made (at most 3x: a 1024 px block then has
+            # about the working set of a 2048 px one as it is).
             zoom = probe_zoom(source, self.plan, model, normalization, self.options, device=device, inference_model=net)
+            plan = zoomed_plan(self.plan, zoom, shrink_blocks=False)
             options, plane_tiles = PredictOptions.of(self.options, zoom=zoom), tiles
             if zoom:
-                counts = self.plan.tiles_per_block(self.options.tile_size, self.options.overlap, multiple, zoom)
-                plane_tiles = dict(zip((b.index for b in self.plan.blocks), counts))
+                counts = plan.tiles_per_block(self.options.tile_size, self.options.overlap, multiple, zoom)
+                plane_tiles = dict(zip((b.index for b in plan.blocks), counts))
                 total += sum(plane_tiles.values()) - sum(tiles.values())
                 zooms.append(zoom)
             done += 1
-            stitcher, offsets, next_id = Stitcher(self.plan), {}, first_id
-            for block in self.order:
+            stitcher, offsets, next_id = Stitcher(plan), {}, first_id
+            for block in (plan.block(b.index) for b in self.order):
                 steps = predict_block_steps(
-                    source, block, self.plan, model, normalization, options, device=device, inference_model=net
+                    source, block, plan, model, normalization, options, device=device, inference_model=net
                 )
                 result = None
                 while not self.cancelled:

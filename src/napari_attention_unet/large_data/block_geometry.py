@@ -10,7 +10,7 @@ from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.resampling import isotropic_shape
 from napari_attention_unet.core.tiling import Tiling
 
-__all__ = ["BLOCK_OVERLAP", "BLOCK_TILE", "Block", "BlockPlan", "Index", "Span", "plan_blocks", "zoomed_block_size"]
+__all__ = ["BLOCK_OVERLAP", "BLOCK_TILE", "Block", "BlockPlan", "Index", "Span", "plan_blocks", "zoomed_plan"]
 
 Span = tuple[int, int]  # [start, stop) along one axis
 Index = tuple[int, int]  # (row, column) of a block in the grid
@@ -137,18 +137,26 @@ class BlockPlan:
         return windows
 
 
-def zoomed_block_size(block_size: int, halo: int, zoom: float | None, smallest: int = 256) -> int:
-    """The block edge for an image enlarged ``zoom`` times: ``block_size`` halved (down to
-    ``smallest``) until an enlarged block with its halo is no more than 15 % wider than a block of
-    ``block_size`` as it is, so that a block's working set stays about what it was. Halving keeps
-    the blocks on the grid of output chunks that divide ``block_size``."""
-    size = int(block_size)
+def zoomed_plan(plan: BlockPlan, zoom: float | None, smallest: int = 256, *, shrink_blocks: bool = True) -> BlockPlan:
+    """The plan for an image whose blocks are enlarged ``zoom`` times before the network.
+
+    The halo shrinks by the zoom (to no less than 32 px, and never beyond the plan's): enlarged,
+    it still gives the network its 64 px of context, and small objects are linked in a band of
+    half of it. The block edge is halved (down to ``smallest``) until an enlarged block with its
+    halo is at most 1.5 times as wide as a block of the plan as it is, so that a block's working
+    set stays within about twice what it was. Halving keeps the blocks on the grid of output
+    chunks that divide the plan's block size. ``shrink_blocks=False`` keeps the blocks (outputs
+    already made for them) and shrinks the halo only.
+    """
     if not zoom or zoom <= 1:
-        return size
-    limit = (block_size + 2 * halo) * 1.15
-    while size // 2 >= smallest and size % 2 == 0 and (size + 2 * halo) * zoom > limit:
+        return plan
+    halo = min(plan.halo, max(32, math.ceil(plan.halo / zoom)))
+    link_width = halo // 2 if plan.link_width == plan.halo // 2 else min(plan.link_width, halo)
+    limit, size = (plan.block_size + 2 * plan.halo) * 1.5, plan.block_size
+    while shrink_blocks and size // 2 >= smallest and size % 2 == 0 and (size + 2 * halo) * zoom > limit:
         size //= 2
-    return size
+    grid = tuple(-(-n // size) for n in plan.shape)
+    return BlockPlan(plan.shape, plan.axes, size, halo, link_width, grid)
 
 
 def plan_blocks(

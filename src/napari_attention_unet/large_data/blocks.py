@@ -16,7 +16,7 @@ dask workers):
    ``zoom = probe_zoom(source, plan, model, norm, options)`` - whether every block is enlarged
    for small objects (a few windows of the image predicted first; ``core.zoom``), decided once
    so that both sides of a block edge are seen alike; the drivers then re-plan with
-   ``zoomed_block_size`` and pass ``options.zoom``.
+   ``zoomed_plan`` and pass ``options.zoom``.
 3. ``result = predict_block(source, block, model, norm, options)`` - a pure, module-level,
    picklable function. ``source`` is the whole image as any array-like with ``.shape``,
    ``.dtype`` and slicing (numpy, ``np.memmap``, zarr, dask); only ``block.outer`` is read
@@ -84,7 +84,7 @@ from napari_attention_unet.large_data.block_geometry import (
     BlockPlan,
     plan_blocks,
     tile_policy,
-    zoomed_block_size,
+    zoomed_plan,
 )
 from napari_attention_unet.large_data.normalization import Normalization, global_normalization, model_input, read_region
 from napari_attention_unet.large_data.sinks import BlockSinks, allocate_sinks, as_sink_dtype, relabel_block
@@ -113,7 +113,7 @@ __all__ = [
     "relabel_block",
     "stitch",
     "write_block",
-    "zoomed_block_size",
+    "zoomed_plan",
 ]
 
 
@@ -343,10 +343,8 @@ def predict_blocks(
     if normalization is None:
         normalization = global_normalization(source, plan, model.config.in_channels)
     zoom = probe_zoom(source, plan, model, normalization, options, device=dev, inference_model=net)
-    if zoom:  # smaller blocks, so that an enlarged one takes about the memory of one as it is
-        size = zoomed_block_size(plan.block_size, plan.halo, zoom)
-        plan = plan_blocks(source.shape, plan.axes, block_size=size, halo=plan.halo, link_width=plan.link_width)
-        options = PredictOptions.of(options, zoom=zoom)
+    if zoom:  # smaller blocks and halo, so that an enlarged block takes about the memory of one as it is
+        plan, options = zoomed_plan(plan, zoom), PredictOptions.of(options, zoom=zoom)
         tiles = plan.tiles_per_block(options.tile_size, options.overlap, model.config.size_multiple, zoom)
         total = sum(tiles) + len(plan.blocks) + 1
     blocks = plan.blocks

@@ -100,7 +100,7 @@ def predict_large(
     """
     from tqdm import tqdm
 
-    from napari_attention_unet.large_data.blocks import Stitcher, plan_blocks, relabel_block, zoomed_block_size
+    from napari_attention_unet.large_data.blocks import Stitcher, plan_blocks, relabel_block, zoomed_plan
     from napari_attention_unet.large_data.files import TIFF_SUFFIXES, is_zarr_path, open_lazy_image, read_image
 
     options = PredictOptions.of(options).for_model(config)  # a semantic model: class values, no stitching
@@ -117,9 +117,7 @@ def predict_large(
     # Small objects: every block enlarged alike, the blocks smaller for it (as blocks.predict_blocks).
     zoom = client.submit(_zoom_task, source_arg, plan, spec, normalization, block_options, pure=False).result()
     if zoom:
-        size = zoomed_block_size(block_size, plan.halo, zoom)
-        plan = plan_blocks(source.shape, plan.axes, block_size=size, halo=plan.halo, link_width=plan.link_width)
-        block_options = PredictOptions.of(block_options, zoom=zoom)
+        plan, block_options = zoomed_plan(plan, zoom), PredictOptions.of(block_options, zoom=zoom)
     sinks = block_sinks(out, Path(image_path).name.split(".")[0], plan, config.gate_names, options.instances)
     blocks = plan.blocks
     futures = [
