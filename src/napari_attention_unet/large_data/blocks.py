@@ -322,7 +322,10 @@ def predict_blocks(
     ``options``. Outputs go to ``sinks`` (default: in-memory numpy from :func:`allocate_sinks`).
     Peak memory is the sinks plus one block's working set. Closing the generator stops
     before the next tile (the sinks are then incomplete). A semantic model writes class values
-    (its arg-max class per pixel) into the labels sink, with no stitching.
+    (its arg-max class per pixel) into the labels sink, with no stitching. Small objects get the
+    second look of :func:`~napari_attention_unet.core.predict.predict`, decided once for the image
+    (:func:`probe_zoom`), with the blocks planned again for it (:func:`zoomed_plan`; the result's
+    ``plan`` and ``zoom`` say what was done).
     """
     options = PredictOptions.of(options, **settings).for_model(model.config)
     plan = plan_blocks(source.shape, options.axes, block_size=block_size, halo=halo, link_width=link_width)
@@ -343,7 +346,7 @@ def predict_blocks(
     if normalization is None:
         normalization = global_normalization(source, plan, model.config.in_channels)
     zoom = probe_zoom(source, plan, model, normalization, options, device=dev, inference_model=net)
-    if zoom:  # smaller blocks and halo, so that an enlarged block takes about the memory of one as it is
+    if zoom:  # smaller blocks and halo: an enlarged block's working set stays within about twice a plain one's
         plan, options = zoomed_plan(plan, zoom), PredictOptions.of(options, zoom=zoom)
         tiles = plan.tiles_per_block(options.tile_size, options.overlap, model.config.size_multiple, zoom)
         total = sum(tiles) + len(plan.blocks) + 1
