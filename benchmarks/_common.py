@@ -32,7 +32,8 @@ def dsb2018_mosaic(size: int, tile: int = 256, masks: bool = False) -> tuple[np.
     """A ``size`` x ``size`` uint8 mosaic of 256x256 grey fluorescence DSB 2018 images.
 
     The images are the ``gray_darkbg`` 256x256 ones, sorted by id and taken at even
-    steps, so every run (and every machine) sees the same pixels. ``masks=True``
+    steps, so every run (and every machine) sees the same pixels; a mosaic with more cells
+    than images (8192² has 1024) takes all of them in turn, turned 90 degrees more each round. ``masks=True``
     gives the matching mosaic of instance labels (int32, ids unique across images).
     """
     import tifffile
@@ -43,20 +44,25 @@ def dsb2018_mosaic(size: int, tile: int = 256, masks: bool = False) -> tuple[np.
     ids = sorted(r["id"] for r in rows)
     per_side = size // tile
     count = per_side * per_side
-    if len(ids) < count:
-        sys.exit(f"only {len(ids)} suitable DSB 2018 images for a {size}x{size} mosaic of {count}")
-    chosen = [ids[round(i * (len(ids) - 1) / max(count - 1, 1))] for i in range(count)]
+    if not ids:
+        sys.exit(f"no suitable DSB 2018 images for a {size}x{size} mosaic")
+    # Each image once (at even steps) when there are enough; else all of them again, turned.
+    if count <= len(ids):
+        chosen = [ids[round(i * (len(ids) - 1) / max(count - 1, 1))] for i in range(count)]
+    else:
+        chosen = [ids[i % len(ids)] for i in range(count)]
     mosaic = np.zeros((size, size), dtype=np.int32 if masks else np.uint8)
     next_id = 0
     for k, image_id in enumerate(chosen):
         y, x = divmod(k, per_side)
         cell = (slice(y * tile, (y + 1) * tile), slice(x * tile, (x + 1) * tile))
+        turn = (k // len(ids)) % 4 if count > len(ids) else 0
         if masks:
-            labels = tifffile.imread(folder / "masks" / f"{image_id}.tif").astype(np.int32)
+            labels = np.rot90(tifffile.imread(folder / "masks" / f"{image_id}.tif").astype(np.int32), turn)
             mosaic[cell] = np.where(labels > 0, labels + next_id, 0)
             next_id = int(mosaic.max())
         else:
-            mosaic[cell] = tifffile.imread(folder / "images" / f"{image_id}.tif")
+            mosaic[cell] = np.rot90(tifffile.imread(folder / "images" / f"{image_id}.tif"), turn)
     return mosaic, chosen
 
 

@@ -49,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA  # noqa: E402
 
+from napari_attention_unet.core.device import pick_device  # noqa: E402
 from napari_attention_unet.core.images import normalize  # noqa: E402
 from napari_attention_unet.core.model import count_parameters  # noqa: E402
 from napari_attention_unet.core.predict import predict, run_to_end  # noqa: E402
@@ -60,6 +61,8 @@ from napari_attention_unet.core.train.start import (  # noqa: E402
     task_classes,
 )
 
+#: Where both models train and predict (``--device``; the figures below are the 2-core CPU's).
+DEVICE = torch.device("cpu")
 HIPPOCAMPUS = DATA / "msd_hippocampus_dev"
 CLASSES = ("anterior", "posterior")
 
@@ -100,7 +103,7 @@ def train_ours(train, minutes: float, seed: int, **settings) -> tuple[torch.nn.M
         "semantic", 3, shapes, from_scratch=True, minutes=minutes, depth=model.config.depth, seed=seed, **settings
     )
     samples, validation = split_samples(model.config, config, [(image, labels, "ZYX") for _, image, labels in train])
-    trainer = Trainer(model, config=config, device="cpu", samples=samples, validation=validation)
+    trainer = Trainer(model, config=config, device=DEVICE, samples=samples, validation=validation)
     run_to_end(trainer.run())
     result = trainer.result()
     info = {
@@ -116,7 +119,7 @@ def train_ours(train, minutes: float, seed: int, **settings) -> tuple[torch.nn.M
 def score_ours(model, test) -> np.ndarray:
     scores = []
     for _, image, labels in test:
-        prediction = run_to_end(predict(model, image, axes="ZYX", gates=(), device="cpu", precision="fp32"))
+        prediction = run_to_end(predict(model, image, axes="ZYX", gates=(), device=DEVICE, precision="fp32"))
         scores.append(class_dice(prediction.labels, labels))
     return np.array(scores)
 
@@ -129,7 +132,7 @@ def train_monai(train, minutes: float, seed: int, channels_last: bool, roi=(32, 
     rng = np.random.default_rng(seed)
     model = AttentionUnet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128), strides=(2, 2, 2))
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = model.to(DEVICE, memory_format=memory_format)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     volumes = []
@@ -146,8 +149,8 @@ def train_monai(train, minutes: float, seed: int, channels_last: bool, roi=(32, 
             box = tuple(slice(c, c + r) for c, r in zip(corner, roi))
             xs.append(image[box][None])
             ys.append(labels[box][None])
-        x = torch.from_numpy(np.stack(xs)).contiguous(memory_format=memory_format)
-        y = torch.from_numpy(np.stack(ys).astype(np.int64))
+        x = torch.from_numpy(np.stack(xs)).to(DEVICE).contiguous(memory_format=memory_format)
+        y = torch.from_numpy(np.stack(ys).astype(np.int64)).to(DEVICE)
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
@@ -165,9 +168,9 @@ def score_monai(model, test, channels_last: bool, roi=(32, 48, 32)) -> np.ndarra
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     scores = []
     for _, image, labels in test:
-        x = torch.from_numpy(normalize(image[None]))[None].contiguous(memory_format=memory_format)
+        x = torch.from_numpy(normalize(image[None]))[None].to(DEVICE).contiguous(memory_format=memory_format)
         logits = sliding_window_inference(x, roi, 4, model, overlap=0.25, mode="gaussian")
-        scores.append(class_dice(logits.argmax(1)[0].numpy(), labels))
+        scores.append(class_dice(logits.argmax(1)[0].cpu().numpy(), labels))
     return np.array(scores)
 
 
@@ -202,12 +205,12 @@ def bench_2d(minutes: float, seed: int) -> None:
             shapes = [labels.shape for _, labels in train]
             config = default_train_config("semantic", 2, shapes, from_scratch=start == "scratch", minutes=minutes)
             samples, validation = split_samples(model.config, config, train)
-            trainer = Trainer(model, config=config, device="cpu", samples=samples, validation=validation)
+            trainer = Trainer(model, config=config, device=DEVICE, samples=samples, validation=validation)
             run_to_end(trainer.run())
             trained = trainer.result().trained_model
             dice = []
             for image, labels in test:
-                predicted = run_to_end(predict(trained, image, gates=(), device="cpu", precision="fp32")).labels
+                predicted = run_to_end(predict(trained, image, gates=(), device=DEVICE, precision="fp32")).labels
                 dice.append(class_dice(predicted, labels)[0])
             print(f"| {name} | {start_name} | {trainer.step} | {np.mean(dice):.3f} |", flush=True)
 
@@ -233,6 +236,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall time per model")
     parser.add_argument("--n-train", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"], help="where both models train"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["both", "ours", "monai"], default="both")
     parser.add_argument("--monai-channels-last", action="store_true")
@@ -255,6 +261,8 @@ def main() -> None:
     )
     parser.add_argument("--zero-is", default="background", choices=["background", "slices"], help="with --slices")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = pick_device(args.device)
     if args.part == "2d":
         torch.set_num_threads(args.threads)
         return bench_2d(args.minutes, args.seed)
