@@ -283,7 +283,7 @@ class LazyRun:
             source = self.image.plane(plane)
             # Small objects: the plane's blocks all enlarged alike, with the halo of the in-memory
             # engine; the blocks stay as the outputs were made (at most 3x: a 1024 px block then has
-            # about the working set of a 2048 px one as it is).
+            # about twice the working set of a 2048 px one as it is).
             zoom = probe_zoom(source, self.plan, model, normalization, self.options, device=device, inference_model=net)
             plan = zoomed_plan(self.plan, zoom, shrink_blocks=False)
             options, plane_tiles = PredictOptions.of(self.options, zoom=zoom), tiles
