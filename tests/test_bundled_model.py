@@ -106,6 +106,7 @@ def test_small_nuclei_get_a_second_look_in_the_cli_and_the_dock(bundled, tmp_pat
             timeout=300,
         )
         assert done.returncode == 0, done.stderr
+        assert ("small objects: looked again at" in done.stderr) == (not flags), done.stderr
     zoomed = tifffile.imread(tmp_path / "zoomed" / "small_labels.tif")
     plain = tifffile.imread(tmp_path / "plain" / "small_labels.tif")
     assert np.array_equal(zoomed > 0, twice.labels > 0) and np.array_equal(plain > 0, once.labels > 0)

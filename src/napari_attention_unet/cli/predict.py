@@ -91,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
                     time_point=args.time_point,
                     default_spacing=trained,
                 )
-            drive(steps, path.name, leave=leave)
+            result = drive(steps, path.name, leave=leave)
+            if getattr(result, "zoom", None):  # it took about zoom² the time: say why
+                tqdm.write(
+                    f"{path.name}: small objects: looked again at {result.zoom:.1f}x (--no-auto-zoom leaves it out)",
+                    file=sys.stderr,
+                )
         except (ImageReadError, ImageShapeError, ValueError) as exc:
             failures += 1
             tqdm.write(f"attention-unet: skipping {path}: {exc}", file=sys.stderr)
