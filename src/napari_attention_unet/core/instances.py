@@ -94,15 +94,19 @@ def probabilities_to_instances(
     return relabelled.astype(np.int32, copy=False)
 
 
-def median_diameter(labels: np.ndarray) -> float | None:
-    """The median equivalent-circle (2D) or -sphere (3D) diameter of the objects, in pixels; None if none."""
+def object_diameters(labels: np.ndarray) -> np.ndarray:
+    """The equivalent-circle (2D) or -sphere (3D) diameter of each object, in pixels."""
     areas = np.bincount(np.asarray(labels).ravel().astype(np.int64, copy=False))[1:]
     areas = areas[areas > 0]
-    if not len(areas):
-        return None
     if labels.ndim == 3:
-        return float(np.median(np.cbrt(6.0 * areas / np.pi)))
-    return float(np.median(2.0 * np.sqrt(areas / np.pi)))
+        return np.cbrt(6.0 * areas / np.pi)
+    return 2.0 * np.sqrt(areas / np.pi)
+
+
+def median_diameter(labels: np.ndarray) -> float | None:
+    """The median of :func:`object_diameters`; None if there are no objects."""
+    diameters = object_diameters(labels)
+    return float(np.median(diameters)) if len(diameters) else None
 
 
 def small_object_zoom(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from napari_attention_unet.core.instances import small_object_zoom
+from napari_attention_unet.core.instances import object_diameters, small_object_zoom
 from napari_attention_unet.core.model import ModelConfig
 from napari_attention_unet.core.resampling import isotropic_shape, resample, resample_labels
 
@@ -46,12 +46,10 @@ def object_zoom(labels: np.ndarray | Sequence[np.ndarray], config: ModelConfig) 
     """The factor to enlarge an image by whose objects came out as ``labels`` (one array, or the
     labels of several windows of the image, pooled), or None to leave it as it is."""
     arrays = [labels] if isinstance(labels, np.ndarray) else list(labels)
-    areas = np.concatenate([np.bincount(a.ravel().astype(np.int64, copy=False))[1:] for a in arrays])
-    areas = areas[areas > 0]
-    if not len(areas):
+    diameters = np.concatenate([object_diameters(a) for a in arrays])
+    if not len(diameters):
         return None
-    diameter = float(np.median(2.0 * np.sqrt(areas / np.pi)))  # as instances.median_diameter, pooled
-    return small_object_zoom(diameter, **config.extra["small_objects"])
+    return small_object_zoom(float(np.median(diameters)), **config.extra["small_objects"])
 
 
 def enlarge(x: np.ndarray, factor: float) -> np.ndarray:
