@@ -234,6 +234,9 @@ def _patch(text: str) -> tuple[int, int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall time per model")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="ours: train this many steps instead (not timed, so load does not matter)"
+    )
     parser.add_argument("--n-train", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -282,6 +285,8 @@ def main() -> None:
     if args.only in ("both", "ours"):
         settings = {k: v for k, v in (("patch_size", args.patch), ("batch_size", args.batch)) if v is not None}
         settings["zero_is"] = args.zero_is
+        if args.steps:  # step-matched: the same run on any machine, however loaded
+            settings.update(max_steps=args.steps, time_budget=None)
         model, info = train_ours(train, args.minutes, args.seed, **settings)
         rows.append(("ours (attention-unet train)", info, score_ours(model, test)))
         if args.last:

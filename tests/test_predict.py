@@ -9,7 +9,7 @@ import torch
 
 from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
-from napari_attention_unet.core.predict import Progress, predict, run_to_end, tile_starts
+from napari_attention_unet.core.predict import PredictOptions, Progress, predict, run_to_end, tile_starts
 
 DATA = Path(__file__).parent / "data" / "images"
 FLUO = DATA / "00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552.tif"
@@ -168,6 +168,13 @@ def test_small_objects_get_a_second_look_at_an_enlarged_image(fluo):
     # The first reports count the image's own tiles; the enlarged image's tiles were added later.
     assert reports[0].total == plain_tiles(image) + 1 < reports[-1].total
     assert run_to_end(predict(knows, image, tile_size=64, overlap=16, auto_zoom=False)).zoom is None
+    # A fixed factor (the block engine's): 1 is no zoom at all, and a factor must be positive.
+    fixed = run_to_end(predict(model, image, tile_size=64, overlap=16, zoom=1.5))
+    assert fixed.zoom == 1.5 and np.all(fixed.labels == 1)
+    same = run_to_end(predict(model, image, tile_size=64, overlap=16, zoom=1))
+    assert same.zoom is None and np.array_equal(same.labels, plain.labels)
+    with pytest.raises(ValueError, match="positive"):
+        PredictOptions(zoom=0)
 
     assert small_object_zoom(None) is None and small_object_zoom(16.0) is None
     assert small_object_zoom(10.0) == pytest.approx(1.8) and small_object_zoom(4.0) == 3.0

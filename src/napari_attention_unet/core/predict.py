@@ -89,6 +89,10 @@ class PredictOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
+        if self.zoom is not None:  # 1 is no zoom: callers test ``options.zoom`` alone
+            if not self.zoom > 0:
+                raise ValueError(f"zoom must be a positive factor, not {self.zoom!r}")
+            object.__setattr__(self, "zoom", None if self.zoom == 1 else float(self.zoom))
         if self.intensity_range is not None:
             ranges = tuple(None if r is None else (float(r[0]), float(r[1])) for r in self.intensity_range)
             object.__setattr__(self, "intensity_range", ranges)
@@ -203,8 +207,8 @@ def predict(
 
     original_shape = x.shape[1:]
     zoom = isotropic_zoom(options.spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None
-    if options.zoom and options.zoom != 1 and config.spatial_dims == 2 and ndim == 2:
-        zoom = (float(options.zoom),) * 2
+    if options.zoom and config.spatial_dims == 2 and ndim == 2:
+        zoom = (options.zoom,) * 2
     grid = x if zoom is None else resample(x, isotropic_shape(original_shape, zoom))
     run = _Passes(net, dev, amp, batch_size, gate_names, tile_size, overlap, fit_tiles, config)
     probs, gate_maps = yield from run(grid, ndim > config.spatial_dims)

@@ -170,7 +170,7 @@ def predict_block_steps(
         region = read_region(source, block, plan.axes)
     x = normalization.apply(model_input(region, plan.axes, config.in_channels))
     del region
-    outer_shape, zoom = x.shape[1:], options.zoom if options.zoom and options.zoom != 1 else None
+    outer_shape, zoom = x.shape[1:], options.zoom
     if zoom:  # small objects: the whole image is enlarged alike (probe_zoom), block by block
         x = enlarge(x, zoom)
     fit, tile_size, overlap = tile_policy(options.tile_size, options.overlap)
