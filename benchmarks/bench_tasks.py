@@ -235,7 +235,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall time per model")
     parser.add_argument(
-        "--steps", type=int, default=None, help="ours: train this many steps instead (not timed, so load does not matter)"
+        "--steps", type=int, default=None, help="ours: train this many steps instead (untimed: load does not matter)"
     )
     parser.add_argument("--n-train", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
