@@ -404,3 +404,27 @@ def test_a_few_labelled_slices_of_a_volume_train_with_zero_is_slices():
     assert (dense == labels).all()
     plane, _ = labels_to_target(np.zeros((8, 8), np.uint8), "semantic", "slices")
     assert (plane == IGNORE).all()  # an unlabelled 2D plane of a stack counts nowhere
+
+
+def test_patches_centred_on_classes_bring_a_rare_class_into_most_batches():
+    from napari_attention_unet.core.train.samples import class_points
+
+    rng = np.random.default_rng(0)
+    labels = np.ones((256, 256), np.uint8)  # class 1 everywhere but one small spot of class 2
+    labels[200:206, 30:36] = 2
+    labels[0, :8] = 0
+    image = (labels * 50 + rng.normal(0, 5, labels.shape)).astype(np.float32)
+    points = class_points(prepare_sample(image, labels, in_channels=1, task="semantic").target)
+    assert sorted(points) == [1, 2] and len(points[2]) == 36 and len(points[1]) == 4096
+    assert (labels[tuple(points[2].T)] == 2).all() and (labels[tuple(points[1].T)] == 1).all()
+
+    def rare_share(fraction: float) -> float:
+        model = semantic_model(classes=("background", "common", "rare"))
+        settings = dict(patch_size=64, val_fraction=0.0, class_fraction=fraction)
+        trainer = Trainer(model, [(image, labels)], config=config(**settings))
+        batches = [trainer._host_batch()[1] for _ in range(50)]
+        return np.mean([(patch == 2).any() for targets in batches for patch in targets])
+
+    # Drawn anywhere, a 64 px patch holds the spot about one time in ten; centred on a class drawn
+    # evenly among the two, at least half the time.
+    assert rare_share(0.0) < 0.2 < 0.45 < rare_share(1.0)

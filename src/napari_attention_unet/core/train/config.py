@@ -42,6 +42,10 @@ class TrainConfig:
     eval_every: int = 25
     patience: int = 6
     edited_fraction: float = 0.5
+    # Semantic models: the share of patches centred on a pixel of one class, drawn evenly among
+    # the classes 1..K the image holds (nnU-Net's foreground oversampling), so a rare class (a
+    # synapse among membranes) is in most batches. The other patches fall anywhere.
+    class_fraction: float = 0.0
     scale_range: tuple[float, float] = (0.8, 1.25)
     # Random flips on every axis and 90-degree turns in YX. Off for classes that depend on the
     # orientation (anatomy: anterior / posterior, left / right), which flips would make ambiguous.

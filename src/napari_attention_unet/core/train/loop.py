@@ -27,7 +27,13 @@ from napari_attention_unet.core.train.checkpoints import PROGRESS, make_checkpoi
 from napari_attention_unet.core.train.config import INSTANCE_CLASSES, StepReport, TrainConfig, TrainResult, step_message
 from napari_attention_unet.core.train.losses import segmentation_loss, semantic_loss
 from napari_attention_unet.core.train.optimizer import budget_spent, eta, learning_rate, make_optimizer
-from napari_attention_unet.core.train.samples import TrainingSample, draw_batch, patch_shape, training_samples
+from napari_attention_unet.core.train.samples import (
+    TrainingSample,
+    class_points,
+    draw_batch,
+    patch_shape,
+    training_samples,
+)
 from napari_attention_unet.core.train.selection import (
     beats_best,
     must_beat_start,
@@ -89,6 +95,10 @@ class Trainer:
         weights = np.asarray(sample_weights if sample_weights is not None else [1.0] * len(self.samples), float)
         self.sample_p = weights / weights.sum()
         self.patch = patch_shape(config.patch_size, model.config.spatial_dims, model.config.size_multiple)
+        # Where patches centred on a class may go (semantic models that oversample classes).
+        self.class_points = None
+        if self.task == "semantic" and config.class_fraction > 0:
+            self.class_points = [class_points(s.target) for s in self.samples]
 
         self.freeze_bn = (not config.from_scratch) if config.freeze_batchnorm is None else config.freeze_batchnorm
         self.optimizer = make_optimizer(self.model, config)
@@ -198,7 +208,8 @@ class Trainer:
 
     def _host_batch(self) -> tuple:
         """(images, targets, weights or None) on the host: :func:`draw_batch` with this trainer's RNG."""
-        return draw_batch(self.samples, self.sample_p, self.rng, self.patch, self.model.config.in_channels, self.config)
+        channels = self.model.config.in_channels
+        return draw_batch(self.samples, self.sample_p, self.rng, self.patch, channels, self.config, self.class_points)
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The next batch on the device (channels-last images for 2D)."""

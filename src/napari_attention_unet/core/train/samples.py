@@ -321,6 +321,22 @@ def _richest_window(classes: np.ndarray, region: np.ndarray, width: int) -> int:
     return int(np.flatnonzero(held == held.max())[-1])
 
 
+def class_points(target: np.ndarray, per_class: int = 4096) -> dict[int, np.ndarray]:
+    """Class value -> ``(n, ndim)`` coordinates of up to ``per_class`` of its trained pixels
+    (evenly spread over the class's pixels), for every class 1..K the target holds."""
+    flat = target.ravel()
+    counted = np.flatnonzero((flat > 0) & (flat != IGNORE))
+    if not len(counted):
+        return {}
+    order = counted[np.argsort(flat[counted], kind="stable")]
+    values, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
+    points = {}
+    for value, start, count in zip(values.tolist(), starts.tolist(), counts.tolist()):
+        picks = order[start + np.linspace(0, count - 1, min(count, per_class)).astype(np.int64)]
+        points[int(value)] = np.stack(np.unravel_index(picks, target.shape), axis=1)
+    return points
+
+
 def draw_batch(
     samples: Sequence[TrainingSample],
     p: np.ndarray,
@@ -328,16 +344,23 @@ def draw_batch(
     patch: tuple[int, ...],
     channels: int,
     config: TrainConfig,
+    points: Sequence[dict[int, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Random augmented patches (images, targets, loss weights or None); a share of them
-    centred on user-edited pixels. Images are repeated to ``channels`` where grey."""
+    centred on user-edited pixels and, given each sample's :func:`class_points`, a share
+    (``config.class_fraction``) on a pixel of a class drawn evenly among the sample's classes.
+    Images are repeated to ``channels`` where grey."""
     images, targets, weights = [], [], []
     any_weights = any(s.weight_map is not None for s in samples)
     for _ in range(config.batch_size):
-        sample = samples[rng.choice(len(samples), p=p)]
-        centre = None
+        index = rng.choice(len(samples), p=p)
+        sample, centre = samples[index], None
         if sample.edited is not None and rng.random() < config.edited_fraction:
             centre = tuple(sample.edited[rng.integers(len(sample.edited))])
+        elif points is not None and points[index] and rng.random() < config.class_fraction:
+            classes = sorted(points[index])
+            where = points[index][classes[rng.integers(len(classes))]]
+            centre = tuple(where[rng.integers(len(where))])
         extra = sample.weight_map if any_weights else None
         if any_weights and extra is None:
             extra = np.ones((1, *sample.target.shape), np.float32)
