@@ -75,6 +75,12 @@ class ModelConfig:
         return tuple(f"gate{level + 1}" for level in range(self.depth - 1))
 
     @property
+    def unlabelled_channel(self) -> bool:
+        """A semantic model trained on strokes: channel 0 ("unlabelled") was never a target, so
+        prediction never gives class 0 (its output is whatever the untrained channel drifted to)."""
+        return self.task == "semantic" and self.classes[0] == "unlabelled"
+
+    @property
     def size_multiple(self) -> int:
         """Spatial sizes the network accepts must be multiples of this."""
         return 2 ** (self.depth - 1)

@@ -231,7 +231,7 @@ def predict(
         probs, gate_maps, instances = back_to_grid(probs, gate_maps, instances, original_shape)
     foreground = 1.0 - probs[0]
     if config.task == "semantic":
-        labels = class_values(probs)
+        labels = class_values(probs, config)
     elif not options.instances:
         labels = (foreground > 0.5).astype(np.uint8)
     elif instances is not None:
@@ -252,8 +252,11 @@ def predict(
     )
 
 
-def class_values(probs: np.ndarray) -> np.ndarray:
-    """A semantic model's labels: the most probable class's value (its output channel) per pixel, uint8."""
+def class_values(probs: np.ndarray, config: ModelConfig | None = None) -> np.ndarray:
+    """A semantic model's labels: the most probable class's value (its output channel) per pixel,
+    uint8; never 0 for a model whose channel 0 was never trained (``config.unlabelled_channel``)."""
+    if config is not None and config.unlabelled_channel:
+        return (np.argmax(probs[1:], axis=0) + 1).astype(np.uint8)
     return np.argmax(probs, axis=0).astype(np.uint8)
 
 

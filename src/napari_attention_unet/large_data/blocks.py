@@ -190,7 +190,7 @@ def predict_block_steps(
     gate_maps = np.stack([gates[g][core[1:]] for g in gate_names]) if gate_names else np.zeros((0, *block.core_shape))
     del gates
     if config.task == "semantic":  # class values need no stitching: each pixel's class is its own
-        labels = class_values(probs[core])
+        labels = class_values(probs[core], config)
         links = BlockLinks(block.index, 0, 0)
     elif options.instances:
         if outer_labels is None:

@@ -19,6 +19,7 @@ from napari_attention_unet.core.augment import IGNORE
 from napari_attention_unet.core.instances import BACKGROUND, probabilities_to_instances
 from napari_attention_unet.core.metrics import match_counts
 from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.predict import class_values
 from napari_attention_unet.core.train.samples import TrainingSample, _bounding_box
 
 #: Pixels of context kept around the labelled validation pixels when they are scored. The
@@ -151,7 +152,7 @@ def semantic_scores(
     for sample in samples:
         image, target, _ = validation_view(sample)
         valid = target != IGNORE
-        predicted = np.argmax(predict(model, image), axis=0)[valid]
+        predicted = class_values(predict(model, image), model.config)[valid].astype(np.int64)
         truth = np.minimum(target[valid], n - 1)  # values past the head are refused before training
         inter += np.bincount(truth[predicted == truth], minlength=n)[:n]
         p_sum += np.bincount(predicted, minlength=n)[:n]
