@@ -254,6 +254,7 @@ def main() -> None:
     )
     parser.add_argument("--patch", type=_patch, default=None, metavar="ZxYxX", help="our 3D patch (default: fitted)")
     parser.add_argument("--batch", type=int, default=None, help="our batch size (default 4)")
+    parser.add_argument("--patience", type=int, default=None, help="ours: evaluations without a better state")
     parser.add_argument(
         "--class-fraction", type=float, default=None, help="ours: share of patches centred on a class (TrainConfig)"
     )
@@ -286,7 +287,12 @@ def main() -> None:
     print(f"{len(train)} training, {len(test)} {kind} volumes, {args.minutes:g} min each, {args.threads} threads")
     rows = []
     if args.only in ("both", "ours"):
-        chosen = (("patch_size", args.patch), ("batch_size", args.batch), ("class_fraction", args.class_fraction))
+        chosen = (
+            ("patch_size", args.patch),
+            ("batch_size", args.batch),
+            ("class_fraction", args.class_fraction),
+            ("patience", args.patience),
+        )
         settings = {k: v for k, v in chosen if v is not None}
         settings["zero_is"] = args.zero_is
         if args.steps:  # step-matched: the same run on any machine, however loaded

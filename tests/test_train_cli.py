@@ -156,6 +156,15 @@ def test_bad_input_ends_with_one_clear_line(tmp_path, home, capsys, case, messag
     assert not (tmp_path / "never.safetensors").exists()
 
 
+@pytest.mark.parametrize("budget", [["--steps", "0"], ["--minutes", "-1"], ["--minutes", "soon"]])
+def test_a_budget_that_trains_nothing_is_refused_before_anything_is_read(tmp_path, capsys, budget):
+    argv = ["train", "--image", "nowhere.tif", "--labels", "nowhere.tif", "--out", str(tmp_path / "m"), *budget]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and f"argument {budget[0]}:" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_the_trainer_raises_the_same_text(tmp_path):
     from napari_attention_unet.core.train import TrainConfig, Trainer
 

@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
     )
     drive_training(trainer)
     result = trainer.result()
-    print(result.message, file=sys.stderr)
     if not result.accepted:
-        return fail(f"the fine-tuned model was not written: {result.message}")
+        return fail(f"the fine-tuned model was not written (the starting model stays as it was): {result.message}")
+    print(result.message, file=sys.stderr)
     meta = {
         "name": args.out.stem,
         "parent": info.name,

@@ -11,6 +11,21 @@ from napari_attention_unet.cli import finetune, models, predict, train
 __all__ = ["build_parser"]
 
 
+def _positive(kind: type):
+    """An argparse type: a number of ``kind`` above 0 (a budget of 0 steps trains nothing)."""
+
+    def read(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    return read
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attention-unet", description="Attention U-Net segmentation with attention maps."
@@ -90,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, type=Path, metavar="PATH", help="where to write the fine-tuned model")
     f.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="model to start from (default: bundled)")
     budget = f.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, default=None, help="time budget (default 5 minutes)")
-    budget.add_argument("--steps", type=int, default=None, help="step budget")
+    budget.add_argument("--minutes", type=_positive(float), default=None, help="time budget (default 5 minutes)")
+    budget.add_argument("--steps", type=_positive(int), default=None, help="step budget")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     f.add_argument(
         "--precision",
@@ -154,8 +169,8 @@ def _add_train(sub) -> None:
         "slices that hold labels, the other slices are not labelled)",
     )
     budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, default=None, help="time budget (default 10 minutes)")
-    budget.add_argument("--steps", type=int, default=None, help="step budget")
+    budget.add_argument("--minutes", type=_positive(float), default=None, help="time budget (default 10 minutes)")
+    budget.add_argument("--steps", type=_positive(int), default=None, help="step budget")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     t.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CZYX (default: guessed)")

@@ -117,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
     if result.accepted:
         print(result.message, file=sys.stderr)
     else:  # a new model has no previous one to fall back on: write the best state, and say why to doubt it
-        print(f"warning: {result.message} It is written all the same (there is no previous model).", file=sys.stderr)
+        print(
+            f"warning: {result.message} A new model has no earlier one to fall back on, so it is written: "
+            "check its predictions before relying on it.",
+            file=sys.stderr,
+        )
     meta = {
         "name": args.out.stem,
         "task": task,

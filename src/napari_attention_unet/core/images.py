@@ -104,7 +104,13 @@ def intensity_ranges(
     for c in range(image.shape[0]):
         flat = image[c].reshape(-1)
         step = max(1, flat.size // max_samples)
-        lo, hi = np.percentile(flat[::step].astype(np.float32), [low, high])
+        sample = flat[::step].astype(np.float32)
+        if not np.isfinite(sample).all():  # NaN pixels (e.g. outside a scan's mask) have no intensity
+            sample = sample[np.isfinite(sample)]
+        if not sample.size:
+            ranges.append(None)
+            continue
+        lo, hi = np.percentile(sample, [low, high])
         scale = hi - lo
         ranges.append(None if not np.isfinite(scale) or scale <= 1e-12 else (float(lo), float(hi)))
     return tuple(ranges)
@@ -121,7 +127,7 @@ def normalize(
 
     ``ranges`` (from :func:`intensity_ranges`, e.g. of the whole stack a plane comes from)
     replaces the image's own percentiles. Constant channels (range None) become zeros instead
-    of dividing by zero.
+    of dividing by zero. Pixels that are not numbers (NaN) become 0, the low percentile.
     """
     if ranges is None:
         ranges = intensity_ranges(image, low, high, max_samples)
@@ -135,4 +141,8 @@ def normalize(
         lo, hi = bounds
         np.subtract(image[c], np.float64(lo), out=out[c], casting="unsafe")
         out[c] *= np.float32(1.0 / (hi - lo))
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(out).all():
+        # NaN pixels read as the image's low percentile (the background of most images), not as
+        # NaN that would spread through every tile they touch; infinities as the ends of the range.
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     return out

@@ -311,7 +311,7 @@ class FinetuneWidget(Container):
             self._on_new_model(info)
             return
         if not result.accepted:
-            show_warning(result.message)
+            show_warning(f"Not used; the previous model is kept: {result.message}")
             self._readout.value = "Not used: " + result.message
             return
         parent = self._session.model_info.name if self._session.model_info else "model"

@@ -335,7 +335,7 @@ class Trainer:
 
     def _sanity_check(self, trained: AttentionUNet) -> tuple[bool, str]:
         if self.step == 0:
-            return False, "training was stopped before the first step; keeping the previous model"
+            return False, "training was stopped before the first step"
         if not self.validation:
             return True, f"trained {self.step} steps (no validation region, so no check)"
         trained = trained.to(self.device)

@@ -64,7 +64,7 @@ def not_better_message(step: int, start_scores: dict) -> str:
         score = f"mean class Dice {start_scores['dice']:.3f}"
     return (
         f"after {step} steps no trained state scored better on the held-out region than the "
-        f"starting model ({score}), so the previous model is kept. Correct more objects, or train longer."
+        f"starting model ({score}). Correct more objects, or train longer."
     )
 
 
@@ -82,13 +82,13 @@ def sanity_verdict(
     as objects: refused when it finds nothing or marks everything, else accepted with its scores."""
     if fraction <= 1e-4:
         return False, (
-            "the trained model finds no objects in the held-out region, so it is not used; "
-            "the previous model is kept. Label more objects (or check that the labels layer is the right one)."
+            "the trained model finds no objects in the held-out region. "
+            "Label more objects (or check that the labels layer is the right one)."
         )
     if fraction >= 0.99:
         return False, (
-            "the trained model marks the whole held-out region as objects, so it is not used; "
-            "the previous model is kept. Label some background too, or train for fewer steps."
+            "the trained model marks the whole held-out region as objects. "
+            "Label some background too, or train for fewer steps."
         )
     message = f"trained {step} steps ({stopped}); kept the state of step {best_step}: validation "
     if best_ap is not None:
@@ -106,7 +106,7 @@ def semantic_verdict(scores: dict, *, step: int, stopped: str, best_step: int) -
     held-out region though the labels there hold several, else accepted with its class Dice."""
     if scores["classes_predicted"] <= 1 < scores["classes_labelled"]:
         return False, (
-            "the trained model predicts one class everywhere in the held-out region, so it is not used. "
+            "the trained model predicts one class everywhere in the held-out region. "
             "Train longer, or label more of the rarer classes."
         )
     per_class = ", ".join(f"{name} {value:.3f}" for name, value in scores["class_dice"].items())
