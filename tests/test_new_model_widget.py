@@ -38,7 +38,8 @@ def wait_idle(qtbot, widget) -> None:
 def test_what_the_labels_would_teach_is_said_before_the_click():
     _image, labels = three_classes_2d()
     assert describe_labels(labels, "background").startswith("3 classes found")
-    assert "0 = unlabelled" in describe_labels(labels, "unlabelled")
+    strokes = describe_labels(labels, "unlabelled")
+    assert strokes.startswith("2 classes painted (1, 2)") and "0 = unlabelled" in strokes
     objects = np.zeros((64, 64), np.uint16)
     for i in range(40):
         objects[(i // 8) * 8 : (i // 8) * 8 + 5, (i % 8) * 8 : (i % 8) * 8 + 5] = i + 1

@@ -311,6 +311,8 @@ def test_transfer_keeps_the_encoder_and_replaces_the_head():
 def test_the_task_is_inferred_from_the_labels():
     image, labels = three_classes_2d()
     assert infer_task([labels]) == ("semantic", "3 classes found (0, 1, 2): semantic")
+    # Strokes: 0 is no class, so the painted values are the classes.
+    assert infer_task([labels], "unlabelled") == ("semantic", "2 classes painted (1, 2): semantic")
     from skimage.measure import label
 
     ids = label(labels > 0)

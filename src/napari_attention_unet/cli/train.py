@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
     model, task, dims, classes = plan.model, plan.task, plan.dims, plan.classes
-    what = f"{task} ({', '.join(classes)})" if task == "semantic" else task
+    named = classes[1:] if model.config.unlabelled_channel else classes  # strokes: 0 is no class
+    what = f"{task} ({', '.join(named)})" if task == "semantic" else task
     print(
         f"training a {dims}D {what} model ({count_parameters(model) / 1e6:.2f} M parameters, from {start_name}) "
         f"on {len(samples)} image(s) (validation: {_validation(samples, validation)}), "

@@ -37,7 +37,7 @@ def describe_labels(labels: np.ndarray, zero_is: str) -> str:
         labels = labels[(slice(None, None, step),) * labels.ndim]
     if not labels.any():
         return "nothing labelled yet"
-    task, why = infer_task([labels])
+    task, why = infer_task([labels], zero_is)
     if task == "semantic":
         zero = "0 = unlabelled: only painted pixels count" if zero_is == "unlabelled" else "0 = background"
         if full.ndim >= 3 and zero_is != "unlabelled":

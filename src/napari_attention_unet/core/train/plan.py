@@ -79,7 +79,7 @@ def plan_training(
     notes = []
     check_not_constant([p[1] for p in pairs], zero_is)
     if task is None:
-        task, why = infer_task([p[1] for p in pairs])
+        task, why = infer_task([p[1] for p in pairs], zero_is)
         notes.append(f"{why} (give the task to choose)")
     dims = dims or (3 if all(len(s) == 3 for s in shapes) else 2)
     if dims == 3:

@@ -138,10 +138,11 @@ def _one_piece_each(labels: np.ndarray) -> bool:
     return whole >= 0.9 * len(ids)
 
 
-def infer_task(labels: Sequence[np.ndarray]) -> tuple[str, str]:
+def infer_task(labels: Sequence[np.ndarray], zero_is: str = "background") -> tuple[str, str]:
     """``(task, why)`` from label images. Instances ("412 objects: instances"): values past 255,
     more than :data:`MAX_INFERRED_CLASSES` ids, 8 or more ids each in one piece, or a binary mask
-    of many separate pieces. Else semantic ("3 classes found (0, 1, 2): semantic")."""
+    of many separate pieces. Else semantic ("3 classes found (0, 1, 2): semantic"; for strokes,
+    ``zero_is="unlabelled"``, 0 is no class: "2 classes painted (1, 2): semantic")."""
     labels = [np.asarray(lbl) for lbl in labels]
     per_image = [np.unique(lbl) for lbl in labels]
     values = np.unique(np.concatenate(per_image))
@@ -155,7 +156,17 @@ def infer_task(labels: Sequence[np.ndarray]) -> tuple[str, str]:
         pieces = sum(int(connected_components(lbl != 0).max()) for lbl in labels)
         if pieces >= 5 * len(labels):
             return "instances", f"a binary mask of {pieces} objects: instances"
-    return "semantic", f"{len(values)} classes found ({', '.join(str(v) for v in values)}): semantic"
+    if zero_is == "unlabelled":
+        return "semantic", f"{_count(len(foreground), 'class', 'classes')} painted ({_listed(foreground)}): semantic"
+    return "semantic", f"{_count(len(values), 'class', 'classes')} found ({_listed(values)}): semantic"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _listed(values: np.ndarray) -> str:
+    return ", ".join(str(v) for v in values.tolist())
 
 
 def network_shape(shape: Sequence[int], spacing: Sequence[float] | None) -> tuple[int, ...]:
