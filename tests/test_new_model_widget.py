@@ -58,7 +58,7 @@ def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes):
     panel._start_from.value = _finetune_widget.NEW_MODEL
     panel._class_names.value = "bright, dim"
     assert not panel._task.native.isHidden() and "3 classes found" in panel._task.value
-    assert panel._start.text == "Train"
+    assert panel._start.text == "Train" and not widget._output.native.isHidden()  # an instance model now
 
     panel.start(steps=6)
     wait_idle(qtbot, widget)
@@ -71,6 +71,8 @@ def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes):
     assert masks.data.shape == labels.shape and set(np.unique(masks.data)) <= {0, 1, 2}
     assert list(masks.features["class"]) == ["background", "bright", "dim"]
     assert np.array_equal(layer.data, labels)  # the user's layer is only read
+    # The masks are class values: the choice of instances or a foreground mask does not apply.
+    assert widget._output.native.isHidden() and widget._current_slice.text.startswith("current slice")
 
 
 def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes):
@@ -93,6 +95,7 @@ def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes):
     assert masks.data.shape == labels.shape and tuple(masks.scale) == (2.0, 1.0, 1.0)
     gates = [lyr for lyr in viewer.layers if lyr.name.startswith("vol attention")]
     assert gates and all(g.data.shape == labels.shape for g in gates)  # 3D attention maps
+    assert widget._current_slice.text == "current time point only (time series)"  # a 3D model takes volumes
 
 
 def test_mismatched_labels_are_a_clear_message(plugin_widget, qtbot, notes):

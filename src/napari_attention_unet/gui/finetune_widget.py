@@ -89,7 +89,7 @@ class FinetuneWidget(Container):
         self._shapes = create_widget(annotation="napari.layers.Shapes", label="shapes", options={"nullable": True})
         self._minutes = FloatSpinBox(label="time budget (min)", value=2.0, min=0.1, max=120.0, step=0.5)
         self._start = PushButton(text="Fine-tune")
-        self._cancel = PushButton(text="Cancel fine-tuning", enabled=False)
+        self._cancel = PushButton(text="Cancel training", enabled=False)
         self._progress = ProgressBar(label="training", min=0, max=PROGRESS_STEPS, value=0)
         self._readout = Label(label="", value="")
         super().__init__(
@@ -360,11 +360,15 @@ def describe_report(report: StepReport) -> str:
         parts.append(f"val AP {report.val_ap:.3f}")
     if report.val_dice is not None:
         parts.append(f"val Dice {report.val_dice:.3f}")
+    if report.val_class_dice:
+        parts.append(", ".join(f"{name} {value:.2f}" for name, value in report.val_class_dice.items()))
     if report.best_val_ap is not None:
         parts.append(f"kept AP {report.best_val_ap:.3f}")
     elif report.best_val_dice is not None:
-        parts.append(f"kept {report.best_val_dice:.3f}")
+        parts.append(f"kept Dice {report.best_val_dice:.3f}")
     if report.eta is not None:
         minutes, seconds = divmod(round(report.eta), 60)
         parts.append(f"ETA {minutes}:{seconds:02d}")
-    return " · ".join(parts) + (f" — {report.message}" if report.message else "")
+    # The trainer's own line repeats the figures above; only other messages (e.g. a stop) are added.
+    said = report.message and not report.message.startswith(f"step {report.step}: loss")
+    return " · ".join(parts) + (f" — {report.message}" if said else "")

@@ -53,6 +53,7 @@ NO_MODEL = "(no model found)"
 # None = auto: the core fits the tiles to the image.
 TILE_CHOICES = [("auto", None)] + [(str(n), n) for n in (64, 96, 128, 256, 384, 512, 768, 1024)]
 INSTANCES, SEMANTIC = "instances (one id per nucleus)", "semantic (foreground = 1)"
+CURRENT_SLICE = {2: "current slice only (3D stacks, time series)", 3: "current time point only (time series)"}
 
 
 class AttentionUNetWidget(Container):
@@ -77,7 +78,7 @@ class AttentionUNetWidget(Container):
         self._tile_size = ComboBox(label="tile size", choices=TILE_CHOICES, value=None)
         self._output = ComboBox(label="masks", choices=[INSTANCES, SEMANTIC], value=INSTANCES)
         self._gates = Select(label="attention maps", choices=self._gate_choices, allow_multiple=True)
-        self._current_slice = CheckBox(text="current slice only (3D stacks, time series)", value=True)
+        self._current_slice = CheckBox(text=CURRENT_SLICE[2], value=True)
         self._predict = PushButton(text="Predict")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", min=0, max=PROGRESS_STEPS, value=0)
@@ -216,11 +217,11 @@ class AttentionUNetWidget(Container):
             show_error(explain_error(exc))
             return
         self._model_info.value = self._session.describe_model()
-        self._status.value = (
-            "Bundled 'nuclei' model not installed; using another model."
-            if (self._session.bundled_model_missing())
-            else ""
-        )
+        missing = self._session.bundled_model_missing()
+        self._status.value = "Bundled 'nuclei' model not installed; using another model." if missing else ""
+        config = self._session.model.config
+        self._output.visible = config.task != "semantic"  # a semantic model's masks are its class values
+        self._current_slice.text = CURRENT_SLICE[config.spatial_dims]  # a 3D model takes whole volumes
         self._gates.reset_choices()
         self._gates.value = list(self._session.gate_names)
 
