@@ -364,7 +364,9 @@ def test_cli_train_reads_nifti_and_predict_writes_classes_on_its_grid(tmp_path, 
     tiny = ["--base-width", "4", "--depth", "3", "--steps", "2", "--device", "cpu"]
     out = tmp_path / "scan-model"
     assert main(["train", "--image", str(image_path), "--labels", str(labels_path), "--out", str(out), *tiny]) == 0
-    assert "3 classes found (0, 1, 2): semantic" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "3 classes found (0, 1, 2): semantic" in said
+    assert "voxel size 2.5,1,1 (Z,Y,X, from the files' headers)" in said
     config, meta = read_metadata(tmp_path / "scan-model.safetensors")  # predict finds it by the typed path
     assert config.spatial_dims == 3 and config.task == "semantic" and meta["spacing"] == [2.5, 1.0, 1.0]
 

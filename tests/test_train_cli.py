@@ -170,7 +170,10 @@ def test_the_trainer_raises_the_same_text(tmp_path):
 
     image, labels = three_classes((6, 32, 32))
     model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, classes=("a", "b", "c"), task="semantic", depth=4))
-    with pytest.raises(ValueError, match="needs at least 8 px on every axis.*depth 3 \\(works from 4 px\\)"):
+    with pytest.raises(
+        ValueError,
+        match="needs at least 8 px on every axis.*depth 3 \\(works from 4 px; .*--start scratch --depth 3`\\)",
+    ):
         Trainer(model, [(image, labels, "ZYX")], config=TrainConfig(max_steps=1))
 
 

@@ -37,6 +37,18 @@ def _spacing(plan) -> list[float] | None:
     return list(sizes.pop()) if plan.dims == 3 and len(sizes) == 1 else None
 
 
+def _spacing_note(plan, given) -> str:
+    """One line on the voxel size the volumes were trained at (resampled to cubic voxels when anisotropic)."""
+    sizes = {tuple(float(v) for v in p[3]) for p in plan.pairs if p[3] is not None}
+    if not sizes:
+        return "voxel size: not given (no --spacing, no NIfTI header): voxels are taken as cubic"
+    where = "--spacing" if given else "the files' headers"
+    if len(sizes) > 1:
+        return f"voxel sizes (from {where}) differ between volumes; each is resampled to cubic voxels"
+    size = ",".join(f"{v:g}" for v in sizes.pop())
+    return f"voxel size {size} (Z,Y,X, from {where}); new volumes are predicted at their own voxel size"
+
+
 def _load_pairs(args: argparse.Namespace) -> list[tuple]:
     """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point)."""
     pairs = []
@@ -113,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         f"patches {'x'.join(map(str, trainer.patch))}, {describe_device(device, args.precision)}",
         file=sys.stderr,
     )
+    if dims == 3:  # where the voxel size came from, and what the model will expect of new volumes
+        print(_spacing_note(plan, args.spacing), file=sys.stderr)
     drive_training(trainer)
     result = trainer.result()
     if result.accepted:
