@@ -125,12 +125,17 @@ def test_layers_and_session_import_no_qt():
 def test_layers_prepared_in_the_worker_carry_the_fingerprint_the_main_thread_would_compute():
     """``predict_into_layers`` (run in the worker) builds the full stack and hashes it there; the layers
     added from it record that very fingerprint, and a later change to them is still noticed."""
+    from vispy.visuals.line import dash_atlas
+
     placement = Placement((3, 6, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), "abc", "stack")
 
     def steps():
         yield "progress"
         return make_prediction(index=(1,), fill=7)
 
+    # The first Labels outline's dash patterns are computed here too (once), not on the main thread.
+    _layers.warm_up_drawing.cache_clear()
+    dash_atlas._make_pattern.cache_clear()
     generator = _layers.predict_into_layers(steps(), placement)
     assert next(generator) == "progress"
     with pytest.raises(StopIteration) as done:
@@ -138,6 +143,7 @@ def test_layers_prepared_in_the_worker_carry_the_fingerprint_the_main_thread_wou
     prediction, prepared = done.value.value
     assert prediction.index == (1,) and all(r.full_fingerprint for r in prepared)
     assert prepared[0].full.shape == (3, 6, 8) and (prepared[0].full[1] == 7).all()
+    assert dash_atlas._make_pattern.cache_info().currsize >= 13
 
     layers = LayerList()
     added = apply_results(layers, prepared, placement)

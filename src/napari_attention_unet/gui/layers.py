@@ -17,6 +17,7 @@ names the zarr store they read. :func:`predict_into_layers` does the hashing in 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -209,7 +210,22 @@ def predict_into_layers(steps, placement: Placement, earlier: dict[tuple, OwnLay
         result.check_against((earlier or {}).get((result.role, result.gate)))
         if result.checked is None or not result.index or not result.checked[1]:
             result.prepare()  # a new layer, or a whole one: full-size data and its fingerprint
+    warm_up_drawing()
     return prediction, results
+
+
+@functools.cache
+def warm_up_drawing() -> None:
+    """Pay a one-time cost of napari's first Labels layer here, in the worker, not on the main thread.
+
+    The outline of a process's first Labels layer makes vispy compute its dash patterns (about
+    0.1-0.2 s of numpy in ``DashAtlas``; cached for every later line). No GL is involved.
+    """
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+    except ImportError:  # a vispy without it: nothing to warm up
+        return
+    DashAtlas()
 
 
 def labels_dtype(labels: np.ndarray) -> type:
