@@ -41,6 +41,7 @@ from napari_attention_unet.core.train.selection import (
     resolve_selection,
     sanity_verdict,
     semantic_verdict,
+    steps_text,
 )
 from napari_attention_unet.core.train.validation import predict_probabilities, score_samples, semantic_scores
 
@@ -337,7 +338,7 @@ class Trainer:
         if self.step == 0:
             return False, "training was stopped before the first step"
         if not self.validation:
-            return True, f"trained {self.step} steps (no validation region, so no check)"
+            return True, f"trained {steps_text(self.step)} (no validation region, so no check)"
         trained = trained.to(self.device)
         scores = self.validation_scores(trained)
         trained.cpu()
