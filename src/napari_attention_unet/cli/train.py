@@ -31,15 +31,20 @@ def _read(path: Path, time_point: int | None, *, series: bool = True) -> tuple[n
     return np.asarray(data), spacing
 
 
+def _voxel_sizes(plan) -> set[tuple[float, ...]]:
+    """The distinct voxel sizes of the volumes (--spacing or the NIfTI headers)."""
+    return {tuple(float(v) for v in p[3]) for p in plan.pairs if p[3] is not None}
+
+
 def _spacing(plan) -> list[float] | None:
     """The voxel size a 3D model was trained at (--spacing or the NIfTI headers), when all volumes share it."""
-    sizes = {tuple(float(v) for v in p[3]) for p in plan.pairs if p[3] is not None}
+    sizes = _voxel_sizes(plan)
     return list(sizes.pop()) if plan.dims == 3 and len(sizes) == 1 else None
 
 
 def _spacing_note(plan, given) -> str:
     """One line on the voxel size the volumes were trained at (resampled to cubic voxels when anisotropic)."""
-    sizes = {tuple(float(v) for v in p[3]) for p in plan.pairs if p[3] is not None}
+    sizes = _voxel_sizes(plan)
     if not sizes:
         return "voxel size: not given (no --spacing, no NIfTI header): voxels are taken as cubic"
     where = "--spacing" if given else "the files' headers"

@@ -114,6 +114,11 @@ class StepReport:
     val_class_dice: dict[str, float] | None = None
 
 
+def counted(n: int, one: str, many: str) -> str:
+    """``"1 step"``, ``"30 steps"``: ``n`` and the word that goes with it, for messages."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def step_message(
     step: int,
     loss: float,

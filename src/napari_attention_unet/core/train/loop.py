@@ -24,7 +24,14 @@ import torch
 from napari_attention_unet.core.device import autocast_dtype, channels_last_format, pick_device
 from napari_attention_unet.core.model import AttentionUNet
 from napari_attention_unet.core.train.checkpoints import PROGRESS, make_checkpoint, restore_checkpoint
-from napari_attention_unet.core.train.config import INSTANCE_CLASSES, StepReport, TrainConfig, TrainResult, step_message
+from napari_attention_unet.core.train.config import (
+    INSTANCE_CLASSES,
+    StepReport,
+    TrainConfig,
+    TrainResult,
+    counted,
+    step_message,
+)
 from napari_attention_unet.core.train.losses import segmentation_loss, semantic_loss
 from napari_attention_unet.core.train.optimizer import budget_spent, eta, learning_rate, make_optimizer
 from napari_attention_unet.core.train.samples import (
@@ -41,7 +48,6 @@ from napari_attention_unet.core.train.selection import (
     resolve_selection,
     sanity_verdict,
     semantic_verdict,
-    steps_text,
 )
 from napari_attention_unet.core.train.validation import predict_probabilities, score_samples, semantic_scores
 
@@ -97,9 +103,8 @@ class Trainer:
         self.sample_p = weights / weights.sum()
         self.patch = patch_shape(config.patch_size, model.config.spatial_dims, model.config.size_multiple)
         # Where patches centred on a class may go (semantic models that oversample classes).
-        self.class_points = None
-        if self.task == "semantic" and config.class_fraction > 0:
-            self.class_points = [class_points(s.target) for s in self.samples]
+        oversample = self.task == "semantic" and config.class_fraction > 0
+        self.class_points = [class_points(s.target) for s in self.samples] if oversample else None
 
         self.freeze_bn = (not config.from_scratch) if config.freeze_batchnorm is None else config.freeze_batchnorm
         self.optimizer = make_optimizer(self.model, config)
@@ -338,7 +343,7 @@ class Trainer:
         if self.step == 0:
             return False, "training was stopped before the first step"
         if not self.validation:
-            return True, f"trained {steps_text(self.step)} (no validation region, so no check)"
+            return True, f"trained {counted(self.step, 'step', 'steps')} (no validation region, so no check)"
         trained = trained.to(self.device)
         scores = self.validation_scores(trained)
         trained.cpu()

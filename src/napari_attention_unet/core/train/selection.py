@@ -13,13 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from napari_attention_unet.core.model import AttentionUNet
-from napari_attention_unet.core.train.config import INSTANCE_CLASSES
+from napari_attention_unet.core.train.config import INSTANCE_CLASSES, counted
 from napari_attention_unet.core.train.samples import TrainingSample
-
-
-def steps_text(n: int) -> str:
-    """``"1 step"``, ``"30 steps"``."""
-    return f"{n} step" + ("" if n == 1 else "s")
 
 
 def resolve_selection(choice: str, model: AttentionUNet, validation: Sequence[TrainingSample]) -> str:
@@ -68,7 +63,7 @@ def not_better_message(step: int, start_scores: dict) -> str:
     if start_scores.get("class_dice") is not None:
         score = f"mean class Dice {start_scores['dice']:.3f}"
     return (
-        f"after {steps_text(step)} no trained state scored better on the held-out region than the "
+        f"after {counted(step, 'step', 'steps')} no trained state scored better on the held-out region than the "
         f"starting model ({score}). Correct more objects, or train longer."
     )
 
@@ -95,7 +90,7 @@ def sanity_verdict(
             "the trained model marks the whole held-out region as objects. "
             "Label some background too, or train for fewer steps."
         )
-    message = f"trained {steps_text(step)} ({stopped}); kept the state of step {best_step}: validation "
+    message = f"trained {counted(step, 'step', 'steps')} ({stopped}); kept the state of step {best_step}: validation "
     if best_ap is not None:
         start = start_scores["ap"] if start_scores else None
         message += f"AP@0.5 {best_ap:.3f}" + (f" (starting model {start:.3f})" if start is not None else "")
@@ -116,6 +111,6 @@ def semantic_verdict(scores: dict, *, step: int, stopped: str, best_step: int) -
         )
     per_class = ", ".join(f"{name} {value:.3f}" for name, value in scores["class_dice"].items())
     return True, (
-        f"trained {steps_text(step)} ({stopped}); kept the state of step {best_step}: "
+        f"trained {counted(step, 'step', 'steps')} ({stopped}); kept the state of step {best_step}: "
         f"validation mean class Dice {scores['dice']:.3f}" + (f" ({per_class})" if per_class else "")
     )

@@ -23,7 +23,7 @@ from skimage.measure import label as connected_components
 
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom
-from napari_attention_unet.core.train.config import INSTANCE_CLASSES, TrainConfig
+from napari_attention_unet.core.train.config import INSTANCE_CLASSES, TrainConfig, counted
 from napari_attention_unet.core.train.samples import TrainingSample, fitted_patch, prepare_samples
 from napari_attention_unet.core.train.targets import MAX_CLASS_VALUE
 
@@ -157,12 +157,8 @@ def infer_task(labels: Sequence[np.ndarray], zero_is: str = "background") -> tup
         if pieces >= 5 * len(labels):
             return "instances", f"a binary mask of {pieces} objects: instances"
     if zero_is == "unlabelled":
-        return "semantic", f"{_count(len(foreground), 'class', 'classes')} painted ({_listed(foreground)}): semantic"
-    return "semantic", f"{_count(len(values), 'class', 'classes')} found ({_listed(values)}): semantic"
-
-
-def _count(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
+        return "semantic", f"{counted(len(foreground), 'class', 'classes')} painted ({_listed(foreground)}): semantic"
+    return "semantic", f"{counted(len(values), 'class', 'classes')} found ({_listed(values)}): semantic"
 
 
 def _listed(values: np.ndarray) -> str:

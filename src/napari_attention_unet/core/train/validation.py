@@ -152,7 +152,7 @@ def semantic_scores(
     for sample in samples:
         image, target, _ = validation_view(sample)
         valid = target != IGNORE
-        predicted = class_values(predict(model, image), model.config)[valid].astype(np.int64)
+        predicted = class_values(predict(model, image), model.config)[valid]
         truth = np.minimum(target[valid], n - 1)  # values past the head are refused before training
         inter += np.bincount(truth[predicted == truth], minlength=n)[:n]
         p_sum += np.bincount(predicted, minlength=n)[:n]
