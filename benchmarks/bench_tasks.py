@@ -26,7 +26,10 @@ place) and NuInsSeg human-spleen H&E nuclei (ids > 0; train on 3 tiles, score on
 
     python benchmarks/bench_tasks.py [--part 3d|2d] [--minutes 8] [--n-train 20] [--threads 2] [--seed 0]
         [--only both|ours|monai] [--monai-channels-last] [--inner] [--patch ZxYxX] [--batch N] [--last]
-        [--slices K --zero-is background|slices]
+        [--slices K --zero-is background|slices] [--steps N] [--monai-steps N]
+
+``--steps N`` / ``--monai-steps N`` train ours / MONAI for N steps instead of ``--minutes`` (untimed,
+so the machine's load does not matter; ``--monai-steps 1672`` is the issue's bf16 MONAI run).
 
 ``--slices K`` keeps K labelled slices of each training volume (a user who labelled a few
 slices), trained with ``--zero-is background`` or ``slices``. ``--inner`` chooses settings
@@ -124,7 +127,7 @@ def score_ours(model, test) -> np.ndarray:
     return np.array(scores)
 
 
-def train_monai(train, minutes: float, seed: int, channels_last: bool, roi=(32, 48, 32), batch: int = 4):
+def train_monai(train, minutes: float, seed: int, channels_last: bool, roi=(32, 48, 32), batch=4, max_steps=None):
     from monai.losses import DiceCELoss
     from monai.networks.nets import AttentionUnet
 
@@ -141,7 +144,7 @@ def train_monai(train, minutes: float, seed: int, channels_last: bool, roi=(32, 
         volumes.append((np.pad(normalize(image[None])[0], pads), np.pad(labels, pads)))
     model.train()
     steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < 60 * minutes:
+    while (steps < max_steps) if max_steps else (time.perf_counter() - start < 60 * minutes):
         xs, ys = [], []
         for _ in range(batch):  # RandSpatialCrop
             image, labels = volumes[rng.integers(len(volumes))]
@@ -237,6 +240,9 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help="ours: train this many steps instead (untimed: load does not matter)"
     )
+    parser.add_argument(
+        "--monai-steps", type=int, default=None, help="MONAI: train this many steps (1672: the issue's bf16 run)"
+    )
     parser.add_argument("--n-train", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -303,7 +309,7 @@ def main() -> None:
             last = {**info, "note": info["note"].split(", best")[0] + ", the last state"}
             rows.append(("ours, last state", last, score_ours(info["last"], test)))
     if args.only in ("both", "monai"):
-        model, info = train_monai(train, args.minutes, args.seed, args.monai_channels_last)
+        model, info = train_monai(train, args.minutes, args.seed, args.monai_channels_last, max_steps=args.monai_steps)
         rows.append(("MONAI AttentionUnet", info, score_monai(model, test, args.monai_channels_last)))
     print()
     print("| model | params | steps | s/step | mean Dice | anterior | posterior | setup |")
