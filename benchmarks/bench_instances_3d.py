@@ -25,17 +25,24 @@ TP / (TP + FP + FN)), its mean, and the objects missed (FN) and false (FP) over 
 
     python benchmarks/bench_instances_3d.py [--minutes 5] [--n-test 3] [--threads 2] [--seed 0]
         [--shape 48,128,128] [--only both|ours|classic] [--min-distance 4]
+        [--irregular A] [--first-test 1] [--split-depths D,D,...] [--last]
+
+``--irregular A`` makes the nuclei lumpy (radii vary with the direction by about A);
+``--first-test 4`` scores volumes 4.. (those the split depth was chosen on) instead of 1..;
+``--split-depths`` also scores our model with other split depths, ``--last`` its last state.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from napari_attention_unet.core import instances
 from napari_attention_unet.core.metrics import match_counts
 from napari_attention_unet.core.model import count_parameters
 from napari_attention_unet.core.predict import predict, run_to_end
@@ -78,10 +85,28 @@ def _centres(rng: np.random.Generator, n: int, extent: np.ndarray) -> tuple[np.n
     return np.array(centres), np.array(radii)
 
 
+def _lumps(rng: np.random.Generator, local: np.ndarray, amount: float) -> np.ndarray:
+    """A smooth factor around 1 over each direction from the centre: ``amount`` 0.2 makes radii vary by about 20 %."""
+    direction = local / np.maximum(np.linalg.norm(local, axis=-1, keepdims=True), 1e-6)
+    waves = rng.normal(size=(4, 3))
+    waves *= 2.5 / np.linalg.norm(waves, axis=1, keepdims=True)  # low frequencies over the sphere: lobes, dents
+    phases = rng.uniform(0, 2 * np.pi, size=4)
+    bumps = np.cos(direction @ waves.T + phases).sum(-1) / 2.0  # about unit spread
+    return 1.0 + amount * np.clip(bumps, -2.5, 2.5)
+
+
 def synthetic_volume(
-    seed: int, shape: tuple[int, int, int] = SHAPE, spacing: tuple[float, float, float] = SPACING
+    seed: int,
+    shape: tuple[int, int, int] = SHAPE,
+    spacing: tuple[float, float, float] = SPACING,
+    irregular: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded (float32 image, uint16 instance labels) pair of touching ellipsoidal nuclei, ZYX."""
+    """A seeded (float32 image, uint16 instance labels) pair of touching ellipsoidal nuclei, ZYX.
+
+    ``irregular`` > 0 makes each nucleus lumpy (its radius varies smoothly with the direction by
+    about that fraction: lobes and dents, as real nuclei have), where a distance-transform split
+    may cut one nucleus in two.
+    """
     rng = np.random.default_rng(seed)
     step = np.asarray(spacing, dtype=np.float64)
     extent = np.asarray(shape) * step
@@ -91,14 +116,17 @@ def synthetic_volume(
     nearest = np.full(shape, np.inf, np.float32)  # the smallest normalised distance so far
     brightness = np.zeros(len(centres) + 1, np.float32)
     for i, (centre, axes) in enumerate(zip(centres, radii), start=1):
-        lo = np.maximum(np.floor((centre - axes.max()) / step).astype(int), 0)
-        hi = np.minimum(np.ceil((centre + axes.max()) / step).astype(int) + 1, shape)
+        reach = axes.max() * (1.0 + 2.5 * irregular)  # the farthest a (lumpy) surface can be from the centre
+        lo = np.maximum(np.floor((centre - reach) / step).astype(int), 0)
+        hi = np.minimum(np.ceil((centre + reach) / step).astype(int) + 1, shape)
         if np.any(hi <= lo):
             continue
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
         grid = np.stack(np.meshgrid(*[np.arange(a, b) * s for a, b, s in zip(lo, hi, step)], indexing="ij"), -1)
         local = (grid - centre) @ _rotation(rng) / axes  # into the ellipsoid's frame, in units of its semi-axes
         distance = np.sqrt((local**2).sum(-1)).astype(np.float32)
+        if irregular > 0:
+            distance = (distance / _lumps(rng, local, irregular)).astype(np.float32)
         mine = (distance < 1.0) & (distance < nearest[box])
         labels[box][mine] = i
         nearest[box][mine] = distance[mine]
@@ -147,6 +175,7 @@ def train_ours(volume, minutes: float, seed: int) -> tuple[torch.nn.Module, dict
     run_to_end(trainer.run())
     result = trainer.result()
     info = {
+        "last": copy.deepcopy(trainer.model).cpu().eval(),  # the state at the end, for --last
         "steps": result.steps,
         "seconds": trainer.elapsed,
         "note": f"{count_parameters(plan.model) / 1e6:.2f} M params, patch {'x'.join(map(str, trainer.patch))} "
@@ -175,14 +204,22 @@ def main() -> None:
     parser.add_argument("--shape", default=",".join(map(str, SHAPE)), help="Z,Y,X voxels of every volume")
     parser.add_argument("--only", choices=["both", "ours", "classic"], default="both")
     parser.add_argument("--min-distance", type=int, default=4, help="classic: voxels between markers")
+    parser.add_argument("--irregular", type=float, default=0.0, help="lumpy nuclei: radii vary by about this fraction")
+    parser.add_argument("--first-test", type=int, default=1, help="first test volume's seed (4: those that chose)")
+    parser.add_argument("--last", action="store_true", help="ours: also score the last state, not only the kept one")
+    parser.add_argument(
+        "--split-depths", default=None, help="ours: also score these split depths (e.g. 0.25,0.5,1), same model"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = tuple(int(v) for v in args.shape.split(","))
-    train = synthetic_volume(0, shape)
-    test = [synthetic_volume(s, shape) for s in range(1, args.n_test + 1)]
+    train = synthetic_volume(0, shape, irregular=args.irregular)
+    seeds = range(args.first_test, args.first_test + args.n_test)
+    test = [synthetic_volume(s, shape, irregular=args.irregular) for s in seeds]
     counts = ", ".join(str(int(labels.max())) for _, labels in test)
+    lumps = f", lumps {args.irregular:g}" if args.irregular else ""
     print(
-        f"volumes {'x'.join(map(str, shape))} (spacing {','.join(f'{s:g}' for s in SPACING)}): "
+        f"volumes {'x'.join(map(str, shape))}{lumps} (spacing {','.join(f'{s:g}' for s in SPACING)}): "
         f"1 to train ({int(train[1].max())} objects), {len(test)} to test ({counts} objects); "
         f"{args.minutes:g} min, {args.threads} threads"
     )
@@ -193,6 +230,17 @@ def main() -> None:
         ap, tally = score(test, lambda image: segment_ours(model, image))
         info["note"] += f", {(time.perf_counter() - start) / len(test):.1f} s/volume to predict"
         rows.append(("ours (attention-unet train, 3D instances)", info, ap, tally))
+        models = [("", model)] + ([(", last state", info["last"])] if args.last else [])
+        for depth in [float(v) for v in args.split_depths.split(",")] if args.split_depths else [None]:
+            for state, net in models:
+                if depth is None and not state:
+                    continue  # the default depth and the kept state: the first row
+                default = instances.SPLIT_DEPTH_3D
+                instances.SPLIT_DEPTH_3D = default if depth is None else depth
+                ap, tally = score(test, lambda image, net=net: segment_ours(net, image))
+                instances.SPLIT_DEPTH_3D = default
+                name = f"ours{state}" + ("" if depth is None else f", split depth {depth:g}")
+                rows.append((name, {**info, "note": "the same run"}, ap, tally))
     if args.only in ("both", "classic"):
         start = time.perf_counter()
         ap, tally = score(test, lambda image: classic_watershed(image, min_distance=args.min_distance))
