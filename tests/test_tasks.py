@@ -246,6 +246,29 @@ def test_3d_objects_are_separated_on_the_cubic_grid(monkeypatch):
     )
 
 
+def test_3d_seeds_take_an_interior_the_network_is_less_sure_of():
+    """A 3D model's p(interior) sits lower than a 2D one's (the boundary rim is a larger share of a
+    3D object): two touching nuclei whose cores read 0.4 interior / 0.55 boundary are two objects
+    with the 3D default (SEED_THRESHOLD_3D); with the 2D threshold of 0.5 they have no seed at all."""
+    from napari_attention_unet.core.instances import SEED_THRESHOLD_3D, probabilities_to_instances
+
+    z, y, x = np.mgrid[:20, :20, :32]
+    a = np.sqrt((z - 10) ** 2 + (y - 10) ** 2 + (x - 10) ** 2)
+    b = np.sqrt((z - 10) ** 2 + (y - 10) ** 2 + (x - 22) ** 2)
+    foreground = (a < 7) | (b < 7)
+    rim = foreground & ((np.minimum(a, b) > 5.5) | (np.abs(x - 16) <= 1))  # surfaces and the contact
+    p_interior = np.where(rim, 0.05, 0.4) * foreground
+    p_boundary = np.where(rim, 0.9, 0.55) * foreground
+    probs = np.stack([np.where(foreground, 0.05, 1.0), p_interior, p_boundary]).astype(np.float32)
+    probs /= probs.sum(0)
+    assert SEED_THRESHOLD_3D < 0.4
+    two = probabilities_to_instances(probs)
+    assert two.max() == 2 and len(np.unique(two[10, 10, [10, 22]])) == 2
+    assert probabilities_to_instances(probs, seed_threshold=0.5).max() == 0
+    # 2D keeps 0.5: the middle plane, alone, has no seed either
+    assert probabilities_to_instances(probs[:, 10]).max() == 0
+
+
 def test_3d_flips_and_turns_keep_z_and_alignment():
     rng = np.random.default_rng(0)
     target = np.zeros((8, 16, 16), np.uint8)
