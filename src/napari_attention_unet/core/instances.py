@@ -76,10 +76,11 @@ def probabilities_to_instances(
     None: 0.5 in 2D, :data:`SEED_THRESHOLD_3D` in 3D.
     """
     p_bg, p_interior = probabilities[BACKGROUND], probabilities[INTERIOR]
+    volume = probabilities.ndim == 4  # (classes, z, y, x): the 3D defaults
     if split_depth is None:
-        split_depth = SPLIT_DEPTH_3D if probabilities.ndim == 4 else 1.0
+        split_depth = SPLIT_DEPTH_3D if volume else 1.0
     if seed_threshold is None:
-        seed_threshold = SEED_THRESHOLD_3D if probabilities.ndim == 4 else 0.5
+        seed_threshold = SEED_THRESHOLD_3D if volume else 0.5
     foreground = (1.0 - p_bg) > threshold
     interior = (p_interior > seed_threshold) & foreground
     if not interior.any():
