@@ -29,7 +29,7 @@ from napari_attention_unet.core.images import (
 from napari_attention_unet.core.instances import probabilities_to_instances
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.progress import Progress, run_to_end
-from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom, resample
+from napari_attention_unet.core.resampling import grid_zoom, isotropic_shape, resample
 from napari_attention_unet.core.tiling import Tiling, predict_tiles, tile_starts
 from napari_attention_unet.core.zoom import auto_zoom_applies, back_to_grid, enlarge, object_zoom
 
@@ -206,10 +206,11 @@ def predict(
     x = normalize(network_channels(channels_first, config.in_channels), ranges=options.intensity_range)
 
     original_shape = x.shape[1:]
-    zoom = isotropic_zoom(options.spacing, ndim) if config.spatial_dims == 3 and ndim == 3 else None
+    voxel = config.extra.get("voxel_size") if config.spatial_dims == 3 else None
+    zoom = grid_zoom(options.spacing, ndim, voxel) if config.spatial_dims == 3 and ndim == 3 else None
     if options.zoom and config.spatial_dims == 2 and ndim == 2:
         zoom = (options.zoom,) * 2
-    grid = x if zoom is None else resample(x, isotropic_shape(original_shape, zoom))
+    grid = x if zoom is None else resample(x, isotropic_shape(original_shape, zoom), antialias=True)
     run = _Passes(net, dev, amp, batch_size, gate_names, tile_size, overlap, fit_tiles, config)
     probs, gate_maps = yield from run(grid, ndim > config.spatial_dims)
 

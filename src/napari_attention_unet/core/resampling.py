@@ -2,7 +2,9 @@
 
 A 3D model sees a volume whose z step is larger than its xy step (the usual light-sheet,
 confocal or MR stack) resampled to cubic voxels: prediction (:mod:`.predict`) and training
-(:mod:`.train.samples`) use the same functions, so both see the same grid.
+(:mod:`.train.samples`) use the same functions, so both see the same grid. A 3D instance model
+may also have its own voxel size (``ModelConfig.extra["voxel_size"]``, world units: see
+:func:`object_voxel_size`): volumes whose objects are large on their own grid are shrunk to it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.nn import functional as F
 
-__all__ = ["isotropic_shape", "isotropic_zoom", "resample", "resample_labels"]
+__all__ = ["grid_zoom", "isotropic_shape", "isotropic_zoom", "object_voxel_size", "resample", "resample_labels"]
+
+#: A 3D instance model works on a grid where the median object is about this many voxels across:
+#: the size of the synthetic nuclei its recipe (patch size, seed threshold, split depth) was
+#: developed on (benchmarks/bench_instances_3d.py: 16.9 voxels for the ellipsoids, 17.8 lumpy).
+OBJECT_VOXELS_3D = 17.0
+#: Factors beyond these mean the volume's voxel size and the model's are not in the same units.
+ZOOM_LIMITS = (1 / 16, 8.0)
 
 
 def isotropic_zoom(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
@@ -30,17 +40,68 @@ def isotropic_zoom(spacing: Sequence[float] | None, ndim: int) -> tuple[float, .
     return zoom if max(zoom) > 1.25 else None
 
 
+def grid_zoom(spacing: Sequence[float] | None, ndim: int, voxel: float | None = None) -> tuple[float, ...] | None:
+    """Per-axis factors from a volume's grid to the network's: cubic voxels of ``voxel`` world units
+    (a 3D instance model's own size; the volume's spacing taken as 1 when not given) or, without
+    one, :func:`isotropic_zoom`. None when the network's grid is nearly the volume's own."""
+    if voxel is None:
+        return isotropic_zoom(spacing, ndim)
+    spacing = (1.0,) * ndim if spacing is None else tuple(float(s) for s in spacing)[-ndim:]
+    if len(spacing) != ndim or min(spacing) <= 0 or not all(math.isfinite(s) for s in spacing):
+        raise ValueError(f"spacing must give {ndim} positive pixel sizes, got {spacing}")
+    zoom = tuple(s / float(voxel) for s in spacing)
+    if min(zoom) < ZOOM_LIMITS[0] or max(zoom) > ZOOM_LIMITS[1]:
+        raise ValueError(
+            f"the volume's voxel size {_listed(spacing)} is far from the size the model works at ({voxel:g} "
+            "per voxel, in the units it was trained with): give the voxel size in those units"
+        )
+    return zoom if max(zoom) > 1.25 or min(zoom) < 0.8 else None
+
+
+def object_voxel_size(
+    labels: Sequence[np.ndarray], spacings: Sequence[Sequence[float] | None], target: float = OBJECT_VOXELS_3D
+) -> float | None:
+    """The voxel size (world units) at which the median object of instance ``labels`` (volumes, with
+    their spacings; 1 where None) is ``target`` voxels across, when that is coarser than the volumes'
+    finest axis by more than a quarter; else None (the finest axis: :func:`isotropic_zoom`).
+
+    Large objects are seen shrunk, never small ones enlarged: a 24-voxel training patch then holds
+    an object and its neighbours, and prediction costs what it costs at this size.
+    """
+    diameters, finest = [], math.inf
+    for volume, spacing in zip(labels, spacings):
+        step = np.ones(3) if spacing is None else np.asarray(spacing, float)[-3:]
+        finest = min(finest, float(step.min()))
+        sizes = np.bincount(np.asarray(volume).ravel().astype(np.int64, copy=False))[1:]
+        diameters.append(np.cbrt(6.0 * sizes[sizes > 0] * float(np.prod(step)) / np.pi))
+    diameters = np.concatenate(diameters) if diameters else np.zeros(0)
+    if not diameters.size:
+        return None
+    voxel = float(np.median(diameters)) / target
+    return voxel if voxel > 1.25 * finest else None
+
+
+def _listed(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
 def isotropic_shape(shape: Sequence[int], zoom: Sequence[float]) -> tuple[int, ...]:
     """The shape of a volume of ``shape`` resampled by ``zoom`` (at least 1 voxel per axis)."""
     return tuple(max(1, round(n * f)) for n, f in zip(shape, zoom))
 
 
-def resample(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """(C, Z, Y, X) or (C, Y, X) float array -> (C, *shape) by (tri)linear interpolation, channel by channel."""
+def resample(array: np.ndarray, shape: Sequence[int], antialias: bool = False) -> np.ndarray:
+    """(C, Z, Y, X) or (C, Y, X) float array -> (C, *shape) by (tri)linear interpolation, channel by
+    channel. ``antialias``: axes that shrink are smoothed first (Gaussian, sigma (factor - 1) / 2),
+    as an image going to a coarser network grid must be (noise would alias into it otherwise)."""
     out = np.empty((array.shape[0], *shape), dtype=np.float32)
     mode = "trilinear" if len(shape) == 3 else "bilinear"
+    sigma = [max(0.0, (n / m - 1.0) / 2.0) if antialias else 0.0 for n, m in zip(array.shape[1:], shape)]
     for c in range(array.shape[0]):
-        channel = torch.from_numpy(np.ascontiguousarray(array[c], dtype=np.float32))[None, None]
+        plane = np.ascontiguousarray(array[c], dtype=np.float32)
+        if max(sigma) > 0:
+            plane = ndimage.gaussian_filter(plane, sigma)
+        channel = torch.from_numpy(plane)[None, None]
         out[c] = F.interpolate(channel, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()
     return out
 

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from napari_attention_unet.core.images import ImageShapeError, to_channel_first
+from napari_attention_unet.core.instances import as_instances
 from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.resampling import OBJECT_VOXELS_3D, object_voxel_size
 from napari_attention_unet.core.train.config import TrainConfig
 from napari_attention_unet.core.train.start import (
     default_train_config,
@@ -105,7 +107,16 @@ def plan_training(
     with torch.random.fork_rng(devices=[]):  # the new weights follow the seed, the caller's generator is left alone
         torch.manual_seed(settings.get("seed", 0))
         model = new_model(task, classes, dims, in_channels, start, base_width=base_width, depth=depth)
-    sizes = [network_shape(s, p[3]) for s, p in zip(shapes, pairs)] if dims == 3 else shapes
+    if dims == 3 and task == "instances" and isinstance(start, str):
+        voxel = object_voxel_size([as_instances(np.asarray(p[1])) for p in pairs], [p[3] for p in pairs])
+        if voxel is not None:  # large objects: seen shrunk (see core.resampling.object_voxel_size)
+            model.config.extra["voxel_size"] = voxel
+            notes.append(
+                f"objects are about {voxel * OBJECT_VOXELS_3D:.3g} units across: the model sees the volumes at "
+                f"{voxel:.3g} units per voxel, so that they are about {OBJECT_VOXELS_3D:g} voxels across"
+            )
+    voxel = model.config.extra.get("voxel_size")  # a new model's, or the starting model's grid
+    sizes = [network_shape(s, p[3], voxel) for s, p in zip(shapes, pairs)] if dims == 3 else shapes
     config = default_train_config(
         task,
         dims,

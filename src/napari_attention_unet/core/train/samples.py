@@ -17,7 +17,7 @@ import numpy as np
 from napari_attention_unet.core.augment import IGNORE, augment
 from napari_attention_unet.core.images import network_channels, normalize, to_channel_first
 from napari_attention_unet.core.model import ModelConfig
-from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom, resample, resample_labels
+from napari_attention_unet.core.resampling import grid_zoom, isotropic_shape, resample, resample_labels
 from napari_attention_unet.core.train.config import TrainConfig
 from napari_attention_unet.core.train.targets import (
     check_image,
@@ -75,6 +75,7 @@ def prepare_sample(
     zero_is: str = "background",
     spacing: tuple[float, ...] | None = None,
     intensity_range: tuple | None = None,
+    voxel: float | None = None,
 ) -> TrainingSample:
     """Turn an (image, labels) pair into a :class:`TrainingSample`.
 
@@ -84,17 +85,18 @@ def prepare_sample(
     ``edited`` marks pixels the user painted (patches are centred near them more often).
     ``val_fraction`` holds out a right-hand strip of the labelled region (of the painted one
     when there are edits); see :func:`held_out_region`. ``spacing`` (Z, Y, X) resamples a
-    volume to cubic voxels (labels and masks nearest) as prediction does. ``intensity_range``
+    volume to cubic voxels (labels and masks nearest) as prediction does: of ``voxel`` world units
+    when given (a 3D instance model's own size, see :func:`.resampling.grid_zoom`). ``intensity_range``
     normalises with given percentiles (a plane with its stack's), as prediction then does.
     """
     check_image(image, axes)
     x, spatial = prepare_image(image, axes, in_channels, intensity_range)
     labels = np.asarray(labels)
     check_labels_shape(labels.shape, x.shape[1:])
-    zoom = isotropic_zoom(spacing, 3) if spacing is not None and labels.ndim == 3 else None
+    zoom = grid_zoom(spacing, 3, voxel) if (spacing is not None or voxel) and labels.ndim == 3 else None
     if zoom is not None:
         shape = isotropic_shape(labels.shape, zoom)
-        x, labels = resample(x, shape), resample_labels(labels, shape)
+        x, labels = resample(x, shape, antialias=True), resample_labels(labels, shape)
         ignore = None if ignore is None else resample_labels(np.asarray(ignore, np.uint8), shape).astype(bool)
         edited = None if edited is None else resample_labels(np.asarray(edited, np.uint8), shape).astype(bool)
         weight_map = None if weight_map is None else resample(np.asarray(weight_map, np.float32)[None], shape)[0]
@@ -141,6 +143,7 @@ def prepare_samples(
     task: str = "instances",
     zero_is: str = "background",
     spacing: tuple[float, ...] | None = None,
+    voxel: float | None = None,
 ) -> list[TrainingSample]:
     """:func:`prepare_sample` of every ``(image, labels)``, ``(image, labels, axes)``, ``(image,
     labels, axes, spacing)`` or ``(..., spacing, intensity_range)`` pair (a pair's spacing wins over
@@ -163,6 +166,7 @@ def prepare_samples(
             zero_is=zero_is,
             spacing=pair[3] if len(pair) > 3 and pair[3] is not None else spacing,
             intensity_range=pair[4] if len(pair) > 4 else None,
+            voxel=voxel,
         )
         for i, pair in enumerate(pairs)
     ]
@@ -193,6 +197,7 @@ def training_samples(
             task=model.task,
             zero_is=config.zero_is,
             spacing=config.spacing,
+            voxel=model.extra.get("voxel_size"),
         )
     samples = list(samples)
     validation = list(validation) if validation is not None else [s for s in samples if s.val_target is not None]

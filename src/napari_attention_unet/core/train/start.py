@@ -22,7 +22,7 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
-from napari_attention_unet.core.resampling import isotropic_shape, isotropic_zoom
+from napari_attention_unet.core.resampling import grid_zoom, isotropic_shape
 from napari_attention_unet.core.train.config import INSTANCE_CLASSES, TrainConfig, counted
 from napari_attention_unet.core.train.samples import TrainingSample, fitted_patch, prepare_samples
 from napari_attention_unet.core.train.targets import MAX_CLASS_VALUE
@@ -99,7 +99,8 @@ def new_model(
     say otherwise. ``start=model``: the same architecture as ``model`` (its width, depth and
     input channels; a grey ``in_channels=1`` start from a colour model sums the first kernels over
     colours, which is the same network on a grey image repeated to colour), with every weight of
-    matching shape copied, the head excepted unless ``model`` has this task and these classes.
+    matching shape copied, the head excepted unless ``model`` has this task and these classes, and
+    the voxel size of its grid (a 3D instance model's ``extra["voxel_size"]``).
     """
     classes = tuple(classes)
     if isinstance(start, str):
@@ -115,6 +116,8 @@ def new_model(
         )
     channels = in_channels if in_channels == 1 else source.in_channels
     config = ModelConfig(spatial_dims, channels, classes, source.base_width, source.depth, task=task)
+    if "voxel_size" in source.extra:  # the grid the copied weights learnt on (core.resampling.grid_zoom)
+        config.extra["voxel_size"] = source.extra["voxel_size"]
     model = AttentionUNet(config)
     keep_head = source.task == task and source.classes == classes
     state, own = start.state_dict(), model.state_dict()
@@ -165,9 +168,10 @@ def _listed(values: np.ndarray) -> str:
     return ", ".join(str(v) for v in values.tolist())
 
 
-def network_shape(shape: Sequence[int], spacing: Sequence[float] | None) -> tuple[int, ...]:
-    """The spatial shape a volume has for a 3D model once resampled to cubic voxels (as it is)."""
-    zoom = isotropic_zoom(spacing, len(shape)) if spacing is not None and len(shape) == 3 else None
+def network_shape(shape: Sequence[int], spacing: Sequence[float] | None, voxel: float | None = None) -> tuple[int, ...]:
+    """The spatial shape a volume has for a 3D model once resampled to cubic voxels (of ``voxel``
+    world units when given: :func:`.resampling.grid_zoom`)."""
+    zoom = grid_zoom(spacing, 3, voxel) if (spacing is not None or voxel) and len(shape) == 3 else None
     return tuple(shape) if zoom is None else isotropic_shape(shape, zoom)
 
 
@@ -234,6 +238,7 @@ def split_samples(
         task=config.task,
         zero_is=train.zero_is,
         spacing=train.spacing,
+        voxel=config.extra.get("voxel_size"),
     )
     if len(pairs) < WHOLE_IMAGE_VALIDATION or not train.val_fraction:
         samples = prepare_samples(pairs, val_fraction=train.val_fraction, **settings)
