@@ -73,8 +73,10 @@ def plan_training(
     Not given: ``task`` is inferred from the labels (a few class values: semantic; many ids:
     instances), ``dims`` from the shapes (volumes with volume labels: 3D; a 2D model trains on
     their planes). ``start`` is ``"scratch"`` or a model whose weights are copied where shapes
-    match (the head is new). ``settings`` are other :class:`TrainConfig` fields (seed, precision,
-    ...). Bad input raises ``ValueError`` / ``ImageShapeError`` with one line saying what works.
+    match (the head is new). A new 3D instance model of large objects works on the volumes shrunk
+    so that its median object is about 17 voxels across (``model.config.extra["voxel_size"]``, see
+    :func:`core.resampling.object_voxel_size`). ``settings`` are other :class:`TrainConfig` fields (seed,
+    precision, ...). Bad input raises ``ValueError`` / ``ImageShapeError`` with one line saying what works.
     """
     pairs, shapes, in_channels = _checked(pairs)
     original_shapes = list(shapes)
