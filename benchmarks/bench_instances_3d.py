@@ -25,11 +25,12 @@ TP / (TP + FP + FN)), its mean, and the objects missed (FN) and false (FP) over 
 
     python benchmarks/bench_instances_3d.py [--minutes 5] [--n-test 3] [--threads 2] [--seed 0]
         [--shape 48,128,128] [--only both|ours|classic] [--min-distance 4]
-        [--irregular A] [--first-test 1] [--split-depths D,D,...] [--last]
+        [--irregular A] [--first-test 1] [--split-depths D,D,...] [--last] [--finer F]
 
 ``--irregular A`` makes the nuclei lumpy (radii vary with the direction by about A);
 ``--first-test 4`` scores volumes 4.. (those the split depth was chosen on) instead of 1..;
-``--split-depths`` also scores our model with other split depths, ``--last`` its last state.
+``--split-depths`` also scores our model with other split depths, ``--last`` its last state;
+``--finer F`` samples the same scenes F times finer (voxels F times smaller, as many objects).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from napari_attention_unet.core.train.start import split_samples
 
 SHAPE = (48, 128, 128)
 SPACING = (2.0, 1.0, 1.0)
-#: Objects in a volume of SHAPE at SPACING; smaller volumes (``--shape``) get as many per unit of volume.
+#: Objects in a volume of SHAPE at SPACING; other extents (``--shape``) get as many per unit of volume.
 OBJECTS = 50
 
 
@@ -110,7 +111,7 @@ def synthetic_volume(
     rng = np.random.default_rng(seed)
     step = np.asarray(spacing, dtype=np.float64)
     extent = np.asarray(shape) * step
-    n = max(4, int(round(OBJECTS * np.prod(shape) / np.prod(SHAPE))))
+    n = max(4, int(round(OBJECTS * np.prod(extent) / np.prod(np.multiply(SHAPE, SPACING)))))
     centres, radii = _centres(rng, n, extent)
     labels = np.zeros(shape, np.uint16)
     nearest = np.full(shape, np.inf, np.float32)  # the smallest normalised distance so far
@@ -165,11 +166,11 @@ def classic_watershed(image: np.ndarray, spacing=SPACING, min_distance: int = 4,
     return labels
 
 
-def train_ours(volume, minutes: float, seed: int) -> tuple[torch.nn.Module, dict]:
+def train_ours(volume, minutes: float, seed: int, spacing=SPACING) -> tuple[torch.nn.Module, dict]:
     """As ``attention-unet train --task instances --dims 3 --spacing 2,1,1 --minutes M`` (CPU)."""
     torch.manual_seed(seed)
     image, labels = volume
-    plan = plan_training([(image, labels, "ZYX", SPACING)], task="instances", dims=3, minutes=minutes, seed=seed)
+    plan = plan_training([(image, labels, "ZYX", spacing)], task="instances", dims=3, minutes=minutes, seed=seed)
     samples, validation = split_samples(plan.model.config, plan.config, plan.pairs)
     trainer = Trainer(plan.model, config=plan.config, device="cpu", samples=samples, validation=validation)
     run_to_end(trainer.run())
@@ -184,8 +185,8 @@ def train_ours(volume, minutes: float, seed: int) -> tuple[torch.nn.Module, dict
     return result.trained_model, info
 
 
-def segment_ours(model, image: np.ndarray) -> np.ndarray:
-    options = dict(axes="ZYX", spacing=SPACING, gates=(), precision="fp32", instances=True)
+def segment_ours(model, image: np.ndarray, spacing=SPACING) -> np.ndarray:
+    options = dict(axes="ZYX", spacing=spacing, gates=(), precision="fp32", instances=True)
     return run_to_end(predict(model, image, device="cpu", **options)).labels
 
 
@@ -210,24 +211,26 @@ def main() -> None:
     parser.add_argument(
         "--split-depths", default=None, help="ours: also score these split depths (e.g. 0.25,0.5,1), same model"
     )
+    parser.add_argument("--finer", type=float, default=1.0, help="sample the same scenes this many times finer")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shape = tuple(int(v) for v in args.shape.split(","))
-    train = synthetic_volume(0, shape, irregular=args.irregular)
+    shape = tuple(int(round(int(v) * args.finer)) for v in args.shape.split(","))
+    spacing = tuple(s / args.finer for s in SPACING)
+    train = synthetic_volume(0, shape, spacing, irregular=args.irregular)
     seeds = range(args.first_test, args.first_test + args.n_test)
-    test = [synthetic_volume(s, shape, irregular=args.irregular) for s in seeds]
+    test = [synthetic_volume(s, shape, spacing, irregular=args.irregular) for s in seeds]
     counts = ", ".join(str(int(labels.max())) for _, labels in test)
     lumps = f", lumps {args.irregular:g}" if args.irregular else ""
     print(
-        f"volumes {'x'.join(map(str, shape))}{lumps} (spacing {','.join(f'{s:g}' for s in SPACING)}): "
+        f"volumes {'x'.join(map(str, shape))}{lumps} (spacing {','.join(f'{s:g}' for s in spacing)}): "
         f"1 to train ({int(train[1].max())} objects), {len(test)} to test ({counts} objects); "
         f"{args.minutes:g} min, {args.threads} threads"
     )
     rows = []
     if args.only in ("both", "ours"):
-        model, info = train_ours(train, args.minutes, args.seed)
+        model, info = train_ours(train, args.minutes, args.seed, spacing)
         start = time.perf_counter()
-        ap, tally = score(test, lambda image: segment_ours(model, image))
+        ap, tally = score(test, lambda image: segment_ours(model, image, spacing))
         info["note"] += f", {(time.perf_counter() - start) / len(test):.1f} s/volume to predict"
         rows.append(("ours (attention-unet train, 3D instances)", info, ap, tally))
         models = [("", model)] + ([(", last state", info["last"])] if args.last else [])
@@ -237,14 +240,16 @@ def main() -> None:
                     continue  # the default depth and the kept state: the first row
                 default = instances.SPLIT_DEPTH_3D
                 instances.SPLIT_DEPTH_3D = default if depth is None else depth
-                ap, tally = score(test, lambda image, net=net: segment_ours(net, image))
+                ap, tally = score(test, lambda image, net=net: segment_ours(net, image, spacing))
                 instances.SPLIT_DEPTH_3D = default
                 name = f"ours{state}" + ("" if depth is None else f", split depth {depth:g}")
                 rows.append((name, {**info, "note": "the same run"}, ap, tally))
     if args.only in ("both", "classic"):
         start = time.perf_counter()
-        ap, tally = score(test, lambda image: classic_watershed(image, min_distance=args.min_distance))
-        note = f"min distance {args.min_distance}, {(time.perf_counter() - start) / len(test):.1f} s/volume"
+        # The classic's sizes are in voxels: scaled with the sampling (its best distance, 4, at --finer 1).
+        distance, smallest = int(round(args.min_distance * args.finer)), int(round(100 * args.finer**3))
+        ap, tally = score(test, lambda image: classic_watershed(image, spacing, distance, smallest))
+        note = f"min distance {distance}, {(time.perf_counter() - start) / len(test):.1f} s/volume"
         rows.append(("classic (Otsu + distance watershed)", {"steps": None, "note": note}, ap, tally))
     print()
     print("| method | steps | AP@0.5 mean | per volume | missed | false | notes |")
