@@ -17,6 +17,8 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from napari_attention_unet.core.instances import object_diameters
+
 __all__ = ["grid_zoom", "isotropic_shape", "isotropic_zoom", "object_voxel_size", "resample", "resample_labels"]
 
 #: A 3D instance model works on a grid where the median object is about this many voxels across:
@@ -27,13 +29,19 @@ OBJECT_VOXELS_3D = 17.0
 ZOOM_LIMITS = (1 / 16, 8.0)
 
 
+def _checked_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
+    """The last ``ndim`` pixel sizes as floats, or a ValueError when they are not positive and finite."""
+    spacing = tuple(float(s) for s in spacing)[-ndim:]
+    if len(spacing) != ndim or min(spacing) <= 0 or not all(math.isfinite(s) for s in spacing):
+        raise ValueError(f"spacing must give {ndim} positive pixel sizes, got {spacing}")
+    return spacing
+
+
 def isotropic_zoom(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
     """Per-axis factors that make voxels cubic (finest axis kept), or None if they nearly are."""
     if spacing is None:
         return None
-    spacing = tuple(float(s) for s in spacing)[-ndim:]
-    if len(spacing) != ndim or min(spacing) <= 0 or not all(math.isfinite(s) for s in spacing):
-        raise ValueError(f"spacing must give {ndim} positive pixel sizes, got {spacing}")
+    spacing = _checked_spacing(spacing, ndim)
     finest = min(spacing)
     zoom = tuple(s / finest for s in spacing)
     # Below a quarter step of difference, resampling costs more than it helps.
@@ -46,9 +54,7 @@ def grid_zoom(spacing: Sequence[float] | None, ndim: int, voxel: float | None = 
     one, :func:`isotropic_zoom`. None when the network's grid is nearly the volume's own."""
     if voxel is None:
         return isotropic_zoom(spacing, ndim)
-    spacing = (1.0,) * ndim if spacing is None else tuple(float(s) for s in spacing)[-ndim:]
-    if len(spacing) != ndim or min(spacing) <= 0 or not all(math.isfinite(s) for s in spacing):
-        raise ValueError(f"spacing must give {ndim} positive pixel sizes, got {spacing}")
+    spacing = _checked_spacing((1.0,) * ndim if spacing is None else spacing, ndim)
     zoom = tuple(s / float(voxel) for s in spacing)
     if min(zoom) < ZOOM_LIMITS[0] or max(zoom) > ZOOM_LIMITS[1]:
         raise ValueError(
@@ -72,8 +78,7 @@ def object_voxel_size(
     for volume, spacing in zip(labels, spacings):
         step = np.ones(3) if spacing is None else np.asarray(spacing, float)[-3:]
         finest = min(finest, float(step.min()))
-        sizes = np.bincount(np.asarray(volume).ravel().astype(np.int64, copy=False))[1:]
-        diameters.append(np.cbrt(6.0 * sizes[sizes > 0] * float(np.prod(step)) / np.pi))
+        diameters.append(object_diameters(np.asarray(volume)) * float(np.cbrt(np.prod(step))))  # voxels -> units
     diameters = np.concatenate(diameters) if diameters else np.zeros(0)
     if not diameters.size:
         return None

@@ -93,7 +93,7 @@ def prepare_sample(
     x, spatial = prepare_image(image, axes, in_channels, intensity_range)
     labels = np.asarray(labels)
     check_labels_shape(labels.shape, x.shape[1:])
-    zoom = grid_zoom(spacing, 3, voxel) if (spacing is not None or voxel) and labels.ndim == 3 else None
+    zoom = grid_zoom(spacing, 3, voxel) if labels.ndim == 3 else None
     if zoom is not None:
         shape = isotropic_shape(labels.shape, zoom)
         x, labels = resample(x, shape, antialias=True), resample_labels(labels, shape)

@@ -171,7 +171,7 @@ def _listed(values: np.ndarray) -> str:
 def network_shape(shape: Sequence[int], spacing: Sequence[float] | None, voxel: float | None = None) -> tuple[int, ...]:
     """The spatial shape a volume has for a 3D model once resampled to cubic voxels (of ``voxel``
     world units when given: :func:`.resampling.grid_zoom`)."""
-    zoom = grid_zoom(spacing, 3, voxel) if (spacing is not None or voxel) and len(shape) == 3 else None
+    zoom = grid_zoom(spacing, 3, voxel) if len(shape) == 3 else None
     return tuple(shape) if zoom is None else isotropic_shape(shape, zoom)
 
 
