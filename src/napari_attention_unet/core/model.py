@@ -81,6 +81,14 @@ class ModelConfig:
         return self.task == "semantic" and self.classes[0] == "unlabelled"
 
     @property
+    def voxel_size(self) -> float | None:
+        """A 3D instance model's own voxel size (world units), when it sees volumes shrunk so that
+        its objects are about 17 voxels across (``extra["voxel_size"]``, see
+        :func:`core.resampling.object_voxel_size`); None: the volume's own (cubic) grid."""
+        voxel = self.extra.get("voxel_size")
+        return None if voxel is None else float(voxel)
+
+    @property
     def size_multiple(self) -> int:
         """Spatial sizes the network accepts must be multiples of this."""
         return 2 ** (self.depth - 1)

@@ -206,7 +206,7 @@ def predict(
     x = normalize(network_channels(channels_first, config.in_channels), ranges=options.intensity_range)
 
     original_shape = x.shape[1:]
-    voxel = config.extra.get("voxel_size")  # a 3D instance model's own grid (core.resampling.grid_zoom)
+    voxel = config.voxel_size  # a 3D instance model's own grid (core.resampling.grid_zoom)
     zoom = grid_zoom(options.spacing, ndim, voxel) if config.spatial_dims == 3 and ndim == 3 else None
     if options.zoom and config.spatial_dims == 2 and ndim == 2:
         zoom = (options.zoom,) * 2

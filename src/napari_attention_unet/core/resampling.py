@@ -3,7 +3,7 @@
 A 3D model sees a volume whose z step is larger than its xy step (the usual light-sheet,
 confocal or MR stack) resampled to cubic voxels: prediction (:mod:`.predict`) and training
 (:mod:`.train.samples`) use the same functions, so both see the same grid. A 3D instance model
-may also have its own voxel size (``ModelConfig.extra["voxel_size"]``, world units: see
+may also have its own voxel size (``ModelConfig.voxel_size``, world units: see
 :func:`object_voxel_size`): volumes whose objects are large on their own grid are shrunk to it.
 """
 

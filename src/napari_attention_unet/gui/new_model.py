@@ -128,6 +128,6 @@ def save_new_model(result: TrainResult, plan: TrainingPlan, image_name: str) -> 
         name=name,
     )
     doubt = "" if result.accepted else f" (keep an eye on it: {result.message})"
-    voxel = plan.model.config.extra.get("voxel_size")  # large objects: volumes seen shrunk (core.resampling)
+    voxel = plan.model.config.voxel_size  # large objects: volumes seen shrunk (core.resampling)
     grid = f" Its objects are large: it sees volumes at {voxel:.3g} units per voxel." if voxel else ""
     return info, f"Saved {plan.describe()} as '{info.name}'{doubt}.{grid}"

@@ -74,7 +74,7 @@ def plan_training(
     instances), ``dims`` from the shapes (volumes with volume labels: 3D; a 2D model trains on
     their planes). ``start`` is ``"scratch"`` or a model whose weights are copied where shapes
     match (the head is new). A new 3D instance model of large objects works on the volumes shrunk
-    so that its median object is about 17 voxels across (``model.config.extra["voxel_size"]``, see
+    so that its median object is about 17 voxels across (``ModelConfig.voxel_size``, see
     :func:`core.resampling.object_voxel_size`). ``settings`` are other :class:`TrainConfig` fields (seed,
     precision, ...). Bad input raises ``ValueError`` / ``ImageShapeError`` with one line saying what works.
     """
@@ -117,7 +117,7 @@ def plan_training(
                 f"objects are about {voxel * OBJECT_VOXELS_3D:.3g} units across: the model sees the volumes at "
                 f"{voxel:.3g} units per voxel, so that they are about {OBJECT_VOXELS_3D:g} voxels across"
             )
-    voxel = model.config.extra.get("voxel_size")  # a new model's, or the starting model's grid
+    voxel = model.config.voxel_size  # a new model's, or the starting model's grid
     sizes = [network_shape(s, p[3], voxel) for s, p in zip(shapes, pairs)] if dims == 3 else shapes
     config = default_train_config(
         task,

@@ -197,7 +197,7 @@ def training_samples(
             task=model.task,
             zero_is=config.zero_is,
             spacing=config.spacing,
-            voxel=model.extra.get("voxel_size"),
+            voxel=model.voxel_size,
         )
     samples = list(samples)
     validation = list(validation) if validation is not None else [s for s in samples if s.val_target is not None]

@@ -100,7 +100,7 @@ def new_model(
     input channels; a grey ``in_channels=1`` start from a colour model sums the first kernels over
     colours, which is the same network on a grey image repeated to colour), with every weight of
     matching shape copied, the head excepted unless ``model`` has this task and these classes, and
-    the voxel size of its grid (a 3D instance model's ``extra["voxel_size"]``).
+    the voxel size of its grid (a 3D instance model's ``ModelConfig.voxel_size``).
     """
     classes = tuple(classes)
     if isinstance(start, str):
@@ -116,8 +116,8 @@ def new_model(
         )
     channels = in_channels if in_channels == 1 else source.in_channels
     config = ModelConfig(spatial_dims, channels, classes, source.base_width, source.depth, task=task)
-    if "voxel_size" in source.extra:  # the grid the copied weights learnt on (core.resampling.grid_zoom)
-        config.extra["voxel_size"] = source.extra["voxel_size"]
+    if source.voxel_size is not None:  # the grid the copied weights learnt on (core.resampling.grid_zoom)
+        config.extra["voxel_size"] = source.voxel_size
     model = AttentionUNet(config)
     keep_head = source.task == task and source.classes == classes
     state, own = start.state_dict(), model.state_dict()
@@ -238,7 +238,7 @@ def split_samples(
         task=config.task,
         zero_is=train.zero_is,
         spacing=train.spacing,
-        voxel=config.extra.get("voxel_size"),
+        voxel=config.voxel_size,
     )
     if len(pairs) < WHOLE_IMAGE_VALIDATION or not train.val_fraction:
         samples = prepare_samples(pairs, val_fraction=train.val_fraction, **settings)
