@@ -454,3 +454,32 @@ def test_optimizer_code_can_be_loaded_ahead_of_the_first_fine_tune():
     if new_modules(load_first=False) == 0:
         pytest.skip(f"torch {torch.__version__} imports nothing when its first optimiser is built")
     assert new_modules(load_first=True) == 0
+
+
+def test_time_budget_keeps_room_for_the_last_evaluation(tiny_model, pair, monkeypatch):
+    """A slow evaluation must not push a run past its time budget: training stops early enough
+    for the final evaluation to end near the budget (a 5-minute run once took 6:06). A fake clock
+    makes it exact: every reading of the clock is 1 s later, and scoring the held-out part 20 s."""
+    from napari_attention_unet.core.train import loop
+
+    now = [0.0]
+
+    def perf_counter() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    real_scores = loop.score_samples
+
+    def slow_scores(*args, **kwargs):
+        now[0] += 20.0
+        return real_scores(*args, **kwargs)
+
+    monkeypatch.setattr(loop.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(loop, "score_samples", slow_scores)
+    trainer = Trainer(tiny_model, [pair], config=_config(max_steps=None, time_budget=60.0, eval_every=1000))
+    run_to_end(trainer.run())
+    evaluated = [r.step for r in trainer.history if r.val_dice is not None]
+    assert evaluated == [trainer.step], "one final evaluation, after the last step"
+    # Without the reserve, training ran to 60 s and the final evaluation ended at about 83 s.
+    assert 50.0 <= trainer.elapsed <= 63.0, trainer.elapsed
+    assert trainer.eval_seconds >= 20.0

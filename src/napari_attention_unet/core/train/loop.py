@@ -17,6 +17,7 @@ import copy
 import math
 import time
 from collections.abc import Generator, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -123,6 +124,7 @@ class Trainer:
         self.top_dice: float | None = None  # the best validation Dice so far (the kept state may be later: keep_within)
         self.start_scores: dict | None = None
         self.last_eval_step = -1
+        self.eval_seconds = 0.0  # how long the last evaluation took: the time budget keeps that much for the last
         self.evals_since_best = 0
         self.history: list[StepReport] = []
         self._run_start = (0, 0.0)  # (step, elapsed) when run() last started
@@ -203,7 +205,7 @@ class Trainer:
         return learning_rate(self.config, self.step, self.elapsed)
 
     def _budget_spent(self) -> bool:
-        return budget_spent(self.config, self.step, self.elapsed)
+        return budget_spent(self.config, self.step, self.elapsed, reserve=self.eval_seconds)
 
     def _set_train_mode(self) -> None:
         self.model.train()
@@ -225,23 +227,22 @@ class Trainer:
         w = None if weights is None else torch.as_tensor(weights).to(self.device)
         return x, y, w
 
-    def _predict_probabilities(self, model: AttentionUNet, image: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(classes, *spatial)`` of an image (one forward pass, eval mode)."""
-        return predict_probabilities(model, image, self.device, self.amp)
-
     def validation_scores(self, model: AttentionUNet | None = None) -> dict:
         """Foreground ``dice``, ``iou`` and predicted ``fraction`` (means over the validation
         images) and, when selecting by instances, ``ap``: AP@0.5 of the objects, all images pooled.
         For a semantic model: :func:`~.validation.semantic_scores` (``dice`` is the mean class Dice)."""
-        model = self.model if model is None else model
+        model, started = (self.model if model is None else model), time.perf_counter()
+        probabilities = partial(predict_probabilities, device=self.device, amp=self.amp)  # (model, image) -> probs
         if self.task == "semantic":
-            return semantic_scores(self.validation, model, self._predict_probabilities)
-        return score_samples(self.validation, model, self._predict_probabilities, self.select_by)
+            scores = semantic_scores(self.validation, model, probabilities)
+        else:
+            scores = score_samples(self.validation, model, probabilities, self.select_by)
+        self.eval_seconds = time.perf_counter() - started
+        return scores
 
     def validate(self, model: AttentionUNet | None = None) -> tuple[float, float, float]:
         """Mean (Dice, IoU, predicted foreground fraction) over the validation images."""
-        scores = self.validation_scores(model)
-        return scores["dice"], scores["iou"], scores["fraction"]
+        return tuple(self.validation_scores(model)[k] for k in ("dice", "iou", "fraction"))
 
     def _score_start(self) -> None:
         """Score the starting model; with ``must_beat_start`` a trained state must beat it to be kept."""
@@ -349,9 +350,8 @@ class Trainer:
         trained.cpu()
         if self.task == "semantic":
             return semantic_verdict(scores, step=self.step, stopped=self.stopped, best_step=self.best_step)
-        fraction = scores["fraction"]
         return sanity_verdict(
-            fraction,
+            scores["fraction"],
             step=self.step,
             stopped=self.stopped,
             best_step=self.best_step,

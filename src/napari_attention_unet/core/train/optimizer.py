@@ -52,10 +52,12 @@ def learning_rate(config: TrainConfig, step: int, elapsed: float) -> float:
     return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress(config, step, elapsed), 1.0)))
 
 
-def budget_spent(config: TrainConfig, step: int, elapsed: float) -> bool:
-    """Whether the run has reached ``max_steps`` or spent ``time_budget`` seconds."""
+def budget_spent(config: TrainConfig, step: int, elapsed: float, reserve: float = 0.0) -> bool:
+    """Whether the run has reached ``max_steps`` or spent ``time_budget`` seconds, ``reserve`` of
+    them kept for what comes after the last step (the final evaluation: a 5-minute budget whose
+    held-out images take 20 s to score stops training at 4:40, not at 5:20)."""
     return (config.max_steps is not None and step >= config.max_steps) or (
-        config.time_budget is not None and elapsed >= config.time_budget
+        config.time_budget is not None and elapsed + reserve >= config.time_budget
     )
 
 
