@@ -179,8 +179,10 @@ def test_rename_export_delete_from_the_widget(plugin_widget, tmp_path, monkeypat
     assert saved.name not in widget._model.choices
     widget._versions.export(tmp_path / "shared.safetensors")
     assert (tmp_path / "shared.safetensors").is_file()
+    widget._versions._on_delete()  # the first click asks, and deletes nothing
+    assert "nuclei-mine" in widget._model.choices and "Click again" in widget._versions._delete.text
     widget._versions._on_delete()
-    assert "nuclei-mine" not in widget._model.choices
+    assert "nuclei-mine" not in widget._model.choices and widget._versions._delete.text == "Delete model"
     assert widget.session.model_info.name == "tiny"
     assert not errors
     widget.use_model(str(tmp_path / "shared.safetensors"))  # load from a file: the exported copy
@@ -300,3 +302,19 @@ def test_the_progress_line_says_each_figure_once():
     assert line == "step 42 · loss 1.187 · val Dice 0.790 · anterior 0.81, posterior 0.77 · kept Dice 0.800 · ETA 0:19"
     stop = StepReport(43, None, 31.0, None, float("nan"), None, 0.8, 1e-3, "loss is not finite; stopping")
     assert _finetune_widget.describe_report(stop).endswith(" — loss is not finite; stopping")
+
+
+def test_labels_that_hold_one_value_are_refused_for_fine_tuning(qtbot, corrected, notes):
+    """One object on every pixel (or nothing at all on the whole image) teaches nothing: said at the
+    click, the model and its versions unchanged, and the dock says it failed."""
+    viewer, widget, layer = corrected
+    model_before = widget.session.model_info.name
+    for value in (1, 0):
+        layer.data = np.full_like(layer.data, value)
+        widget.finetune.start(steps=2)
+        wait_idle(qtbot, widget)
+        assert notes["error"] and "fine-tuning learns objects against background" in notes["error"][-1]
+        assert widget.finetune._readout.value.startswith("Fine-tuning failed")
+    assert len(notes["error"]) == 2
+    assert widget.session.model_info.name == model_before
+    assert not [m for m in _versions.list_versions() if m.name.startswith(f"{model_before}-ft")]

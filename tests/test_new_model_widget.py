@@ -70,6 +70,9 @@ def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes):
     masks = viewer.layers["discs masks"]  # re-predicted with the new model, class values
     assert masks.data.shape == labels.shape and set(np.unique(masks.data)) <= {0, 1, 2}
     assert list(masks.features["class"]) == ["background", "bright", "dim"]
+    # Each class's held-out Dice is plotted, and the kept state's scores stay in view after saving.
+    assert set(panel.plot.class_dices) == {"bright", "dim"}
+    assert "Kept step" in panel._readout.value and "bright" in panel._readout.value
     assert np.array_equal(layer.data, labels)  # the user's layer is only read
     # The masks are class values: the choice of instances or a foreground mask does not apply.
     assert widget._output.native.isHidden() and widget._current_slice.text.startswith("current slice")
@@ -109,6 +112,27 @@ def test_mismatched_labels_are_a_clear_message(plugin_widget, qtbot, notes):
     widget.finetune.start(steps=2)
     wait_idle(qtbot, widget)
     assert notes["error"] and "do not match" in notes["error"][0]
+    # The dock says it too, in training words, instead of going on saying "Training…".
+    assert widget.finetune._readout.value.startswith("This image cannot be trained on as it is")
+    assert widget.finetune._progress.value == 0
+
+
+def test_a_new_model_needs_no_model_loaded(plugin_widget, qtbot, notes):
+    """Without the bundled model (or any model chosen), a new model starts from scratch."""
+    viewer, widget = plugin_widget
+    image, labels = three_classes_2d()
+    viewer.add_image(image, name="discs")
+    panel = widget.finetune
+    panel._corrected.value = viewer.add_labels(labels, name="classes")
+    widget._image.value = viewer.layers["discs"]
+    widget.session.model, widget.session.model_info = None, None
+    panel.start(steps=2)  # fine-tuning needs a model: said, nothing runs
+    assert notes["error"] and "Load a model first" in notes["error"][-1] and not panel.is_running
+    panel._start_from.value = _finetune_widget.NEW_MODEL
+    panel.start(steps=3)
+    wait_idle(qtbot, widget)
+    assert len(notes["error"]) == 1, notes["error"]
+    assert widget.session.model.config.classes == ("background", "class 1", "class 2")
 
 
 def test_new_model_from_strokes_where_0_is_unlabelled(plugin_widget, qtbot, notes):

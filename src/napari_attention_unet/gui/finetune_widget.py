@@ -109,6 +109,7 @@ class FinetuneWidget(Container):
             ]
         )
         self._readout.native.setWordWrap(True)
+        self._task.native.setWordWrap(True)  # a long line would widen the dock and squeeze the canvas
         self.plot = TrainingPlot()
         self.native.layout().addWidget(self.plot)
         self._corrected.tooltip = "A Labels layer with your corrections (e.g. the painted masks layer)"
@@ -158,7 +159,9 @@ class FinetuneWidget(Container):
         self._task.visible = self._class_names.visible = self._zero.visible = new
         self._start.text = "Train" if new else "Fine-tune"
         layer = self._corrected.value
-        if new and layer is not None and not getattr(layer, "multiscale", False):
+        if layer is None:
+            self._task.value = "choose a Labels layer"
+        elif new and not getattr(layer, "multiscale", False):
             self._task.value = _new_model.describe_labels(np.asarray(layer.data), self.zero_is)
 
     def _training_inputs(self):
@@ -167,8 +170,8 @@ class FinetuneWidget(Container):
         if image is None or corrected is None:
             show_error("Choose an image above and a corrected Labels layer to fine-tune on.")
             return None
-        if self._session.model is None:
-            show_error("Load a model first.")
+        if self._session.model is None and self._start_from.value != NEW_MODEL:  # a new model may start from scratch
+            show_error("Load a model first, or train a new model for these labels.")
             return None
         if getattr(image, "multiscale", False) or getattr(corrected, "multiscale", False):
             show_error("Multiscale (pyramid) layers cannot be fine-tuned on: open the full-resolution level.")
@@ -230,7 +233,7 @@ class FinetuneWidget(Container):
                     steps=self._steps,
                 )
         except Exception as exc:  # noqa: BLE001 - becomes a notification
-            show_error(_explain(exc))
+            self._on_error(exc)
             return
         self._image_name = image.name
         self._failed, self._result = False, None
@@ -268,11 +271,15 @@ class FinetuneWidget(Container):
             fraction = 0.0
         self._progress.value = round(PROGRESS_STEPS * min(max(fraction, 0.0), 1.0))
         self._readout.value = describe_report(report)
-        self.plot.add(report.step, report.loss, report.val_dice, report.val_ap)
+        self.plot.add(report.step, report.loss, report.val_dice, report.val_ap, report.val_class_dice)
 
     def _on_error(self, exc: BaseException) -> None:
+        """Say what went wrong in the dock too: the readout must not go on saying "Training…"."""
         self._failed = True
-        show_error(_explain(exc))
+        message = explain_error(exc, "Training a new model" if self._start_from.value == NEW_MODEL else "Fine-tuning")
+        self._readout.value = message
+        self._progress.value = 0
+        show_error(message)
 
     def _on_finished(self) -> None:
         """Training ended (done, cancelled or failed): check the best model in a second worker."""
@@ -302,8 +309,10 @@ class FinetuneWidget(Container):
         result, self._result = self._result, None
         if result is None:
             return
+        cancelled = f"Cancelled at step {result.steps}. " if result.stopped == "cancelled" else ""
         if self._session.plan is not None:  # a new model: kept even if doubted, there is none to fall back on
             info, message = _new_model.save_new_model(result, self._session.plan, self._image_name)
+            message = cancelled + message + _new_model.final_scores(result)
             self._session.set_model(result.trained_model, info)
             self._progress.value = PROGRESS_STEPS
             self._readout.value = message
@@ -325,7 +334,7 @@ class FinetuneWidget(Container):
         )
         self._session.set_model(result.model, info)
         self._progress.value = PROGRESS_STEPS
-        self._readout.value = f"Saved as '{info.name}': {result.message}."
+        self._readout.value = f"{cancelled}Saved as '{info.name}': {result.message}."
         show_info(f"Fine-tuned model saved as '{info.name}'.")
         self._on_new_model(info)
 
@@ -341,10 +350,6 @@ class FinetuneWidget(Container):
         if running:
             self._progress.value = 0
             self.plot.clear()
-
-
-def _explain(exc: BaseException) -> str:
-    return explain_error(exc).replace("Prediction failed", "Fine-tuning failed")
 
 
 def _forward(generator):

@@ -23,7 +23,7 @@ from napari_attention_unet.gui.session import Session
 from napari_attention_unet.models import registry as _registry
 from napari_attention_unet.models.versions import save_version
 
-__all__ = ["describe_labels", "save_new_model", "train_new_model"]
+__all__ = ["describe_labels", "final_scores", "save_new_model", "train_new_model"]
 
 #: Labels larger than this are looked at through a strided subsample before the click.
 PREVIEW_PIXELS = 4_000_000
@@ -131,3 +131,17 @@ def save_new_model(result: TrainResult, plan: TrainingPlan, image_name: str) -> 
     voxel = plan.model.config.voxel_size  # large objects: volumes seen shrunk (core.resampling)
     grid = f" Its objects are large: it sees volumes at {voxel:.3g} units per voxel." if voxel else ""
     return info, f"Saved {plan.describe()} as '{info.name}'{doubt}.{grid}"
+
+
+def final_scores(result: TrainResult) -> str:
+    """The kept state's held-out scores, to stay in view after the run: " Kept step 350: mean Dice
+    0.84 (anterior 0.86, posterior 0.83)." ("" when nothing was held out)."""
+    if result.best_val_dice is None:
+        return ""
+    mean = "mean Dice" if result.best_val_class_dice else "Dice"
+    parts = [f"{mean} {result.best_val_dice:.2f}"]
+    if result.best_val_class_dice and len(result.best_val_class_dice) > 1:
+        parts[0] += " (" + ", ".join(f"{k} {v:.2f}" for k, v in result.best_val_class_dice.items()) + ")"
+    if result.best_val_ap is not None:
+        parts.append(f"AP@0.5 {result.best_val_ap:.2f}")
+    return f" Kept step {result.best_step}: " + ", ".join(parts) + " on the held-out part."

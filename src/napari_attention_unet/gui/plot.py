@@ -1,7 +1,9 @@
 """A tiny training plot: loss and validation scores against the step, drawn with QPainter.
 
-No plotting library: a few polylines on a dark background are all a fine-tuning run needs.
-Loss is scaled to its own maximum; validation Dice and AP@0.5 are on a 0..1 scale.
+No plotting library: a few polylines on a dark background are all a training run needs.
+Loss is scaled to its own maximum; validation Dice and AP@0.5 are on a 0..1 scale. A semantic
+model's run also draws each class's Dice (dashed, one colour per class) and a legend names the
+curves drawn.
 """
 
 from __future__ import annotations
@@ -13,36 +15,59 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 __all__ = ["TrainingPlot"]
 
 LOSS_COLOR, DICE_COLOR, AP_COLOR = QColor(240, 160, 60), QColor(90, 200, 250), QColor(120, 220, 120)
+#: Per-class Dice curves, in the order the classes come (then round again).
+CLASS_COLORS = [QColor(c) for c in ("#e377c2", "#bcbd22", "#17becf", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2")]
 
 
 class TrainingPlot(QWidget):
-    """Loss (orange), validation Dice (blue) and validation AP@0.5 (green) curves, updated by :meth:`add`."""
+    """Loss (orange), validation Dice (blue), AP@0.5 (green) and per-class Dice curves, updated by :meth:`add`."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.losses: list[tuple[int, float]] = []
         self.dices: list[tuple[int, float]] = []
         self.aps: list[tuple[int, float]] = []
-        self.setMinimumHeight(70)
+        self.class_dices: dict[str, list[tuple[int, float]]] = {}
+        self.setMinimumHeight(80)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip(
-            "Fine-tuning: loss (orange, scaled to its maximum), and on the held-out strip (0 to 1) "
-            "foreground Dice (blue) and AP@0.5 of the objects (green), which picks the model kept"
+            "Training: loss (orange, scaled to its maximum), and on the held-out part (0 to 1) the "
+            "mean Dice (blue), AP@0.5 of the objects (green) and, for classes, each class's Dice (dashed)"
         )
 
     def clear(self) -> None:
         self.losses.clear()
         self.dices.clear()
         self.aps.clear()
+        self.class_dices.clear()
         self.update()
 
-    def add(self, step: int, loss: float, val_dice: float | None, val_ap: float | None = None) -> None:
+    def add(
+        self,
+        step: int,
+        loss: float,
+        val_dice: float | None,
+        val_ap: float | None = None,
+        class_dice: dict[str, float] | None = None,
+    ) -> None:
         self.losses.append((step, loss))
         if val_dice is not None:
             self.dices.append((step, val_dice))
         if val_ap is not None:
             self.aps.append((step, val_ap))
+        for name, value in (class_dice or {}).items():
+            self.class_dices.setdefault(name, []).append((step, value))
         self.update()
+
+    def curves(self) -> list[tuple[str, QColor, list[tuple[int, float]], bool]]:
+        """``(name, colour, points, dashed)`` of every curve with points, loss first."""
+        top_loss = max((v for _, v in self.losses), default=1.0) or 1.0
+        out = [("loss", LOSS_COLOR, [(s, v / top_loss) for s, v in self.losses], False)]
+        out += [("Dice", DICE_COLOR, self.dices, False), ("AP@0.5", AP_COLOR, self.aps, False)]
+        if len(self.class_dices) > 1:  # one class: its Dice is the mean Dice already drawn
+            for i, (name, points) in enumerate(self.class_dices.items()):
+                out.append((name, CLASS_COLORS[i % len(CLASS_COLORS)], points, True))
+        return [curve for curve in out if curve[2]]
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
         painter = QPainter(self)
@@ -50,28 +75,24 @@ class TrainingPlot(QWidget):
         painter.fillRect(self.rect(), QColor(30, 30, 35))
         last_step = max((s for s, _ in self.losses), default=0)
         if last_step > 0:
-            top_loss = max((v for _, v in self.losses), default=1.0) or 1.0
-            self._line(painter, [(s, v / top_loss) for s, v in self.losses], last_step, LOSS_COLOR)
-            self._line(painter, self.dices, last_step, DICE_COLOR)
-            self._line(painter, self.aps, last_step, AP_COLOR)
+            x = 6.0
+            for name, color, points, dashed in self.curves():
+                self._line(painter, points, last_step, color, dashed)
+                painter.setPen(color)  # the legend, along the top
+                painter.drawText(QPointF(x, 12.0), name)
+                x += painter.fontMetrics().horizontalAdvance(name) + 10.0
         painter.end()
 
-    def _line(self, painter: QPainter, points: list[tuple[int, float]], last_step: int, color: QColor) -> None:
-        if not points:
-            return
-        margin, width, height = 4.0, self.width() - 8.0, self.height() - 8.0
+    def _line(
+        self, painter: QPainter, points: list[tuple[int, float]], last_step: int, color: QColor, dashed: bool
+    ) -> None:
+        margin, top, width = 4.0, 16.0, self.width() - 8.0
+        height = self.height() - top - margin
         polygon = QPolygonF(
-            [
-                QPointF(margin + width * s / last_step, margin + height * (1.0 - min(max(v, 0.0), 1.0)))
-                for s, v in points
-            ]
+            [QPointF(margin + width * s / last_step, top + height * (1.0 - min(max(v, 0.0), 1.0))) for s, v in points]
         )
-        painter.setPen(QPen(color, 1.5, Qt.PenStyle.SolidLine))
+        painter.setPen(QPen(color, 1.5, Qt.PenStyle.DashLine if dashed else Qt.PenStyle.SolidLine))
         if len(points) == 1:
             painter.drawEllipse(polygon[0], 2.0, 2.0)
         else:
             painter.drawPolyline(polygon)
-
-
-def _clip(value: float) -> float:
-    return min(max(value, 0.0), 1.0)

@@ -241,6 +241,7 @@ class Session:
             )
         if tuple(labels.shape) != spatial_shape:
             raise ImageShapeError(f"the labels (shape {tuple(labels.shape)}) do not match the image {spatial_shape}")
+        _check_corrections(labels, ignore)
         # A stack (Z or T before the model's axes) trains on its planes: the ones the user
         # corrected, else the labelled ones.
         planes = training_planes(labels, edited, ignore, n_leading)
@@ -353,8 +354,24 @@ def missing_bundled_model_message() -> str:
     )
 
 
-def explain_error(exc: BaseException) -> str:
-    """One sentence a biologist can act on, for an error raised while predicting."""
+def _check_corrections(labels: np.ndarray, ignore: np.ndarray | None) -> None:
+    """Refuse labels a fine-tune cannot learn from: one object covering every pixel trained on, or,
+    on the whole image, no object at all (erasing false objects in painted pixels only is fine)."""
+    region = np.asarray(labels) if ignore is None else np.asarray(labels)[~np.asarray(ignore, bool)]
+    if region.size == 0:
+        return
+    low, high = region.min(), region.max()
+    if low == high and (high != 0 or ignore is None):
+        what = "no objects (every pixel is 0)" if high == 0 else f"one value only ({high}) on every pixel"
+        raise ValueError(
+            f"the labels hold {what}: fine-tuning learns objects against background, so paint (or correct) "
+            "some objects and leave the background at 0"
+        )
+
+
+def explain_error(exc: BaseException, doing: str = "Prediction") -> str:
+    """One sentence a biologist can act on, for an error raised while predicting (or ``doing``
+    something else: "Fine-tuning", "Training a new model")."""
     text = str(exc)
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text.lower():
         return (
@@ -362,9 +379,10 @@ def explain_error(exc: BaseException) -> str:
             "(slower, but limited only by the computer's memory)."
         )
     if isinstance(exc, ImageShapeError):
-        return f"This image cannot be segmented as it is: {text.rstrip('.')}."
+        verb = "segmented" if doing == "Prediction" else "trained on"
+        return f"This image cannot be {verb} as it is: {text.rstrip('.')}."
     if isinstance(exc, (_registry.ModelNotFoundError, ModelFileError)):
         return f"The model could not be loaded: {text}"
     if isinstance(exc, MemoryError):
         return "The computer ran out of memory. Tick 'current slice only', or crop the image first."
-    return f"Prediction failed: {text}"
+    return f"{doing} failed: {text}"

@@ -11,11 +11,15 @@ from collections.abc import Callable
 
 from magicgui.widgets import Container, FileEdit, LineEdit, PushButton
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 
 from napari_attention_unet.gui.session import Session
 from napari_attention_unet.models import versions as _versions
 
 __all__ = ["VersionsWidget"]
+
+#: How long the Delete button waits for the second click that confirms (ms).
+DELETE_CONFIRM_MS = 5000
 
 
 class VersionsWidget(Container):
@@ -29,6 +33,10 @@ class VersionsWidget(Container):
         self._export_path = FileEdit(label="export to", mode="w", filter="*.safetensors", value="")
         self._export = PushButton(text="Export model")
         self._delete = PushButton(text="Delete model")
+        self._armed: str | None = None  # the model a first click on Delete asked about
+        self._disarm_timer = QTimer(self._delete.native)  # a child: it goes with the button
+        self._disarm_timer.setSingleShot(True)
+        self._disarm_timer.timeout.connect(self._disarm)
         super().__init__(widgets=[self._new_name, self._rename, self._export_path, self._export, self._delete])
         self._rename.changed.connect(self._on_rename)
         self._export.changed.connect(self._on_export)
@@ -76,8 +84,21 @@ class VersionsWidget(Container):
         show_info(f"Model '{info.name}' exported to {written}.")
 
     def _on_delete(self) -> None:
+        """Two clicks: the first asks (the button says what would go), the second deletes. A model
+        file holds the user's training: one stray click must not lose it."""
         name = self._saved_name()
         if name is None:
             return
+        if self._armed != name:
+            self._armed = name
+            self._delete.text = f"Click again to delete '{name}' for good"
+            self._disarm_timer.start(DELETE_CONFIRM_MS)
+            return
+        self._disarm()
         _versions.delete_version(name)
         self._on_models_changed(None)
+
+    def _disarm(self) -> None:
+        self._disarm_timer.stop()
+        self._armed = None
+        self._delete.text = "Delete model"
