@@ -179,5 +179,5 @@ def check_sizes(shapes: Sequence[tuple[int, ...]], depth: int) -> None:
             f"image {i} is {'x'.join(map(str, shape))} px, too small for this network: depth {depth} halves it "
             f"{depth - 1} times and needs at least {need} px on every axis. Use images of at least {need} px "
             f"per axis, or a new network of depth {fits} (works from {2 ** (fits - 1)} px; "
-            f"`attention-unet train ... --start scratch --depth {fits}`)"
+            f"on the command line: `attention-unet train ... --start scratch --depth {fits}`)"
         )
