@@ -204,3 +204,37 @@ def test_a_few_labelled_slices_train_with_zero_is_slices(tmp_path, home, capsys)
     assert "0 = background in the 2 labelled slices; the other 10 are not labelled" in capsys.readouterr().err
     info = read_metadata(tmp_path / "m.safetensors")[1]
     assert info["zero_is"] == "slices"
+
+
+@pytest.mark.parametrize("out", ["results/", "existing", "~/models/m1", "my dir/my model"])
+def test_the_model_path_as_typed_works_for_predict(tmp_path, home, monkeypatch, capsys, out):
+    """A folder (`results/`, or one that exists) holds model.safetensors; `~` is the home folder;
+    then `predict --model` with the same text finds the model, and the hint quotes it for the shell."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "existing").mkdir()
+    image, labels = three_classes((48, 48))
+    tifffile.imwrite("img.tif", image)
+    tifffile.imwrite("lbl.tif", labels)
+    assert main(["train", "--image", "img.tif", "--labels", "lbl.tif", "--out", out, "--steps", "1", *TINY]) == 0
+    expected = {
+        "results/": tmp_path / "results" / "model.safetensors",
+        "existing": tmp_path / "existing" / "model.safetensors",
+        "~/models/m1": tmp_path / "user" / "models" / "m1.safetensors",
+        "my dir/my model": tmp_path / "my dir" / "my model.safetensors",
+    }[out]
+    assert expected.is_file()
+    assert ("--model 'my dir/my model'" if " " in out else f"--model {out}") in capsys.readouterr().err
+    assert main(["predict", "img.tif", "--model", out, "--out", "pred", "--device", "cpu"]) == 0
+    assert tifffile.imread(tmp_path / "pred" / "img_labels.tif").shape == labels.shape
+
+
+def test_a_model_path_that_cannot_be_written_is_refused_before_training(tmp_path, home, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image, labels = three_classes((48, 48))
+    tifffile.imwrite("img.tif", image)
+    tifffile.imwrite("lbl.tif", labels)
+    args = ["train", "--image", "img.tif", "--labels", "lbl.tif", "--out", "img.tif/m", "--steps", "1", *TINY]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the model to img.tif/m.safetensors: img.tif is a file" in err and "step" not in err

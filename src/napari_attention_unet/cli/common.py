@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Generator
+from pathlib import Path
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -15,6 +17,21 @@ def fail(message: str) -> int:
     """Print ``attention-unet: error: message`` on stderr; returns the exit code 2."""
     print(f"attention-unet: error: {message}", file=sys.stderr)
     return 2
+
+
+def model_target(out: str) -> tuple[Path, str]:
+    """``(file, name)`` of the model ``--out`` asks for (see ``models.registry.model_out_path``);
+    raises ``ValueError`` before any training when it cannot be written there."""
+    from napari_attention_unet.models.registry import FOLDER_MODEL, model_out_path
+
+    path = model_out_path(out)
+    return path, (path.parent.resolve().name if path.name == FOLDER_MODEL else path.stem) or "model"
+
+
+def use_it(out: str) -> str:
+    """The hint printed after writing a model: ``--model`` as the user typed ``--out`` (quoted for the shell)."""
+    safe = out.startswith("~/") and shlex.quote(out[2:]) == out[2:]  # ~/models/m1: the shell's home, unquoted
+    return f"(use it with: attention-unet predict IMAGE --out DIR --model {out if safe else shlex.quote(out)})"
 
 
 def drive(generator: Generator[object, None, T], desc: str, *, leave: bool = True, unit: str = "tile") -> T:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_attention_unet.cli.common import drive_training, fail
+from napari_attention_unet.cli.common import drive_training, fail, model_target, use_it
 
 __all__ = ["run"]
 
@@ -20,6 +20,10 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.image) != len(args.labels):
         return fail(f"give one --labels per --image (got {len(args.image)} images and {len(args.labels)} labels)")
+    try:
+        out_path, out_name = model_target(args.out)  # before any training is spent on it
+    except ValueError as exc:
+        return fail(str(exc))
     try:
         model, _, info = open_model(args.model)
         device = pick_device(args.device)
@@ -43,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"the fine-tuned model was not written (the starting model stays as it was): {result.message}")
     print(result.message, file=sys.stderr)
     meta = {
-        "name": args.out.stem,
+        "name": out_name,
         "parent": info.name,
         "steps": result.steps,
         "best_val_dice": result.best_val_dice,
         "best_val_ap": result.best_val_ap,
         "trained_on": [str(p) for p in args.image],
     }
-    path = save_model(result.model, args.out, info=meta)
-    print(f"wrote {path} (use it with: attention-unet predict ... --model {args.out})", file=sys.stderr)
+    path = save_model(result.model, out_path, info=meta)
+    print(f"wrote {path} {use_it(args.out)}", file=sys.stderr)
     return 0

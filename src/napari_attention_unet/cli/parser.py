@@ -102,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", help="fine-tune a model on corrected labels; writes a new model file")
     f.add_argument("--image", action="append", required=True, type=Path, metavar="IMG", help="image (repeatable)")
     f.add_argument("--labels", action="append", required=True, type=Path, metavar="LBL", help="its labels (repeatable)")
-    f.add_argument("--out", required=True, type=Path, metavar="PATH", help="where to write the fine-tuned model")
+    f.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="where to write the fine-tuned model (in a folder: PATH/model.safetensors)",
+    )
     f.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="model to start from (default: bundled)")
     budget = f.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), default=None, help="time budget (default 5 minutes)")
@@ -136,7 +141,12 @@ def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train a new model (instances or semantic classes, 2D or 3D) on labelled images")
     t.add_argument("--image", action="append", required=True, type=Path, metavar="IMG", help="image (repeatable)")
     t.add_argument("--labels", action="append", required=True, type=Path, metavar="LBL", help="its labels (repeatable)")
-    t.add_argument("--out", required=True, type=Path, metavar="PATH", help="where to write the model (.safetensors)")
+    t.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="where to write the model (.safetensors; in a folder: PATH/model.safetensors)",
+    )
     t.add_argument(
         "--task",
         choices=["instances", "semantic"],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_attention_unet.cli.common import drive_training, fail
+from napari_attention_unet.cli.common import drive_training, fail, model_target, use_it
 
 __all__ = ["run"]
 
@@ -96,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     if len(args.image) != len(args.labels):
         return fail(f"give one --labels per --image (got {len(args.image)} images and {len(args.labels)} labels)")
     try:
+        out_path, out_name = model_target(args.out)  # before any training is spent on it
+    except ValueError as exc:
+        return fail(str(exc))
+    try:
         device = pick_device(args.device)
         pairs = _load_pairs(args)
         volumes = all(np.ndim(p[1]) == 3 for p in pairs)  # as plan_training infers it: volume labels, 3D
@@ -143,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     meta = {
-        "name": args.out.stem,
+        "name": out_name,
         "task": task,
         "classes": list(classes),
         "zero_is": args.zero_is,
@@ -155,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
         "best_val_class_dice": result.best_val_class_dice,
         "trained_on": [str(p) for p in args.image],
     }
-    path = save_model(result.trained_model, args.out, info=meta)
-    print(f"wrote {path} (use it with: attention-unet predict IMAGE --out DIR --model {args.out})", file=sys.stderr)
+    path = save_model(result.trained_model, out_path, info=meta)
+    print(f"wrote {path} {use_it(args.out)}", file=sys.stderr)
     return 0
 
 

@@ -91,8 +91,11 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> ModelInfo:
     text = str(name_or_path)
     path = Path(text).expanduser()
     # A file the user typed wins, with or without the suffix the writers add: `finetune --out
-    # my-model` writes my-model.safetensors, and `predict --model my-model` must find it.
-    for candidate in (path, path.with_name(path.name + SUFFIX)):
+    # my-model` writes my-model.safetensors, and `predict --model my-model` must find it; a
+    # folder (`--out results/`) holds model.safetensors (see model_out_path).
+    if path.is_dir() and (path / FOLDER_MODEL).is_file():
+        return ModelInfo(path.resolve().name or "model", path / FOLDER_MODEL, False)
+    for candidate in (path, path.with_name(path.name + SUFFIX)) if path.name else ():
         if candidate.name and candidate.suffix != ".tmp" and candidate.is_file():
             return ModelInfo(candidate.name.removesuffix(SUFFIX), candidate, False)
     if path.suffix == SUFFIX or os.sep in text or "/" in text:
@@ -111,4 +114,31 @@ def open_model(name_or_path: str | os.PathLike | None = None) -> tuple[Attention
     return model, meta, info
 
 
-__all__ += ["ModelFileError", "open_model", "safe_model_name"]
+__all__ += ["ModelFileError", "model_out_path", "open_model", "safe_model_name"]
+
+#: The file name of a model written into a folder (``train --out results/``).
+FOLDER_MODEL = "model" + SUFFIX
+
+
+def model_out_path(typed: str | os.PathLike) -> Path:
+    """Where ``train`` / ``finetune --out PATH`` write the model, so that ``--model PATH`` typed the
+    same way finds it (:func:`resolve_model`): ``PATH.safetensors`` (the suffix added when missing),
+    or ``PATH/model.safetensors`` when PATH is a folder or ends with a slash. ``~`` is the home
+    folder. Raises ``ValueError`` (one line) when the model cannot be written there, before any
+    training is spent on it."""
+    text = os.fspath(typed)
+    path = Path(text).expanduser()
+    if text.endswith(("/", os.sep)) or path.is_dir() or not path.name or path.name in (".", ".."):
+        path = path / FOLDER_MODEL
+    elif path.suffix != SUFFIX:
+        path = path.with_name(path.name + SUFFIX)
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"cannot write the model to {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"cannot write the model to {path}: the folder {parent} is not writable")
+            break
+    if path.is_dir():
+        raise ValueError(f"cannot write the model to {path}: a folder of that name is there")
+    return path
