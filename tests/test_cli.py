@@ -178,3 +178,24 @@ def test_model_out_path_then_predict_model_with_the_path_as_typed(tmp_path, mode
         "--steps", "1", "--device", "cpu",
     )  # fmt: skip
     assert "fine-tuning my-model" in refused.stderr  # finetune --model finds it the same way
+
+
+def test_dotted_names_keep_their_own_outputs_and_clashes_are_refused(tmp_path, model_file, home):
+    """`cells.1.tif` and `cells.2.tif` get outputs of their own; two inputs that would write the
+    same outputs (the same name in two folders) are refused before anything is written."""
+    image = tifffile.imread(FLUO)
+    (tmp_path / "b").mkdir()
+    for name in ("cells.1.tif", "cells.2.tif", "b/cells.1.tif"):
+        tifffile.imwrite(tmp_path / name, image)
+    out = tmp_path / "out"
+    done = run_cli("predict", tmp_path / "cells.1.tif", tmp_path / "cells.2.tif", "--out", out, "--model", model_file)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cells.1_attention.tif",
+        "cells.1_labels.tif",
+        "cells.2_attention.tif",
+        "cells.2_labels.tif",
+    ]
+    clash = run_cli("predict", tmp_path / "cells.1.tif", tmp_path / "b/cells.1.tif", "--out", tmp_path / "o2")
+    assert clash.returncode == 2 and "would both write cells.1_labels" in clash.stderr
+    assert "Traceback" not in clash.stderr and not (tmp_path / "o2").exists()

@@ -50,7 +50,26 @@ def _whole_series_only(args: argparse.Namespace) -> None:
         )
 
 
+def _clashing_outputs(args: argparse.Namespace) -> str | None:
+    """Two inputs whose outputs would have the same names (``a/cells.tif`` and ``b/cells.tif``): the
+    second would overwrite the first's without a word, so it is said before anything runs."""
+    from napari_attention_unet.large_data.pipeline import stem_of
+
+    seen: dict[str, object] = {}
+    for path in args.images:
+        stem = stem_of(path)
+        if stem in seen and seen[stem] != path:
+            return (
+                f"{seen[stem]} and {path} would both write {stem}_labels... into {args.out}: "
+                "predict them into different --out folders, or rename one"
+            )
+        seen[stem] = path
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    if (clash := _clashing_outputs(args)) is not None:
+        return fail(clash)
     if args.workers is not None or args.scheduler is not None:
         return _run_on_dask(args)
     from napari_attention_unet.core.device import describe_device, pick_device

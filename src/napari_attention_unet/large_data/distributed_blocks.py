@@ -17,6 +17,7 @@ from distributed import Client, as_completed
 
 from napari_attention_unet.core.predict import PredictOptions
 from napari_attention_unet.large_data.distributed import ModelSpec, worker_model
+from napari_attention_unet.large_data.pipeline import stem_of
 
 __all__ = ["LargeResult", "block_sinks", "predict_large"]
 
@@ -118,7 +119,7 @@ def predict_large(
     zoom = client.submit(_zoom_task, source_arg, plan, spec, normalization, block_options, pure=False).result()
     if zoom:
         plan, block_options = zoomed_plan(plan, zoom), PredictOptions.of(block_options, zoom=zoom)
-    sinks = block_sinks(out, Path(image_path).name.split(".")[0], plan, config.gate_names, options.instances)
+    sinks = block_sinks(out, stem_of(image_path), plan, config.gate_names, options.instances)
     blocks = plan.blocks
     futures = [
         client.submit(_predict_block_task, source_arg, b, plan, spec, normalization, block_options, sinks, pure=False)

@@ -47,9 +47,18 @@ __all__ = ["BLOCK_SIZE", "needs_blocks", "predict_file_in_blocks", "predict_file
 BLOCK_SIZE = 2048
 
 
+#: File endings of two parts, taken off whole (``scan.nii.gz`` -> ``scan``).
+COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".nii.gz")
+
+
 def stem_of(image_path: str | Path) -> str:
-    """``cells.ome.tif`` -> ``cells``: the name the outputs of an image start with."""
-    return Path(image_path).name.split(".")[0]
+    """``cells.ome.tif`` -> ``cells``, ``cells.1.tif`` -> ``cells.1``: the name the outputs of an
+    image start with (only the file type is taken off, so ``cells.1`` and ``cells.2`` stay apart)."""
+    name = Path(image_path).name
+    for suffix in COMPOUND_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem or name
 
 
 def result_paths(out_dir: Path, image_path: Path, time_point: int | None = None) -> tuple[Path, Path]:
