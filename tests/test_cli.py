@@ -199,3 +199,15 @@ def test_dotted_names_keep_their_own_outputs_and_clashes_are_refused(tmp_path, m
     clash = run_cli("predict", tmp_path / "cells.1.tif", tmp_path / "b/cells.1.tif", "--out", tmp_path / "o2")
     assert clash.returncode == 2 and "would both write cells.1_labels" in clash.stderr
     assert "Traceback" not in clash.stderr and not (tmp_path / "o2").exists()
+
+
+def test_finetune_refuses_labels_of_one_value_before_training(tmp_path, model_file, home):
+    image = tifffile.imread(FLUO)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "one.tif", np.ones(image.shape[:2], np.uint8))
+    args = ["--image", tmp_path / "img.tif", "--labels", tmp_path / "one.tif", "--model", model_file, "--steps", "50"]
+    done = run_cli("finetune", *args, "--out", tmp_path / "tuned", "--device", "cpu")
+    assert done.returncode == 2 and "the labels hold one value only (1)" in done.stderr
+    assert "step" not in done.stderr.replace("steps", "") and not (tmp_path / "tuned.safetensors").exists()
+    negative = run_cli("predict", tmp_path / "img.tif", "--time-point", "-1", "--out", tmp_path / "o")
+    assert negative.returncode == 2 and "time points count from 0, so not -1" in negative.stderr

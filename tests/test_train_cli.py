@@ -128,6 +128,10 @@ def _write_case(case: str, folder: Path) -> list[str]:
     elif case == "too small":
         image, labels = three_classes((6, 32, 32))
         extra = ["--dims", "3"]
+    elif case == "same class names":
+        extra = ["--class-names", "cell,cell"]
+    elif case == "empty class name":
+        extra = ["--class-names", "cell,"]
     elif case == "time series":
         image, labels = np.stack([three_classes((8, 32, 32))[0]] * 3), np.stack([three_classes((8, 32, 32))[1]] * 3)
     tifffile.imwrite(folder / "img.tif", image)
@@ -146,6 +150,8 @@ def _write_case(case: str, folder: Path) -> list[str]:
         ("nan", "the image holds 1 NaN pixel(s)"),
         ("too small", "needs at least 8 px on every axis"),
         ("time series", "a time series?"),
+        ("same class names", "class names must differ (cell given twice"),
+        ("empty class name", "class 2 has an empty name"),
     ],
 )
 def test_bad_input_ends_with_one_clear_line(tmp_path, home, capsys, case, message):

@@ -14,6 +14,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.device import describe_device, pick_device
     from napari_attention_unet.core.images import ImageShapeError
     from napari_attention_unet.core.train import TrainConfig, Trainer
+    from napari_attention_unet.core.train.targets import check_corrections
     from napari_attention_unet.core.weights import save_model
     from napari_attention_unet.large_data.files import ImageReadError, read_image
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
         model, _, info = open_model(args.model)
         device = pick_device(args.device)
         pairs = [(read_image(i), read_image(lbl), args.axes) for i, lbl in zip(args.image, args.labels)]
+        for _image, labels, _axes in pairs:  # said now, not after the training they would waste
+            check_corrections(labels, None)
         minutes = 5.0 if args.minutes is None and args.steps is None else args.minutes
         config = TrainConfig(
             max_steps=args.steps,

@@ -26,6 +26,17 @@ def _positive(kind: type):
     return read
 
 
+def _time_point(text: str) -> int:
+    """An argparse type: a time point counted from 0 (-1 would silently be the last one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"time points count from 0, so not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attention-unet", description="Attention U-Net segmentation with attention maps."
@@ -71,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--time-point",
-        type=int,
+        type=_time_point,
         default=None,
         metavar="T",
         help="predict time point T (from 0) of 4D series (NIfTI, or TIFF with time first); writes <stem>_tT_labels...",
@@ -184,7 +195,9 @@ def _add_train(sub) -> None:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     t.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CZYX (default: guessed)")
-    t.add_argument("--time-point", type=int, default=None, metavar="T", help="train on time point T of 4D series")
+    t.add_argument(
+        "--time-point", type=_time_point, default=None, metavar="T", help="train on time point T of 4D series"
+    )
     t.add_argument(
         "--flips",
         action=argparse.BooleanOptionalAction,

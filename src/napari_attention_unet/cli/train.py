@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             pairs,
             task=args.task,
             dims=args.dims,
-            class_names=[n for n in args.class_names.split(",") if n.strip()] if args.class_names else None,
+            class_names=args.class_names.split(",") if args.class_names else None,
             zero_is=args.zero_is,
             start=start,
             minutes=10.0 if args.minutes is None and args.steps is None else args.minutes,

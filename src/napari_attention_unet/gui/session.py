@@ -19,6 +19,7 @@ from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.model import AttentionUNet
 from napari_attention_unet.core.predict import PredictOptions, Progress, predict, prepare_model, stack_intensity_range
 from napari_attention_unet.core.train import StepReport, TrainConfig, Trainer, TrainResult
+from napari_attention_unet.core.train.targets import check_corrections
 from napari_attention_unet.core.weights import ModelFileError, ModelInfo
 from napari_attention_unet.models import registry as _registry
 from napari_attention_unet.models.registry import BUNDLED_DEFAULT
@@ -241,7 +242,7 @@ class Session:
             )
         if tuple(labels.shape) != spatial_shape:
             raise ImageShapeError(f"the labels (shape {tuple(labels.shape)}) do not match the image {spatial_shape}")
-        _check_corrections(labels, ignore)
+        check_corrections(labels, ignore)
         # A stack (Z or T before the model's axes) trains on its planes: the ones the user
         # corrected, else the labelled ones.
         planes = training_planes(labels, edited, ignore, n_leading)
@@ -352,21 +353,6 @@ def missing_bundled_model_message() -> str:
         "saved model was found. Choose a model file (.safetensors) under 'model file', "
         "or fine-tune and save a model first."
     )
-
-
-def _check_corrections(labels: np.ndarray, ignore: np.ndarray | None) -> None:
-    """Refuse labels a fine-tune cannot learn from: one object covering every pixel trained on, or,
-    on the whole image, no object at all (erasing false objects in painted pixels only is fine)."""
-    region = np.asarray(labels) if ignore is None else np.asarray(labels)[~np.asarray(ignore, bool)]
-    if region.size == 0:
-        return
-    low, high = region.min(), region.max()
-    if low == high and (high != 0 or ignore is None):
-        what = "no objects (every pixel is 0)" if high == 0 else f"one value only ({high}) on every pixel"
-        raise ValueError(
-            f"the labels hold {what}: fine-tuning learns objects against background, so paint (or correct) "
-            "some objects and leave the background at 0"
-        )
 
 
 def explain_error(exc: BaseException, doing: str = "Prediction") -> str:

@@ -80,7 +80,14 @@ def task_classes(
     if not 1 <= n_classes <= MAX_CLASS_VALUE:
         raise ValueError(f"a semantic model needs 1..{MAX_CLASS_VALUE} classes besides class 0, not {n_classes}")
     first = "unlabelled" if zero_is == "unlabelled" else "background"
-    return (first, *(names or tuple(f"class {k}" for k in range(1, n_classes + 1))))
+    classes = (first, *(names or tuple(f"class {k}" for k in range(1, n_classes + 1))))
+    # Scores and the viewer's legend go by name: every class needs its own.
+    if "" in classes:
+        raise ValueError(f"class {classes.index('')} has an empty name: give one name per class, e.g. a,b,c")
+    twice = sorted({n for n in classes if classes.count(n) > 1})
+    if twice:
+        raise ValueError(f"class names must differ ({', '.join(twice)} given twice; class 0 is {first!r})")
+    return classes
 
 
 def new_model(

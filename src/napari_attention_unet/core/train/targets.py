@@ -27,6 +27,7 @@ from napari_attention_unet.core.instances import as_instances, instances_to_clas
 
 __all__ = [
     "MAX_CLASS_VALUE",
+    "check_corrections",
     "check_image",
     "check_label_values",
     "check_labels_shape",
@@ -180,4 +181,19 @@ def check_sizes(shapes: Sequence[tuple[int, ...]], depth: int) -> None:
             f"{depth - 1} times and needs at least {need} px on every axis. Use images of at least {need} px "
             f"per axis, or a new network of depth {fits} (works from {2 ** (fits - 1)} px; "
             f"on the command line: `attention-unet train ... --start scratch --depth {fits}`)"
+        )
+
+
+def check_corrections(labels: np.ndarray, ignore: np.ndarray | None) -> None:
+    """Refuse labels a fine-tune cannot learn from: one object covering every pixel trained on, or,
+    on the whole image, no object at all (erasing false objects in painted pixels only is fine)."""
+    region = np.asarray(labels) if ignore is None else np.asarray(labels)[~np.asarray(ignore, bool)]
+    if region.size == 0:
+        return
+    low, high = region.min(), region.max()
+    if low == high and (high != 0 or ignore is None):
+        what = "no objects (every pixel is 0)" if high == 0 else f"one value only ({high}) on every pixel"
+        raise ValueError(
+            f"the labels hold {what}: fine-tuning learns objects against background, so paint (or correct) "
+            "some objects and leave the background at 0"
         )
