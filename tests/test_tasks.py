@@ -319,6 +319,10 @@ def test_transfer_keeps_the_encoder_and_replaces_the_head():
             continue
         assert torch.equal(state[key], value), key
     assert state["head.weight"].shape[0] == 5
+    # The new head starts at zero: every class equally likely on any image, whatever the features.
+    assert not state["head.weight"].any() and not state["head.bias"].any()
+    probabilities = torch.softmax(model.eval()(torch.rand(1, 3, 32, 32))[0], dim=1)
+    torch.testing.assert_close(probabilities, torch.full_like(probabilities, 0.2))
     # Grey images: one input channel whose kernels are the colour kernels summed (same network on grey).
     grey = new_model("semantic", classes, 2, 1, start).eval()
     x = torch.rand(1, 1, 32, 32)
