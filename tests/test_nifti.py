@@ -381,3 +381,20 @@ def test_cli_train_reads_nifti_and_predict_writes_classes_on_its_grid(tmp_path, 
     assert main([*args, "--time-point", "1"]) == 0
     assert main(args) == 2
     assert "time series of 2 volumes" in capsys.readouterr().err
+
+
+def test_cli_train_on_a_one_slice_nifti_trains_a_2d_model(tmp_path, model_home, capsys):
+    """A 2D NIfTI (x, y, 1) is an image, not a volume of one slice: a 2D model, and predict writes
+    the labels back as (x, y, 1) on its grid."""
+    from napari_attention_unet.cli import main
+    from napari_attention_unet.core.weights import read_metadata
+
+    plane = blobs_xyz()[:, :, 3:4]
+    image_path = save(tmp_path / "slide.nii.gz", plane)
+    labels_path = save(tmp_path / "slide_seg.nii.gz", (plane > 0.5).astype(np.uint8) * 2)
+    tiny = ["--base-width", "4", "--depth", "3", "--steps", "2", "--device", "cpu", "--task", "semantic"]
+    out = tmp_path / "flat"
+    assert main(["train", "--image", str(image_path), "--labels", str(labels_path), "--out", str(out), *tiny]) == 0
+    assert read_metadata(tmp_path / "flat.safetensors")[0].spatial_dims == 2
+    assert main(["predict", str(image_path), "--out", str(tmp_path / "pred"), "--model", str(out)]) == 0
+    same_grid(nib.load(str(tmp_path / "pred" / "slide_labels.nii.gz")), nib.load(str(image_path)))

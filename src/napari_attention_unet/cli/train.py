@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = pick_device(args.device)
         pairs = _load_pairs(args)
-        volumes = all(np.ndim(p[1]) == 3 for p in pairs)  # as plan_training infers it: volume labels, 3D
+        volumes = all(np.ndim(p[1]) == 3 and len(p[1]) > 1 for p in pairs)  # as plan_training infers it
         start, start_name = _start(args, args.dims or (3 if volumes else 2))
         plan = plan_training(
             pairs,

@@ -85,7 +85,8 @@ def plan_training(
     if task is None:
         task, why = infer_task([p[1] for p in pairs], zero_is)
         notes.append(f"{why} (give the task to choose)")
-    dims = dims or (3 if all(len(s) == 3 for s in shapes) else 2)
+    # Volumes train a 3D model; a "volume" of one slice (a 2D NIfTI is X x Y x 1) is an image.
+    dims = dims or (3 if all(len(s) == 3 and s[0] > 1 for s in shapes) else 2)
     if dims == 3:
         check_spatial_dims(shapes, 3)
     elif any(len(s) == 3 for s in shapes):
