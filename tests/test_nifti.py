@@ -398,3 +398,14 @@ def test_cli_train_on_a_one_slice_nifti_trains_a_2d_model(tmp_path, model_home, 
     assert read_metadata(tmp_path / "flat.safetensors")[0].spatial_dims == 2
     assert main(["predict", str(image_path), "--out", str(tmp_path / "pred"), "--model", str(out)]) == 0
     same_grid(nib.load(str(tmp_path / "pred" / "slide_labels.nii.gz")), nib.load(str(image_path)))
+
+
+def test_cli_train_warns_when_labels_lie_on_another_grid(tmp_path, model_home, capsys):
+    from napari_attention_unet.cli import main
+
+    volume = blobs_xyz()
+    image_path = save(tmp_path / "scan.nii.gz", volume)
+    labels_path = save(tmp_path / "seg.nii.gz", (volume > 0.5).astype(np.uint8), affine=np.eye(4))
+    tiny = ["--base-width", "4", "--depth", "3", "--steps", "1", "--device", "cpu", "--task", "semantic"]
+    assert main(["train", "--image", str(image_path), "--labels", str(labels_path), "--out", str(tmp_path / "m"), *tiny]) == 0
+    assert "have different affines" in capsys.readouterr().err

@@ -21,14 +21,13 @@ from napari_attention_unet.cli.common import drive_training, fail, model_target,
 __all__ = ["run"]
 
 
-def _read(path: Path, time_point: int | None, *, series: bool = True) -> tuple[np.ndarray, tuple | None]:
+def _read(path: Path, time_point: int | None, *, series: bool = True) -> tuple[np.ndarray, object]:
     """Pixels of an image file (at ``time_point`` of a series: ``files.read_time_point``) and, for
-    NIfTI, its voxel size (None otherwise)."""
+    NIfTI, its ``NiftiVolume`` (voxel size, affine; None otherwise)."""
     from napari_attention_unet.large_data.files import read_time_point
 
     data, volume = read_time_point(path, time_point, series=series)
-    spacing = None if volume is None or volume.spacing is None else tuple(volume.spacing)
-    return np.asarray(data), spacing
+    return np.asarray(data), volume
 
 
 def _voxel_sizes(plan) -> set[tuple[float, ...]]:
@@ -58,8 +57,15 @@ def _load_pairs(args: argparse.Namespace) -> list[tuple]:
     """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point)."""
     pairs = []
     for image_path, labels_path in zip(args.image, args.labels):
-        image, spacing = _read(image_path, args.time_point)
-        labels, _ = _read(labels_path, args.time_point, series=False)
+        image, volume = _read(image_path, args.time_point)
+        labels, labels_volume = _read(labels_path, args.time_point, series=False)
+        if volume is not None and labels_volume is not None and not np.allclose(volume.affine, labels_volume.affine):
+            print(
+                f"warning: {labels_path} and {image_path} have different affines (voxel-to-world grids): the "
+                "labels are taken voxel by voxel, as if they lay on the image's grid",
+                file=sys.stderr,
+            )
+        spacing = None if volume is None or volume.spacing is None else tuple(volume.spacing)
         pairs.append((image, labels, args.axes, args.spacing or spacing))
     return pairs
 
