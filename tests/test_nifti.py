@@ -407,5 +407,6 @@ def test_cli_train_warns_when_labels_lie_on_another_grid(tmp_path, model_home, c
     image_path = save(tmp_path / "scan.nii.gz", volume)
     labels_path = save(tmp_path / "seg.nii.gz", (volume > 0.5).astype(np.uint8), affine=np.eye(4))
     tiny = ["--base-width", "4", "--depth", "3", "--steps", "1", "--device", "cpu", "--task", "semantic"]
-    assert main(["train", "--image", str(image_path), "--labels", str(labels_path), "--out", str(tmp_path / "m"), *tiny]) == 0
+    args = ["train", "--image", str(image_path), "--labels", str(labels_path), "--out", str(tmp_path / "m")]
+    assert main([*args, *tiny]) == 0
     assert "have different affines" in capsys.readouterr().err
