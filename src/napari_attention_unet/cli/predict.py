@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
                     default_spacing=trained,
                 )
             result = drive(steps, path.name, leave=leave)
+            if getattr(result, "nan_values", 0):
+                tqdm.write(f"{path.name}: {result.nan_values} value(s) were NaN: taken as background", file=sys.stderr)
             if getattr(result, "zoom", None):  # it took about zoom² the time: say why
                 tqdm.write(
                     f"{path.name}: small objects: looked again at {result.zoom:.1f}x (--no-auto-zoom leaves it out)",

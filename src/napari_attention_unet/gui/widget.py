@@ -353,8 +353,8 @@ class AttentionUNetWidget(Container):
         self._device_info.value = result.device
         n = int(result.labels.max(initial=0))
         done = f"Done: {n} object(s) in {placement.source_name}." if not result.semantic else "Done."
-        if result.zoom:
-            done += f" Small objects: looked again at {result.zoom:.1f}x."
+        done += f" Small objects: looked again at {result.zoom:.1f}x." if result.zoom else ""
+        done += f" {result.nan_values} pixel value(s) were NaN: taken as background." if result.nan_values else ""
         self._add_next_layer(placement, done)
 
     def _add_next_layer(self, placement: _layers.Placement, done: str) -> None:
