@@ -72,8 +72,9 @@ def _load_pairs(args: argparse.Namespace) -> list[tuple]:
 
 def _start(args: argparse.Namespace, dims: int):
     """``(start model or "scratch", its name)``: --start; else the bundled model's weights for 2D
-    models (on EM membranes and H&E nuclei a semantic model learns faster from them than from
-    scratch: benchmarks/bench_tasks.py --part 2d), scratch for 3D ones or when sizes are given."""
+    models (with a new head at zero, a semantic model learns H&E nuclei and brightness classes from
+    strokes better from them than from scratch, EM membranes about as well: benchmarks/README.md,
+    "Where a new 2D semantic model starts"), scratch for 3D ones or when sizes are given."""
     from napari_attention_unet.models.registry import ModelNotFoundError, open_model
 
     if args.start == "scratch" or (args.start is None and (dims == 3 or args.base_width or args.depth)):
