@@ -328,6 +328,32 @@ def test_session_finetunes_a_2d_model_on_a_stack(tiny_model_path, nuclei_image):
         session.finetune(stack, labels[:2])
 
 
+def test_session_finetunes_a_3d_model_on_the_grid_it_predicts_on(tmp_path, monkeypatch):
+    """A 3D model fine-tunes on the volume resampled by the layer's scale (as it predicts it), in
+    patches fitted to the volume as `train` fits them, not the 64³ cap of 2D-sized patches."""
+    import torch
+
+    from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+    from napari_attention_unet.core.predict import run_to_end
+    from napari_attention_unet.core.train.start import network_shape
+    from napari_attention_unet.gui.session import Session
+
+    monkeypatch.setenv("NAPARI_ATTENTION_UNET_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    session = Session(device="cpu")
+    session.set_model(AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=4, depth=3)), None)
+    rng = np.random.default_rng(0)
+    labels = np.zeros((12, 64, 64), np.uint16)
+    for i, (z, y, x) in enumerate([(4, 16, 16), (7, 40, 20), (5, 30, 48)]):
+        labels[z - 2 : z + 2, y - 5 : y + 5, x - 5 : x + 5] = i + 1
+    volume = (labels > 0) * 100.0 + rng.normal(20, 5, labels.shape)
+    result = run_to_end(session.finetune(volume, labels, steps=1, minutes=None, spacing=(2.0, 1.0, 1.0)))
+    assert result.steps == 1
+    sample = session.trainer.samples[0]
+    assert sample.image.shape[1:] == network_shape(labels.shape, (2.0, 1.0, 1.0)) == (24, 64, 64)
+    assert np.prod(session.trainer.patch) < 20_000  # about 18k voxels, as `train` fits them
+
+
 def test_a_plane_of_a_stack_is_normalised_with_the_stack_as_on_the_command_line(tiny_model_path, nuclei_image):
     """The dock's plane (current slice) and the whole stack give what ``predict`` gives on the stack at
     once: each plane normalised with the stack's percentiles, so a dim plane stays dim."""

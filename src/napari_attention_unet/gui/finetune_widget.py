@@ -231,6 +231,7 @@ class FinetuneWidget(Container):
                     edited=edited,
                     minutes=float(self._minutes.value),
                     steps=self._steps,
+                    spacing=tuple(image.scale),
                 )
         except Exception as exc:  # noqa: BLE001 - becomes a notification
             self._on_error(exc)

@@ -19,6 +19,7 @@ from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.model import AttentionUNet
 from napari_attention_unet.core.predict import PredictOptions, Progress, predict, prepare_model, stack_intensity_range
 from napari_attention_unet.core.train import StepReport, TrainConfig, Trainer, TrainResult
+from napari_attention_unet.core.train.start import network_shape, patch_3d
 from napari_attention_unet.core.train.targets import check_corrections
 from napari_attention_unet.core.weights import ModelFileError, ModelInfo
 from napari_attention_unet.models import registry as _registry
@@ -218,8 +219,13 @@ class Session:
         edited: np.ndarray | None = None,
         minutes: float | None = 2.0,
         steps: int | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> Generator[StepReport, None, TrainResult]:
         """Fine-tune the current model on one image and its corrected labels.
+
+        A 3D model trains on the volume as it predicts it: resampled by ``spacing`` (the layer's
+        scale; :func:`core.train.start.network_shape`), in patches fitted to it as ``train`` fits them
+        (about 18k voxels, not the 64³ cap of 2D-sized patches: 12x faster a step).
 
         Returns the training generator: it yields :class:`StepReport` and returns the
         :class:`TrainResult`. Shape checks run at once and raise; the :class:`Trainer` is
@@ -248,11 +254,17 @@ class Session:
         planes = training_planes(labels, edited, ignore, n_leading)
         self.trained_planes = planes
         axes = "ZYX"[-self.spatial_dims :] + ("C" if rgb else "")
+        voxels = None
+        if self.spatial_dims == 3:
+            voxels = None if spacing is None else tuple(float(v) for v in spacing)[-3:]
+            shape = network_shape(spatial_shape[-3:], voxels, self.model.config.voxel_size)
+            sized = {"patch_size": patch_3d([shape], self.model.config.size_multiple)}
         config = TrainConfig(
             max_steps=steps,
             time_budget=None if minutes is None else 60.0 * minutes,
             # Evaluate often enough that a short run still keeps its best state.
             eval_every=max(1, min(25, (steps or 25) // 2)),
+            **(sized if self.spatial_dims == 3 else {}),
         )
 
         def plane(array: np.ndarray | None, index: tuple[int, ...]) -> np.ndarray | None:
@@ -266,7 +278,7 @@ class Session:
             # optimiser took 1.4 s on a 512x512 image, which froze the viewer when done on click.
             self.trainer = Trainer(
                 model,
-                [(plane(image, i), plane(labels, i), axes, None, stack_range(i)) for i in planes],
+                [(plane(image, i), plane(labels, i), axes, voxels, stack_range(i)) for i in planes],
                 config=config,
                 device=self.device,
                 ignore_masks=[plane(ignore, i) for i in planes],
