@@ -26,17 +26,21 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(str(exc))
     try:
-        model, _, info = open_model(args.model)
+        model, meta, info = open_model(args.model)
         device = pick_device(args.device)
         pairs = [(read_image(i), read_image(lbl), args.axes) for i, lbl in zip(args.image, args.labels)]
         for _image, labels, _axes in pairs:  # said now, not after the training they would waste
             check_corrections(labels, None)
         minutes = 5.0 if args.minutes is None and args.steps is None else args.minutes
+        sized = {}
+        if model.config.spatial_dims == 3:  # on the grid predict uses, in patches fitted as train fits them
+            pairs, sized = _as_predicted(args, model, meta, pairs)
         config = TrainConfig(
             max_steps=args.steps,
             time_budget=None if minutes is None else 60.0 * minutes,
             seed=args.seed,
             precision=args.precision,
+            **sized,
         )
         trainer = Trainer(model, pairs, config=config, device=device)
     except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, RuntimeError, ValueError) as exc:
@@ -60,3 +64,22 @@ def run(args: argparse.Namespace) -> int:
     path = save_model(result.model, out_path, info=meta)
     print(f"wrote {path} {use_it(args.out)}", file=sys.stderr)
     return 0
+
+
+def _as_predicted(args: argparse.Namespace, model, meta: dict, pairs: list) -> tuple[list, dict]:
+    """A 3D model's pairs with their voxel size (a NIfTI header's, else the one the model was trained
+    at, as ``predict`` takes it) and the fitted 3D patch (``{"patch_size": ...}``)."""
+    import numpy as np
+
+    from napari_attention_unet.core.train.start import network_shape, patch_3d
+    from napari_attention_unet.large_data.files import read_time_point
+
+    trained = meta.get("spacing")
+    sized, shapes = [], []
+    for (image, labels, axes), path in zip(pairs, args.image):
+        _, volume = read_time_point(path, None)
+        spacing = volume.spacing if volume is not None and volume.spacing else trained
+        spacing = None if spacing is None else tuple(float(v) for v in spacing)
+        sized.append((image, labels, axes, spacing))
+        shapes.append(network_shape(np.shape(labels)[-3:], spacing, model.config.voxel_size))
+    return sized, {"patch_size": patch_3d(shapes, model.config.size_multiple)}
