@@ -44,6 +44,15 @@ def test_widget_opens_through_manifest(plugin_widget):
     assert widget._predict.enabled and not widget._cancel.enabled
 
 
+def test_nan_pixels_are_said_in_the_done_line(qtbot, plugin_widget, nuclei_image, notes):
+    viewer, widget = plugin_widget
+    holed = nuclei_image.astype(np.float32)
+    holed[:4, :5] = np.nan
+    widget._image.value = viewer.add_image(holed, name="holed")
+    run_prediction(qtbot, widget)
+    assert not notes["error"] and "20 pixel value(s) were NaN: taken as background" in widget._status.value
+
+
 def test_image_picker_follows_selected_layer(plugin_widget, nuclei_image):
     viewer, widget = plugin_widget
     first = viewer.add_image(nuclei_image, name="first")

@@ -49,6 +49,8 @@ class PartPrediction:
     extra: dict = field(default_factory=dict)
     #: The largest factor an image (or plane) was enlarged by for its small objects, or None.
     zoom: float | None = None
+    #: Pixel values that were not numbers (NaN), predicted as background (said in the Done line).
+    nan_values: int = 0
 
 
 class Session:
@@ -176,7 +178,7 @@ class Session:
 
         labels = np.zeros(part_shape, dtype=np.int32)
         gate_maps = {name: np.zeros(part_shape, dtype=np.float32) for name in gate_names}
-        offset, zooms = 0, []
+        offset, zooms, nan_values = 0, [], 0
         stack_range = _stack_ranges(image, rgb, self.model.config.in_channels, block_dims)
         for k, block in enumerate(blocks):
             block_options = options
@@ -189,6 +191,7 @@ class Session:
             )
             where = () if partial else block
             zooms += [result.zoom] if result.zoom else []
+            nan_values += result.nan_values
             block_labels = result.labels.astype(np.int32, copy=False)
             if instances and offset:
                 block_labels = np.where(block_labels > 0, block_labels + offset, 0)
@@ -206,6 +209,7 @@ class Session:
             semantic=not instances,
             extra={"classes": list(self.model.config.classes)} if self.model.config.task == "semantic" else {},
             zoom=max(zooms, default=None),
+            nan_values=nan_values,
         )
 
     # -- fine-tuning -----------------------------------------------------------------------
