@@ -275,7 +275,9 @@ def test_dense_class_labels_hold_out_a_strip_where_the_classes_are():
     assert np.flatnonzero((instances.val_target != IGNORE).any(axis=(0, 1))).max() == 39
 
 
-def test_validation_predicts_the_held_out_region_with_context_not_the_whole_image(tiny_model, pair):
+def test_validation_predicts_the_held_out_region_with_context_not_the_whole_image(tiny_model, pair, monkeypatch):
+    from napari_attention_unet.core.train import loop
+
     # Corrections in the top-left corner of a large image: each evaluation predicts the held-out
     # strip plus VALIDATION_MARGIN of context, and scores what the whole image would have scored.
     image, labels = pair
@@ -295,13 +297,13 @@ def test_validation_predicts_the_held_out_region_with_context_not_the_whole_imag
     assert rows.max() < 90 and cols.min() > 8 and cols.max() < 110
 
     seen = []
-    predict = trainer._predict_probabilities
+    real = loop.predict_probabilities
 
-    def recording(model, image):
+    def recording(model, image, device, amp):
         seen.append(image.shape)
-        return predict(model, image)
+        return real(model, image, device, amp)
 
-    trainer._predict_probabilities = recording
+    monkeypatch.setattr(loop, "predict_probabilities", recording)
     scores = trainer.validation_scores()
     top, left = max(rows.min() - VALIDATION_MARGIN, 0), max(cols.min() - VALIDATION_MARGIN, 0)
     bottom, right = rows.max() + 1 + VALIDATION_MARGIN, cols.max() + 1 + VALIDATION_MARGIN
@@ -309,7 +311,7 @@ def test_validation_predicts_the_held_out_region_with_context_not_the_whole_imag
     assert seen[0][1] * seen[0][2] < big_labels.size / 8
 
     # The same scores from the whole image (the margin covers this network's receptive field).
-    whole = predict(trainer.model.eval(), sample.image)
+    whole = real(trainer.model.eval(), sample.image, trainer.device, trainer.amp)
     dice, iou, fraction = foreground_scores(whole[0] < 0.5, sample.val_target)
     counts = _instance_counts(whole, sample.val_target, sample.val_instances)
     assert scores["dice"] == pytest.approx(dice, abs=1e-6) and scores["iou"] == pytest.approx(iou, abs=1e-6)
