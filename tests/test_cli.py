@@ -211,3 +211,9 @@ def test_finetune_refuses_labels_of_one_value_before_training(tmp_path, model_fi
     assert "step" not in done.stderr.replace("steps", "") and not (tmp_path / "tuned.safetensors").exists()
     negative = run_cli("predict", tmp_path / "img.tif", "--time-point", "-1", "--out", tmp_path / "o")
     assert negative.returncode == 2 and "time points count from 0, so not -1" in negative.stderr
+
+
+def test_a_folder_given_as_an_image_is_said_to_be_a_folder(tmp_path, model_file, home):
+    (tmp_path / "images").mkdir()
+    done = run_cli("predict", tmp_path / "images", "--out", tmp_path / "o", "--model", model_file)
+    assert done.returncode == 1 and "is a folder: give the image files in it" in done.stderr

@@ -77,6 +77,8 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if is_nifti_path(path):
         return read_nifti_volume(path).data
+    if path.is_dir():
+        raise ImageReadError(f"{path} is a folder: give the image files in it (e.g. {path}/*.tif)")
     if not path.is_file():
         raise ImageReadError(f"no such file: {path}")
     suffix = path.suffix.lower()
