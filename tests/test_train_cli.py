@@ -244,3 +244,14 @@ def test_a_model_path_that_cannot_be_written_is_refused_before_training(tmp_path
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "cannot write the model to img.tif/m.safetensors: img.tif is a file" in err and "step" not in err
+
+
+def test_usage_mistakes_end_with_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--image", "a.tif", "--labels", "b.tif", "--out", "m", "--spacing", "1,1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "attention-unet train: error: argument --spacing: expected three positive sizes Z,Y,X, got '1,1' "
+        "(see: attention-unet train --help)"
+    ]

@@ -37,10 +37,15 @@ def _time_point(text: str) -> int:
     return value
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage mistakes end with one line (and where the help is), not the whole usage first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="attention-unet", description="Attention U-Net segmentation with attention maps."
-    )
+    parser = _OneLineErrors(prog="attention-unet", description="Attention U-Net segmentation with attention maps.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
