@@ -415,8 +415,6 @@ def test_cli_train_warns_when_labels_lie_on_another_grid(tmp_path, model_home, c
 def test_cli_finetune_of_a_3d_model_trains_on_the_grid_predict_uses(tmp_path):
     """`finetune` of a 3D model takes a NIfTI volume at its header's voxel size (TIFF volumes at the
     model's training spacing), in patches fitted as `train` fits them (not 64³: 12x slower a step)."""
-    import argparse
-
     import torch
 
     from napari_attention_unet.cli.finetune import _as_predicted
@@ -427,9 +425,11 @@ def test_cli_finetune_of_a_3d_model_trains_on_the_grid_predict_uses(tmp_path):
     tifffile.imwrite(tmp_path / "vol.tif", np.zeros((6, 32, 40), np.float32))
     torch.manual_seed(0)
     model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=4, depth=3))
-    args = argparse.Namespace(image=[image_path, tmp_path / "vol.tif"])
+    from napari_attention_unet.large_data.files import read_time_point
+
+    volumes = [read_time_point(path, None)[1] for path in (image_path, tmp_path / "vol.tif")]
     volume = np.zeros((6, 32, 40), np.float32)
     pairs = [(volume, volume.astype(np.uint8), None)] * 2
-    sized, settings = _as_predicted(args, model, {"spacing": [2.0, 1.0, 1.0]}, pairs)
+    sized, settings = _as_predicted(model, {"spacing": [2.0, 1.0, 1.0]}, pairs, volumes)
     assert [p[3] for p in sized] == [(2.5, 1.0, 1.0), (2.0, 1.0, 1.0)]
     assert np.prod(settings["patch_size"]) < 30_000  # about 18k voxels, rounded to the grid (64³: 262k)

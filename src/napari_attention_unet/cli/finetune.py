@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.train import TrainConfig, Trainer
     from napari_attention_unet.core.train.targets import check_corrections
     from napari_attention_unet.core.weights import save_model
-    from napari_attention_unet.large_data.files import ImageReadError, read_image
+    from napari_attention_unet.large_data.files import ImageReadError, read_image, read_time_point
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
 
     if len(args.image) != len(args.labels):
@@ -28,13 +28,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, meta, info = open_model(args.model)
         device = pick_device(args.device)
-        pairs = [(read_image(i), read_image(lbl), args.axes) for i, lbl in zip(args.image, args.labels)]
+        reads = [read_time_point(i, None) for i in args.image]  # (pixels, NIfTI volume or None), read once
+        pairs = [(data, read_image(lbl), args.axes) for (data, _), lbl in zip(reads, args.labels)]
         for _image, labels, _axes in pairs:  # said now, not after the training they would waste
             check_corrections(labels, None)
         minutes = 5.0 if args.minutes is None and args.steps is None else args.minutes
         sized = {}
         if model.config.spatial_dims == 3:  # on the grid predict uses, in patches fitted as train fits them
-            pairs, sized = _as_predicted(args, model, meta, pairs)
+            pairs, sized = _as_predicted(model, meta, pairs, [volume for _, volume in reads])
         config = TrainConfig(
             max_steps=args.steps,
             time_budget=None if minutes is None else 60.0 * minutes,
@@ -66,18 +67,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_predicted(args: argparse.Namespace, model, meta: dict, pairs: list) -> tuple[list, dict]:
-    """A 3D model's pairs with their voxel size (a NIfTI header's, else the one the model was trained
-    at, as ``predict`` takes it) and the fitted 3D patch (``{"patch_size": ...}``)."""
+def _as_predicted(model, meta: dict, pairs: list, volumes: list) -> tuple[list, dict]:
+    """A 3D model's pairs with their voxel size (a NIfTI header's, from ``volumes`` as read, else the
+    one the model was trained at, as ``predict`` takes it) and the fitted 3D patch (``{"patch_size": ...}``)."""
     import numpy as np
 
     from napari_attention_unet.core.train.start import network_shape, patch_3d
-    from napari_attention_unet.large_data.files import read_time_point
 
     trained = meta.get("spacing")
     sized, shapes = [], []
-    for (image, labels, axes), path in zip(pairs, args.image):
-        _, volume = read_time_point(path, None)
+    for (image, labels, axes), volume in zip(pairs, volumes):
         spacing = volume.spacing if volume is not None and volume.spacing else trained
         spacing = None if spacing is None else tuple(float(v) for v in spacing)
         sized.append((image, labels, axes, spacing))
