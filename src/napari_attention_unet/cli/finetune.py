@@ -72,13 +72,13 @@ def _as_predicted(model, meta: dict, pairs: list, volumes: list) -> tuple[list, 
     one the model was trained at, as ``predict`` takes it) and the fitted 3D patch (``{"patch_size": ...}``)."""
     import numpy as np
 
-    from napari_attention_unet.core.train.start import network_shape, patch_3d
+    from napari_attention_unet.core.train.start import patch_as_predicted
 
     trained = meta.get("spacing")
-    sized, shapes = [], []
+    sized = []
     for (image, labels, axes), volume in zip(pairs, volumes):
         spacing = volume.spacing if volume is not None and volume.spacing else trained
         spacing = None if spacing is None else tuple(float(v) for v in spacing)
         sized.append((image, labels, axes, spacing))
-        shapes.append(network_shape(np.shape(labels)[-3:], spacing, model.config.voxel_size))
-    return sized, {"patch_size": patch_3d(shapes, model.config.size_multiple)}
+    patch = patch_as_predicted(model.config, [np.shape(p[1]) for p in sized], [p[3] for p in sized])
+    return sized, {"patch_size": patch}

@@ -19,7 +19,7 @@ from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.model import AttentionUNet
 from napari_attention_unet.core.predict import PredictOptions, Progress, predict, prepare_model, stack_intensity_range
 from napari_attention_unet.core.train import StepReport, TrainConfig, Trainer, TrainResult
-from napari_attention_unet.core.train.start import network_shape, patch_3d
+from napari_attention_unet.core.train.start import patch_as_predicted
 from napari_attention_unet.core.train.targets import check_corrections
 from napari_attention_unet.core.weights import ModelFileError, ModelInfo
 from napari_attention_unet.models import registry as _registry
@@ -261,8 +261,7 @@ class Session:
         voxels = None
         if self.spatial_dims == 3:
             voxels = None if spacing is None else tuple(float(v) for v in spacing)[-3:]
-            shape = network_shape(spatial_shape[-3:], voxels, self.model.config.voxel_size)
-            sized = {"patch_size": patch_3d([shape], self.model.config.size_multiple)}
+            sized = {"patch_size": patch_as_predicted(self.model.config, [spatial_shape], [voxels])}
         config = TrainConfig(
             max_steps=steps,
             time_budget=None if minutes is None else 60.0 * minutes,

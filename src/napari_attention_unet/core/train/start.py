@@ -34,6 +34,7 @@ __all__ = [
     "network_shape",
     "new_model",
     "patch_3d",
+    "patch_as_predicted",
     "split_samples",
     "task_classes",
 ]
@@ -236,6 +237,16 @@ def patch_3d(shapes: Sequence[tuple[int, ...]], multiple: int, voxels: int = PAT
     fitted = fitted_patch(shapes, 64, multiple)
     factor = min(1.0, (voxels / float(np.prod(fitted))) ** (1 / 3))
     return tuple(max(2 * multiple, int(round(n * factor / multiple)) * multiple) for n in fitted)
+
+
+def patch_as_predicted(
+    config: ModelConfig, shapes: Sequence[tuple[int, ...]], spacings: Sequence[Sequence[float] | None]
+) -> tuple[int, ...]:
+    """The 3D patch to fine-tune a 3D model on volumes of ``shapes`` (ZYX) and voxel ``spacings``:
+    :func:`patch_3d` of the volumes as the model predicts them (:func:`network_shape`), as
+    ``train`` fits it. The dock and ``attention-unet finetune`` both use it."""
+    sized = [network_shape(tuple(s)[-3:], sp, config.voxel_size) for s, sp in zip(shapes, spacings)]
+    return patch_3d(sized, config.size_multiple)
 
 
 def split_samples(
