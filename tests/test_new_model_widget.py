@@ -44,6 +44,8 @@ def test_what_the_labels_would_teach_is_said_before_the_click():
     for i in range(40):
         objects[(i // 8) * 8 : (i // 8) * 8 + 5, (i % 8) * 8 : (i % 8) * 8 + 5] = i + 1
     assert describe_labels(objects, "background") == "40 objects: instances"
+    # Objects are learnt with 0 as their background: strokes of ids would be refused at the click.
+    assert describe_labels(objects, "unlabelled").endswith("objects need 0 = background (label 0 is: background)")
     assert describe_labels(np.zeros((8, 8), np.uint8), "background") == "nothing labelled yet"
 
 

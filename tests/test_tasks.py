@@ -14,6 +14,7 @@ from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.train import TrainConfig, Trainer, prepare_sample
 from napari_attention_unet.core.train.losses import semantic_loss
+from napari_attention_unet.core.train.plan import plan_training
 from napari_attention_unet.core.train.start import infer_task, new_model, task_classes
 from napari_attention_unet.core.weights import load_model, save_model
 
@@ -345,6 +346,20 @@ def test_the_task_is_inferred_from_the_labels():
     ids = label(labels > 0)
     assert infer_task([ids])[0] == "instances" and infer_task([ids])[1].endswith("objects: instances")
     assert infer_task([labels > 0])[0] == "instances"  # a mask of many separate objects
+
+
+@pytest.mark.parametrize("zero_is", ["unlabelled", "slices"])
+def test_objects_with_0_not_background_are_refused(zero_is):
+    """An instance model learns the background from 0: with 0 unlabelled it would never see any."""
+    from skimage.measure import label
+
+    image, labels = three_classes_2d(64)
+    ids = label(labels > 0)
+    with pytest.raises(ValueError, match="0 must be background") as error:
+        plan_training([(image, ids)], task="instances", zero_is=zero_is, steps=1)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="0 must be background"):  # inferred instances too (300 ids)
+        plan_training([(image, (np.arange(image.size) % 300).reshape(image.shape))], zero_is=zero_is, steps=1)
 
 
 # -- bad input: one clear line --------------------------------------------------------------------

@@ -49,6 +49,8 @@ def describe_labels(labels: np.ndarray, zero_is: str) -> str:
                 zero += f"; {gaps} empty slices between labelled ones: labelled only some? "
                 zero += "choose 'background in labelled slices'"
         return f"{why}; {zero}"
+    if zero_is != "background":  # plan_training refuses it: say so before the click
+        return f"{why}; objects need 0 = background (label 0 is: background)"
     return why
 
 

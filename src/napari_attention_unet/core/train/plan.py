@@ -85,6 +85,11 @@ def plan_training(
     if task is None:
         task, why = infer_task([p[1] for p in pairs], zero_is)
         notes.append(f"{why} (give the task to choose)")
+    if task == "instances" and zero_is != "background":
+        raise ValueError(
+            "an instance model learns the background from label 0, so 0 must be background: outline every "
+            "object of the labelled area, or train classes (task semantic) from strokes or a few slices"
+        )
     # Volumes train a 3D model; a "volume" of one slice (a 2D NIfTI is X x Y x 1) is an image.
     dims = dims or (3 if all(len(s) == 3 and s[0] > 1 for s in shapes) else 2)
     if dims == 3:
