@@ -50,8 +50,9 @@ def test_train_then_predict_a_2d_semantic_model(tmp_path, home):
     tifffile.imwrite(tmp_path / "cells.tif", image)
     tifffile.imwrite(tmp_path / "cells_classes.tif", labels)
     args = ["--image", "cells.tif", "--labels", "cells_classes.tif", "--out", "my-model", "--steps", "30"]
-    done = run_cli("train", *args, "--class-names", "bright,grey", *TINY, cwd=tmp_path)
+    done = run_cli("train", *args, "--class-names", "bright,grey", "--spacing", "1,0.5,0.5", *TINY, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "a 2D model does not use it" in done.stderr  # --spacing is not silently dropped
     assert "3 classes found (0, 1, 2): semantic" in done.stderr
     assert "2D semantic (background, bright, grey)" in done.stderr
     config, info = read_metadata(tmp_path / "my-model.safetensors")

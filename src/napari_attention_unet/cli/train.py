@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if dims == 3:  # where the voxel size came from, and what the model will expect of new volumes
         print(_spacing_note(plan, args.spacing), file=sys.stderr)
+    elif args.spacing:
+        print("--spacing is the voxel size of volumes for a 3D model: a 2D model does not use it", file=sys.stderr)
     drive_training(trainer)
     result = trainer.result()
     if result.accepted:
