@@ -82,6 +82,13 @@ def test_predict_anisotropic_volume_with_a_3d_model(tmp_path, home):
     np.testing.assert_allclose(attention[0], expected.gate_maps["gate1"], atol=1e-5)
     bad = run_cli(*common, "--out", tmp_path / "bad", "--spacing", "3,1")
     assert bad.returncode == 2 and "Z,Y,X" in bad.stderr and "Traceback" not in bad.stderr
+    # A volume stored Y, X, Z gets its labels and maps back on its own grid, in its own axis order.
+    tifffile.imwrite(tmp_path / "yxz.tif", np.moveaxis(volume, 0, -1))
+    yxz = ["predict", str(tmp_path / "yxz.tif"), "--model", str(model_path), "--device", "cpu", "--axes", "YXZ"]
+    assert main([*yxz, "--out", str(out), "--spacing", "3,1,1"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "yxz_labels.tif"), np.moveaxis(expected.labels, 0, -1))
+    with tifffile.TiffFile(out / "yxz_attention.tif") as tif:
+        assert tif.series[0].shape == (2, 64, 64, 4) and '"axes": "QYXZ"' in (tif.pages[0].description or "")
 
 
 def test_saved_model_by_name_and_models_listing(tmp_path, home):

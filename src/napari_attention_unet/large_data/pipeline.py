@@ -114,9 +114,12 @@ def predict_file_steps(
     result = yield from predict(model, image, options, device=device, inference_model=inference_model)
     labels_path, attention_path = result_paths(out_dir, image_path, time_point)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    if volume is None:
-        write_labels(labels_path, result.labels)
-        write_attention(attention_path, result.gate_maps, result.spatial_axes)
+    if volume is None:  # on the image's grid: its spatial axes in the order the file has them (--axes YXZ)
+        given = "".join(a for a in (options.axes or result.spatial_axes).upper() if a in "ZYX")
+        order = [result.spatial_axes.index(a) for a in given]
+        write_labels(labels_path, np.transpose(result.labels, order))
+        maps = {n: np.transpose(m, order) for n, m in result.gate_maps.items()}
+        write_attention(attention_path, maps, given)
         return result
     write_nifti(labels_path, result.labels, volume, labels=True)
     if result.gate_maps:
