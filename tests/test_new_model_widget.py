@@ -35,18 +35,24 @@ def wait_idle(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: not widget.finetune.is_running and not widget.is_running, timeout=TIMEOUT_MS)
 
 
-def test_what_the_labels_would_teach_is_said_before_the_click():
-    _image, labels = three_classes_2d()
-    assert describe_labels(labels, "background").startswith("3 classes found")
-    strokes = describe_labels(labels, "unlabelled")
-    assert strokes.startswith("2 classes painted (1, 2)") and "0 = unlabelled" in strokes
+def forty_objects() -> np.ndarray:
     objects = np.zeros((64, 64), np.uint16)
     for i in range(40):
         objects[(i // 8) * 8 : (i // 8) * 8 + 5, (i % 8) * 8 : (i % 8) * 8 + 5] = i + 1
-    assert describe_labels(objects, "background") == "40 objects: instances"
+    return objects
+
+
+def test_what_the_labels_would_teach_is_said_before_the_click():
+    _image, labels = three_classes_2d()
+    assert describe_labels(labels, "background")[1].startswith("3 classes found")
+    task, strokes = describe_labels(labels, "unlabelled")
+    assert task == "semantic"
+    assert strokes.startswith("2 classes painted (1, 2)") and "0 = unlabelled" in strokes
+    objects = forty_objects()
+    assert describe_labels(objects, "background") == ("instances", "40 objects: instances")
     # Objects are learnt with 0 as their background: strokes of ids would be refused at the click.
-    assert describe_labels(objects, "unlabelled").endswith("objects need 0 = background (label 0 is: background)")
-    assert describe_labels(np.zeros((8, 8), np.uint8), "background") == "nothing labelled yet"
+    assert describe_labels(objects, "unlabelled")[1].endswith("objects need 0 = background (label 0 is: background)")
+    assert describe_labels(np.zeros((8, 8), np.uint8), "background") == (None, "nothing labelled yet")
 
 
 def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes):
@@ -60,6 +66,12 @@ def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes):
     panel._start_from.value = _finetune_widget.NEW_MODEL
     panel._class_names.value = "bright, dim"
     assert not panel._task.native.isHidden() and "3 classes found" in panel._task.value
+    assert not panel._class_names.native.isHidden()
+    # Objects have no class names: the box goes while an instance layer is chosen.
+    panel._corrected.value = viewer.add_labels(forty_objects(), name="objects")
+    assert "40 objects" in panel._task.value and panel._class_names.native.isHidden()
+    panel._corrected.value = layer
+    assert not panel._class_names.native.isHidden()
     assert panel._start.text == "Train" and not widget._output.native.isHidden()  # an instance model now
 
     panel.start(steps=6)

@@ -162,7 +162,8 @@ class FinetuneWidget(Container):
         if layer is None:
             self._task.value = "choose a Labels layer"
         elif new and not getattr(layer, "multiscale", False):
-            self._task.value = _new_model.describe_labels(np.asarray(layer.data), self.zero_is)
+            task, self._task.value = _new_model.describe_labels(np.asarray(layer.data), self.zero_is)
+            self._class_names.visible = task != "instances"  # objects have no class names to give
 
     def _training_inputs(self):
         """(image layer, labels, ignore, edited) or None after telling the user what is missing."""

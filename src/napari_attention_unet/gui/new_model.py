@@ -29,14 +29,15 @@ __all__ = ["describe_labels", "final_scores", "save_new_model", "train_new_model
 PREVIEW_PIXELS = 4_000_000
 
 
-def describe_labels(labels: np.ndarray, zero_is: str) -> str:
-    """What a new model would learn from ``labels``: "3 classes found: semantic" or "412 objects: instances"."""
+def describe_labels(labels: np.ndarray, zero_is: str) -> tuple[str | None, str]:
+    """``(task, text)``: what a new model would learn from ``labels`` ("semantic", "3 classes found: ..."
+    or "instances", "412 objects: instances"; None when nothing is labelled)."""
     labels = full = np.asarray(labels)
     if labels.size > PREVIEW_PIXELS:  # on the main thread: keep it quick on large layers
         step = int(np.ceil((labels.size / PREVIEW_PIXELS) ** (1 / labels.ndim)))
         labels = labels[(slice(None, None, step),) * labels.ndim]
     if not labels.any():
-        return "nothing labelled yet"
+        return None, "nothing labelled yet"
     task, why = infer_task([labels], zero_is)
     if task == "semantic":
         zero = "0 = unlabelled: only painted pixels count" if zero_is == "unlabelled" else "0 = background"
@@ -48,10 +49,10 @@ def describe_labels(labels: np.ndarray, zero_is: str) -> str:
             elif gaps := slices_between(empty):
                 zero += f"; {gaps} empty slices between labelled ones: labelled only some? "
                 zero += "choose 'background in labelled slices'"
-        return f"{why}; {zero}"
+        return task, f"{why}; {zero}"
     if zero_is != "background":  # plan_training refuses it: say so before the click
-        return f"{why}; objects need 0 = background (label 0 is: background)"
-    return why
+        return task, f"{why}; objects need 0 = background (label 0 is: background)"
+    return task, why
 
 
 def train_new_model(
