@@ -187,9 +187,14 @@ def test_which_files_open_as_labels():
     from napari_attention_unet.gui.readers import get_reader, is_label_map
 
     integer, floating = np.dtype(np.int16), np.dtype(np.float32)
-    for name in ("vol_labels.nii.gz", "liver_seg.nii", "liver-seg.nii.gz", "brain_mask.nii.gz", "label.nii"):
+    names = ("vol_labels.nii.gz", "liver_seg.nii", "liver-seg.nii.gz", "brain_mask.nii.gz", "label.nii", "mask.nii.gz")
+    for name in (*names, "seg.nii.gz", "segmentation.nii.gz", "aseg.nii.gz", "case1_gt.nii.gz", "masks/case1.nii"):
         assert is_label_map(name, integer), name
     assert is_label_map("labelsTr/hippocampus_001.nii.gz", np.dtype(np.uint8))  # the MSD layout
+    # Whatever its name, a volume of a few integer values is a label map; a scan holds hundreds.
+    rng = np.random.default_rng(0)
+    assert is_label_map("case1.nii.gz", integer, data=rng.integers(0, 4, (8, 16, 16)).astype(np.int16))
+    assert not is_label_map("case1.nii.gz", integer, data=rng.integers(0, 900, (8, 16, 16)).astype(np.int16))
     assert is_label_map("anything.nii.gz", np.dtype(np.uint8), intent=nifti.LABEL_INTENT)
     assert not is_label_map("vol_labels.nii.gz", floating)
     assert not is_label_map("ct.nii.gz", integer) and not is_label_map("imagesTr/ct_0000.nii.gz", integer)
@@ -232,11 +237,12 @@ def test_napari_opens_volume_and_labels_on_the_same_grid(make_napari_viewer, vol
     [written_path] = masks.save(str(tmp_path / "masks.nii.gz"), plugin=PLUGIN)
     same_grid(nib.load(written_path), nib.load(str(volume_path)))
 
-    # a Labels layer without NIfTI metadata: an affine from its scale and translate
+    # a Labels layer without NIfTI metadata, on no open scan's grid: an affine from its scale and translate
     painted = viewer.add_labels(np.zeros((4, 5, 6), np.int32), scale=(2.5, 1.0, 0.5), translate=(3, 2, 1))
     painted.data[1, 2, 3] = 300
     saved = tmp_path / "painted"
-    [written_path] = painted.save(str(saved) + ".nii.gz", plugin=PLUGIN)
+    with pytest.warns(UserWarning, match="written with the layer's scale only"):
+        [written_path] = painted.save(str(saved) + ".nii.gz", plugin=PLUGIN)
     written = nib.load(written_path)
     expected = np.array([[0.5, 0, 0, 1], [0, 1.0, 0, 2], [0, 0, 2.5, 3], [0, 0, 0, 1]])
     assert np.allclose(written.affine, expected) and written.get_data_dtype() == np.uint16
@@ -348,6 +354,23 @@ def test_predicted_masks_carry_the_source_grid(make_napari_viewer, volume_path, 
     viewer.layers.remove(image)  # no source in the viewer to look up: the masks' own metadata must do
     [written] = write_labels_nifti(str(tmp_path / "masks.nii.gz"), masks.data, {"metadata": masks.metadata})
     same_grid(nib.load(written), nib.load(str(volume_path)))
+
+
+def test_new_labels_drawn_over_a_scan_save_on_its_grid(make_napari_viewer, volume_path, tmp_path):
+    """napari's "new labels" over a scan has no metadata: the one scan open on its grid gives the affine;
+    with no scan open it is written from the scale, and a warning says so."""
+    from napari_attention_unet.gui.readers import write_labels_nifti
+
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(volume_path), plugin=PLUGIN)
+    drawn = viewer.add_labels(np.zeros(image.data.shape, np.uint8), scale=image.scale)  # what the button makes
+    drawn.data[2:5, 3:9, 4:12] = 1
+    meta = {"metadata": drawn.metadata, "scale": list(drawn.scale), "translate": list(drawn.translate)}
+    [written] = write_labels_nifti(str(tmp_path / "drawn.nii.gz"), drawn.data, meta)
+    same_grid(nib.load(written), nib.load(str(volume_path)))
+    viewer.layers.remove(image)
+    with pytest.warns(UserWarning, match="no NIfTI scan on this layer's grid"):
+        write_labels_nifti(str(tmp_path / "alone.nii.gz"), drawn.data, meta)
 
 
 def test_cli_train_reads_nifti_and_predict_writes_classes_on_its_grid(tmp_path, model_home, capsys):

@@ -7,20 +7,23 @@ translation, so every volume read here and every result computed on it line up b
 affine and the header travel in ``metadata["nifti"]`` (affine as a nested list, the raw header
 base64-encoded) for the writer. A file opens as a Labels layer when its voxels are integers
 (no scaling in the header) and either its header intent is "label" (as our label maps are
-written), its name (without ``.nii[.gz]``) ends with ``_seg``, ``-seg``, ``_mask`` or ``-mask``
-or contains ``label`` (``vol_labels.nii.gz``, ``label.nii``), or it sits in a folder whose
-name contains ``label`` (the Medical Segmentation Decathlon's ``labelsTr/``); anything else
-opens as an Image layer.
+written), its name (without ``.nii[.gz]``) says so (ends with ``_seg``, ``_mask``, ``_gt``, is
+``mask``, ``seg``, ``aseg``, or contains ``label`` or ``segmentation``), it sits in a folder
+named like ``labelsTr/``, ``masks/`` or ``segmentations/``, or its voxels hold at most
+:data:`MAX_LABEL_VALUES` distinct values (a scan holds hundreds); anything else opens as an Image layer.
 
 Writer (:func:`write_labels_nifti`): a Labels layer to ``.nii.gz`` / ``.nii`` with the affine and
 header from its ``metadata["nifti"]`` (a label map opened here), else from the NIfTI image it was
 predicted from (the plugin's masks layers name their source layer; used when that layer is still
-in the viewer and has the same spatial shape), so that it lands on the source's grid; else with an
-affine built from the layer's ``scale`` and ``translate`` (no rotation, no qform/sform history).
+in the viewer and has the same spatial shape), else from the one NIfTI scan open in the viewer on
+the same grid (a Labels layer made with napari's "new labels" button over it), so that it lands
+on the scan's grid; else with an affine built from the layer's ``scale`` and ``translate`` (no
+rotation, no qform/sform history), and a warning that says so.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,19 +41,34 @@ from napari_attention_unet.large_data.nifti import (
 
 __all__ = ["get_reader", "is_label_map", "read_nifti_layers", "write_labels_nifti"]
 
-LABEL_ENDINGS = ("_seg", "-seg", "_mask", "-mask")
+LABEL_ENDINGS = ("_seg", "-seg", "_mask", "-mask", "_gt", "-gt")
+LABEL_NAMES = ("mask", "masks", "seg", "aseg", "gt")
+LABEL_WORDS = ("label", "segmentation")
+LABEL_FOLDERS = ("label", "mask", "seg")
+#: An integer volume with at most this many distinct values is a label map (an MR or CT scan holds hundreds).
+MAX_LABEL_VALUES = 32
 
 
-def is_label_map(path: str | Path, dtype: np.dtype, intent: int = 0) -> bool:
-    """Whether a NIfTI file opens as Labels: integer voxels, and a label intent or a label-like name."""
+def _few_values(data: np.ndarray, most: int = MAX_LABEL_VALUES) -> bool:
+    """Whether ``data`` holds at most ``most`` distinct values (judged on an even subsample of ~2M voxels)."""
+    flat = np.asarray(data).reshape(-1)
+    sample = flat[:: max(1, flat.size // 2_000_000)]
+    return len(np.unique(sample)) <= most
+
+
+def is_label_map(path: str | Path, dtype: np.dtype, intent: int = 0, data: np.ndarray | None = None) -> bool:
+    """Whether a NIfTI file opens as Labels: integer voxels, and a label intent, a label-like name or
+    folder, or (``data`` given) few distinct values."""
     if np.dtype(dtype).kind not in "iub":
         return False
     stem = nifti_stem(path).lower()
     return (
         intent == LABEL_INTENT
         or stem.endswith(LABEL_ENDINGS)
-        or "label" in stem
-        or "label" in Path(path).parent.name.lower()
+        or stem in LABEL_NAMES
+        or any(word in stem for word in LABEL_WORDS)
+        or any(word in Path(path).parent.name.lower() for word in LABEL_FOLDERS)
+        or (data is not None and _few_values(data))
     )
 
 
@@ -70,7 +88,7 @@ def read_nifti_layers(path: str | list[str]) -> list[tuple]:
         volume = read_nifti(p, all_time_points=True)
         scale = (1.0,) * (volume.data.ndim - len(volume.spacing)) + tuple(volume.spacing)
         kwargs = {"name": nifti_stem(p), "scale": scale, "metadata": {"nifti": volume.metadata(p)}}
-        kind = "labels" if is_label_map(p, volume.data.dtype, volume.intent) else "image"
+        kind = "labels" if is_label_map(p, volume.data.dtype, volume.intent, volume.data) else "image"
         layers.append((volume.data, kwargs, kind))
     return layers
 
@@ -88,18 +106,20 @@ def _affine_from_layer(meta: dict[str, Any], ndim: int) -> np.ndarray:
 
 def _source_grid(meta: dict[str, Any], shape: tuple[int, ...]) -> dict | None:
     """``metadata["nifti"]`` of the NIfTI image a plugin result layer was predicted from, if on the same grid."""
-    source_id = ((meta.get("metadata") or {}).get(MARKER) or {}).get("source")
-    if not source_id:
-        return None
     import napari
 
     viewer = napari.current_viewer()
+    source_id = ((meta.get("metadata") or {}).get(MARKER) or {}).get("source")
+    grids = []  # (layer id, its NIfTI grid) of every NIfTI layer open on this grid
     for layer in viewer.layers if viewer is not None else ():
-        if str(layer.unique_id) == str(source_id):
-            grid = layer.metadata.get("nifti")
-            if isinstance(grid, dict) and "header" in grid and tuple(grid.get("shape", ()))[-3:] == shape[-3:]:
-                return grid
-    return None
+        grid = layer.metadata.get("nifti")
+        if isinstance(grid, dict) and "header" in grid and tuple(grid.get("shape", ()))[-3:] == shape[-3:]:
+            grids.append((str(layer.unique_id), grid))
+    if source_id:
+        return next((grid for layer_id, grid in grids if layer_id == str(source_id)), None)
+    # A layer made over a scan (napari's "new labels"): that scan's grid, when one scan alone fits.
+    affines = {np.asarray(grid["affine"], float).round(6).tobytes(): grid for _, grid in grids}
+    return next(iter(affines.values())) if len(affines) == 1 else None
 
 
 def write_labels_nifti(path: str, data: Any, meta: dict) -> list[str]:
@@ -110,6 +130,12 @@ def write_labels_nifti(path: str, data: Any, meta: dict) -> list[str]:
     source = (meta.get("metadata") or {}).get("nifti")
     if not (isinstance(source, dict) and "affine" in source and "header" in source):
         source = _source_grid(meta, labels.shape)
+    if source is None:
+        warnings.warn(
+            f"no NIfTI scan on this layer's grid is open, so {Path(path).name} is written with the layer's scale "
+            "only (no orientation or origin): open the scan it belongs to and save again to place it on it",
+            stacklevel=2,
+        )
     like = source if source is not None else _affine_from_layer(meta, labels.ndim)
     write_nifti(path, labels, like, labels=True)
     return [str(path)]
