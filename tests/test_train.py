@@ -201,8 +201,8 @@ def test_labels_with_an_edit_record_need_not_beat_the_start(tiny_model, pair):
     # pixels, the model's own accepted prediction, which the start matches by construction; so the
     # best trained state is kept instead.
     edited = np.zeros(pair[1].shape, bool)
-    edited[20:30, 20:60] = True
-    edited[30:60, 20:30] = True
+    edited[160:170, 20:130] = True
+    edited[170:250, 20:30] = True
     config = _config(max_steps=6, lr=0.0, eval_every=3, freeze_batchnorm=True)
     trainer = Trainer(tiny_model, [pair], config=config, edited_masks=[edited])
     assert not trainer.must_beat_start
@@ -215,6 +215,23 @@ def test_labels_with_an_edit_record_need_not_beat_the_start(tiny_model, pair):
     # Trained on the painted pixels alone, the strip is all the user's: the start must be beaten.
     only_painted = Trainer(tiny_model, [pair], config=config, edited_masks=[edited], ignore_masks=[~edited])
     assert only_painted.must_beat_start
+
+
+def test_finding_nothing_is_refused_only_where_the_held_out_labels_hold_objects(tiny_model, pair):
+    """Erasing a false object and fine-tuning: a model that finds nothing there is right, not broken."""
+    from napari_attention_unet.core.train.selection import sanity_verdict
+    from napari_attention_unet.core.train.validation import predict_probabilities, score_samples
+
+    image, labels = pair
+    probabilities = lambda model, x: predict_probabilities(model, x, torch.device("cpu"), None)  # noqa: E731
+    empty = prepare_sample(image, np.zeros_like(labels), val_fraction=0.2)
+    full = prepare_sample(image, labels, val_fraction=0.2)
+    assert not score_samples([empty], tiny_model, probabilities, "instances")["labelled"]
+    assert score_samples([full], tiny_model, probabilities, "instances")["labelled"]
+    common = dict(step=5, stopped="budget", best_step=5, best_dice=1.0, best_ap=1.0, start_scores=None)
+    refused, why = sanity_verdict(0.0, **common, labelled=True)
+    assert not refused and "finds no objects" in why
+    assert sanity_verdict(0.0, **common, labelled=False)[0]
 
 
 def test_held_out_strip_lies_in_the_labelled_or_painted_region(pair):
@@ -239,11 +256,19 @@ def test_held_out_strip_lies_in_the_labelled_or_painted_region(pair):
     # Corrections painted in one corner, whole image trained on: the strip is cut from the
     # painted box, and it counts as the user's only where every labelled pixel there was painted.
     edited = np.zeros(labels.shape, bool)
-    edited[5:25, 10:30] = True
+    edited[5:85, 10:110] = True
     painted = prepare_sample(image, labels, edited=edited, val_fraction=0.2)
     rows, cols = np.nonzero(painted.val_target != IGNORE)
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 24, 26, 29)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 84, 90, 109)
     assert painted.val_trusted
+
+    # One small correction (an erased object, 20 px): a strip of it could not score a model, so all
+    # of it trains and the strip is the whole image's, which checks that the rest still holds.
+    small = np.zeros(labels.shape, bool)
+    small[5:25, 10:30] = True
+    corrected = prepare_sample(image, labels, edited=small, val_fraction=0.2)
+    assert np.array_equal(corrected.val_target != IGNORE, held)
+    assert (corrected.target[small] != IGNORE).all() and not corrected.val_trusted
     assert held_out_region(np.ones((4, 4), bool), None, 0.2) == (slice(0, 4), slice(3, 4))
     assert held_out_region(np.zeros((4, 4), bool), None, 0.2) is None
     with pytest.raises(ValueError, match="too narrow"):
@@ -337,11 +362,10 @@ def test_a_model_without_the_three_classes_is_refused_clearly(pair):
 
 
 def test_all_background_labels_are_refused(tiny_model, pair):
+    """Refused before any training: a model of background alone would find nothing."""
     image, labels = pair
-    result = run_to_end(train(tiny_model, [(image, np.zeros_like(labels))], config=_config(max_steps=30, lr=2e-2)))
-    assert not result.accepted
-    assert "no objects" in result.message
-    assert result.model is tiny_model
+    with pytest.raises(ValueError, match="the labels hold no objects, only background"):
+        run_to_end(train(tiny_model, [(image, np.zeros_like(labels))], config=_config(max_steps=30, lr=2e-2)))
 
 
 def test_checkpoint_round_trip(tiny_model, pair, tmp_path):

@@ -32,13 +32,13 @@ the package itself.
 """
 
 from napari_attention_unet.core.train.config import INSTANCE_CLASSES, StepReport, TrainConfig, TrainResult
+from napari_attention_unet.core.train.holdout import held_out_region
 from napari_attention_unet.core.train.loop import Trainer, train
 from napari_attention_unet.core.train.losses import segmentation_loss
 from napari_attention_unet.core.train.optimizer import load_optimizer_code
 from napari_attention_unet.core.train.samples import (
     TrainingSample,
     draw_batch,
-    held_out_region,
     prepare_image,
     prepare_sample,
 )

@@ -350,14 +350,14 @@ class Trainer:
         trained.cpu()
         if self.task == "semantic":
             return semantic_verdict(scores, step=self.step, stopped=self.stopped, best_step=self.best_step)
+        best = {"best_step": self.best_step, "best_dice": self.best_dice, "best_ap": self.best_ap}
         return sanity_verdict(
             scores["fraction"],
             step=self.step,
             stopped=self.stopped,
-            best_step=self.best_step,
-            best_dice=self.best_dice,
-            best_ap=self.best_ap,
+            **best,
             start_scores=self.start_scores,
+            labelled=scores.get("labelled", True),
         )
 
     # -- long runs --------------------------------------------------------------------

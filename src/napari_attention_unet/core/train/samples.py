@@ -19,6 +19,7 @@ from napari_attention_unet.core.images import network_channels, normalize, to_ch
 from napari_attention_unet.core.model import ModelConfig
 from napari_attention_unet.core.resampling import grid_zoom, isotropic_shape, resample, resample_labels
 from napari_attention_unet.core.train.config import TrainConfig
+from napari_attention_unet.core.train.holdout import held_out_region
 from napari_attention_unet.core.train.targets import (
     check_image,
     check_label_values,
@@ -204,7 +205,7 @@ def training_samples(
     if model.spatial_dims == 2:
         samples = [p for s in samples for p in planes_of(s) if (p.target != IGNORE).any()]
         validation = [p for s in validation for p in planes_of(s) if _has_validation(p)]
-    check_samples(samples, model.spatial_dims)
+    check_samples(samples, model.spatial_dims, objects=model.task != "semantic")
     check_sizes([s.target.shape for s in samples], model.depth)
     if model.task == "semantic":
         targets = [s.target for s in samples] + [s.target if s.val_target is None else s.val_target for s in validation]
@@ -247,11 +248,14 @@ def _has_validation(sample: TrainingSample) -> bool:
     return ((sample.target if sample.val_target is None else sample.val_target) != IGNORE).any()
 
 
-def check_samples(samples: Sequence[TrainingSample], spatial_dims: int) -> None:
-    """Raise ValueError unless every sample has ``spatial_dims`` axes and some pixel is left to train on."""
+def check_samples(samples: Sequence[TrainingSample], spatial_dims: int, objects: bool = False) -> None:
+    """Raise ValueError unless every sample has ``spatial_dims`` axes, some pixel is left to train on
+    and, for ``objects`` (an instance model), some object is labelled."""
     check_spatial_dims([s.target.shape for s in samples], spatial_dims)
     if not any((s.target != IGNORE).any() for s in samples):
         raise ValueError("every labelled pixel is ignored or held out: nothing to train on")
+    if objects and not any(((s.target != IGNORE) & (s.target > 0)).any() for s in samples):
+        raise ValueError("the labels hold no objects, only background: label some objects to learn from")
 
 
 def patch_shape(patch_size: int | Sequence[int], spatial_dims: int, multiple: int) -> tuple[int, ...]:
@@ -269,61 +273,6 @@ def fitted_patch(shapes: Sequence[tuple[int, ...]], largest: int, multiple: int)
     """A patch no larger than ``largest`` per axis nor than the largest image along it (rounded up to
     ``multiple``): small volumes train on whole-volume patches, not on mostly padding."""
     return tuple(min(largest, -(-max(s[a] for s in shapes) // multiple) * multiple) for a in range(len(shapes[0])))
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """The smallest box (one slice per axis) holding every True pixel of a non-empty ``mask``."""
-    return tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(mask))
-
-
-def held_out_region(
-    labelled: np.ndarray, edited: np.ndarray | None, fraction: float, classes: np.ndarray | None = None
-) -> tuple[slice, ...] | None:
-    """The held-out validation box: the right-most ``fraction`` of the columns of the
-    bounding box of the labelled pixels, or of the painted ones when there are any.
-
-    Without an ignore mask or edits that is the right-hand strip of the whole image. When
-    the user trains on part of an image (only what they painted, or inside a shape), or
-    corrected one corner of it, the strip lies where their labels are, not in a part of
-    the image that holds no labels or only the model's own prediction. With ``classes``
-    (class values of dense labels), the strip is the right-most one among those holding the
-    most classes, so that it can score each of them, without taking any class whole.
-    """
-    region = labelled if edited is None or not edited.any() else edited
-    if not region.any():
-        return None  # nothing labelled here: nothing to hold out (the trainer checks the whole set)
-    box = list(_bounding_box(region))
-    columns = box[-1]
-    width = columns.stop - columns.start
-    n_val = max(1, int(round(width * fraction)))
-    if width - n_val < 1:
-        raise ValueError(
-            f"the labelled region is too narrow ({width} px) to hold out {fraction:.0%} of it for validation"
-        )
-    start = columns.stop - n_val
-    if classes is not None:
-        start = _richest_window(classes[tuple(box)], region[tuple(box)], n_val) + columns.start
-    box[-1] = slice(start, start + n_val)
-    return tuple(box)
-
-
-def _richest_window(classes: np.ndarray, region: np.ndarray, width: int) -> int:
-    """The right-most start of ``width`` columns (last axis) that hold the most class values above 0,
-    among the windows that leave every class some labelled columns to train on (a class found in
-    one spot only is not held out whole); the right-most window when every window would."""
-    columns = classes.shape[-1]
-    held = np.zeros(columns - width + 1, np.int64)
-    takes_all = np.zeros(columns - width + 1, bool)
-    others = tuple(range(classes.ndim - 1))
-    for value in np.unique(classes[region & (classes > 0)]):
-        present = np.concatenate([[0], np.cumsum(((classes == value) & region).any(axis=others))])
-        inside = present[width:] - present[:-width]
-        held += (inside > 0) & (inside < present[-1])
-        takes_all |= inside == present[-1]
-    if takes_all.all():
-        return columns - width
-    held[takes_all] = -1
-    return int(np.flatnonzero(held == held.max())[-1])
 
 
 def class_points(target: np.ndarray, per_class: int = 4096) -> dict[int, np.ndarray]:

@@ -77,10 +77,12 @@ def sanity_verdict(
     best_dice: float | None,
     best_ap: float | None,
     start_scores: dict | None,
+    labelled: bool = True,
 ) -> tuple[bool, str]:
     """``(accepted, message)`` for a trained model that marks ``fraction`` of the held-out region
-    as objects: refused when it finds nothing or marks everything, else accepted with its scores."""
-    if fraction <= 1e-4:
+    as objects: refused when it finds nothing where the labels there hold objects (``labelled``), or
+    marks everything; else accepted with its scores."""
+    if fraction <= 1e-4 and labelled:
         return False, (
             "the trained model finds no objects in the held-out region. "
             "Label more objects (or check that the labels layer is the right one)."

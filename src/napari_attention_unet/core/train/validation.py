@@ -20,7 +20,8 @@ from napari_attention_unet.core.instances import BACKGROUND, probabilities_to_in
 from napari_attention_unet.core.metrics import match_counts
 from napari_attention_unet.core.model import AttentionUNet
 from napari_attention_unet.core.predict import class_values
-from napari_attention_unet.core.train.samples import TrainingSample, _bounding_box
+from napari_attention_unet.core.train.holdout import bounding_box
+from napari_attention_unet.core.train.samples import TrainingSample
 
 #: Pixels of context kept around the labelled validation pixels when they are scored. The
 #: network sees the image's own content there rather than padding, so scores match those of
@@ -44,7 +45,7 @@ def validation_view(
     if not valid.any():
         return sample.image, target, instances
     box = tuple(
-        slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(_bounding_box(valid), target.shape)
+        slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(bounding_box(valid), target.shape)
     )
     return sample.image[(slice(None), *box)], target[box], None if instances is None else instances[box]
 
@@ -73,7 +74,7 @@ def _instance_counts(probabilities: np.ndarray, target: np.ndarray, instances: n
     valid = target != IGNORE
     if not valid.any():
         return np.zeros(3, np.int64)
-    box = _bounding_box(valid)
+    box = bounding_box(valid)
     predicted = probabilities_to_instances(probabilities[(slice(None), *box)])
     inside = valid[box]
     return np.array(match_counts(np.where(inside, instances[box], 0), np.where(inside, predicted, 0)))
@@ -110,17 +111,19 @@ def score_samples(
     predict: Callable[[AttentionUNet, np.ndarray], np.ndarray],
     select_by: str,
 ) -> dict:
-    """Foreground ``dice``, ``iou`` and predicted ``fraction`` (means over ``samples``) and, when
-    ``select_by == "instances"``, ``ap``: AP@0.5 of the objects, all samples pooled.
+    """Foreground ``dice``, ``iou`` and predicted ``fraction`` (means over ``samples``), ``labelled``:
+    whether the held-out labels hold any object and, when ``select_by == "instances"``, ``ap``:
+    AP@0.5 of the objects, all samples pooled.
 
     ``predict(model, image)`` gives the class probabilities of each :func:`validation_view`;
     the model is in eval mode meanwhile and back in its own mode afterwards.
     """
     was_training = model.training
     model.eval()
-    scores, counts = [], np.zeros(3, np.int64)
+    scores, counts, labelled = [], np.zeros(3, np.int64), False
     for sample in samples:
         image, target, instances = validation_view(sample)
+        labelled |= bool(((target != IGNORE) & (target != BACKGROUND)).any())
         probabilities = predict(model, image)
         scores.append(foreground_scores(probabilities[BACKGROUND] < 0.5, target))
         if select_by == "instances":
@@ -130,7 +133,7 @@ def score_samples(
     ap = None
     if select_by == "instances":
         ap = 1.0 if counts.sum() == 0 else float(counts[0] / counts.sum())
-    return {"dice": dice, "iou": iou, "fraction": fraction, "ap": ap}
+    return {"dice": dice, "iou": iou, "fraction": fraction, "ap": ap, "labelled": labelled}
 
 
 def semantic_scores(
