@@ -115,6 +115,26 @@ def test_clear_errors(tmp_path, model_file, home):
     assert (tmp_path / "o" / f"{FLUO.stem}_labels.tif").is_file()  # the good image was still done
 
 
+def test_unusable_settings_and_outputs_are_one_line_before_any_work(tmp_path, model_file, home, capsys):
+    from napari_attention_unet.cli import main
+
+    common = ["predict", str(FLUO), "--model", str(model_file), "--device", "cpu"]
+    afile = tmp_path / "a.tif"
+    afile.write_bytes(b"x")
+    cases = [
+        (["--out", str(afile)], "cannot write into"),  # an existing file, not a folder
+        (["--out", str(afile / "sub")], "cannot write into"),
+        (["--out", str(tmp_path / "o"), "--precision", "fp16"], "fp16 runs on CUDA GPUs only"),
+        (["--out", str(tmp_path / "o"), "--tile-size", "7"], "a tile size of 7 is too small: at least 64"),
+        (["--out", str(tmp_path / "o"), "--tile-size", "-5"], "too small"),
+    ]
+    for extra, said in cases:
+        assert main([*common, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "o").exists()  # refused before anything ran or was written
+
+
 def test_block_size_off_the_64_px_grid_is_refused_with_a_suggestion(tmp_path):
     """Output chunks divide the blocks: --block-size 900 would make 4 px chunks, so it is refused."""
     done = run_cli("predict", FLUO, "--out", tmp_path / "out", "--block-size", 900)

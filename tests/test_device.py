@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -39,9 +40,16 @@ def test_native_bf16_is_detected_from_the_cpu_features():
 def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, native, expected, shown):
     monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
     assert autocast_dtype(CPU, "auto") is expected
-    assert describe_device(CPU).endswith(f"threads, {shown})")
+    assert re.search(rf"threads?, {shown}\)$", describe_device(CPU))
     assert autocast_dtype(CPU, "fp32") is None and autocast_dtype(CPU, "bf16") is torch.bfloat16
-    assert describe_device(CPU, "fp32").endswith("threads, fp32)")
+    assert re.search(r"threads?, fp32\)$", describe_device(CPU, "fp32"))
+
+
+def test_one_thread_is_said_in_the_singular(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert describe_device(CPU, "fp32") == "CPU (1 thread, fp32)"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert describe_device(CPU, "fp32") == "CPU (2 threads, fp32)"
 
 
 def test_fp16_on_the_cpu_is_refused_with_a_reason():

@@ -239,6 +239,15 @@ def test_cli_export_into_a_folder_and_clear_errors(tiny_model_path, tmp_path, ca
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["tiny.pt", "tiny.pt.json"]
 
+    # A new folder typed with a slash, as train --out takes it; a path that cannot be written is one line.
+    assert main(["export", str(tiny_model_path), "--format", "torchscript", "--out", f"{tmp_path}/new/"]) == 0
+    assert (tmp_path / "new" / "tiny.pt").is_file()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["export", str(tiny_model_path), "--format", "torchscript", "--out", str(blocker / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write into" in err and "Traceback" not in err
+
 
 @pytest.fixture(scope="module")
 def tiny_package(tmp_path_factory):

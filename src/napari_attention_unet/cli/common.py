@@ -28,6 +28,21 @@ def model_target(out: str) -> tuple[Path, str]:
     return path, (path.parent.resolve().name if path.name == FOLDER_MODEL else path.stem) or "model"
 
 
+def writable_folder(folder: Path) -> None:
+    """Make ``folder`` (or, for a ``.zarr`` output, the folder it goes in) and check that files can be
+    written there; raises ``ValueError`` with one line, before any work is done, when they cannot."""
+    import tempfile
+
+    where = folder.parent if folder.suffix.lower() == ".zarr" else folder
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot write into {folder}: {reason} (choose another --out)") from None
+
+
 def use_it(out: str) -> str:
     """The hint printed after writing a model: ``--model`` as the user typed ``--out`` (quoted for the shell)."""
     safe = out.startswith("~/") and shlex.quote(out[2:]) == out[2:]  # ~/models/m1: the shell's home, unquoted

@@ -63,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CYX (default: guessed)")
-    p.add_argument("--tile-size", type=int, default=None, help="tile edge in pixels (default 512 in 2D)")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="tile edge in pixels (default 512 in 2D, 96 in 3D, fitted to the image up to 1/8 larger; "
+        "at least 64 / 32)",
+    )
     p.add_argument("--semantic", action="store_true", help="write a 0/1 foreground mask instead of instance labels")
     p.add_argument(
         "--no-auto-zoom",
@@ -147,7 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a model for other tools: BioImage Model Zoo zip, ONNX or TorchScript")
     x.add_argument("model", metavar="MODEL", help="bundled or saved model name, or a .safetensors file")
     x.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
-    x.add_argument("--out", required=True, type=Path, metavar="PATH", help="file to write (.zip, .onnx or .pt added)")
+    x.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="file to write (.zip, .onnx or .pt added), or a folder (an existing one, or PATH/) "
+        "to hold NAME.zip / .onnx / .pt",
+    )
     x.add_argument("--test-image", type=Path, metavar="IMG", help="bioimageio: real image for the test data")
     x.set_defaults(func=models.export)
     return parser

@@ -7,7 +7,7 @@ import sys
 
 from tqdm import tqdm
 
-from napari_attention_unet.cli.common import drive, fail
+from napari_attention_unet.cli.common import drive, fail, writable_folder
 
 __all__ = ["run"]
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_on_dask(args)
     from napari_attention_unet.core.device import describe_device, pick_device
     from napari_attention_unet.core.images import ImageShapeError
-    from napari_attention_unet.core.predict import prepare_model
+    from napari_attention_unet.core.predict import check_tile_size, prepare_model
     from napari_attention_unet.large_data.files import ImageReadError
     from napari_attention_unet.large_data.pipeline import needs_blocks, predict_file_in_blocks, predict_file_steps
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
@@ -82,10 +82,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, meta, info = open_model(args.model)
         device = pick_device(args.device)
+        where = describe_device(device, args.precision)  # an unusable precision (fp16 on the CPU) is said here
+        check_tile_size(args.tile_size, model.config.spatial_dims)
+        writable_folder(args.out)
     except (ModelNotFoundError, ModelFileError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
-    args.out.mkdir(parents=True, exist_ok=True)
-    print(f"model {info.name} on {describe_device(device, args.precision)}", file=sys.stderr)
+    print(f"model {info.name} on {where}", file=sys.stderr)
     net = prepare_model(model, device)
     given = _options(args)
     trained = _trained_spacing(args, model, meta)
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{path.name}: small objects: looked again at {result.zoom:.1f}x (--no-auto-zoom leaves it out)",
                     file=sys.stderr,
                 )
-        except (ImageReadError, ImageShapeError, ValueError) as exc:
+        except (ImageReadError, ImageShapeError, ValueError, OSError) as exc:  # OSError: an output not writable
             failures += 1
             tqdm.write(f"attention-unet: skipping {path}: {exc}", file=sys.stderr)
     if failures:
@@ -138,6 +140,10 @@ def _run_on_dask(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         return fail(f"--workers must be at least 1, got {args.workers}")
+    try:
+        writable_folder(args.out)
+    except ValueError as exc:
+        return fail(str(exc))
     workers = args.workers or usable_cores()  # --workers alone (or 0): one per core
     try:
         model, meta, info = open_model(args.model)  # a bad model fails here, before any worker starts

@@ -82,7 +82,8 @@ def describe_device(device: torch.device, precision: str = "auto") -> str:
         return f"CUDA ({torch.cuda.get_device_name(device)}), {name}"
     if device.type == "mps":
         return f"Apple MPS, {name}"
-    return f"CPU ({torch.get_num_threads()} threads, {name})"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'' if threads == 1 else 's'}, {name})"
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:

@@ -38,6 +38,7 @@ __all__ = [
     "Prediction",
     "Progress",
     "class_values",
+    "check_tile_size",
     "predict",
     "prepare_model",
     "run_to_end",
@@ -156,6 +157,17 @@ def prepare_model(model: AttentionUNet, device: torch.device) -> AttentionUNet:
     return fused.to(memory_format=channels_last_format(model.config.spatial_dims))
 
 
+def check_tile_size(tile_size: int | None, spatial_dims: int, overlap: int | None = None) -> None:
+    """Refuse a tile too small to be more than its overlap (with the default overlap, 16 px a side at
+    least: a 7 px tile made 343,906 tiles of a 520x696 image)."""
+    smallest = 1 if overlap is not None else 64 if spatial_dims == 2 else 32
+    if tile_size is not None and tile_size < smallest:
+        raise ValueError(
+            f"a tile size of {tile_size} is too small: at least {smallest} for a {spatial_dims}D model "
+            f"(leave it out for the default, {512 if spatial_dims == 2 else 96})"
+        )
+
+
 def predict(
     model: AttentionUNet,
     image: np.ndarray,
@@ -201,6 +213,7 @@ def predict(
     net = inference_model if inference_model is not None else prepare_model(model, dev)
     amp = autocast_dtype(dev, options.precision)
     fit_tiles = options.tile_size is None
+    check_tile_size(options.tile_size, config.spatial_dims, options.overlap)
     tile_size = options.tile_size or (512 if config.spatial_dims == 2 else 96)
     overlap = max(tile_size // 8, 16) if options.overlap is None else options.overlap
     batch_size = options.batch_size or default_batch_size(dev, config.spatial_dims)

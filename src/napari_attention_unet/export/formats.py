@@ -6,6 +6,8 @@ ONNX and TorchScript are written by :mod:`.network`, the BioImage Model Zoo pack
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from napari_attention_unet.core.model import AttentionUNet
@@ -20,10 +22,12 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "bioimageio": ".zip"}
 
 def output_path(out: str | Path, fmt: str, name: str) -> Path:
     """Where to write: ``out`` with the format's suffix (``.onnx``, ``.pt``, ``.zip``) added when it
-    has another one, or ``out/<name><suffix>`` when ``out`` is an existing folder."""
-    out = Path(out)
+    has another one, or ``out/<name><suffix>`` when ``out`` is an existing folder or ends with a
+    slash (``exports/``, as ``train --out`` takes it; ``~`` is the home folder)."""
+    folder = isinstance(out, str) and out.endswith(("/", os.sep))
+    out = Path(out).expanduser()
     suffix = SUFFIXES[fmt]
-    if out.is_dir():
+    if folder or out.is_dir():
         return out / f"{name}{suffix}"
     if fmt == "torchscript" and out.suffix in (".pt", ".pth", ".torchscript"):
         return out
@@ -39,6 +43,12 @@ def export_model(
     path = output_path(out, fmt, name)
     if path.is_dir():
         raise ExportError(f"{path} is a folder; give a file name for the export")
+    try:  # before the export runs: torch's writer fails with an unreadable "enforce fail" otherwise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise ExportError(f"cannot write into {path.parent}: {exc.strerror or type(exc).__name__}") from None
     if fmt == "onnx":
         return export_onnx(model, path, name, info)
     if fmt == "torchscript":
