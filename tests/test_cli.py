@@ -125,7 +125,7 @@ def test_unusable_settings_and_outputs_are_one_line_before_any_work(tmp_path, mo
         (["--out", str(afile)], "cannot write into"),  # an existing file, not a folder
         (["--out", str(afile / "sub")], "cannot write into"),
         (["--out", str(tmp_path / "o"), "--precision", "fp16"], "fp16 runs on CUDA GPUs only"),
-        (["--out", str(tmp_path / "o"), "--tile-size", "7"], "a tile size of 7 is too small: at least 64"),
+        (["--out", str(tmp_path / "o"), "--tile-size", "7"], "a tile size of 7 is too small: at least 32"),
         (["--out", str(tmp_path / "o"), "--tile-size", "-5"], "too small"),
     ]
     for extra, said in cases:

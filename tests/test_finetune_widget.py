@@ -189,6 +189,19 @@ def test_rename_export_delete_from_the_widget(plugin_widget, tmp_path, monkeypat
     assert widget.session.model_info.name == "shared"
 
 
+def test_the_new_version_predicts_only_the_image_it_was_trained_on(qtbot, corrected, notes, accept_all):
+    """The image closed while training: the picker falls back to another, which is not predicted unasked."""
+    viewer, widget, layer = corrected
+    viewer.add_image(np.zeros((64, 64), np.float32), name="other")
+    widget._image.value = viewer.layers["nuclei"]
+    widget.finetune.start(steps=3)
+    viewer.layers.remove("nuclei")
+    wait_idle(qtbot, widget)
+    assert not notes["error"], notes
+    assert widget.session.model_info.name.startswith("tiny-ft-")  # the version is saved and chosen
+    assert "other masks" not in viewer.layers and widget._image.value is viewer.layers["other"]
+
+
 def test_finetune_on_painted_pixels_only(qtbot, corrected, notes, accept_all):
     viewer, widget, layer = corrected
     layer.brush_size = 9

@@ -87,6 +87,8 @@ def test_predict_adds_masks_and_attention_layers(qtbot, with_nuclei, monkeypatch
     np.testing.assert_allclose(masks.extent.world, image.extent.world)
     assert widget._progress.value == widget._progress.max
     assert widget._predict.enabled and not widget._cancel.enabled
+    # The masks lie above the maps (an additive map on top tints them) and are the active layer, for the brush.
+    assert viewer.layers[-1] is masks and viewer.layers.selection.active is masks
 
 
 def test_results_follow_scale_and_translate(qtbot, plugin_widget, nuclei_image):
@@ -145,6 +147,32 @@ def test_cancel_adds_no_layers_and_widget_stays_usable(qtbot, plugin_widget, not
     assert "big masks" in viewer.layers
 
 
+def test_an_image_closed_while_it_is_predicted_gets_no_layers(qtbot, plugin_widget, notes, monkeypatch):
+    from napari_attention_unet.gui import session as _session
+
+    viewer, widget = plugin_widget
+    viewer.add_image(np.random.default_rng(0).random((128, 128), dtype=np.float32), name="gone")
+    viewer.add_image(np.zeros((64, 64), np.float32), name="other")
+    widget._image.value = viewer.layers["gone"]
+    closed, real_predict = threading.Event(), _session.predict
+
+    def held_predict(*args, **kwargs):  # the user closes the image while the worker predicts
+        result = yield from real_predict(*args, **kwargs)
+        closed.wait(timeout=60)
+        return result
+
+    monkeypatch.setattr(_session, "predict", held_predict)
+    widget.predict()
+    stages = []
+    widget._status.changed.connect(stages.append)
+    viewer.layers.remove("gone")
+    closed.set()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert [layer.name for layer in viewer.layers] == ["other"] and not notes["error"]
+    assert "gone was closed while it was predicted: no layers added" in widget._status.value
+    assert not any(s.startswith("Done") for s in stages[:-1])
+
+
 def test_user_layers_are_not_modified(qtbot, with_nuclei):
     viewer, widget = with_nuclei
     image = viewer.layers["nuclei"]
@@ -200,7 +228,10 @@ def test_stack_current_slice_and_whole_stack(qtbot, plugin_widget, nuclei_image)
     assert gate[1].any() and not gate[0].any() and not gate[2].any()
 
     widget._current_slice.value = False
+    said = []
+    widget._status.changed.connect(said.append)
     run_prediction(qtbot, widget)
+    assert not any(s.startswith("Done") for s in said[:-1]), said  # each plane's end is not the run's
     assert viewer.layers["stack attention gate1"].data.all(axis=(1, 2)).any()
     assert all(viewer.layers["stack attention gate1"].data[z].any() for z in range(3))
 

@@ -67,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile-size",
         type=int,
         default=None,
-        help="tile edge in pixels (default 512 in 2D, 96 in 3D, fitted to the image up to 1/8 larger; "
-        "at least 64 / 32)",
+        help="tile edge in pixels (default 512 in 2D, 96 in 3D, fitted to the image up to 1/8 larger; at least 32)",
     )
     p.add_argument("--semantic", action="store_true", help="write a 0/1 foreground mask instead of instance labels")
     p.add_argument(

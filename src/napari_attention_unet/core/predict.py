@@ -30,7 +30,7 @@ from napari_attention_unet.core.instances import probabilities_to_instances
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.progress import Progress, run_to_end
 from napari_attention_unet.core.resampling import grid_zoom, isotropic_shape, resample
-from napari_attention_unet.core.tiling import Tiling, predict_tiles, tile_starts
+from napari_attention_unet.core.tiling import Tiling, default_overlap, predict_tiles, tile_starts
 from napari_attention_unet.core.zoom import auto_zoom_applies, back_to_grid, enlarge, object_zoom
 
 __all__ = [
@@ -160,11 +160,11 @@ def prepare_model(model: AttentionUNet, device: torch.device) -> AttentionUNet:
 def check_tile_size(tile_size: int | None, spatial_dims: int, overlap: int | None = None) -> None:
     """Refuse a tile too small to be more than its overlap (with the default overlap, 16 px a side at
     least: a 7 px tile made 343,906 tiles of a 520x696 image)."""
-    smallest = 1 if overlap is not None else 64 if spatial_dims == 2 else 32
+    smallest = 1 if overlap is not None else 32
     if tile_size is not None and tile_size < smallest:
         raise ValueError(
-            f"a tile size of {tile_size} is too small: at least {smallest} for a {spatial_dims}D model "
-            f"(leave it out for the default, {512 if spatial_dims == 2 else 96})"
+            f"a tile size of {tile_size} is too small: at least {smallest} "
+            f"(leave it out for the default, {512 if spatial_dims == 2 else 96} for a {spatial_dims}D model)"
         )
 
 
@@ -215,7 +215,7 @@ def predict(
     fit_tiles = options.tile_size is None
     check_tile_size(options.tile_size, config.spatial_dims, options.overlap)
     tile_size = options.tile_size or (512 if config.spatial_dims == 2 else 96)
-    overlap = max(tile_size // 8, 16) if options.overlap is None else options.overlap
+    overlap = default_overlap(tile_size) if options.overlap is None else options.overlap
     batch_size = options.batch_size or default_batch_size(dev, config.spatial_dims)
 
     x = normalize(network_channels(channels_first, config.in_channels), ranges=options.intensity_range)

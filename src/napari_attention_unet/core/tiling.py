@@ -19,9 +19,14 @@ from torch.nn import functional as F
 from napari_attention_unet.core.device import channels_last_format
 from napari_attention_unet.core.progress import Progress
 
-__all__ = ["Tiling", "predict_tiles", "tile_starts"]
+__all__ = ["Tiling", "default_overlap", "predict_tiles", "tile_starts"]
 
 T = TypeVar("T")
+
+
+def default_overlap(tile_size: int) -> int:
+    """The overlap of tiles when none is given: an eighth of the tile, at least 16 px, at most a quarter."""
+    return min(max(tile_size // 8, 16), tile_size // 4)
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:

@@ -107,6 +107,16 @@ class BlockPrediction:
         self.release_stores()
 
 
+def done_message(result, placement: _layers.Placement) -> str:
+    """The status line once a whole-image prediction's layers are in: objects found, a second look
+    at small objects, NaN values."""
+    n = int(result.labels.max(initial=0))
+    done = f"Done: {n} object(s) in {placement.source_name}." if not result.semantic else "Done."
+    done += f" Small objects: looked again at {result.zoom:.1f}x." if result.zoom else ""
+    done += f" {result.nan_values} pixel value(s) were NaN: taken as background." if result.nan_values else ""
+    return done
+
+
 def outcome_message(outcome: _lazy.LazyOutcome, placement: _layers.Placement) -> tuple[str, str | None]:
     """The status line for a finished block-by-block run, and a notification (cancelled runs) or None."""
     blocks = _lazy.blocks_for_message(outcome)

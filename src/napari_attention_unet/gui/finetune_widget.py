@@ -11,6 +11,7 @@ Which pixels were painted, or lie inside the shapes, comes from ``gui.edits``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -75,7 +76,7 @@ class FinetuneWidget(Container):
         self._on_busy = on_busy
         self._worker: GeneratorWorker | None = None
         self._steps: int | None = None  # a step limit besides the time budget (tests, scripts)
-        self._image_name = ""
+        self._image_name, self._trained_image = "", lambda: None  # the image layer trained on (a weak reference)
         self._failed = False
         self._result: TrainResult | None = None
         self.edits = EditTracker(viewer)
@@ -142,6 +143,11 @@ class FinetuneWidget(Container):
 
     def cancel(self) -> None:
         self._on_cancel()
+
+    @property
+    def trained_on(self):
+        """The image layer the last training ran on (None once it is gone)."""
+        return self._trained_image()
 
     # -- starting -----------------------------------------------------------------------
     @property
@@ -237,7 +243,7 @@ class FinetuneWidget(Container):
         except Exception as exc:  # noqa: BLE001 - becomes a notification
             self._on_error(exc)
             return
-        self._image_name = image.name
+        self._image_name, self._trained_image = image.name, weakref.ref(image)
         self._failed, self._result = False, None
         self._worker = create_worker(
             _forward,

@@ -345,9 +345,25 @@ def apply_results(layers: LayerList, results: Sequence[ResultLayer], placement: 
         data, kwargs, layer_type = result.as_layer_data_tuple()
         kwargs = {**kwargs, "name": unique_name((layer.name for layer in layers), kwargs["name"])}
         layer = Layer.create(data, kwargs, layer_type)
-        layers.append(layer)
+        masks = earlier.get(("masks", None)) if result.role == "attention" else None
+        if masks is not None and masks in layers:  # the maps go under the masks: they would tint them
+            layers.insert(layers.index(masks), layer)
+        else:
+            layers.append(layer)
         stamp(layer, known)
         if layer_type == "labels":
             layer.events.paint.connect(on_paint)
         shown.append(layer)
     return shown
+
+
+def source_is_open(layers: LayerList, placement: Placement) -> bool:
+    """Whether the image a prediction was made of is still in the viewer (not closed while it ran)."""
+    return any(str(layer.unique_id) == placement.source_id for layer in layers)
+
+
+def select_masks(layers: LayerList, placement: Placement) -> None:
+    """Make our masks layer of the image the active one, ready for the brush (not the last gate map added)."""
+    masks = own_layers(layers, placement.source_id).get(("masks", None))
+    if masks is not None:
+        layers.selection.active = masks

@@ -30,7 +30,7 @@ from qtpy.QtCore import QTimer
 from napari_attention_unet.core.predict import PredictOptions
 from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
-from napari_attention_unet.gui.block_prediction import BlockPrediction, outcome_message
+from napari_attention_unet.gui.block_prediction import BlockPrediction, done_message, outcome_message
 from napari_attention_unet.gui.finetune_widget import FinetuneWidget
 from napari_attention_unet.gui.session import (
     DEVICE_CHOICES,
@@ -184,8 +184,8 @@ class AttentionUNetWidget(Container):
         """A fine-tuned version was saved: pick it, and show what it predicts on the image."""
         self._model.reset_choices()
         self._model.value = info.name
-        if self._image.value is not None and not self.is_running:
-            self.predict()
+        if self._image.value is not None and not self.is_running and self._image.value is self._finetune.trained_on:
+            self.predict()  # on the image trained on only (not another the picker fell back to)
 
     def _on_models_changed(self, name: str | None) -> None:
         """A saved model was renamed (pick it under its new name) or deleted (fall back to the first)."""
@@ -336,7 +336,7 @@ class AttentionUNetWidget(Container):
             run = self._blocks.run
             if run is not None and not run.cancelled and progress.stage != "done":
                 self._status.value = progress.describe(run.image.name)
-        elif progress.stage != "predicting":
+        elif progress.stage not in ("predicting", "done"):  # a stack's planes each end "done": not the run
             self._status.value = f"{progress.stage.capitalize()}…"
 
     def _on_blocks_returned(self, outcome: _lazy.LazyOutcome, placement: _layers.Placement) -> None:
@@ -351,22 +351,22 @@ class AttentionUNetWidget(Container):
         # viewer answering between them instead of freezing for the sum.
         result, self._to_add = outcome
         self._device_info.value = result.device
-        n = int(result.labels.max(initial=0))
-        done = f"Done: {n} object(s) in {placement.source_name}." if not result.semantic else "Done."
-        done += f" Small objects: looked again at {result.zoom:.1f}x." if result.zoom else ""
-        done += f" {result.nan_values} pixel value(s) were NaN: taken as background." if result.nan_values else ""
+        done = done_message(result, placement)
+        if not _layers.source_is_open(self._viewer.layers, placement):  # closed while it was predicted
+            self._to_add, done = [], f"{placement.source_name} was closed while it was predicted: no layers added."
         self._add_next_layer(placement, done)
 
     def _add_next_layer(self, placement: _layers.Placement, done: str) -> None:
         try:  # still listed while it is added: the picker must not follow the new layer (is_running)
             _layers.apply_results(self._viewer.layers, self._to_add[:1], placement)
-            self._to_add.pop(0)
+            self._to_add = self._to_add[1:]
         except Exception as exc:  # noqa: BLE001 - a layer napari refused: say so, keep the widget usable
             self._to_add, done = [], f"Not all result layers could be added: {exc}"
         if self._to_add:
             self._status.value = "Adding the result layers…"
             QTimer.singleShot(0, lambda: self._add_next_layer(placement, done))
             return
+        _layers.select_masks(self._viewer.layers, placement)
         self._status.value = done
         if self._worker is None:  # the worker finished while the layers were being added
             self._set_running(False)

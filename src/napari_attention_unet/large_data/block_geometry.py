@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.resampling import isotropic_shape
-from napari_attention_unet.core.tiling import Tiling
+from napari_attention_unet.core.tiling import Tiling, default_overlap
 
 __all__ = ["BLOCK_OVERLAP", "BLOCK_TILE", "Block", "BlockPlan", "Index", "Span", "plan_blocks", "zoomed_plan"]
 
@@ -25,7 +25,7 @@ def tile_policy(tile_size: int | None, overlap: int | None) -> tuple[bool, int, 
     """``(fit, tile_size, overlap)`` for the tiling of one block's outer region."""
     if tile_size is None:
         return True, BLOCK_TILE, BLOCK_OVERLAP if overlap is None else overlap
-    return False, tile_size, max(tile_size // 8, 16) if overlap is None else overlap
+    return False, tile_size, default_overlap(tile_size) if overlap is None else overlap
 
 
 @dataclass(frozen=True)
