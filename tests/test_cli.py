@@ -135,6 +135,24 @@ def test_unusable_settings_and_outputs_are_one_line_before_any_work(tmp_path, mo
     assert not (tmp_path / "o").exists()  # refused before anything ran or was written
 
 
+def test_a_hyperstack_s_channels_are_channels_not_planes(tmp_path, model_file, home, capsys):
+    """An ImageJ CYX file: its channels were segmented as Z planes, with exit code 0."""
+    from napari_attention_unet.cli import main
+
+    grey = tifffile.imread(FLUO)[:96, :96]
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([grey, grey[::-1]]), imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([grey] * 3), imagej=True, metadata={"axes": "CYX"})
+    series = np.stack([np.stack([grey] * 3)] * 2)  # two time points of three channels
+    tifffile.imwrite(tmp_path / "movie.tif", series, imagej=True, metadata={"axes": "TCYX"})
+    common = ["--model", str(model_file), "--device", "cpu", "--out", str(tmp_path / "o")]
+    assert main(["predict", str(tmp_path / "two.tif"), *common]) == 1
+    assert "but the image has 2: pick one channel" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "rgb.tif"), *common]) == 0
+    assert tifffile.imread(tmp_path / "o" / "rgb_labels.tif").shape == (96, 96)  # one image, not 3 planes
+    assert main(["predict", str(tmp_path / "movie.tif"), "--time-point", "1", *common]) == 0
+    assert tifffile.imread(tmp_path / "o" / "movie_t1_labels.tif").shape == (96, 96)
+
+
 def test_block_size_off_the_64_px_grid_is_refused_with_a_suggestion(tmp_path):
     """Output chunks divide the blocks: --block-size 900 would make 4 px chunks, so it is refused."""
     done = run_cli("predict", FLUO, "--out", tmp_path / "out", "--block-size", 900)

@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.train import TrainConfig, Trainer
     from napari_attention_unet.core.train.targets import check_corrections
     from napari_attention_unet.core.weights import save_model
-    from napari_attention_unet.large_data.files import ImageReadError, read_image, read_time_point
+    from napari_attention_unet.large_data.files import ImageReadError, declared_axes, read_image, read_time_point
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
 
     if len(args.image) != len(args.labels):
@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
         model, meta, info = open_model(args.model)
         device = pick_device(args.device)
         reads = [read_time_point(i, None) for i in args.image]  # (pixels, NIfTI volume or None), read once
-        pairs = [(data, read_image(lbl), args.axes) for (data, _), lbl in zip(reads, args.labels)]
+        axes = [args.axes or declared_axes(i) for i in args.image]  # a hyperstack's channels stay channels
+        pairs = [(data, read_image(lbl), ax) for (data, _), lbl, ax in zip(reads, args.labels, axes)]
         for _image, labels, _axes in pairs:  # said now, not after the training they would waste
             check_corrections(labels, None)
         minutes = 5.0 if args.minutes is None and args.steps is None else args.minutes

@@ -55,6 +55,8 @@ def _spacing_note(plan, given) -> str:
 
 def _load_pairs(args: argparse.Namespace) -> list[tuple]:
     """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point)."""
+    from napari_attention_unet.large_data.files import declared_axes
+
     pairs = []
     for image_path, labels_path in zip(args.image, args.labels):
         image, volume = _read(image_path, args.time_point)
@@ -66,7 +68,8 @@ def _load_pairs(args: argparse.Namespace) -> list[tuple]:
                 file=sys.stderr,
             )
         spacing = None if volume is None or volume.spacing is None else tuple(volume.spacing)
-        pairs.append((image, labels, args.axes, args.spacing or spacing))
+        axes = args.axes or (None if volume is not None else declared_axes(image_path, args.time_point))
+        pairs.append((image, labels, axes, args.spacing or spacing))
     return pairs
 
 

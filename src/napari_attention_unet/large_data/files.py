@@ -20,6 +20,7 @@ __all__ = [
     "image_shape",
     "is_zarr_path",
     "open_lazy_image",
+    "declared_axes",
     "read_image",
     "read_nifti_volume",
     "read_time_point",
@@ -70,6 +71,23 @@ def read_time_point(path: str | Path, time_point: int | None, *, series: bool = 
             f"{path.name}: time point {time_point} is outside the series (time points 0..{data.shape[0] - 1})"
         )
     return data[time_point], None
+
+
+def declared_axes(path: str | Path, time_point: int | None = None) -> str | None:
+    """The axes a TIFF declares for its pixels when they hold channels (an ImageJ hyperstack, an
+    OME-TIFF: ``CYX``, ``ZCYX``; ``TCYX`` at a ``time_point`` is ``CYX``), in our letters; None for
+    other files, whose axes are guessed from the shape (a 2-channel CYX read as 2 planes before)."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes.upper().replace("S", "C")
+    except Exception:  # noqa: BLE001 - read_image says what is wrong with the file
+        return None
+    if time_point is not None and axes.startswith("T"):
+        axes = axes[1:]
+    return axes if axes.count("C") == 1 and not set(axes) - set("ZCYX") else None
 
 
 def read_image(path: str | Path) -> np.ndarray:

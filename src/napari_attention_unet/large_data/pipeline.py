@@ -31,6 +31,7 @@ from napari_attention_unet.large_data.files import (
     TIFF_SUFFIXES,
     create_tiff_sinks,
     create_zarr_sinks,
+    declared_axes,
     image_shape,
     is_zarr_path,
     open_lazy_image,
@@ -111,6 +112,8 @@ def predict_file_steps(
         )
     elif options.spacing is None and default_spacing is not None:
         options = PredictOptions.of(options, spacing=tuple(default_spacing))
+    if volume is None and options.axes is None and (axes := declared_axes(image_path, time_point)):
+        options = PredictOptions.of(options, axes=axes)  # a hyperstack's channels are channels, not planes
     result = yield from predict(model, image, options, device=device, inference_model=inference_model)
     labels_path, attention_path = result_paths(out_dir, image_path, time_point)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
