@@ -369,3 +369,13 @@ def test_bundled_models_package_documentation_quotes_its_card(bundled):
     assert "## Validation" in text  # bioimage.io asks for this section
     assert f"| all | {overall['n']} | {overall['ap50']} | {overall['dice']} |" in text
     assert "scale_range" in text and "multiples of 16" in text
+    # Each held-out group of the card, and the worst one, not only the pooled figure.
+    for group, scores in card["validation_scores"]["per_group"].items():
+        assert f"| {group} | {scores['model']['n']} | {scores['model']['ap50']} |" in text
+    worst = card["validation_scores"]["worst_group"]["model"]
+    assert f"worst group: {worst['group']} ({worst['ap50']})" in text
+    assert "watershed" in text and "second look at small nuclei" in text
+    # A semantic model's package says what its labels are: the most probable class, no watershed.
+    semantic = AttentionUNet(ModelConfig(classes=("background", "membrane"), task="semantic", base_width=4, depth=3))
+    text = _documentation("em", input_contract(semantic, "em", {}), {}, None)
+    assert "most probable class" in text and "watershed" not in text
