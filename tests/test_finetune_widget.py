@@ -157,9 +157,12 @@ def test_predict_and_model_locked_while_finetuning(qtbot, corrected, notes):
     widget.finetune._minutes.value = 10.0
     widget.finetune.start()
     assert not widget._predict.enabled and not widget._model.enabled
+    assert not widget._versions.enabled  # the model being trained on is not renamed or deleted meanwhile
+    assert "first scoring the start" in widget.finetune._readout.value  # what the first seconds are spent on
     widget.finetune.cancel()
     wait_idle(qtbot, widget)
     assert widget._predict.enabled and widget._model.enabled and widget.finetune._start.enabled
+    assert widget._versions.enabled
 
 
 def test_rename_export_delete_from_the_widget(plugin_widget, tmp_path, monkeypatch):

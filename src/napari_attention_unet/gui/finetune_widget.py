@@ -261,7 +261,7 @@ class FinetuneWidget(Container):
         planes = [i for i in self._session.trained_planes if i]
         where = f" (slices {', '.join(str(i[0] if len(i) == 1 else i) for i in planes)})" if planes else ""
         what = "Training a new model" if self._start_from.value == NEW_MODEL else "Fine-tuning"
-        self._readout.value = f"{what} on {image.name}{where}…"
+        self._readout.value = f"{what} on {image.name}{where}: first scoring the start on the held-out part…"
         self._worker.start()
 
     def _on_cancel(self) -> None:

@@ -1,9 +1,8 @@
 """The "Attention U-Net" dock widget: a thin magicgui Container over a :class:`Session`.
 
-Controls only: the model lives in the session, compute in ``core.predict`` (run in a
-napari worker, with the layers' data), and ``_layers`` adds the layers on the main thread.
-Large and lazy images (dask, zarr, pyramids) go block by block through ``_lazy``, into
-layers on zarr stores (``_scratch``) that ``gui.block_prediction`` refreshes as blocks arrive.
+Controls only: the model lives in the session, compute in ``core.predict`` (in a napari worker, with
+the layers' data), ``_layers`` adds the layers on the main thread. Large and lazy images go block by
+block through ``_lazy`` into layers on zarr stores that ``gui.block_prediction`` refreshes.
 """
 
 from __future__ import annotations
@@ -194,9 +193,10 @@ class AttentionUNetWidget(Container):
             self._model.value = name
         self._on_model_changed()
 
-    def _on_finetune_busy(self, running: bool) -> None:
+    def _on_finetune_busy(self, running: bool) -> None:  # nor is the model trained on renamed or deleted meanwhile
         for widget in (self._predict, self._image, self._model, self._refresh, self._model_file, self._device):
             widget.enabled = not running
+        self._versions.enabled = not running
 
     def _on_model_file(self) -> None:
         path = self._model_file.value
