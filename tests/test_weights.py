@@ -82,3 +82,24 @@ def test_truncated_file(model, tmp_path):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ModelFileError, match="damaged"):
         load_model(path)
+
+
+def test_diverged_or_crafted_files_are_refused_clearly(model, tmp_path):
+    """NaN weights gave all-background labels and NaN maps with exit code 0; a list as the description a traceback."""
+    import json
+
+    from safetensors.torch import load_file
+
+    path = save_model(model, tmp_path / "m.safetensors")
+    state = load_file(str(path))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    save_file(state, str(tmp_path / "nan.safetensors"), metadata=header["__metadata__"])
+    with pytest.raises(ModelFileError, match="not numbers"):
+        load_model(tmp_path / "nan.safetensors")
+    listed = {**header["__metadata__"], "info": "[1, 2]"}
+    save_file(load_file(str(path)), str(tmp_path / "list.safetensors"), metadata=listed)
+    with pytest.raises(ModelFileError, match="not a readable model file"):
+        read_metadata(tmp_path / "list.safetensors")

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     except (ModelNotFoundError, ModelFileError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
     print(f"model {info.name} on {where}", file=sys.stderr)
+    if args.semantic and model.config.task == "semantic":
+        print("--semantic gives an instance model's 0/1 mask; this model's labels are classes", file=sys.stderr)
     net = prepare_model(model, device)
     given = _options(args)
     trained = _trained_spacing(args, model, meta)

@@ -84,7 +84,10 @@ def read_metadata(path: str | Path) -> tuple[ModelConfig, dict]:
             raise ModelFileError(
                 f"{path.name} is a safetensors file but not an Attention U-Net model saved by this plugin"
             )
-        return ModelConfig.from_dict(json.loads(metadata["config"])), json.loads(metadata.get("info", "{}"))
+        info = json.loads(metadata.get("info", "{}"))
+        if not isinstance(info, dict):
+            raise ValueError("its description is not a mapping")
+        return ModelConfig.from_dict(json.loads(metadata["config"])), info
     except ModelFileError:
         raise
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
@@ -105,9 +108,15 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         state = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{path.name} is damaged and could not be read ({exc})") from exc
-    model = AttentionUNet(config)
+    try:
+        model = AttentionUNet(config)
+    except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. a width no memory holds
+        message = f"{path.name} describes a network that cannot be built ({exc}); the file is damaged"
+        raise ModelFileError(message) from exc
     expected = model.state_dict()
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
         raise ModelFileError(f"{path.name} does not match its own architecture description; the file is damaged")
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise ModelFileError(f"{path.name} holds weights that are not numbers (NaN or infinite): the training diverged")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return model.eval(), info
