@@ -93,8 +93,15 @@ def test_predict_anisotropic_volume_with_a_3d_model(tmp_path, home):
 
 def test_saved_model_by_name_and_models_listing(tmp_path, home):
     save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), home / "models" / "my-cells")
+    semantic = ModelConfig(spatial_dims=3, classes=("background", "anterior", "posterior"), task="semantic")
+    save_model(AttentionUNet(ModelConfig(**{**semantic.to_dict(), "base_width": 4, "depth": 3})), home / "models" / "mr")
+    (home / "models" / "broken.safetensors").write_bytes(b"not a model")
+    save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), home / "models" / "nuclei")  # the bundled name
     listing = run_cli("models")
     assert listing.returncode == 0 and "my-cells" in listing.stdout and "saved" in listing.stdout
+    lines = {line.split()[0] + " " + line.split()[1]: line for line in listing.stdout.splitlines()[:-1]}
+    assert "2D instances" in lines["my-cells saved"] and "3D semantic: anterior, posterior" in lines["mr saved"]
+    assert "DAMAGED" in lines["broken saved"] and "hidden by the bundled model" in lines["nuclei saved"]
     done = run_cli("predict", FLUO, "--out", tmp_path / "o", "--model", "my-cells")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / f"{FLUO.stem}_labels.tif").is_file()

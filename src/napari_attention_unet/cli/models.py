@@ -11,16 +11,30 @@ from napari_attention_unet.cli.common import fail
 __all__ = ["export", "list_models"]
 
 
+def _what(info) -> str:
+    """What a model file holds ("2D instances", "3D semantic: anterior, posterior"), or why it cannot be used."""
+    from napari_attention_unet.core.weights import ModelFileError, read_metadata
+
+    try:
+        config, _ = read_metadata(info.path)
+    except ModelFileError as exc:
+        return f"DAMAGED: {exc}"
+    what = f"{config.spatial_dims}D {config.task}"
+    return what + (f": {', '.join(config.classes[1:])}" if config.task == "semantic" else "")
+
+
 def list_models(args: argparse.Namespace) -> int:
     from napari_attention_unet.models.registry import all_models, saved_models_dir
 
-    models = all_models()
+    models, seen = all_models(), set()
     for info in models:
         kind = "bundled" if info.bundled else "saved"
-        print(f"{info.name:30s} {kind:8s} {info.path}")
+        hidden = " (hidden by the bundled model of that name: give its path)" if info.name in seen else ""
+        seen.add(info.name)
+        print(f"{info.name:30s} {kind:8s} {_what(info):40s} {info.path}{hidden}")
     if not models:
         print("no models yet")
-    print(f"(saved models folder: {saved_models_dir()})")
+    print(f"(saved models folder: {saved_models_dir()}; models written with --out elsewhere are used by their path)")
     return 0
 
 
