@@ -93,8 +93,9 @@ def test_predict_anisotropic_volume_with_a_3d_model(tmp_path, home):
 
 def test_saved_model_by_name_and_models_listing(tmp_path, home):
     save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), home / "models" / "my-cells")
-    semantic = ModelConfig(spatial_dims=3, classes=("background", "anterior", "posterior"), task="semantic")
-    save_model(AttentionUNet(ModelConfig(**{**semantic.to_dict(), "base_width": 4, "depth": 3})), home / "models" / "mr")
+    classes = ("background", "anterior", "posterior")
+    mr = ModelConfig(spatial_dims=3, classes=classes, task="semantic", base_width=4, depth=3)
+    save_model(AttentionUNet(mr), home / "models" / "mr")
     (home / "models" / "broken.safetensors").write_bytes(b"not a model")
     save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), home / "models" / "nuclei")  # the bundled name
     listing = run_cli("models")
