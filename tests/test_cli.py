@@ -186,6 +186,15 @@ def test_predict_block_by_block_writes_the_same_files(tmp_path, home):
     assert np.abs(attention - expected.attention).max() < 1e-3
 
 
+def test_a_volume_to_a_zarr_output_says_what_works(tmp_path, model_file, home, capsys):
+    from napari_attention_unet.cli import main
+
+    tifffile.imwrite(tmp_path / "vol.tif", np.zeros((4, 64, 64), np.uint8))
+    args = ["predict", str(tmp_path / "vol.tif"), "--model", str(model_file), "--out", str(tmp_path / "r.zarr")]
+    assert main([*args, "--axes", "ZYX"]) == 1
+    assert "a volume: give a TIFF or NIfTI file and a folder as --out" in capsys.readouterr().err
+
+
 def test_predict_ome_zarr_input_to_zarr_output(tmp_path, model_file, home):
     zarr = pytest.importorskip("zarr")
     image = tifffile.imread(HE)

@@ -178,12 +178,14 @@ def plan_blocks(
         axes = "YX" if len(shape) == 2 else ("YXC" if len(shape) == 3 and shape[-1] in (3, 4) else None)
     if axes is None:
         raise ImageShapeError(
-            f"cannot tell the axes of an image of shape {shape}; the block engine takes YX, YXC or CYX images"
+            f"cannot tell the axes of an image of shape {shape}; block by block (zarr input or output, large "
+            "images) takes 2D images: YX, YXC or CYX (a volume: give a TIFF or NIfTI file and a folder as --out)"
         )
     axes = axes.upper()
     if len(axes) != len(shape) or sorted(axes) not in (sorted("YX"), sorted("YXC")):
         raise ImageShapeError(
-            f"the block engine predicts 2D images (axes YX, YXC or CYX); got axes {axes!r} for shape {shape}"
+            f"block by block (zarr input or output, large images) predicts 2D images (axes YX, YXC or CYX); got "
+            f"axes {axes!r} for shape {shape} (a volume: give a TIFF or NIfTI file and a folder as --out)"
         )
     spatial = (shape[axes.index("Y")], shape[axes.index("X")])
     if min(spatial) < 1:
