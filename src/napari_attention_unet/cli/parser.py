@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", default=None, metavar="NAME_OR_PATH", help="bundled or saved model name, or a .safetensors file"
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: CUDA, then MPS, then the CPU"
+    )
     p.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CYX (default: guessed)")
     p.add_argument(
         "--tile-size",
@@ -133,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget = f.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), default=None, help="time budget (default 5 minutes)")
     budget.add_argument("--steps", type=_positive(int), default=None, help="step budget")
-    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    f.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: CUDA, then MPS, then the CPU"
+    )
     f.add_argument(
         "--precision",
         default="auto",
@@ -141,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX / AVX512-BF16), else fp32",
     )
     f.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC (default: guessed)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="random seed of the patches drawn (default 0)")
     f.set_defaults(func=finetune.run)
 
     _add_train(sub)
@@ -151,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export a model for other tools: BioImage Model Zoo zip, ONNX or TorchScript")
     x.add_argument("model", metavar="MODEL", help="bundled or saved model name, or a .safetensors file")
-    x.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
+    x.add_argument(
+        "--format",
+        required=True,
+        choices=["bioimageio", "onnx", "torchscript"],
+        help="bioimageio: a BioImage Model Zoo zip (2D models; needs the [export] extra); onnx; torchscript",
+    )
     x.add_argument(
         "--out",
         required=True,
@@ -208,8 +217,15 @@ def _add_train(sub) -> None:
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), default=None, help="time budget (default 10 minutes)")
     budget.add_argument("--steps", type=_positive(int), default=None, help="step budget")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    t.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: CUDA, then MPS, then the CPU"
+    )
+    t.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on GPUs and on CPUs that run it natively (AMX, AVX512-BF16), else fp32",
+    )
     t.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CZYX (default: guessed)")
     t.add_argument(
         "--time-point", type=_time_point, default=None, metavar="T", help="train on time point T of 4D series"
@@ -222,7 +238,7 @@ def _add_train(sub) -> None:
     )
     t.add_argument("--base-width", type=int, default=None, help="from scratch: channels of the first level")
     t.add_argument("--depth", type=int, default=None, help="from scratch: levels of the network")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed of the new weights and patches (default 0)")
     t.set_defaults(func=train.run)
 
 
