@@ -11,6 +11,21 @@ from napari_attention_unet.cli import finetune, models, predict, train
 __all__ = ["build_parser"]
 
 
+def _device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: CUDA, then MPS, then the CPU"
+    )
+
+
+def _precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX / AVX512-BF16), else fp32",
+    )
+
+
 def _positive(kind: type):
     """An argparse type: a number of ``kind`` above 0 (a budget of 0 steps trains nothing)."""
 
@@ -61,9 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", default=None, metavar="NAME_OR_PATH", help="bundled or saved model name, or a .safetensors file"
     )
-    p.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: CUDA, then MPS, then the CPU"
-    )
+    _device_option(p)
     p.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CYX (default: guessed)")
     p.add_argument(
         "--tile-size",
@@ -79,12 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not look again at an image whose objects come out smaller than the model knows them, enlarged "
         "(the bundled model does so below 12 px; images over the block size never are)",
     )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX / AVX512-BF16), else fp32",
-    )
+    _precision_option(p)
     p.add_argument(
         "--spacing",
         type=_spacing,
@@ -135,15 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget = f.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), default=None, help="time budget (default 5 minutes)")
     budget.add_argument("--steps", type=_positive(int), default=None, help="step budget")
-    f.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: CUDA, then MPS, then the CPU"
-    )
-    f.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto: bf16 on GPUs and on CPUs with native bf16 (AMX / AVX512-BF16), else fp32",
-    )
+    _device_option(f)
+    _precision_option(f)
     f.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC (default: guessed)")
     f.add_argument("--seed", type=int, default=0, help="random seed of the patches drawn (default 0)")
     f.set_defaults(func=finetune.run)
@@ -217,15 +218,8 @@ def _add_train(sub) -> None:
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), default=None, help="time budget (default 10 minutes)")
     budget.add_argument("--steps", type=_positive(int), default=None, help="step budget")
-    t.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: CUDA, then MPS, then the CPU"
-    )
-    t.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto: bf16 on GPUs and on CPUs that run it natively (AMX, AVX512-BF16), else fp32",
-    )
+    _device_option(t)
+    _precision_option(t)
     t.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CZYX (default: guessed)")
     t.add_argument(
         "--time-point", type=_time_point, default=None, metavar="T", help="train on time point T of 4D series"
