@@ -112,6 +112,12 @@ def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes):
     assert masks.data.shape == labels.shape and tuple(masks.scale) == (2.0, 1.0, 1.0)
     gates = [lyr for lyr in viewer.layers if lyr.name.startswith("vol attention")]
     assert gates and all(g.data.shape == labels.shape for g in gates)  # 3D attention maps
+    # Stored as `attention-unet train` stores it: `predict` then takes TIFF volumes at the voxel size trained at.
+    from napari_attention_unet.core.weights import read_metadata
+
+    _, info = read_metadata(widget.session.model_info.path)
+    assert info["spacing"] == [2.0, 1.0, 1.0] and info["task"] == "semantic" and info["zero_is"] == "background"
+    assert info["classes"] == list(model.config.classes)
     assert widget._current_slice.text == "current time point only (time series)"  # a 3D model takes volumes
 
 

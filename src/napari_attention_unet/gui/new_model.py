@@ -129,11 +129,25 @@ def save_new_model(result: TrainResult, plan: TrainingPlan, image_name: str) -> 
         best_val_ap=result.best_val_ap,
         image_name=image_name,
         name=name,
+        extra=_described(plan, result),
     )
     doubt = "" if result.accepted else f" (keep an eye on it: {result.message})"
     voxel = plan.model.config.voxel_size  # large objects: volumes seen shrunk (core.resampling)
     grid = f" Its objects are large: it sees volumes at {voxel:.3g} units per voxel." if voxel else ""
     return info, f"Saved {plan.describe()} as '{info.name}'{doubt}.{grid}"
+
+
+def _described(plan: TrainingPlan, result: TrainResult) -> dict:
+    """What ``attention-unet train`` stores with a model, so that the CLI uses a model made here alike:
+    the task, classes, what 0 meant, and a 3D model's voxel size (``predict`` takes TIFF volumes at it)."""
+    spacing = plan.pairs[0][3] if plan.dims == 3 and plan.pairs else None
+    return {
+        "task": plan.task,
+        "classes": list(plan.classes),
+        "zero_is": plan.config.zero_is,
+        "spacing": None if spacing is None else [float(v) for v in spacing],
+        "best_val_class_dice": result.best_val_class_dice,
+    }
 
 
 def final_scores(result: TrainResult) -> str:

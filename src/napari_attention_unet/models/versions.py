@@ -51,8 +51,10 @@ def save_version(
     best_val_ap: float | None = None,
     image_name: str = "",
     name: str | None = None,
+    extra: dict | None = None,
 ) -> ModelInfo:
-    """Save ``model`` as a new version in the saved-models folder; returns its :class:`ModelInfo`."""
+    """Save ``model`` as a new version in the saved-models folder; returns its :class:`ModelInfo`.
+    ``extra`` is more to store in its info (a new model's task, classes and voxel size, as ``train`` stores)."""
     when = datetime.now()
     name = _registry.safe_model_name(name) if name else version_name(parent, when)
     path = _path(name)
@@ -65,6 +67,7 @@ def save_version(
         "best_val_ap": None if best_val_ap is None else float(best_val_ap),
         "date": when.isoformat(timespec="seconds"),
         "image": image_name,
+        **(extra or {}),
     }
     return ModelInfo(name, save_model(model, path, info=info), False)
 
