@@ -101,7 +101,10 @@ def plan_training(
     planes = [unlabelled_slices(np.asarray(p[1])) for p in pairs if np.ndim(p[1]) == 3 and task == "semantic"]
     if zero_is == "slices" and planes:
         empty, total = sum(int(m.sum()) for m in planes), sum(len(m) for m in planes)
-        notes.append(f"0 = background in the {total - empty} labelled slices; the other {empty} are not labelled")
+        notes.append(
+            f"0 = background in the {total - empty} labelled slices; the other {empty} are not labelled (nor scored: "
+            "the held-out score covers labelled slices only, and a slice without the structure cannot be labelled)"
+        )
     gaps = sum(slices_between(m) for m in planes)
     if zero_is == "background" and gaps:
         notes.append(
