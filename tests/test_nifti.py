@@ -356,6 +356,27 @@ def test_predicted_masks_carry_the_source_grid(make_napari_viewer, volume_path, 
     same_grid(nib.load(written), nib.load(str(volume_path)))
 
 
+def test_an_attention_map_saves_as_float_nifti_on_the_scan_grid(make_napari_viewer, volume_path, tmp_path):
+    """napari's save of a gate map layer (an Image layer) goes through the plugin's image writer."""
+    from napari_attention_unet.gui import layers as _layers
+    from napari_attention_unet.gui.session import PartPrediction
+
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(volume_path), plugin=PLUGIN)
+    placement = _layers.placement_from_layer(image)
+    gate = np.linspace(0, 1, image.data.size, dtype=np.float32).reshape(image.data.shape)
+    labels = np.zeros(image.data.shape, np.int32)
+    prediction = PartPrediction(labels=labels, gate_maps={"gate1": gate}, index=(), device="cpu", model_name="tiny")
+    for result in _layers.result_layers(prediction, placement):
+        _layers.apply_results(viewer.layers, [result], placement)
+    attention = viewer.layers["vol attention gate1"]
+    [written] = attention.save(str(tmp_path / "gate1.nii.gz"), plugin=PLUGIN)
+    saved = nib.load(written)
+    same_grid(saved, nib.load(str(volume_path)))
+    assert saved.get_data_dtype() == np.float32
+    np.testing.assert_allclose(read_nifti(written).data, gate, atol=1e-6)
+
+
 def test_new_labels_drawn_over_a_scan_save_on_its_grid(make_napari_viewer, volume_path, tmp_path):
     """napari's "new labels" over a scan has no metadata: the one scan open on its grid gives the affine;
     with no scan open it is written from the scale, and a warning says so."""

@@ -12,7 +12,8 @@ written), its name (without ``.nii[.gz]``) says so (ends with ``_seg``, ``_mask`
 named like ``labelsTr/``, ``masks/`` or ``segmentations/``, or its voxels hold at most
 :data:`MAX_LABEL_VALUES` distinct values (a scan holds hundreds); anything else opens as an Image layer.
 
-Writer (:func:`write_labels_nifti`): a Labels layer to ``.nii.gz`` / ``.nii`` with the affine and
+Writers (:func:`write_labels_nifti`; :func:`write_image_nifti`, float32, for attention maps): a layer
+to ``.nii.gz`` / ``.nii`` with the affine and
 header from its ``metadata["nifti"]`` (a label map opened here), else from the NIfTI image it was
 predicted from (the plugin's masks layers name their source layer; used when that layer is still
 in the viewer and has the same spatial shape), else from the one NIfTI scan open in the viewer on
@@ -39,7 +40,7 @@ from napari_attention_unet.large_data.nifti import (
     write_nifti,
 )
 
-__all__ = ["get_reader", "is_label_map", "read_nifti_layers", "write_labels_nifti"]
+__all__ = ["get_reader", "is_label_map", "read_nifti_layers", "write_image_nifti", "write_labels_nifti"]
 
 LABEL_ENDINGS = ("_seg", "-seg", "_mask", "-mask", "_gt", "-gt")
 LABEL_NAMES = ("mask", "masks", "seg", "aseg", "gt")
@@ -124,18 +125,31 @@ def _source_grid(meta: dict[str, Any], shape: tuple[int, ...]) -> dict | None:
 
 def write_labels_nifti(path: str, data: Any, meta: dict) -> list[str]:
     """The npe2 writer for a Labels layer: ``path`` as NIfTI (``.nii.gz`` added when it has no NIfTI suffix)."""
+    return _write_layer(path, data, meta, labels=True)
+
+
+def write_image_nifti(path: str, data: Any, meta: dict) -> list[str]:
+    """The npe2 writer for an Image layer (an attention map, a probability): float32 NIfTI on the grid of
+    the scan it belongs to, as :func:`write_labels_nifti` finds it. RGB layers are not written (a warning)."""
+    if meta.get("rgb"):
+        warnings.warn("an RGB layer is not written as NIfTI: save it as TIFF or PNG", stacklevel=2)
+        return []
+    return _write_layer(path, data, meta, labels=False)
+
+
+def _write_layer(path: str, data: Any, meta: dict, labels: bool) -> list[str]:
     if not is_nifti_path(path):
         path = f"{path}.nii.gz"
-    labels = np.asarray(data[0] if isinstance(data, list) else data)  # a multiscale layer: its full resolution
+    array = np.asarray(data[0] if isinstance(data, list) else data)  # a multiscale layer: its full resolution
     source = (meta.get("metadata") or {}).get("nifti")
     if not (isinstance(source, dict) and "affine" in source and "header" in source):
-        source = _source_grid(meta, labels.shape)
+        source = _source_grid(meta, array.shape)
     if source is None:
         warnings.warn(
             f"no NIfTI scan on this layer's grid is open, so {Path(path).name} is written with the layer's scale "
             "only (no orientation or origin): open the scan it belongs to and save again to place it on it",
             stacklevel=2,
         )
-    like = source if source is not None else _affine_from_layer(meta, labels.ndim)
-    write_nifti(path, labels, like, labels=True)
+    like = source if source is not None else _affine_from_layer(meta, array.ndim)
+    write_nifti(path, array if labels else array.astype(np.float32, copy=False), like, labels=labels)
     return [str(path)]
