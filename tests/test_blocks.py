@@ -144,7 +144,7 @@ def test_every_source_gives_the_same_result(tiny_model, mosaic, tmp_path):
     import dask.array as da
     import zarr
 
-    from napari_attention_unet.large_data.files import TiffRegionArray
+    from napari_attention_unet.large_data.regions import TiffRegionArray
 
     mosaic = np.ascontiguousarray(mosaic[:256, :384])  # 2 x 2 blocks
     kwargs = dict(block_size=BLOCK, halo=HALO, device="cpu")
