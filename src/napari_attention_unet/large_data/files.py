@@ -82,7 +82,7 @@ def declared_axes(path: str | Path, time_point: int | None = None) -> str | None
         return None
     try:
         with tifffile.TiffFile(path) as tif:
-            axes = tif.series[0].axes.upper().replace("S", "C")
+            axes = tif.series[0].axes.upper()  # S (samples) is left to the guess: tifffile writes 3 planes as SYX
     except Exception:  # noqa: BLE001 - read_image says what is wrong with the file
         return None
     if time_point is not None and axes.startswith("T"):

@@ -90,7 +90,7 @@ def sanity_verdict(
     if fraction >= 0.99:
         return False, (
             "the trained model marks the whole held-out region as objects. "
-            "Label some background too, or train for fewer steps."
+            "Label some background too, or train longer (a model a few steps old often marks everything)."
         )
     message = f"trained {counted(step, 'step', 'steps')} ({stopped}); kept the state of step {best_step}: validation "
     if best_ap is not None:
