@@ -154,7 +154,15 @@ def test_a_hyperstack_s_channels_are_channels_not_planes(tmp_path, model_file, h
     tifffile.imwrite(tmp_path / "movie.tif", series, imagej=True, metadata={"axes": "TCYX"})
     common = ["--model", str(model_file), "--device", "cpu", "--out", str(tmp_path / "o")]
     assert main(["predict", str(tmp_path / "two.tif"), *common]) == 1
-    assert "but the image has 2: pick one channel" in capsys.readouterr().err
+    assert "but the image has 2: pick one channel (--channel C" in capsys.readouterr().err
+    # --channel 1: the second channel alone, as if it were a file of its own.
+    tifffile.imwrite(tmp_path / "second.tif", grey[::-1])
+    assert main(["predict", str(tmp_path / "two.tif"), "--channel", "1", *common]) == 0
+    assert main(["predict", str(tmp_path / "second.tif"), *common]) == 0
+    picked = tifffile.imread(tmp_path / "o" / "two_labels.tif")
+    assert picked.shape == (96, 96) and np.array_equal(picked, tifffile.imread(tmp_path / "o" / "second_labels.tif"))
+    assert main(["predict", str(tmp_path / "two.tif"), "--channel", "2", *common]) == 1
+    assert "channel 2 is not in the image: it has 2 channel(s)" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "rgb.tif"), *common]) == 0
     assert tifffile.imread(tmp_path / "o" / "rgb_labels.tif").shape == (96, 96)  # one image, not 3 planes
     assert main(["predict", str(tmp_path / "movie.tif"), "--time-point", "1", *common]) == 0

@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(p)
     p.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC, ZYX, CYX (default: guessed)")
     p.add_argument(
+        "--channel",
+        type=int,
+        default=None,
+        metavar="C",
+        help="predict on channel C (0-based) of multichannel images (an ImageJ hyperstack's, or with --axes CYX)",
+    )
+    p.add_argument(
         "--tile-size",
         type=int,
         default=None,

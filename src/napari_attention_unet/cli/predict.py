@@ -23,6 +23,7 @@ def _options(args: argparse.Namespace):
         precision=args.precision,
         spacing=args.spacing,
         auto_zoom=args.auto_zoom,
+        channel=args.channel,
     )
 
 

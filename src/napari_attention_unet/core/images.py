@@ -83,7 +83,8 @@ def match_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
         return image.mean(axis=0, keepdims=True, dtype=np.float32)
     raise ImageShapeError(
         f"the model takes {in_channels} channel(s) but the image has {n}: "
-        "pick one channel (or an RGB image) or use a model trained for these channels"
+        "pick one channel (--channel C on the command line) or an RGB image, or use a model trained for "
+        "these channels"
     )
 
 

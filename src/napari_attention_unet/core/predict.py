@@ -68,6 +68,7 @@ class PredictOptions:
     on the image's grid); the block engine sets it once for a whole large image.
     ``intensity_range`` (per channel, from :func:`stack_intensity_range`) normalises with the
     percentiles of a larger whole, e.g. the stack a plane comes from, instead of the image's own.
+    ``channel`` keeps one channel of a multichannel image (e.g. the nuclear stain of a hyperstack).
     """
 
     axes: str | None = None
@@ -83,6 +84,7 @@ class PredictOptions:
     auto_zoom: bool = True
     zoom: float | None = None
     intensity_range: tuple[tuple[float, float] | None, ...] | None = None
+    channel: int | None = None
 
     def __post_init__(self) -> None:
         # Lists from callers become tuples, so options stay hashable and picklable as values.
@@ -194,6 +196,13 @@ def predict(
     config = model.config
     dev = pick_device(device)
     channels_first, spatial_axes = to_channel_first(image, options.axes)
+    if options.channel is not None:
+        if not 0 <= options.channel < len(channels_first):
+            raise ImageShapeError(
+                f"channel {options.channel} is not in the image: it has {len(channels_first)} channel(s), "
+                f"0..{len(channels_first) - 1} (axes {options.axes or 'guessed'})"
+            )
+        channels_first = channels_first[options.channel : options.channel + 1]
     if not np.issubdtype(channels_first.dtype, np.number) or np.issubdtype(channels_first.dtype, np.complexfloating):
         raise ImageShapeError(
             f"cannot predict on an image of dtype {channels_first.dtype}: use integer or float pixels"
