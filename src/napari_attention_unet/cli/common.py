@@ -31,16 +31,11 @@ def model_target(out: str) -> tuple[Path, str]:
 def writable_folder(folder: Path) -> None:
     """Make ``folder`` (or, for a ``.zarr`` output, the folder it goes in) and check that files can be
     written there; raises ``ValueError`` with one line, before any work is done, when they cannot."""
-    import tempfile
+    from napari_attention_unet.core.weights import unwritable_reason
 
-    where = folder.parent if folder.suffix.lower() == ".zarr" else folder
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=where):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ValueError(f"cannot write into {folder}: {reason} (choose another --out)") from None
+    reason = unwritable_reason(folder.parent if folder.suffix.lower() == ".zarr" else folder)
+    if reason is not None:
+        raise ValueError(f"cannot write into {folder}: {reason} (choose another --out)")
 
 
 def use_it(out: str) -> str:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 
-__all__ = ["ModelFileError", "ModelInfo", "load_model", "read_metadata", "save_model"]
+__all__ = ["ModelFileError", "ModelInfo", "load_model", "read_metadata", "save_model", "unwritable_reason"]
 
 FORMAT = "napari-attention-unet/1"
 SUFFIX = ".safetensors"
@@ -120,3 +120,16 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise ModelFileError(f"{path.name} holds weights that are not numbers (NaN or infinite): the training diverged")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return model.eval(), info
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Make ``folder`` and write a scratch file in it: None when that works, else why not (e.g.
+    "Permission denied"), so that a writer can refuse before any work rather than fail after it."""
+    import tempfile
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__

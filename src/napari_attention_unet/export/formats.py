@@ -7,10 +7,10 @@ ONNX and TorchScript are written by :mod:`.network`, the BioImage Model Zoo pack
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.weights import unwritable_reason
 from napari_attention_unet.export.bioimageio import export_bioimageio
 from napari_attention_unet.export.network import ExportError, export_onnx, export_torchscript
 
@@ -43,12 +43,9 @@ def export_model(
     path = output_path(out, fmt, name)
     if path.is_dir():
         raise ExportError(f"{path} is a folder; give a file name for the export")
-    try:  # before the export runs: torch's writer fails with an unreadable "enforce fail" otherwise
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as exc:
-        raise ExportError(f"cannot write into {path.parent}: {exc.strerror or type(exc).__name__}") from None
+    # Before the export runs: torch's writer fails with an unreadable "enforce fail" otherwise.
+    if (reason := unwritable_reason(path.parent)) is not None:
+        raise ExportError(f"cannot write into {path.parent}: {reason}")
     if fmt == "onnx":
         return export_onnx(model, path, name, info)
     if fmt == "torchscript":
