@@ -190,10 +190,28 @@ def test_new_3d_model_from_a_few_labelled_slices(plugin_widget, qtbot, notes):
     panel._zero.value = _finetune_widget.ZERO_SLICES
     assert panel.zero_is == "slices"
     assert "0 = background in the 3 labelled slices, the other 13 not labelled" in panel._task.value
+    assert "mark slices beyond the structure as background" in panel._task.value
+    marks = panel._background
+    assert not marks.native.isHidden()
+    for z in (0, 15):  # the slice shown in the viewer is marked, and shown in the dock
+        viewer.dims.set_current_step(0, z)
+        assert marks.toggle() == f"Slice {z} marked as background."
+    viewer.dims.set_current_step(0, 8)
+    assert marks.toggle() == "Slice 8 holds labels: it is labelled already, its 0s are background."
+    assert panel._corrected.value.metadata["background_slices"] == [0, 15]
+    assert "Marked as background: slices 0, 15." in marks._shown.value
+    assert "0 = background in the 5 labelled slices (2 marked as background), the other 11" in panel._task.value
+    viewer.dims.set_current_step(0, 15)
+    assert marks._button.text == "Unmark slice 15"
+    assert marks.toggle() == "Slice 15 is no longer marked." and marks.toggle() == "Slice 15 marked as background."
+    panel._zero.value = _finetune_widget.ZERO_BACKGROUND
+    assert marks.native.isHidden()  # the marks mean something only with "background in labelled slices"
+    panel._zero.value = _finetune_widget.ZERO_SLICES
 
     panel.start(steps=3)
     wait_idle(qtbot, widget)
     assert not notes["error"], notes["error"]
+    assert widget.session.plan.background_slices == [[0, 15]]
     model = widget.session.model
     assert model.config.spatial_dims == 3 and model.config.classes == ("background", "class 1", "class 2")
     assert viewer.layers["vol masks"].data.shape == dense.shape

@@ -465,6 +465,56 @@ def test_a_few_labelled_slices_of_a_volume_train_with_zero_is_slices():
     assert (plane == IGNORE).all()  # an unlabelled 2D plane of a stack counts nowhere
 
 
+def test_slices_marked_as_background_count_as_labelled():
+    """A slice beyond the structure holds no label; marked, its 0s are background (trained and held
+    out like any labelled slice), on the resampled grid too, and the plan says how many were marked."""
+    from napari_attention_unet.core.train.samples import prepare_samples
+    from napari_attention_unet.core.train.start import split_samples
+    from napari_attention_unet.core.train.targets import format_slices, labels_to_target, parse_slices
+
+    labels = np.zeros((10, 16, 16), np.uint8)
+    for z in (3, 5, 7):
+        labels[z, 4:8, 4:8], labels[z, 9:13, 9:13] = 1, 2
+    target, _ = labels_to_target(labels, "semantic", "slices", background_slices=[0, 9])
+    assert [bool((target[z] != IGNORE).all()) for z in range(10)] == [z in (0, 3, 5, 7, 9) for z in range(10)]
+    assert (target[[0, 9]] == 0).all()
+    assert (
+        parse_slices("0-2, 9") == [0, 1, 2, 9] and parse_slices("-") == [] and format_slices([9, 0, 1, 2]) == "0-2, 9"
+    )
+    for bad, match in (("a-b", "numbers and ranges"), ("4-2", "not a range"), ("12", "past the volume")):
+        with pytest.raises(ValueError, match=match):
+            parse_slices(bad, 10)
+
+    # Spacing 2,1,1: the volume is resampled to 20 slices, and slice 9 becomes the last two.
+    (sample,) = prepare_samples(
+        [(labels.astype(np.float32), labels, "ZYX", (2.0, 1.0, 1.0))],
+        in_channels=1,
+        task="semantic",
+        zero_is="slices",
+        background_slices=[[9]],
+    )
+    labelled = (sample.target != IGNORE).reshape(len(sample.target), -1).all(axis=1)
+    assert len(labelled) == 20 and labelled[-2:].all() and not labelled[:2].any() and labelled.sum() == 8
+
+    image = labels.astype(np.float32) * 100
+    plan = plan_training(
+        [(image, labels, "ZYX")] * 5, zero_is="slices", background_slices=[[0, 9]] * 5, depth=2, steps=1
+    )
+    assert "0 = background in the 25 labelled slices (10 marked as background); the other 25" in " ".join(plan.notes)
+    samples, validation = split_samples(plan.model.config, plan.config, plan.pairs, plan.background_slices)
+    assert len(samples) == 4 and len(validation) == 1  # the fifth volume held out whole, its marks with it
+    assert ((validation[0].target[[0, 9]]) == 0).all()
+    plain = plan_training([(image, labels, "ZYX")], zero_is="slices", depth=2, steps=1)
+    assert "Mark slices beyond the structure as background" in " ".join(plain.notes)
+    for marks, zero_is, match in (
+        ([[0]], "background", "go with label 0 as 'background in labelled slices'"),
+        ([[0], [1]], "slices", "given for 2 label images, but there are 1"),
+        ([[10]], "slices", "slice 10 is not one of them"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            plan_training([(image, labels, "ZYX")], zero_is=zero_is, background_slices=marks, depth=2, steps=1)
+
+
 def test_patches_centred_on_classes_bring_a_rare_class_into_most_batches():
     from napari_attention_unet.core.train.samples import class_points
 

@@ -211,6 +211,18 @@ def test_a_few_labelled_slices_train_with_zero_is_slices(tmp_path, home, capsys)
     assert "0 = background in the 2 labelled slices; the other 10 are not labelled" in capsys.readouterr().err
     info = read_metadata(tmp_path / "m.safetensors")[1]
     assert info["zero_is"] == "slices"
+    slices = ["--zero-is", "slices", "--steps", "1", *TINY]
+    assert main([*files, *slices, "--background-slices", "0-1, 11", "--out", str(tmp_path / "b")]) == 0
+    assert "in the 5 labelled slices (3 marked as background); the other 7" in capsys.readouterr().err
+    assert read_metadata(tmp_path / "b.safetensors")[1]["background_slices"] == [[0, 1, 11]]
+    for bad, message in (
+        (["--background-slices", "12"], "slice 12 is past the volume's last slice (11)"),
+        (["--background-slices", "0", "--background-slices", "1"], "once per --labels, in order"),
+    ):
+        assert main([*files, *slices, *bad, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*files, "--steps", "1", *TINY, "--background-slices", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "go with label 0 as 'background in labelled slices' (--zero-is slices)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("out", ["results/", "existing", "~/models/m1", "my dir/my model"])

@@ -222,6 +222,15 @@ def _add_train(sub) -> None:
         "as a class of its own), or slices (a few labelled slices of a volume: 0 is the background in the "
         "slices that hold labels, the other slices are not labelled)",
     )
+    t.add_argument(
+        "--background-slices",
+        action="append",
+        default=None,
+        metavar="SLICES",
+        help="with --zero-is slices: slices of a volume (first axis, from 0; e.g. 0-4,31-35) without the structure, "
+        "to count as labelled background (a slice with no label is otherwise not labelled, and the model never "
+        "learns where the structure ends); once per --labels, in order, '-' for none",
+    )
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), default=None, help="time budget (default 10 minutes)")
     budget.add_argument("--steps", type=_positive(int), default=None, help="step budget")

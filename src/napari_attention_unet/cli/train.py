@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         pairs = _load_pairs(args)
         volumes = all(np.ndim(p[1]) == 3 and len(p[1]) > 1 for p in pairs)  # as plan_training infers it
         start, start_name = _start(args, args.dims or (3 if volumes else 2))
+        marks = _background_slices(args.background_slices, pairs)
         plan = plan_training(
             pairs,
             task=args.task,
@@ -125,13 +126,14 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps,
             base_width=args.base_width,
             depth=args.depth,
+            background_slices=marks,
             seed=args.seed,
             precision=args.precision,
             **({} if args.flips is None else {"flips": args.flips}),
         )
         for note in plan.notes:
             print(note, file=sys.stderr)
-        samples, validation = split_samples(plan.model.config, plan.config, plan.pairs)
+        samples, validation = split_samples(plan.model.config, plan.config, plan.pairs, plan.background_slices)
         trainer = Trainer(plan.model, config=plan.config, device=device, samples=samples, validation=validation)
     except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
@@ -163,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         "task": task,
         "classes": list(classes),
         "zero_is": args.zero_is,
+        **({"background_slices": plan.background_slices} if plan.background_slices else {}),
         "start": start_name,
         "spacing": _spacing(plan),
         "steps": result.steps,
@@ -174,6 +177,20 @@ def run(args: argparse.Namespace) -> int:
     path = save_model(result.trained_model, out_path, info=meta)
     print(f"wrote {path} {use_it(args.out)}", file=sys.stderr)
     return 0
+
+
+def _background_slices(texts: list[str] | None, pairs: list[tuple]) -> list[list[int]] | None:
+    """``--background-slices``, once per ``--labels``, as slice numbers of each (checked against its slices)."""
+    from napari_attention_unet.core.train.targets import parse_slices
+
+    if not texts:
+        return None
+    if len(texts) != len(pairs):
+        raise ValueError(
+            f"give --background-slices once per --labels, in order ('-' for none): got {len(texts)} for "
+            f"{len(pairs)} labels"
+        )
+    return [parse_slices(t, np.shape(p[1])[0] if np.ndim(p[1]) == 3 else None) for t, p in zip(texts, pairs)]
 
 
 def _validation(samples, validation) -> str:

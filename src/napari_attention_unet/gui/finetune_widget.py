@@ -30,6 +30,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_attention_unet.gui import new_model as _new_model
+from napari_attention_unet.gui.background_slices import BackgroundSlices, marked_slices
 from napari_attention_unet.gui.edits import EditTracker, edited_from_prediction, shapes_mask
 from napari_attention_unet.gui.plot import TrainingPlot
 from napari_attention_unet.gui.session import Session, explain_error
@@ -86,6 +87,7 @@ class FinetuneWidget(Container):
         self._task = Label(label="labels hold", value="")
         self._class_names = LineEdit(label="class names", value="")
         self._zero = ComboBox(label="label 0 is", choices=list(ZERO_MEANS), value=ZERO_BACKGROUND)
+        self._background = BackgroundSlices(viewer, lambda: self._corrected.value, lambda: self._show_task())
         self._region = ComboBox(label="train on", choices=[WHOLE_IMAGE, ONLY_EDITED, IN_SHAPES], value=WHOLE_IMAGE)
         self._shapes = create_widget(annotation="napari.layers.Shapes", label="shapes", options={"nullable": True})
         self._minutes = FloatSpinBox(label="time budget (min)", value=2.0, min=0.1, max=120.0, step=0.5)
@@ -100,6 +102,7 @@ class FinetuneWidget(Container):
                 self._task,
                 self._class_names,
                 self._zero,
+                self._background,
                 self._region,
                 self._shapes,
                 self._minutes,
@@ -168,8 +171,11 @@ class FinetuneWidget(Container):
         if layer is None:
             self._task.value = "choose a Labels layer"
         elif new and not getattr(layer, "multiscale", False):
-            task, self._task.value = _new_model.describe_labels(np.asarray(layer.data), self.zero_is)
+            marks = marked_slices(layer)
+            task, self._task.value = _new_model.describe_labels(np.asarray(layer.data), self.zero_is, marks)
             self._class_names.visible = task != "instances"  # objects have no class names to give
+        self._background.visible = new and self.zero_is == "slices" and layer is not None and layer.ndim == 3
+        self._background.refresh()
 
     def _training_inputs(self):
         """(image layer, labels, ignore, edited) or None after telling the user what is missing."""
@@ -225,6 +231,7 @@ class FinetuneWidget(Container):
                     spacing=tuple(image.scale),
                     ignore=ignore if self.zero_is != "unlabelled" else None,
                     zero_is=self.zero_is,
+                    background_slices=marked_slices(self._corrected.value) if self.zero_is == "slices" else None,
                     class_names=names,
                     minutes=float(self._minutes.value),
                     steps=self._steps,

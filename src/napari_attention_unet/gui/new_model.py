@@ -29,9 +29,10 @@ __all__ = ["describe_labels", "final_scores", "save_new_model", "train_new_model
 PREVIEW_PIXELS = 4_000_000
 
 
-def describe_labels(labels: np.ndarray, zero_is: str) -> tuple[str | None, str]:
+def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequence[int] = ()) -> tuple[str | None, str]:
     """``(task, text)``: what a new model would learn from ``labels`` ("semantic", "3 classes found: ..."
-    or "instances", "412 objects: instances"; None when nothing is labelled)."""
+    or "instances", "412 objects: instances"; None when nothing is labelled). ``background_slices``:
+    slices marked as labelled background (with ``zero_is="slices"``)."""
     labels = full = np.asarray(labels)
     if labels.size > PREVIEW_PIXELS:  # on the main thread: keep it quick on large layers
         step = int(np.ceil((labels.size / PREVIEW_PIXELS) ** (1 / labels.ndim)))
@@ -44,8 +45,13 @@ def describe_labels(labels: np.ndarray, zero_is: str) -> tuple[str | None, str]:
         if full.ndim >= 3 and zero_is != "unlabelled":
             empty = unlabelled_slices(full)
             if zero_is == "slices":
-                zero = f"0 = background in the {len(full) - int(empty.sum())} labelled slices, the other "
-                zero += f"{int(empty.sum())} not labelled"
+                marked = int(empty[list(background_slices)].sum()) if len(background_slices) else 0
+                n_empty = int(empty.sum()) - marked
+                zero = f"0 = background in the {len(full) - n_empty} labelled slices"
+                zero += f" ({marked} marked as background)" if marked else ""
+                zero += f", the other {n_empty} not labelled"
+                if not marked:
+                    zero += ": mark slices beyond the structure as background"
             elif gaps := slices_between(empty):
                 zero += f"; {gaps} empty slices between labelled ones: labelled only some? "
                 zero += "choose 'background in labelled slices'"
@@ -64,6 +70,7 @@ def train_new_model(
     spacing: Sequence[float] | None = None,
     ignore: np.ndarray | None = None,
     zero_is: str = "background",
+    background_slices: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     from_current: bool | None = None,
     minutes: float | None = 5.0,
@@ -75,7 +82,8 @@ def train_new_model(
     to cubic voxels); a 2D image a 2D one. ``from_current`` starts from the session's model (its
     weights where shapes match, a new head) instead of from scratch; by default 2D models do
     (as ``attention-unet train`` starts 2D models from the bundled one) and 3D ones start from
-    scratch. Shape errors raise at once.
+    scratch. ``background_slices``: slices of a volume marked as labelled background (with
+    ``zero_is="slices"``). Shape errors raise at once.
     """
     spatial_shape = tuple(image.shape[:-1] if rgb else image.shape)
     if tuple(labels.shape) != spatial_shape:
@@ -101,10 +109,18 @@ def train_new_model(
             start=start,
             minutes=minutes,
             steps=steps,
+            background_slices=[background_slices] if background_slices else None,
         )
         masks = None if ignore is None else [ignore]
         session.plan = plan
-        session.trainer = Trainer(plan.model, plan.pairs, config=plan.config, device=session.device, ignore_masks=masks)
+        session.trainer = Trainer(
+            plan.model,
+            plan.pairs,
+            config=plan.config,
+            device=session.device,
+            ignore_masks=masks,
+            background_slices=plan.background_slices,
+        )
         return (yield from session.trainer.run())
 
     return run()
@@ -145,6 +161,7 @@ def _described(plan: TrainingPlan, result: TrainResult) -> dict:
         "task": plan.task,
         "classes": list(plan.classes),
         "zero_is": plan.config.zero_is,
+        **({"background_slices": plan.background_slices} if plan.background_slices else {}),
         "spacing": None if spacing is None else [float(v) for v in spacing],
         "best_val_class_dice": result.best_val_class_dice,
     }

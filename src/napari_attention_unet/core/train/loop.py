@@ -74,6 +74,7 @@ class Trainer:
         samples: Sequence[TrainingSample] | None = None,
         validation: Sequence[TrainingSample] | None = None,
         sample_weights: Sequence[float] | None = None,
+        background_slices: Sequence[Sequence[int] | None] | None = None,
     ) -> None:
         self.config = config = config or TrainConfig()
         self.task = model.config.task
@@ -97,6 +98,7 @@ class Trainer:
             edited_masks=edited_masks,
             samples=samples,
             validation=validation,
+            background_slices=background_slices,
         )
         self.select_by = resolve_selection(config.select_by, model, self.validation)
         self.must_beat_start = must_beat_start(config.must_beat_start, self.validation)
@@ -388,13 +390,6 @@ def train(
     ``pairs`` holds ``(image, labels)`` or ``(image, labels, axes)``. Use
     ``Trainer(...).run()`` instead when you need the best model after cancelling.
     """
-    trainer = Trainer(
-        model,
-        pairs,
-        config=config,
-        device=device,
-        ignore_masks=ignore_masks,
-        weight_maps=weight_maps,
-        edited_masks=edited_masks,
-    )
+    masks = {"ignore_masks": ignore_masks, "weight_maps": weight_maps, "edited_masks": edited_masks}
+    trainer = Trainer(model, pairs, config=config, device=device, **masks)
     return (yield from trainer.run())

@@ -48,6 +48,8 @@ class TrainingPlan:
     dims: int
     classes: tuple[str, ...]
     notes: list[str] = field(default_factory=list)
+    #: Per pair, the slices marked as labelled background (``zero_is="slices"``), for the Trainer.
+    background_slices: list[list[int] | None] | None = None
 
     def describe(self) -> str:
         what = f"semantic ({', '.join(self.classes[1:])})" if self.task == "semantic" else "instances"
@@ -66,6 +68,7 @@ def plan_training(
     steps: int | None = None,
     base_width: int | None = None,
     depth: int | None = None,
+    background_slices: Sequence[Sequence[int] | None] | None = None,
     **settings,
 ) -> TrainingPlan:
     """Plan a new model's training on ``pairs`` of ``(image, labels, axes, spacing)``.
@@ -75,7 +78,9 @@ def plan_training(
     their planes). ``start`` is ``"scratch"`` or a model whose weights are copied where shapes
     match (the head is new). A new 3D instance model of large objects works on the volumes shrunk
     so that its median object is about 17 voxels across (``ModelConfig.voxel_size``, see
-    :func:`core.resampling.object_voxel_size`). ``settings`` are other :class:`TrainConfig` fields (seed,
+    :func:`core.resampling.object_voxel_size`). ``background_slices`` (with ``zero_is="slices"``): per
+    pair, the slices without the structure that the user marked as background (a slice holding no
+    label is otherwise not labelled). ``settings`` are other :class:`TrainConfig` fields (seed,
     precision, ...). Bad input raises ``ValueError`` / ``ImageShapeError`` with one line saying what works.
     """
     pairs, shapes, in_channels = _checked(pairs)
@@ -98,12 +103,20 @@ def plan_training(
         _check_z_first(pairs)  # each volume is normalised whole, then cut into planes (samples.planes_of)
         shapes = [s[1:] if len(s) == 3 else s for s in shapes]
         notes.append("volumes are trained on as Z planes by a 2D model (3D for a 3D model)")
+    marks = _background_slices(pairs, background_slices, zero_is)
     planes = [unlabelled_slices(np.asarray(p[1])) for p in pairs if np.ndim(p[1]) == 3 and task == "semantic"]
     if zero_is == "slices" and planes:
-        empty, total = sum(int(m.sum()) for m in planes), sum(len(m) for m in planes)
+        marked = sum(int(np.asarray(u)[m].sum()) for u, m in zip(planes, marks or []) if m)
+        empty, total = sum(int(m.sum()) for m in planes) - marked, sum(len(m) for m in planes)
+        how = f" ({marked} marked as background)" if marked else ""
+        hint = (
+            ""
+            if marked
+            else ". Mark slices beyond the structure as background, or the model never learns where it ends"
+        )
         notes.append(
-            f"0 = background in the {total - empty} labelled slices; the other {empty} are not labelled (nor scored: "
-            "the held-out score covers labelled slices only, and a slice without the structure cannot be labelled)"
+            f"0 = background in the {total - empty} labelled slices{how}; the other {empty} are not labelled "
+            f"(nor scored: the held-out score covers labelled slices only){hint}"
         )
     gaps = sum(slices_between(m) for m in planes)
     if zero_is == "background" and gaps:
@@ -140,7 +153,32 @@ def plan_training(
         zero_is=zero_is,
         **settings,
     )
-    return TrainingPlan(model, config, list(pairs), task, dims, classes, notes)
+    return TrainingPlan(model, config, list(pairs), task, dims, classes, notes, marks)
+
+
+def _background_slices(
+    pairs: list[tuple], marks: Sequence[Sequence[int] | None] | None, zero_is: str
+) -> list[list[int] | None] | None:
+    """The slices marked as background, checked: one list (or None) per pair, of volumes' slices."""
+    if not marks or not any(m is not None and len(m) for m in marks):
+        return None
+    if zero_is != "slices":
+        raise ValueError(
+            "slices marked as background go with label 0 as 'background in labelled slices' (--zero-is slices)"
+        )
+    if len(marks) != len(pairs):
+        raise ValueError(f"background slices are given for {len(marks)} label images, but there are {len(pairs)}")
+    out: list[list[int] | None] = []
+    for i, (mark, pair) in enumerate(zip(marks, pairs), start=1):
+        mark = sorted({int(z) for z in mark}) if mark is not None else []
+        n = np.shape(pair[1])[0] if np.ndim(pair[1]) == 3 else 0
+        if mark and not n:
+            raise ValueError(f"labels {i} are 2D: slices marked as background are slices of a volume")
+        bad = [z for z in mark if not 0 <= z < n]
+        if n and bad:
+            raise ValueError(f"labels {i} have slices 0..{n - 1}; slice {bad[0]} is not one of them")
+        out.append(mark or None)
+    return out
 
 
 def _checked(pairs: Sequence[tuple]) -> tuple[list[tuple], list[tuple[int, ...]], int]:

@@ -77,6 +77,7 @@ def prepare_sample(
     spacing: tuple[float, ...] | None = None,
     intensity_range: tuple | None = None,
     voxel: float | None = None,
+    background_slices: Sequence[int] | None = None,
 ) -> TrainingSample:
     """Turn an (image, labels) pair into a :class:`TrainingSample`.
 
@@ -89,6 +90,7 @@ def prepare_sample(
     volume to cubic voxels (labels and masks nearest) as prediction does: of ``voxel`` world units
     when given (a 3D instance model's own size, see :func:`.resampling.grid_zoom`). ``intensity_range``
     normalises with given percentiles (a plane with its stack's), as prediction then does.
+    ``background_slices`` (``zero_is="slices"``): planes marked as labelled background.
     """
     check_image(image, axes)
     x, spatial = prepare_image(image, axes, in_channels, intensity_range)
@@ -96,12 +98,18 @@ def prepare_sample(
     check_labels_shape(labels.shape, x.shape[1:])
     zoom = grid_zoom(spacing, 3, voxel) if labels.ndim == 3 else None
     if zoom is not None:
+        zoom_source_shape = labels.shape
         shape = isotropic_shape(labels.shape, zoom)
         x, labels = resample(x, shape, antialias=True), resample_labels(labels, shape)
         ignore = None if ignore is None else resample_labels(np.asarray(ignore, np.uint8), shape).astype(bool)
         edited = None if edited is None else resample_labels(np.asarray(edited, np.uint8), shape).astype(bool)
         weight_map = None if weight_map is None else resample(np.asarray(weight_map, np.float32)[None], shape)[0]
-    target, instances = labels_to_target(labels, task, zero_is)
+        if background_slices:  # the marked planes, on the resampled grid
+            marks = np.zeros(zoom_source_shape, np.uint8)
+            marks[np.asarray(background_slices, dtype=int)] = 1
+            marks = resample_labels(marks, shape).reshape(shape[0], -1).any(axis=1)
+            background_slices = np.flatnonzero(marks).tolist()
+    target, instances = labels_to_target(labels, task, zero_is, background_slices)
     if ignore is not None:
         target[np.asarray(ignore, dtype=bool)] = IGNORE
     edited_mask = None if edited is None else np.asarray(edited, dtype=bool) & (target != IGNORE)
@@ -145,11 +153,12 @@ def prepare_samples(
     zero_is: str = "background",
     spacing: tuple[float, ...] | None = None,
     voxel: float | None = None,
+    background_slices: Sequence[Sequence[int] | None] | None = None,
 ) -> list[TrainingSample]:
     """:func:`prepare_sample` of every ``(image, labels)``, ``(image, labels, axes)``, ``(image,
     labels, axes, spacing)`` or ``(..., spacing, intensity_range)`` pair (a pair's spacing wins over
-    ``spacing``), with the i-th ignore mask, weight map and edit mask (each list may be None: none
-    for any pair)."""
+    ``spacing``), with the i-th ignore mask, weight map, edit mask and background slices (each list
+    may be None: none for any pair)."""
     if not pairs:
         raise ValueError("training needs at least one (image, labels) pair")
     n = len(pairs)
@@ -168,6 +177,7 @@ def prepare_samples(
             spacing=pair[3] if len(pair) > 3 and pair[3] is not None else spacing,
             intensity_range=pair[4] if len(pair) > 4 else None,
             voxel=voxel,
+            background_slices=(background_slices or [None] * n)[i],
         )
         for i, pair in enumerate(pairs)
     ]
@@ -183,6 +193,7 @@ def training_samples(
     edited_masks: Sequence[np.ndarray | None] | None = None,
     samples: Sequence[TrainingSample] | None = None,
     validation: Sequence[TrainingSample] | None = None,
+    background_slices: Sequence[Sequence[int] | None] | None = None,
 ) -> tuple[list[TrainingSample], list[TrainingSample]]:
     """``(samples, validation)`` for a model of ``model``'s config: :func:`prepare_samples` of ``pairs``
     (unless ``samples`` are given), the held-out regions (unless ``validation`` samples are
@@ -199,6 +210,7 @@ def training_samples(
             zero_is=config.zero_is,
             spacing=config.spacing,
             voxel=model.voxel_size,
+            background_slices=background_slices,
         )
     samples = list(samples)
     validation = list(validation) if validation is not None else [s for s in samples if s.val_target is not None]

@@ -250,11 +250,15 @@ def patch_as_predicted(
 
 
 def split_samples(
-    config: ModelConfig, train: TrainConfig, pairs: Sequence[tuple]
+    config: ModelConfig,
+    train: TrainConfig,
+    pairs: Sequence[tuple],
+    background_slices: Sequence[Sequence[int] | None] | None = None,
 ) -> tuple[list[TrainingSample], list[TrainingSample]]:
     """``(samples, validation)`` for ``attention-unet train``: from :data:`WHOLE_IMAGE_VALIDATION`
     images on, every fifth image is held out whole (a strip of dense labels often sits at the
-    image's edge, in the background); with fewer, a strip of each (``train.val_fraction``)."""
+    image's edge, in the background); with fewer, a strip of each (``train.val_fraction``).
+    ``background_slices``: per pair, slices marked as labelled background (see :mod:`.targets`)."""
     settings = dict(
         in_channels=config.in_channels,
         task=config.task,
@@ -262,9 +266,14 @@ def split_samples(
         spacing=train.spacing,
         voxel=config.voxel_size,
     )
+    marks = list(background_slices or [None] * len(pairs))
     if len(pairs) < WHOLE_IMAGE_VALIDATION or not train.val_fraction:
-        samples = prepare_samples(pairs, val_fraction=train.val_fraction, **settings)
+        samples = prepare_samples(pairs, val_fraction=train.val_fraction, background_slices=marks, **settings)
         return samples, [s for s in samples if s.val_target is not None]
     held = set(range(4, len(pairs), WHOLE_IMAGE_VALIDATION))
-    samples = prepare_samples([p for i, p in enumerate(pairs) if i not in held], **settings)
-    return samples, prepare_samples([p for i, p in enumerate(pairs) if i in held], **settings)
+
+    def part(keep: bool) -> list[TrainingSample]:
+        chosen = [i for i in range(len(pairs)) if (i in held) != keep]
+        return prepare_samples([pairs[i] for i in chosen], background_slices=[marks[i] for i in chosen], **settings)
+
+    return part(True), part(False)

@@ -8,7 +8,8 @@
   painted value v still trains channel v, and channel 0 is never a target, so the background
   must be painted as a class of its own. With ``zero_is="slices"`` (a few labelled slices of a
   volume) 0 is the background in the planes along the first axis that hold labels, and the
-  planes without any are IGNORE.
+  planes without any are IGNORE, except those the user marked as background (``background_slices``:
+  a slice beyond the structure holds no label, so only a mark can say it was looked at).
 
 Each check raises ``ValueError`` (:class:`ImageShapeError` for shapes) with one line that says
 what would work; ``attention-unet train`` prints the same line.
@@ -34,7 +35,9 @@ __all__ = [
     "check_not_constant",
     "check_sizes",
     "check_spatial_dims",
+    "format_slices",
     "labels_to_target",
+    "parse_slices",
     "semantic_values",
 ]
 
@@ -87,10 +90,12 @@ def semantic_values(labels: np.ndarray) -> np.ndarray:
 
 
 def labels_to_target(
-    labels: np.ndarray, task: str, zero_is: str = "background"
+    labels: np.ndarray, task: str, zero_is: str = "background", background_slices: Sequence[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(target, instances)``: uint8 classes (IGNORE where the loss skips) and, for the
-    instance task, the object ids the target was made from (None for semantic labels)."""
+    instance task, the object ids the target was made from (None for semantic labels).
+    ``background_slices`` (``zero_is="slices"``): planes along the first axis that count as
+    labelled even without a label, so that their 0s are background."""
     labels = np.asarray(labels)
     if task == "instances":
         instances = as_instances(labels)
@@ -99,8 +104,42 @@ def labels_to_target(
     if zero_is == "unlabelled":
         target[target == 0] = IGNORE
     elif zero_is == "slices":
-        target[unlabelled_slices(target)] = IGNORE
+        empty = unlabelled_slices(target)
+        if background_slices is not None and len(background_slices) and target.ndim == 3:
+            empty[np.asarray(background_slices, dtype=int)] = False
+        target[empty] = IGNORE
     return target, None
+
+
+def parse_slices(text: str, n_slices: int | None = None) -> list[int]:
+    """Slice numbers from text such as ``"0-4, 31-35"`` (0-based, ranges inclusive; ``""`` or ``"-"``:
+    none), sorted and unique; ``ValueError`` (one line) for bad text or a slice past ``n_slices``."""
+    out: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if part in ("", "-"):
+            continue
+        low, sep, high = part.partition("-")
+        try:
+            first, last = int(low), int(high) if sep else int(low)
+        except ValueError:
+            raise ValueError(f"slices are numbers and ranges such as 0-4,31-35, not {part!r}") from None
+        if first < 0 or last < first:
+            raise ValueError(f"{part!r} is not a range of slices (0-based, low-high, e.g. 0-4)")
+        if n_slices is not None and last >= n_slices:
+            raise ValueError(f"slice {last} is past the volume's last slice ({n_slices - 1})")
+        out.update(range(first, last + 1))
+    return sorted(out)
+
+
+def format_slices(slices: Sequence[int]) -> str:
+    """``[0, 1, 2, 4]`` as ``"0-2, 4"`` (what :func:`parse_slices` reads back)."""
+    runs: list[list[int]] = []
+    for z in sorted(set(int(v) for v in slices)):
+        if runs and z == runs[-1][1] + 1:
+            runs[-1][1] = z
+        else:
+            runs.append([z, z])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def slices_between(empty: np.ndarray) -> int:
