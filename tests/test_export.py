@@ -28,6 +28,7 @@ from napari_attention_unet.export.network import (
     ExportedNetwork,
     export_onnx,
     export_torchscript,
+    input_contract,
     sidecar_path,
 )
 from napari_attention_unet.models.registry import open_model
@@ -188,6 +189,27 @@ def test_3d_model_exports_to_both_formats(tmp_path):
     with torch.inference_mode():
         probabilities, attention = scripted(torch.from_numpy(volume))
     assert np.abs(probabilities.numpy() - expected_probabilities).max() < TOLERANCE
+    # What predict does to an anisotropic volume before the network is part of the contract.
+    note = input_contract(model, "m3d", {"spacing": [2.0, 1.0, 1.0]})["resampling"]
+    assert "trained at voxel size Z,Y,X = 2,1,1" in note and "cubic voxels of its finest axis" in note
+    model.config.extra["voxel_size"] = 3.0  # a 3D instance model of large objects sees volumes shrunk
+    assert "cubic voxels of 3 units" in input_contract(model, "m3d", {})["resampling"]
+    assert "resampling" not in input_contract(AttentionUNet(ModelConfig(base_width=4, depth=3)), "m2d", {})
+
+
+def test_a_users_model_exports_without_its_folders_and_without_a_borrowed_license(tmp_path):
+    """trained_on keeps file names only; a package of a model trained from scratch on the user's images
+    does not credit the DSB images, and states the license given (the user's data decides it)."""
+    from napari_attention_unet.export.bioimageio_card import documentation as _documentation
+
+    model = AttentionUNet(ModelConfig(in_channels=1, base_width=4, depth=3, classes=("background", "cell")))
+    info = {"start": "scratch", "trained_on": ["/home/someone/project/scan_01.tif"]}
+    path = export_model(model, "torchscript", tmp_path / "mine", "mine", info)
+    assert json.loads(sidecar_path(path).read_text())["model_info"]["trained_on"] == ["scan_01.tif"]
+    named = {**info, "trained_on": ["scan_01.tif"]}  # as export_model passes it on
+    text = _documentation("mine", input_contract(model, "mine", named), named, None, "CC-BY-SA-4.0", False)
+    assert "by its user on `scan_01.tif`" in text
+    assert "states `CC-BY-SA-4.0` for the weights" in text and "Data Science Bowl" not in text
 
 
 def test_semantic_model_export_names_its_classes(tmp_path):
@@ -201,6 +223,7 @@ def test_semantic_model_export_names_its_classes(tmp_path):
     contract = json.loads(sidecar_path(path).read_text())
     assert contract["outputs"][0]["channels"] == list(classes)
     assert contract["architecture"]["task"] == "semantic"
+    assert "argmax" in contract["labels"] and "instances" not in contract  # no watershed for class values
     with torch.inference_mode():
         probabilities, _ = torch.jit.load(str(path))(torch.from_numpy(x))
     assert probabilities.shape == (1, 3, 64, 96)
@@ -290,6 +313,7 @@ def test_bioimageio_package_passes_validation_and_test_run(tiny_package):
     path, stderr = tiny_package
     passed, report = validate_package(path)
     assert passed, report
+    assert "give it with --license" in stderr  # a model that is not bundled: its data decides the license
     # With bioimageio.core the CLI also ran both weights on the test input (offline) and compared the outputs.
     checked = "format and test run (bioimageio.core)" if find_spec("bioimageio.core") else "format (bioimageio.spec)"
     assert f"bioimage.io validation passed: {checked}" in stderr

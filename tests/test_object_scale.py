@@ -104,3 +104,19 @@ def test_a_model_started_from_another_keeps_its_grid():
     _, small = balls((40, 66, 66), 5, [(20, 20, 20), (20, 46, 46)])
     again = plan_training([(image, small, "ZYX", None)], task="instances", dims=3, steps=1, start=start.model)
     assert again.model.config.extra.get("voxel_size") == start.model.config.extra["voxel_size"]
+
+
+def test_objects_lost_between_voxels_of_a_coarser_grid_leave_no_gap_in_the_ids():
+    """Labels made on a finer grid and brought back (nearest) lose objects smaller than a voxel of the
+    image's grid; the others are numbered 1..n again, so the largest id counts the objects."""
+    from napari_attention_unet.core.instances import without_gaps
+    from napari_attention_unet.core.zoom import back_to_grid
+
+    fine = np.zeros((20, 40, 40), np.int32)
+    fine[2:10, 5:15, 5:15], fine[10, 20, 20], fine[12:18, 25:35, 25:35] = 1, 2, 3  # object 2: one voxel
+    probs = np.full((3, *fine.shape), 1 / 3, np.float32)
+    _, _, labels = back_to_grid(probs, {}, fine, (10, 40, 40))
+    assert sorted(np.unique(labels).tolist()) == [0, 1, 2] and labels.max() == 2
+    assert (labels[2, 10, 10], labels[7, 30, 30]) == (1, 2)  # object 3 is now 2
+    same = np.array([[0, 1], [2, 2]], np.int32)
+    assert without_gaps(same) is same  # nothing to renumber: the array itself, no copy

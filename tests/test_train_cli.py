@@ -75,6 +75,7 @@ def test_train_then_predict_a_3d_model(tmp_path, home):
     assert done.returncode == 0, done.stderr
     # 16 planes are 32 at 2:1 (patches 16x32x32 without --spacing), shrunk to the 3D voxel budget
     assert "training a 3D semantic" in done.stderr and "patches 28x28x28" in done.stderr
+    assert "and at this one when they have none" in done.stderr  # what predict does below
     assert read_metadata(tmp_path / "models" / "vol3d.safetensors")[0].spatial_dims == 3
 
     done = run_cli("predict", "vol.tif", "--out", "out", "--model", "models/vol3d", "--spacing", "2,1,1", cwd=tmp_path)
@@ -88,6 +89,12 @@ def test_train_then_predict_a_3d_model(tmp_path, home):
     assert done.returncode == 0, done.stderr
     assert "training spacing 2,1,1" in done.stderr
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "again" / "vol_labels.tif"), predicted)
+
+    # block by block is for 2D images: a 3D model says so before any work, and writes nothing
+    for blocks in (["--out", "blk", "--block-size", "128"], ["--out", "vol.zarr"]):
+        done = run_cli("predict", "vol.tif", "--model", "models/vol3d", *blocks, cwd=tmp_path)
+        assert done.returncode == 2 and "is a 3D model: it predicts whole volumes, not 2D blocks" in done.stderr
+        assert not (tmp_path / blocks[1]).exists()
 
 
 def test_instances_are_inferred_from_many_ids(tmp_path, home):

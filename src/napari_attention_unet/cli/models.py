@@ -44,8 +44,9 @@ def export(args: argparse.Namespace) -> int:
     from napari_attention_unet.large_data.files import ImageReadError, read_image
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, bundled_dir, open_model
 
-    if args.test_image is not None and args.format != "bioimageio":
-        return fail("--test-image is only used by --format bioimageio")
+    for given, option in ((args.test_image, "--test-image"), (args.license, "--license")):
+        if given is not None and args.format != "bioimageio":
+            return fail(f"{option} is only used by --format bioimageio")
     try:
         model, meta, info = open_model(args.model)
         extra = {}
@@ -53,12 +54,35 @@ def export(args: argparse.Namespace) -> int:
             card = bundled_dir() / f"{info.name}.json"
             extra["model_card"] = card if info.bundled and card.is_file() else None
             extra["test_image"] = None if args.test_image is None else read_image(args.test_image)
+            extra["license"] = args.license or "BSD-3-Clause"
+            for warning in _package_warnings(args, model, meta, info):
+                print(f"warning: {warning}", file=sys.stderr)
         print(f"exporting {info.name} as {args.format}", file=sys.stderr)
         path = export_model(model, args.format, args.out, info.name, meta, **extra)
     except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, ExportError, OSError) as exc:
         return fail(str(exc))
     print(f"wrote {path}", file=sys.stderr)
     return _check_bioimageio(path) if args.format == "bioimageio" else 0
+
+
+def _package_warnings(args: argparse.Namespace, model, meta: dict, info) -> list[str]:
+    """What a bioimage.io package of a model the user trained would get wrong without a word."""
+    out = []
+    nuclei_like = model.config.task != "semantic" and model.config.in_channels == 3 and meta.get("start") != "scratch"
+    if args.test_image is None and not nuclei_like:
+        out.append(
+            "the package's test image will be the plugin's nuclei sample, which is not what this model is for: "
+            "give --test-image with one of your images"
+        )
+    dice = meta.get("best_val_dice")
+    if isinstance(dice, (int, float)) and dice < 0.05:
+        out.append(f"this model scored Dice {dice:.2f} on its held-out part when trained: check it before sharing")
+    if args.license is None and not info.bundled:
+        out.append(
+            "the package states license BSD-3-Clause (the plugin's) for the weights; weights trained on your images "
+            "take what those images allow: give it with --license (an SPDX id, e.g. CC-BY-4.0)"
+        )
+    return out
 
 
 def _check_bioimageio(path: Path) -> int:

@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_block_size,
         default=None,
         metavar="PX",
-        help="predict block by block in bounded memory (default for images over 4096x4096 px, zarr input or a "
-        ".zarr --out: blocks of 2048 px); a multiple of 64",
+        help="predict a 2D image block by block in bounded memory (default for images over 4096x4096 px, zarr input "
+        "or a .zarr --out: blocks of 2048 px); a multiple of 64, at least 128. Volumes are predicted whole",
     )
     engine = p.add_mutually_exclusive_group()
     engine.add_argument(
@@ -176,7 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="file to write (.zip, .onnx or .pt added), or a folder (an existing one, or PATH/) "
         "to hold NAME.zip / .onnx / .pt",
     )
-    x.add_argument("--test-image", type=Path, metavar="IMG", help="bioimageio: real image for the test data")
+    x.add_argument(
+        "--test-image",
+        type=Path,
+        metavar="IMG",
+        help="bioimageio: one of the images the model is for, as the package's test data (default: the nuclei sample)",
+    )
+    x.add_argument(
+        "--license",
+        default=None,
+        metavar="SPDX",
+        help="bioimageio: the license of the weights, e.g. CC-BY-4.0 (default BSD-3-Clause, the plugin's: for a model "
+        "trained on your images, give what those images allow)",
+    )
     x.set_defaults(func=models.export)
     return parser
 

@@ -85,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
         device = pick_device(args.device)
         where = describe_device(device, args.precision)  # an unusable precision (fp16 on the CPU) is said here
         check_tile_size(args.tile_size, model.config.spatial_dims)
+        if model.config.spatial_dims == 3 and (args.block_size is not None or args.out.suffix.lower() == ".zarr"):
+            raise ValueError(
+                f"{info.name} is a 3D model: it predicts whole volumes, not 2D blocks (--block-size, a .zarr "
+                "--out); give a folder as --out and leave out --block-size"
+            )
         writable_folder(args.out)
     except (ModelNotFoundError, ModelFileError, RuntimeError, ValueError) as exc:
         return fail(str(exc))

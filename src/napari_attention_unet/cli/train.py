@@ -50,7 +50,10 @@ def _spacing_note(plan, given) -> str:
     if len(sizes) > 1:
         return f"voxel sizes (from {where}) differ between volumes; each is resampled to cubic voxels"
     size = ",".join(f"{v:g}" for v in sizes.pop())
-    return f"voxel size {size} (Z,Y,X, from {where}); new volumes are predicted at their own voxel size"
+    return (
+        f"voxel size {size} (Z,Y,X, from {where}); predict takes new volumes at their own voxel size (--spacing "
+        "or a NIfTI header), and at this one when they have none"
+    )
 
 
 def _load_pairs(args: argparse.Namespace) -> list[tuple]:

@@ -12,7 +12,7 @@ from skimage.measure import label as connected_components
 from skimage.morphology import h_maxima, local_maxima
 from skimage.segmentation import find_boundaries, watershed
 
-__all__ = ["as_instances", "instances_to_classes", "probabilities_to_instances"]
+__all__ = ["as_instances", "instances_to_classes", "probabilities_to_instances", "without_gaps"]
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 
@@ -200,3 +200,17 @@ def _relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, int, np.ndarray
     lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int64)
     lut[ids] = np.arange(1, len(ids) + 1)
     return lut[labels], len(ids), ids
+
+
+def without_gaps(labels: np.ndarray) -> np.ndarray:
+    """Object ids 1..n again after some vanished (a small object lost when labels are resampled to a
+    coarser grid), so that the largest id is the number of objects; ``labels`` itself when none did."""
+    if labels.size == 0 or labels.max() <= 0:
+        return labels
+    present = np.bincount(labels.ravel()) > 0
+    present[0] = False
+    if present.sum() == len(present) - 1:
+        return labels
+    lut = np.zeros(len(present), labels.dtype)
+    lut[present] = np.arange(1, int(present.sum()) + 1)
+    return lut[labels]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from napari_attention_unet.core.instances import object_diameters, small_object_zoom
+from napari_attention_unet.core.instances import object_diameters, small_object_zoom, without_gaps
 from napari_attention_unet.core.model import ModelConfig
 from napari_attention_unet.core.resampling import isotropic_shape, resample, resample_labels
 
@@ -60,8 +60,9 @@ def enlarge(x: np.ndarray, factor: float) -> np.ndarray:
 def back_to_grid(
     probs: np.ndarray, gate_maps: dict[str, np.ndarray], labels: np.ndarray | None, shape: Sequence[int]
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
-    """Class probabilities (renormalised), gate maps and labels (nearest) of an enlarged image, on ``shape``."""
+    """Class probabilities (renormalised), gate maps and labels (nearest; ids 1..n again if a small
+    object fell between the voxels of a coarser grid) of an enlarged image, on ``shape``."""
     probs = resample(probs, shape)
     probs /= probs.sum(axis=0, keepdims=True)
     gate_maps = {name: resample(g[np.newaxis], shape)[0] for name, g in gate_maps.items()}
-    return probs, gate_maps, None if labels is None else resample_labels(labels, shape)
+    return probs, gate_maps, None if labels is None else without_gaps(resample_labels(labels, shape))

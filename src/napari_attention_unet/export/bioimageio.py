@@ -107,7 +107,9 @@ def _axes(channel_names: list[str], size: dict) -> list[dict]:
     ]
 
 
-def _rdf(model: AttentionUNet, name: str, info: dict, files: dict[str, Path], contract: dict) -> dict:
+def _rdf(
+    model: AttentionUNet, name: str, info: dict, files: dict[str, Path], contract: dict, license: str, cite: list
+) -> dict:
     config = model.config
     multiple = config.size_multiple
     in_names = ["red", "green", "blue"] if config.in_channels == 3 else [f"c{i}" for i in range(config.in_channels)]
@@ -126,8 +128,8 @@ def _rdf(model: AttentionUNet, name: str, info: dict, files: dict[str, Path], co
         "name": _safe_name(name),
         "description": f"{description}. Outputs class probabilities and the attention maps of every gate.",
         "authors": AUTHORS,
-        "cite": CITATIONS,
-        "license": "BSD-3-Clause",
+        "cite": cite,
+        "license": license,
         "documentation": files["documentation"].name,
         "covers": [files["cover"].name],
         "attachments": [source("license"), source("contract")],
@@ -197,12 +199,15 @@ def export_bioimageio(
     test_image: np.ndarray | None = None,
     test_axes: str | None = None,
     model_card: str | Path | None = None,
+    license: str = "BSD-3-Clause",
 ) -> Path:
     """Write a BioImage Model Zoo package (zip) of ``model`` to ``path``; returns ``path``.
 
     ``test_image`` (default: the plugin's nuclei sample) gives the package's test
     input and expected outputs; use an image of the kind the model was trained for.
     ``model_card`` (a bundled model's JSON card) is attached and its scores quoted.
+    ``license`` (an SPDX id) is the weights': the plugin's own for its bundled model; for weights
+    trained on the user's images, what those images allow.
     """
     import tifffile
     import yaml
@@ -230,11 +235,13 @@ def export_bioimageio(
             # The sample is the same tensor as an image file, for people and viewers (C, Y, X).
             files[f"sample_{tensor_id}"] = folder / f"sample_{kind}_{tensor_id}.tif"
             tifffile.imwrite(files[f"sample_{tensor_id}"], array[0], compression="zlib")
-        files["documentation"].write_text(documentation(name, contract, info, card))
-        files["license"].write_text(LICENSE_TEXT)
+        from_bundled = card is not None or info.get("start") != "scratch"  # fine-tunes and 2D starts: its weights
+        files["documentation"].write_text(documentation(name, contract, info, card, license, from_bundled))
+        weights = "" if license == "BSD-3-Clause" else f"The weights: {license}. The plugin's code that made them:\n\n"
+        files["license"].write_text(weights + LICENSE_TEXT)
         files["contract"].write_text(json.dumps(contract, indent=1))
         imsave(files["cover"], cover_image(raw, expected[OUTPUT_NAMES[1]]), check_contrast=False)
-        rdf = _rdf(model, name, info, files, contract)
+        rdf = _rdf(model, name, info, files, contract, license, CITATIONS if from_bundled else CITATIONS[:1])
         if model_card:
             files["card"] = folder / Path(model_card).name
             files["card"].write_text(Path(model_card).read_text())

@@ -130,7 +130,27 @@ def _after_the_network(contract: dict) -> str:
     )
 
 
-def documentation(name: str, contract: dict, info: dict, card: dict | None) -> str:
+def _data_and_license(info: dict, card: dict | None, license: str, from_bundled: bool) -> str:
+    """Where the weights come from, and their license (the user's data decides it for their models)."""
+    bundled = "the 2018 Data Science Bowl images (BBBC038v1, CC0; Caicedo et al., Nature Methods 2019)"
+    if card is not None:
+        return (
+            "The plugin's bundled `nuclei` model, the starting point of its fine-tuned models, was trained on\n"
+            f"{bundled}.\nWeights and code: {license} (see LICENSE)."
+        )
+    images = ", ".join(f"`{n}`" for n in info.get("trained_on", ())) or "images not recorded with the model"
+    start = f", starting from the bundled `nuclei` model (trained on {bundled})" if from_bundled else ""
+    return (
+        f"Trained with napari-attention-unet by its user on {images}{start}.\n"
+        f"The license of those images is not recorded: this package states `{license}` for the weights\n"
+        "(`attention-unet export --license`); check that the training data allows it before sharing.\n"
+        "The plugin's code: BSD-3-Clause (see LICENSE)."
+    )
+
+
+def documentation(
+    name: str, contract: dict, info: dict, card: dict | None, license: str = "BSD-3-Clause", from_bundled: bool = True
+) -> str:
     """The package's ``README.md``: input, outputs, model details, validation scores, data and license."""
     config = contract["architecture"]
     details = "\n".join(f"- {key}: {value}" for key, value in info.items()) or "- (no details stored with the model)"
@@ -168,8 +188,6 @@ Height and width must be multiples of {contract["input"]["spatial_size_multiple"
 
 ## Data and license
 
-The plugin's bundled `nuclei` model, the starting point of its fine-tuned models, was trained on
-the 2018 Data Science Bowl images (BBBC038v1, CC0; Caicedo et al., Nature Methods 2019).
-Weights and code: BSD-3-Clause (see LICENSE).
+{_data_and_license(info, card, license, from_bundled)}
 The full input/output contract is in `{CONTRACT_FILE}`.
 """

@@ -46,6 +46,8 @@ def export_model(
     # Before the export runs: torch's writer fails with an unreadable "enforce fail" otherwise.
     if (reason := unwritable_reason(path.parent)) is not None:
         raise ExportError(f"cannot write into {path.parent}: {reason}")
+    if info and info.get("trained_on"):  # file names, not the folders of the user's machine
+        info = {**info, "trained_on": [Path(str(p)).name for p in info["trained_on"]]}
     if fmt == "onnx":
         return export_onnx(model, path, name, info)
     if fmt == "torchscript":

@@ -123,8 +123,35 @@ def input_contract(model: AttentionUNet, name: str, info: dict | None = None) ->
                 "note": "attention gate coefficients (gate1 finest), resampled to the input grid",
             },
         ],
+        **_labels_note(config),
+        **_resampling_note(config, info or {}),
+    }
+
+
+def _labels_note(config) -> dict:
+    """How the plugin makes labels of the probabilities: class values, or objects by a watershed."""
+    if config.task == "semantic":
+        return {"labels": "not part of the export: the plugin writes the most probable class (argmax) as the label"}
+    return {
         "instances": "not part of the export: the plugin splits the foreground 1 - p(background) into "
-        "objects by a seeded watershed (napari_attention_unet.core.instances.probabilities_to_instances)",
+        "objects by a seeded watershed (napari_attention_unet.core.instances.probabilities_to_instances)"
+    }
+
+
+def _resampling_note(config, info: dict) -> dict:
+    """A 3D model sees volumes on its own grid: what ``predict`` does before and after the network."""
+    if config.spatial_dims != 3:
+        return {}
+    spacing = info.get("spacing")
+    trained = f"trained at voxel size Z,Y,X = {','.join(f'{v:g}' for v in spacing)}; " if spacing else ""
+    if config.voxel_size:
+        grid = f"cubic voxels of {config.voxel_size:g} units (a volume's voxel size in the units it was trained in)"
+    else:
+        grid = "cubic voxels of its finest axis (factors spacing / min(spacing); not when all are under 1.25)"
+    return {
+        "resampling": f"{trained}the plugin resamples a volume to {grid} before the network (linear, "
+        "antialiased) and the outputs back to the volume's grid (linear; labels nearest). Without this step "
+        "an anisotropic volume gives other outputs than the plugin's"
     }
 
 

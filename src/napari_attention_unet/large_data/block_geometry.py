@@ -178,8 +178,9 @@ def plan_blocks(
         axes = "YX" if len(shape) == 2 else ("YXC" if len(shape) == 3 and shape[-1] in (3, 4) else None)
     if axes is None:
         raise ImageShapeError(
-            f"cannot tell the axes of an image of shape {shape}; block by block (zarr input or output, large "
-            "images) takes 2D images: YX, YXC or CYX (a volume: give a TIFF or NIfTI file and a folder as --out)"
+            f"block by block (--block-size, zarr input or a .zarr --out) predicts 2D images (axes YX, YXC or CYX); "
+            f"an image of shape {shape} looks like a volume: give a TIFF or NIfTI file, a folder as --out and no "
+            "--block-size (a 2D image with channels first: --axes CYX)"
         )
     axes = axes.upper()
     if len(axes) != len(shape) or sorted(axes) not in (sorted("YX"), sorted("YXC")):
