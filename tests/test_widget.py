@@ -467,3 +467,23 @@ def test_anisotropic_volume_with_a_3d_model_in_the_viewer(qtbot, plugin_widget, 
     np.testing.assert_allclose(gate.scale, image.scale)
     expected = run_to_end(predict(model.eval(), volume, device="cpu", spacing=(3.0, 1.0, 1.0)))
     np.testing.assert_allclose(gate.data, expected.gate_maps["gate1"], atol=1e-5)
+
+
+def test_the_dock_scrolls_instead_of_growing_the_window_past_the_screen(plugin_widget, qtbot):
+    """All controls (predict, new model, versions) are taller than a laptop screen: the window keeps its
+    height and the dock's scroll area scrolls to the controls at the bottom."""
+    viewer, widget = plugin_widget
+    window = viewer.window._qt_window
+    window.resize(1200, 700)
+    window.show()
+    qtbot.waitUntil(lambda: widget.scroll_area.isVisible(), timeout=10_000)
+    widget.finetune._start_from.value = "a new model for these labels"  # the tallest form of the dock
+    qtbot.wait(200)
+    area = widget.scroll_area
+    assert area.widget() is widget._panel.native
+    assert window.height() <= 720 and area.viewport().height() < widget._panel.native.sizeHint().height()
+    bar = area.verticalScrollBar()
+    assert bar.maximum() > 0
+    area.ensureWidgetVisible(widget.finetune._start.native)  # the Train button, at the bottom, comes into view
+    assert bar.value() > 0
+    assert widget.finetune._start.native.visibleRegion().boundingRect().height() > 0

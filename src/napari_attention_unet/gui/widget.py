@@ -31,6 +31,7 @@ from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
 from napari_attention_unet.gui.block_prediction import BlockPrediction, done_message, outcome_message
 from napari_attention_unet.gui.finetune_widget import FinetuneWidget
+from napari_attention_unet.gui.scroll import in_scroll_area
 from napari_attention_unet.gui.session import (
     DEVICE_CHOICES,
     PROGRESS_STEPS,
@@ -86,7 +87,7 @@ class AttentionUNetWidget(Container):
             viewer, self._session, lambda: self._image.value, self._on_new_model, on_busy=self._on_finetune_busy
         )
         self._versions = VersionsWidget(self._session, self._on_models_changed)
-        super().__init__(
+        self._panel = Container(
             widgets=[
                 self._image,
                 self._model,
@@ -107,15 +108,14 @@ class AttentionUNetWidget(Container):
                 self._versions,
             ]
         )
-        self._status.native.setWordWrap(True)
-        self._model_info.native.setWordWrap(True)
-        self.native.layout().addStretch(1)  # keep the controls together at the top of the dock
+        super().__init__(widgets=[self._panel], labels=False)
+        self.scroll_area = in_scroll_area(self, self._panel)  # a dock taller than the screen scrolls
+        for label in (self._status, self._model_info):
+            label.native.setWordWrap(True)
+        self._panel.native.layout().addStretch(1)  # keep the controls together at the top of the dock
         self._gates.native.setFixedHeight(64)  # room for four gates without taking over the dock
         self._current_slice.tooltip = "Predict only the plane (or time point) shown; untick to predict the whole stack"
-        self._tile_size.tooltip = (
-            "Images are predicted in tiles of this size (auto: fitted to the image); smaller tiles need less memory"
-        )
-
+        self._tile_size.tooltip = "Tiles the image is predicted in (auto: fitted to it); smaller ones need less memory"
         self._model.changed.connect(self._on_model_changed)
         self._refresh.changed.connect(self._on_refresh)
         self._model_file.changed.connect(self._on_model_file)

@@ -1,0 +1,50 @@
+"""The dock's controls in a scroll area: below its screen's height, the dock scrolls instead of
+growing the napari window past the screen (and squeezing the canvas to a strip).
+
+magicgui's own ``scrollable=True`` does not work in a napari dock (napari embeds a Container's
+``native`` widget, the one inside magicgui's scroll area), so the panel's widget is moved into a
+QScrollArea of our own, which the dock's Container holds.
+"""
+
+from __future__ import annotations
+
+from magicgui.widgets import Container
+from qtpy.QtCore import QEvent, QSize, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea
+
+__all__ = ["in_scroll_area"]
+
+
+class _VerticalScrollArea(QScrollArea):
+    """Scrolls up and down only: as wide as its widget needs, now (its labels' texts change), plus the bar."""
+
+    def _width(self, hint) -> int:
+        return hint.width() + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:
+        inner = self.widget()
+        return super().minimumSizeHint() if inner is None else QSize(self._width(inner.minimumSizeHint()), 80)
+
+    def sizeHint(self) -> QSize:
+        inner = self.widget()
+        return super().sizeHint() if inner is None else QSize(self._width(inner.sizeHint()), inner.sizeHint().height())
+
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # a label's new text may need more width: the dock follows
+        return super().eventFilter(watched, event)
+
+
+def in_scroll_area(outer: Container, panel: Container) -> QScrollArea:
+    """Move ``panel`` (a child of ``outer``) into a vertical scroll area in ``outer``; returns the area."""
+    layout = outer.native.layout()
+    layout.removeWidget(panel.native)
+    area = _VerticalScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(panel.native)
+    panel.native.installEventFilter(area)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(area)
+    return area
