@@ -90,6 +90,12 @@ def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes):
     assert np.array_equal(layer.data, labels)  # the user's layer is only read
     # The masks are class values: the choice of instances or a foreground mask does not apply.
     assert widget._output.native.isHidden() and widget._current_slice.text.startswith("current slice")
+    # An instance model predicting into the same layer takes the class names away: ids are no classes.
+    widget.use_model("tiny")
+    widget.predict()
+    wait_idle(qtbot, widget)
+    assert viewer.layers["discs masks"] is masks and masks.metadata["napari_attention_unet"]["model"] == "tiny"
+    assert "class" not in masks.features
 
 
 def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes):

@@ -73,7 +73,9 @@ class BlockPrediction:
         except Exception as exc:  # noqa: BLE001 - any failure becomes a notification; the widget stays usable
             on_error(exc)
             return None
-        results = _layers.lazy_result_layers(run.outputs, placement, run.model_name)
+        config = self._session.model.config
+        classes = config.classes if config.task == "semantic" else None
+        results = _layers.lazy_result_layers(run.outputs, placement, run.model_name, classes=classes)
         self.run, self._next_refresh = run, 0.0
         self._layers = _layers.apply_results(self._viewer.layers, results, placement)
         self.release_stores()  # the stores of an earlier run whose layers now read this one

@@ -183,10 +183,7 @@ def result_layers(prediction: PartPrediction, placement: Placement, visible_gate
     magma layers on top of each other would hide the image.
     """
     index = tuple(prediction.index)
-    masks = _masks_kwargs(placement, prediction.model_name)
-    classes = prediction.extra.get("classes")
-    if classes:  # a semantic model: the class of each label value, shown by napari under the cursor
-        masks["features"] = {"index": list(range(len(classes))), "class": list(classes)}
+    masks = {**_masks_kwargs(placement, prediction.model_name), **class_features(prediction.extra.get("classes"))}
     labels = prediction.labels.astype(labels_dtype(prediction.labels), copy=False)
     layers = [ResultLayer("masks", None, labels, masks, "labels", index, placement.shape)]
     for k, (gate, values) in enumerate(prediction.gate_maps.items()):
@@ -238,13 +235,20 @@ def labels_dtype(labels: np.ndarray) -> type:
     return files_labels_dtype(int(labels.max(initial=0)) + 1)  # room for the next id the brush paints
 
 
+def class_features(classes) -> dict:
+    """Labels-layer ``features`` naming each class value of a semantic model (napari shows the class under
+    the cursor); empty for objects, so that a layer updated by an instance model loses the old names."""
+    return {"features": {"index": list(range(len(classes))), "class": list(classes)} if classes else {}}
+
+
 def lazy_result_layers(
-    outputs: LazyOutputs, placement: Placement, model_name: str, visible_gates: int = 1
+    outputs: LazyOutputs, placement: Placement, model_name: str, visible_gates: int = 1, classes=None
 ) -> list[ResultLayer]:
-    """Layers on the zarr arrays of a block-by-block run (empty at first, filled as blocks arrive)."""
+    """Layers on the zarr arrays of a block-by-block run (empty at first, filled as blocks arrive);
+    ``classes``: a semantic model's class names."""
     extra = {"store": str(outputs.path)}
     pyramid = {"multiscale": True} if outputs.levels > 1 else {}
-    masks = _masks_kwargs(placement, model_name, extra)
+    masks = {**_masks_kwargs(placement, model_name, extra), **class_features(classes)}
     layers = [
         ResultLayer(
             "masks", None, outputs.layer_data(outputs.labels), {**masks, **pyramid}, "labels", (), placement.shape
@@ -319,6 +323,8 @@ def _update(layer: napari.layers.Layer, result: ResultLayer, placement: Placemen
     layer.metadata[MARKER].update(result.kwargs["metadata"][MARKER])
     if result.layer_type == "image":
         layer.contrast_limits = (0.0, 1.0)
+    else:  # the class names of this run's model (none for objects): never another model's
+        layer.features = result.kwargs.get("features", {})
     return True
 
 
