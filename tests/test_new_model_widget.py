@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_attention_unet.gui import finetune_widget as _finetune_widget
 from napari_attention_unet.gui.new_model import describe_labels
@@ -31,6 +32,15 @@ def two_blobs_3d(z_radii: tuple[float, float] = (5, 4)) -> tuple[np.ndarray, np.
     return (labels * 80.0 + rng.normal(20, 5, labels.shape)).astype(np.float32), labels
 
 
+@pytest.fixture
+def sane(monkeypatch):
+    """Let a few steps of a tiny network pass the sanity check (it rarely predicts more than one class
+    by then): these tests are about the dock's flow; a doubted new model has its own test."""
+    from napari_attention_unet.core.train import Trainer
+
+    monkeypatch.setattr(Trainer, "_sanity_check", lambda self, trained: (True, "accepted for the test"))
+
+
 def wait_idle(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: not widget.finetune.is_running and not widget.is_running, timeout=TIMEOUT_MS)
 
@@ -55,7 +65,7 @@ def test_what_the_labels_would_teach_is_said_before_the_click():
     assert describe_labels(np.zeros((8, 8), np.uint8), "background") == (None, "nothing labelled yet")
 
 
-def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes):
+def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes, sane):
     viewer, widget = plugin_widget
     image, labels = three_classes_2d()
     viewer.add_image(image, name="discs")
@@ -98,7 +108,7 @@ def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes):
     assert "class" not in masks.features
 
 
-def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes):
+def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes, sane):
     viewer, widget = plugin_widget
     volume, labels = two_blobs_3d()
     viewer.add_image(volume, name="vol", scale=(2.0, 1.0, 1.0))
@@ -143,7 +153,7 @@ def test_mismatched_labels_are_a_clear_message(plugin_widget, qtbot, notes):
     assert widget.finetune._progress.value == 0
 
 
-def test_a_new_model_needs_no_model_loaded(plugin_widget, qtbot, notes):
+def test_a_new_model_needs_no_model_loaded(plugin_widget, qtbot, notes, sane):
     """Without the bundled model (or any model chosen), a new model starts from scratch."""
     viewer, widget = plugin_widget
     image, labels = three_classes_2d()
@@ -161,7 +171,7 @@ def test_a_new_model_needs_no_model_loaded(plugin_widget, qtbot, notes):
     assert widget.session.model.config.classes == ("background", "class 1", "class 2")
 
 
-def test_new_model_from_strokes_where_0_is_unlabelled(plugin_widget, qtbot, notes):
+def test_new_model_from_strokes_where_0_is_unlabelled(plugin_widget, qtbot, notes, sane):
     """A partial label map (a few strokes per class, background painted as class 1): 0 is not a class."""
     viewer, widget = plugin_widget
     image, dense = three_classes_2d()
@@ -181,7 +191,7 @@ def test_new_model_from_strokes_where_0_is_unlabelled(plugin_widget, qtbot, note
     assert widget.session.model.config.classes == ("unlabelled", "class 1", "class 2", "class 3")
 
 
-def test_new_3d_model_from_a_few_labelled_slices(plugin_widget, qtbot, notes):
+def test_new_3d_model_from_a_few_labelled_slices(plugin_widget, qtbot, notes, sane):
     """Three slices of a volume labelled (background left 0 in them): "background in labelled slices"."""
     viewer, widget = plugin_widget
     volume, dense = two_blobs_3d(z_radii=(6, 5))
@@ -221,3 +231,24 @@ def test_new_3d_model_from_a_few_labelled_slices(plugin_widget, qtbot, notes):
     model = widget.session.model
     assert model.config.spatial_dims == 3 and model.config.classes == ("background", "class 1", "class 2")
     assert viewer.layers["vol masks"].data.shape == dense.shape
+
+
+def test_a_new_model_the_check_doubts_is_listed_not_put_in_use(plugin_widget, qtbot, notes, monkeypatch):
+    """A model that predicts one class everywhere is saved (no work lost) but neither picked nor used to
+    re-predict: the masks on screen stay those of the model in use, and the dock says how to try it."""
+    from napari_attention_unet.core.train import Trainer
+
+    monkeypatch.setattr(Trainer, "_sanity_check", lambda self, trained: (False, "it predicts one class everywhere"))
+    viewer, widget = plugin_widget
+    image, labels = three_classes_2d()
+    viewer.add_image(image, name="discs")
+    panel = widget.finetune
+    panel._corrected.value = viewer.add_labels(labels, name="classes")
+    widget._image.value = viewer.layers["discs"]
+    panel._start_from.value = _finetune_widget.NEW_MODEL
+    panel.start(steps=3)
+    wait_idle(qtbot, widget)
+    saved = [name for name in widget._model.choices if name.startswith("discs-semantic-2d-")]
+    assert len(saved) == 1 and widget._model.value == "tiny" and widget.session.model_info.name == "tiny"
+    assert f"Not put in use: pick '{saved[0]}' in the model list to try it." in panel._readout.value
+    assert "one class everywhere" in notes["warning"][-1] and "discs masks" not in viewer.layers

@@ -56,9 +56,9 @@ PROGRESS_STEPS = 1000
 class FinetuneWidget(Container):
     """Fine-tune the session's model on the chosen image and a corrected Labels layer.
 
-    ``image`` returns the image layer chosen in the predict controls; ``on_new_model``
-    is called with the saved version after an accepted fine-tune (the dock widget
-    refreshes its model list and re-predicts); ``on_busy(running)`` when training
+    ``image`` returns the image layer chosen in the predict controls; ``on_new_model(info,
+    use)`` is called with the saved version (the dock widget refreshes its model list and, with
+    ``use``, picks it and re-predicts; a new model the check doubts is only listed); ``on_busy(running)`` when training
     starts and ends (the dock widget locks its model and Predict controls meanwhile).
     """
 
@@ -67,7 +67,7 @@ class FinetuneWidget(Container):
         viewer: napari.viewer.Viewer,
         session: Session,
         image: Callable[[], object],
-        on_new_model: Callable[[ModelInfo], None],
+        on_new_model: Callable[[ModelInfo, bool], None],
         on_busy: Callable[[bool], None] = lambda running: None,
     ) -> None:
         self._viewer = viewer
@@ -328,11 +328,14 @@ class FinetuneWidget(Container):
         if self._session.plan is not None:  # a new model: kept even if doubted, there is none to fall back on
             info, message = _new_model.save_new_model(result, self._session.plan, self._image_name)
             message = cancelled + message + _new_model.final_scores(result)
-            self._session.set_model(result.trained_model, info)
+            if result.accepted:
+                self._session.set_model(result.trained_model, info)
+            else:  # listed, not put in use: the masks shown stay those of the model in use
+                message += f" Not put in use: pick '{info.name}' in the model list to try it."
             self._progress.value = PROGRESS_STEPS
             self._readout.value = message
-            show_info(message)
-            self._on_new_model(info)
+            (show_info if result.accepted else show_warning)(message)
+            self._on_new_model(info, result.accepted)
             return
         if not result.accepted:
             show_warning(f"Not used; the previous model is kept: {result.message}")

@@ -179,11 +179,12 @@ class AttentionUNetWidget(Container):
         elif self._model.value == NO_MODEL:
             self._on_model_changed()
 
-    def _on_new_model(self, info) -> None:
-        """A fine-tuned version was saved: pick it, and show what it predicts on the image."""
+    def _on_new_model(self, info, use: bool = True) -> None:
+        """A model was saved: list it; unless it is only listed (``use``), pick it and show what it predicts."""
         self._model.reset_choices()
-        self._model.value = info.name
-        if self._image.value is not None and not self.is_running and self._image.value is self._finetune.trained_on:
+        if use:
+            self._model.value = info.name
+        if use and self._image.value is self._finetune.trained_on is not None and not self.is_running:
             self.predict()  # on the image trained on only (not another the picker fell back to)
 
     def _on_models_changed(self, name: str | None) -> None:
@@ -234,7 +235,6 @@ class AttentionUNetWidget(Container):
             return
         self._device_info.value = self._session.describe_device()
 
-    # -- image layer ----------------------------------------------------------------------
     def _on_active_layer(self, event=None) -> None:
         active = self._viewer.layers.selection.active
         if active is not None and active in self._image.choices and not self.is_running:
