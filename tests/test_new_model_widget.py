@@ -63,6 +63,18 @@ def test_what_the_labels_would_teach_is_said_before_the_click():
     # Objects are learnt with 0 as their background: strokes of ids would be refused at the click.
     assert describe_labels(objects, "unlabelled")[1].endswith("objects need 0 = background (label 0 is: background)")
     assert describe_labels(np.zeros((8, 8), np.uint8), "background") == (None, "nothing labelled yet")
+    strokes = np.zeros((64, 64), np.uint8)
+    strokes[10, 5:40] = 1  # one class painted: said before the click, not "7 objects: instances"
+    assert describe_labels(strokes, "unlabelled") == (
+        None,
+        "one class painted (1): paint a second one (the background as a class of its own)",
+    )
+    # Strokes on one slice of a stack train a 2D model for every plane; labels through a volume a 3D one.
+    stack = np.zeros((12, 64, 64), np.uint8)
+    stack[6, 10, 5:40], stack[6, 30, 5:40] = 1, 2
+    assert describe_labels(stack, "unlabelled")[1].endswith("; a 2D model, for every plane")
+    stack[8, 10, 5:40] = 1
+    assert describe_labels(stack, "unlabelled")[1].endswith("; a 3D model")
 
 
 def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes, sane):

@@ -515,6 +515,24 @@ def test_slices_marked_as_background_count_as_labelled():
             plan_training([(image, labels, "ZYX")], zero_is=zero_is, background_slices=marks, depth=2, steps=1)
 
 
+def test_strokes_on_one_slice_of_a_volume_train_a_2d_model():
+    """An EM user paints one section of a stack: a 2D model learns from that plane and predicts every
+    plane; the spacing (anisotropic sections) does not make planes up; --dims 3 still gives a 3D one."""
+    from napari_attention_unet.core.train.plan import infer_dims
+
+    image, dense = three_classes_3d((12, 40, 40))
+    strokes = np.zeros_like(dense)
+    strokes[6] = np.where(dense[6] > 0, dense[6], 0)
+    strokes[6, :2] = 3  # the background, painted as a class of its own
+    pair = (image, strokes, "ZYX", (10.0, 1.0, 1.0))
+    plan = plan_training([pair], zero_is="unlabelled", steps=1, depth=2)
+    assert plan.dims == 2 and plan.pairs[0][3] is None
+    assert any("the labels lie in one slice of each volume: a 2D model" in note for note in plan.notes)
+    assert infer_dims([strokes], "unlabelled") == 2 and infer_dims([dense], "unlabelled") == 3
+    assert infer_dims([strokes], "background") == 3  # dense labels: the other slices are background
+    assert plan_training([pair], zero_is="unlabelled", dims=3, steps=1, depth=2).dims == 3
+
+
 def test_patches_centred_on_classes_bring_a_rare_class_into_most_batches():
     from napari_attention_unet.core.train.samples import class_points
 

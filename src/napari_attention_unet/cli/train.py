@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.images import ImageShapeError
     from napari_attention_unet.core.model import count_parameters
     from napari_attention_unet.core.train import Trainer
-    from napari_attention_unet.core.train.plan import plan_training
+    from napari_attention_unet.core.train.plan import infer_dims, plan_training
     from napari_attention_unet.core.train.start import split_samples
     from napari_attention_unet.core.weights import save_model
     from napari_attention_unet.large_data.files import ImageReadError
@@ -115,8 +115,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = pick_device(args.device)
         pairs = _load_pairs(args)
-        volumes = all(np.ndim(p[1]) == 3 and len(p[1]) > 1 for p in pairs)  # as plan_training infers it
-        start, start_name = _start(args, args.dims or (3 if volumes else 2))
+        start, start_name = _start(args, args.dims or infer_dims([p[1] for p in pairs], args.zero_is))
         marks = _background_slices(args.background_slices, pairs)
         plan = plan_training(
             pairs,

@@ -16,7 +16,7 @@ import numpy as np
 
 from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.train import StepReport, Trainer, TrainResult
-from napari_attention_unet.core.train.plan import TrainingPlan, plan_training
+from napari_attention_unet.core.train.plan import TrainingPlan, infer_dims, plan_training
 from napari_attention_unet.core.train.start import infer_task
 from napari_attention_unet.core.train.targets import slices_between, unlabelled_slices
 from napari_attention_unet.gui.session import Session
@@ -39,6 +39,9 @@ def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequenc
         labels = labels[(slice(None, None, step),) * labels.ndim]
     if not labels.any():
         return None, "nothing labelled yet"
+    painted = np.unique(labels[labels > 0]) if zero_is != "background" else ()
+    if len(painted) == 1:  # strokes of one value: a binary mask would be taken as objects, and refused
+        return None, f"one class painted ({painted[0]}): paint a second one (the background as a class of its own)"
     task, why = infer_task([labels], zero_is)
     if task == "semantic":
         zero = "0 = unlabelled: only painted pixels count" if zero_is == "unlabelled" else "0 = background"
@@ -55,6 +58,8 @@ def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequenc
             elif gaps := slices_between(empty):
                 zero += f"; {gaps} empty slices between labelled ones: labelled only some? "
                 zero += "choose 'background in labelled slices'"
+        if full.ndim == 3:  # which model a volume's labels train, as plan_training decides it
+            zero += "; a 3D model" if infer_dims([full], zero_is) == 3 else "; a 2D model, for every plane"
         return task, f"{why}; {zero}"
     if zero_is != "background":  # plan_training refuses it: say so before the click
         return task, f"{why}; objects need 0 = background (label 0 is: background)"
@@ -96,7 +101,8 @@ def train_new_model(
     axes = "ZYX"[-len(spatial_shape) :] + ("C" if rgb else "")
     current = session.model
     if from_current is None:
-        from_current = len(spatial_shape) == 2 and current is not None and current.config.spatial_dims == 2
+        dims = infer_dims([labels], zero_is)  # strokes on one slice of a stack: a 2D model, as plan_training says
+        from_current = dims == 2 and current is not None and current.config.spatial_dims == 2
     start = current if from_current and current is not None else "scratch"
     session.trainer, session.plan = None, None
     pixels = None if spacing is None else tuple(float(s) for s in spacing)[-len(spatial_shape) :]

@@ -34,7 +34,7 @@ from napari_attention_unet.core.train.targets import (
     unlabelled_slices,
 )
 
-__all__ = ["TrainingPlan", "plan_training"]
+__all__ = ["TrainingPlan", "infer_dims", "plan_training"]
 
 
 @dataclass
@@ -95,12 +95,15 @@ def plan_training(
             "an instance model learns the background from label 0, so 0 must be background: outline every "
             "object of the labelled area, or train classes (task semantic) from strokes or a few slices"
         )
-    # Volumes train a 3D model; a "volume" of one slice (a 2D NIfTI is X x Y x 1) is an image.
-    dims = dims or (3 if all(len(s) == 3 and s[0] > 1 for s in shapes) else 2)
+    if dims is None:
+        dims = infer_dims([p[1] for p in pairs], zero_is)
+        if dims == 2 and all(len(s) == 3 and s[0] > 1 for s in shapes):
+            notes.append("the labels lie in one slice of each volume: a 2D model, for every plane (--dims 3: a 3D one)")
     if dims == 3:
         check_spatial_dims(shapes, 3)
     elif any(len(s) == 3 for s in shapes):
         _check_z_first(pairs)  # each volume is normalised whole, then cut into planes (samples.planes_of)
+        pairs = [(*p[:3], None) for p in pairs]  # planes as they are: resampling Z would make planes up
         shapes = [s[1:] if len(s) == 3 else s for s in shapes]
         notes.append("volumes are trained on as Z planes by a 2D model (3D for a 3D model)")
     marks = _background_slices(pairs, background_slices, zero_is)
@@ -154,6 +157,18 @@ def plan_training(
         **settings,
     )
     return TrainingPlan(model, config, list(pairs), task, dims, classes, notes, marks)
+
+
+def infer_dims(labels: Sequence[np.ndarray], zero_is: str = "background") -> int:
+    """3 for volumes with volume labels; 2 for images, one-slice "volumes" (a 2D NIfTI is X x Y x 1),
+    and volumes whose strokes or labelled slices all lie in one slice (a 3D model would have nothing
+    along Z to learn from, and an EM user painting one section wants every section segmented)."""
+    shapes = [np.shape(lbl) for lbl in labels]
+    if not all(len(s) == 3 and s[0] > 1 for s in shapes):
+        return 2
+    if zero_is != "background" and all((~unlabelled_slices(np.asarray(lbl))).sum() <= 1 for lbl in labels):
+        return 2
+    return 3
 
 
 def _background_slices(
