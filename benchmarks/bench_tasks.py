@@ -26,13 +26,15 @@ place) and NuInsSeg human-spleen H&E nuclei (ids > 0; train on 3 tiles, score on
 
     python benchmarks/bench_tasks.py [--part 3d|2d] [--minutes 8] [--n-train 20] [--threads 2] [--seed 0]
         [--only both|ours|monai] [--monai-channels-last] [--inner] [--patch ZxYxX] [--batch N] [--last]
-        [--slices K --zero-is background|slices] [--steps N] [--monai-steps N]
+        [--slices K --zero-is background|slices] [--mark-background none|ends|all] [--steps N] [--monai-steps N]
 
 ``--steps N`` / ``--monai-steps N`` train ours / MONAI for N steps instead of ``--minutes`` (untimed,
 so the machine's load does not matter; ``--monai-steps 1672`` is the issue's bf16 MONAI run).
 
 ``--slices K`` keeps K labelled slices of each training volume (a user who labelled a few
-slices), trained with ``--zero-is background`` or ``slices``. ``--inner`` chooses settings
+slices), trained with ``--zero-is background`` or ``slices``; ``--mark-background ends|all`` also
+marks slices beyond the structure as background (one at each end, or all of them), as the dock's
+"Mark this slice as background" and ``train --background-slices`` do. ``--inner`` chooses settings
 without the test volumes: it trains on the first half of the
 training volumes and scores on the second half (``--patch`` / ``--batch`` set ours).
 """
@@ -96,8 +98,9 @@ def class_dice(predicted: np.ndarray, truth: np.ndarray) -> list[float]:
     return out
 
 
-def train_ours(train, minutes: float, seed: int, **settings) -> tuple[torch.nn.Module, dict]:
-    """``settings``: TrainConfig fields that replace the defaults (e.g. ``patch_size``, ``batch_size``)."""
+def train_ours(train, minutes: float, seed: int, marks=None, **settings) -> tuple[torch.nn.Module, dict]:
+    """``settings``: TrainConfig fields that replace the defaults (e.g. ``patch_size``, ``batch_size``);
+    ``marks``: per training volume, slices marked as background (``--mark-background``)."""
     torch.manual_seed(seed)
     classes = task_classes("semantic", 2, CLASSES)
     model = new_model("semantic", classes, 3, 1, "scratch")
@@ -105,7 +108,8 @@ def train_ours(train, minutes: float, seed: int, **settings) -> tuple[torch.nn.M
     config = default_train_config(
         "semantic", 3, shapes, from_scratch=True, minutes=minutes, depth=model.config.depth, seed=seed, **settings
     )
-    samples, validation = split_samples(model.config, config, [(image, labels, "ZYX") for _, image, labels in train])
+    pairs = [(image, labels, "ZYX") for _, image, labels in train]
+    samples, validation = split_samples(model.config, config, pairs, marks)
     trainer = Trainer(model, config=config, device=DEVICE, samples=samples, validation=validation)
     run_to_end(trainer.run())
     result = trainer.result()
@@ -227,6 +231,16 @@ def few_slices(labels: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def background_marks(labels: np.ndarray, how: str) -> list[int]:
+    """Slices beyond the structure a user would mark as background: ``ends``, the middle slice of the
+    empty run at each end; ``all``, every slice beyond it."""
+    holding = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
+    low, high = int(holding[0]), int(holding[-1])
+    if how == "ends":
+        return [z for z in (low // 2, (high + 1 + len(labels)) // 2) if z < low or z > high]
+    return [z for z in range(len(labels)) if z < low or z > high]
+
+
 def _patch(text: str) -> tuple[int, int, int]:
     sizes = tuple(int(v) for v in text.lower().split("x"))
     if len(sizes) != 3:
@@ -273,6 +287,12 @@ def main() -> None:
         help="keep K labelled slices (first axis, evenly spread over those with labels) of each training volume",
     )
     parser.add_argument("--zero-is", default="background", choices=["background", "slices"], help="with --slices")
+    parser.add_argument(
+        "--mark-background",
+        choices=["none", "ends", "all"],
+        default="none",
+        help="with --slices --zero-is slices: mark slices beyond the structure as background (one at each end, or all)",
+    )
     args = parser.parse_args()
     global DEVICE
     DEVICE = pick_device(args.device)
@@ -287,6 +307,9 @@ def main() -> None:
     train, test = cases[: args.n_train], cases[args.n_train :]
     if args.inner:  # the test volumes are never used: half of the training volumes stand in for them
         train, test = train[: len(train) // 2], train[len(train) // 2 :]
+    marks = None
+    if args.mark_background != "none":  # from the full labels: which slices hold no structure at all
+        marks = [background_marks(labels, args.mark_background) for _, _, labels in train]
     if args.slices:  # a user who labelled K slices of each volume: the other slices are 0
         train = [(name, image, few_slices(labels, args.slices)) for name, image, labels in train]
     kind = "inner test" if args.inner else "test"
@@ -303,7 +326,7 @@ def main() -> None:
         settings["zero_is"] = args.zero_is
         if args.steps:  # step-matched: the same run on any machine, however loaded
             settings.update(max_steps=args.steps, time_budget=None)
-        model, info = train_ours(train, args.minutes, args.seed, **settings)
+        model, info = train_ours(train, args.minutes, args.seed, marks, **settings)
         rows.append(("ours (attention-unet train)", info, score_ours(model, test)))
         if args.last:
             last = {**info, "note": info["note"].split(", best")[0] + ", the last state"}
