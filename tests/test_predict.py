@@ -257,3 +257,12 @@ def test_instance_ids_are_unique_across_planes():
     probabilities[:, :, 5:12, 5:12] = np.array([0, 1, 0], np.float32)[:, None, None, None]
     labels = _instances_per_plane(probabilities, min_size=4)
     assert labels[0, 8, 8] > 0 and labels[1, 8, 8] > 0 and labels[0, 8, 8] != labels[1, 8, 8]
+
+
+def test_a_3d_model_given_an_rgb_image_says_it_is_2d_with_channels():
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=4, depth=3))
+    rgb = np.zeros((64, 48, 3), np.uint8)
+    with pytest.raises(
+        ImageShapeError, match=r"this one is 2D \(spatial axes YX, 3 channel\(s\), shape \(64, 48, 3\)\)"
+    ):
+        run_to_end(predict(model, rgb, device="cpu"))

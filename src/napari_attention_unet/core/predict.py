@@ -212,7 +212,8 @@ def predict(
     ndim = len(spatial_axes)
     if ndim < config.spatial_dims:
         raise ImageShapeError(
-            f"a {config.spatial_dims}D model needs a {config.spatial_dims}D image; got axes {spatial_axes}"
+            f"a {config.spatial_dims}D model needs a {config.spatial_dims}D image; this one is {ndim}D (spatial axes "
+            f"{spatial_axes}, {channels_first.shape[0]} channel(s), shape {tuple(image.shape)})"
         )
     gate_names = list(config.gate_names if options.gates is None else options.gates)
     unknown = set(gate_names) - set(config.gate_names)
