@@ -86,6 +86,9 @@ def test_finetune_saves_a_version_and_repredicts(qtbot, corrected, notes, accept
     assert [step for step, _ in widget.finetune.plot.losses] == [1, 2, 3, 4, 5]
     assert widget.finetune.plot.dices  # validation scores are plotted too
     widget.finetune.plot.grab()  # draws without error
+    loss, dice = widget.finetune.plot.legend()[:2]  # the latest values, in numbers
+    assert loss == f"loss {widget.finetune.plot.losses[-1][1]:.3f}"
+    assert dice == f"Dice {widget.finetune.plot.dices[-1][1]:.2f}"
     # The viewer stays usable: layers can be added and a new prediction runs.
     viewer.add_points([[1, 1]])
     widget.predict()

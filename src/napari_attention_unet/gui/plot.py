@@ -1,9 +1,9 @@
 """A tiny training plot: loss and validation scores against the step, drawn with QPainter.
 
 No plotting library: a few polylines on a dark background are all a training run needs.
-Loss is scaled to its own maximum; validation Dice and AP@0.5 are on a 0..1 scale. A semantic
-model's run also draws each class's Dice (dashed, one colour per class) and a legend names the
-curves drawn.
+Loss is scaled to its own maximum; validation Dice and AP@0.5 are on a 0..1 scale, a dot at each
+evaluation. A semantic model's run also draws each class's Dice (dashed, one colour per class). The
+legend names the curves with their latest values, and the step is shown on the right.
 """
 
 from __future__ import annotations
@@ -76,15 +76,32 @@ class TrainingPlot(QWidget):
         last_step = max((s for s, _ in self.losses), default=0)
         if last_step > 0:
             x = 6.0
-            for name, color, points, dashed in self.curves():
-                self._line(painter, points, last_step, color, dashed)
-                painter.setPen(color)  # the legend, along the top
-                painter.drawText(QPointF(x, 12.0), name)
-                x += painter.fontMetrics().horizontalAdvance(name) + 10.0
+            for (name, color, points, dashed), text in zip(self.curves(), self.legend()):
+                self._line(painter, points, last_step, color, dashed, dots=name != "loss")
+                painter.setPen(color)  # the legend, along the top, with the latest values
+                painter.drawText(QPointF(x, 12.0), text)
+                x += painter.fontMetrics().horizontalAdvance(text) + 10.0
+            painter.setPen(QColor(160, 160, 160))
+            text = f"step {last_step}"
+            painter.drawText(QPointF(self.width() - painter.fontMetrics().horizontalAdvance(text) - 6.0, 12.0), text)
         painter.end()
 
+    def legend(self) -> list[str]:
+        """Each curve's name and latest value ("loss 0.412", "Dice 0.87"): numbers a flat line hides."""
+        out = []
+        for name, _, points, _ in self.curves():
+            value = self.losses[-1][1] if name == "loss" else points[-1][1]
+            out.append(f"{name} {value:.3f}" if name == "loss" else f"{name} {value:.2f}")
+        return out
+
     def _line(
-        self, painter: QPainter, points: list[tuple[int, float]], last_step: int, color: QColor, dashed: bool
+        self,
+        painter: QPainter,
+        points: list[tuple[int, float]],
+        last_step: int,
+        color: QColor,
+        dashed: bool,
+        dots: bool = False,
     ) -> None:
         margin, top, width = 4.0, 16.0, self.width() - 8.0
         height = self.height() - top - margin
@@ -92,7 +109,8 @@ class TrainingPlot(QWidget):
             [QPointF(margin + width * s / last_step, top + height * (1.0 - min(max(v, 0.0), 1.0))) for s, v in points]
         )
         painter.setPen(QPen(color, 1.5, Qt.PenStyle.DashLine if dashed else Qt.PenStyle.SolidLine))
-        if len(points) == 1:
-            painter.drawEllipse(polygon[0], 2.0, 2.0)
-        else:
+        if len(points) > 1:
             painter.drawPolyline(polygon)
+        if dots or len(points) == 1:  # each evaluation visible, even the first one alone
+            for point in polygon:
+                painter.drawEllipse(point, 2.0, 2.0)
