@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_attention_unet.gui import background_slices as _background_slices
 from napari_attention_unet.gui import finetune_widget as _finetune_widget
 from napari_attention_unet.gui.new_model import describe_labels
 
@@ -203,7 +204,7 @@ def test_new_model_from_strokes_where_0_is_unlabelled(plugin_widget, qtbot, note
     assert widget.session.model.config.classes == ("unlabelled", "class 1", "class 2", "class 3")
 
 
-def test_new_3d_model_from_a_few_labelled_slices(plugin_widget, qtbot, notes, sane):
+def test_new_3d_model_from_a_few_labelled_slices(plugin_widget, qtbot, notes, sane, monkeypatch):
     """Three slices of a volume labelled (background left 0 in them): "background in labelled slices"."""
     viewer, widget = plugin_widget
     volume, dense = two_blobs_3d(z_radii=(6, 5))
@@ -220,6 +221,8 @@ def test_new_3d_model_from_a_few_labelled_slices(plugin_widget, qtbot, notes, sa
     assert "0 = background in the 3 labelled slices, the other 13 not labelled" in panel._task.value
     assert "mark slices beyond the structure as background" in panel._task.value
     marks = panel._background
+    told = []
+    monkeypatch.setattr(_background_slices, "show_info", told.append)
     assert not marks.native.isHidden()
     for z in (0, 15):  # the slice shown in the viewer is marked, and shown in the dock
         viewer.dims.set_current_step(0, z)
@@ -227,10 +230,11 @@ def test_new_3d_model_from_a_few_labelled_slices(plugin_widget, qtbot, notes, sa
     viewer.dims.set_current_step(0, 8)
     assert marks.toggle() == "Slice 8 holds labels: it is labelled already, its 0s are background."
     assert panel._corrected.value.metadata["background_slices"] == [0, 15]
-    assert "Marked as background: slices 0, 15." in marks._shown.value
-    assert "0 = background in the 5 labelled slices (2 marked as background), the other 11" in panel._task.value
+    assert told == ["Slice 8 holds labels: it is labelled already, its 0s are background."]
+    marked = "0 = background in the 5 labelled slices (2 marked as background: 0, 15), the other 11"
+    assert marked in panel._task.value
     viewer.dims.set_current_step(0, 15)
-    assert marks._button.text == "Unmark slice 15"
+    assert marks._button.text == "Unmark slice 15 (marked as background)"
     assert marks.toggle() == "Slice 15 is no longer marked." and marks.toggle() == "Slice 15 marked as background."
     panel._zero.value = _finetune_widget.ZERO_BACKGROUND
     assert marks.native.isHidden()  # the marks mean something only with "background in labelled slices"

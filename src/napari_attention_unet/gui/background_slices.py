@@ -13,9 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import Container, Label, PushButton
-
-from napari_attention_unet.core.train.targets import format_slices
+from magicgui.widgets import Container, PushButton
+from napari.utils.notifications import show_info
 
 if TYPE_CHECKING:
     import napari
@@ -35,9 +34,10 @@ def marked_slices(layer) -> list[int]:
 
 
 class BackgroundSlices(Container):
-    """A "Mark slice N as background" button and the list of marked slices of ``layer()``.
+    """A "Mark this slice as background" button (or "Unmark slice N") for the slice of ``layer()`` shown.
 
-    ``on_change`` is called after each mark, so that the dock's description of the labels follows.
+    ``on_change`` is called after each mark: the dock's description of the labels lists the marked
+    slices. A click that changes nothing (a slice holding labels) says why in a notification.
     """
 
     def __init__(
@@ -47,9 +47,8 @@ class BackgroundSlices(Container):
         self._layer = layer
         self._on_change = on_change
         self._button = PushButton(text="Mark this slice as background")
-        self._shown = Label(value="")
-        super().__init__(widgets=[self._button, self._shown], labels=False)
-        self._shown.native.setWordWrap(True)
+        super().__init__(widgets=[self._button], labels=False)
+        self.margins = (0, 0, 0, 0)
         self._button.tooltip = (
             "A slice without the structure holds no label, so it does not count as labelled: mark a few slices "
             "beyond each end of the structure as background, so that the model learns where it ends"
@@ -68,7 +67,7 @@ class BackgroundSlices(Container):
         return z if 0 <= z < layer.data.shape[0] else None
 
     def toggle(self) -> str:
-        """Mark the slice shown as background, or unmark it; returns what happened (also shown)."""
+        """Mark the slice shown as background, or unmark it; returns what happened."""
         layer, z = self._layer(), self.current_slice()
         if z is None:
             message = "Show a slice of the labels volume to mark it."
@@ -78,15 +77,15 @@ class BackgroundSlices(Container):
         elif np.asarray(layer.data[z]).any():
             message = f"Slice {z} holds labels: it is labelled already, its 0s are background."
         else:
-            layer.metadata[KEY] = [*marked_slices(layer), z]
+            layer.metadata[KEY] = sorted([*marked_slices(layer), z])
             message = f"Slice {z} marked as background."
-        self.refresh(message=message)
+        if not message.endswith(("marked as background.", "no longer marked.")):
+            show_info(message)  # nothing changed: say why, or the click looks lost
+        self.refresh()
         self._on_change()
         return message
 
-    def refresh(self, *_, message: str = "") -> None:
-        layer, z = self._layer(), self.current_slice()
-        marks = marked_slices(layer)
-        self._button.text = f"Unmark slice {z}" if z is not None and z in marks else "Mark this slice as background"
-        listed = f"Marked as background: slices {format_slices(marks)}." if marks else "No slice marked as background."
-        self._shown.value = f"{message} {listed}".strip()
+    def refresh(self, *_) -> None:
+        z = self.current_slice()
+        marked = z is not None and z in marked_slices(self._layer())
+        self._button.text = f"Unmark slice {z} (marked as background)" if marked else "Mark this slice as background"

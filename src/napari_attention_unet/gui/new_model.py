@@ -18,7 +18,7 @@ from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.train import StepReport, Trainer, TrainResult
 from napari_attention_unet.core.train.plan import TrainingPlan, infer_dims, plan_training
 from napari_attention_unet.core.train.start import infer_task
-from napari_attention_unet.core.train.targets import slices_between, unlabelled_slices
+from napari_attention_unet.core.train.targets import format_slices, slices_between, unlabelled_slices
 from napari_attention_unet.gui.session import Session
 from napari_attention_unet.models import registry as _registry
 from napari_attention_unet.models.versions import save_version
@@ -51,7 +51,7 @@ def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequenc
                 marked = int(empty[list(background_slices)].sum()) if len(background_slices) else 0
                 n_empty = int(empty.sum()) - marked
                 zero = f"0 = background in the {len(full) - n_empty} labelled slices"
-                zero += f" ({marked} marked as background)" if marked else ""
+                zero += f" ({marked} marked as background: {format_slices(background_slices)})" if marked else ""
                 zero += f", the other {n_empty} not labelled"
                 if not marked:
                     zero += ": mark slices beyond the structure as background"
