@@ -98,11 +98,15 @@ def test_saved_model_by_name_and_models_listing(tmp_path, home):
     save_model(AttentionUNet(mr), home / "models" / "mr")
     (home / "models" / "broken.safetensors").write_bytes(b"not a model")
     save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), home / "models" / "nuclei")  # the bundled name
+    long_name = "hippocampus_038-semantic-3d-20261130-2053"  # as the dock names new models: wider than 30
+    save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), home / "models" / long_name)
     listing = run_cli("models")
     assert listing.returncode == 0 and "my-cells" in listing.stdout and "saved" in listing.stdout
     lines = {line.split()[0] + " " + line.split()[1]: line for line in listing.stdout.splitlines()[:-1]}
     assert "2D instances" in lines["my-cells saved"] and "3D semantic: anterior, posterior" in lines["mr saved"]
     assert "DAMAGED" in lines["broken saved"] and "hidden by the bundled model" in lines["nuclei saved"]
+    kinds = {line.index(" saved ") for line in listing.stdout.splitlines()[:-1] if " saved " in line}
+    assert len(kinds) == 1  # the columns stay aligned
     done = run_cli("predict", FLUO, "--out", tmp_path / "o", "--model", "my-cells")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / f"{FLUO.stem}_labels.tif").is_file()

@@ -27,11 +27,13 @@ def list_models(args: argparse.Namespace) -> int:
     from napari_attention_unet.models.registry import all_models, saved_models_dir
 
     models, seen = all_models(), set()
-    for info in models:
-        kind = "bundled" if info.bundled else "saved"
+    rows = [(info, "bundled" if info.bundled else "saved", _what(info)) for info in models]
+    name_width = max([30, *(len(info.name) for info, _, _ in rows)])  # long names keep the columns aligned
+    what_width = min(max([40, *(len(what) for _, _, what in rows)]), 60)
+    for info, kind, what in rows:
         hidden = " (hidden by the bundled model of that name: give its path)" if info.name in seen else ""
         seen.add(info.name)
-        print(f"{info.name:30s} {kind:8s} {_what(info):40s} {info.path}{hidden}")
+        print(f"{info.name:{name_width}s} {kind:8s} {what:{what_width}s} {info.path}{hidden}")
     if not models:
         print("no models yet")
     print(f"(saved models folder: {saved_models_dir()}; models written with --out elsewhere are used by their path)")
