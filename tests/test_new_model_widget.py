@@ -104,6 +104,7 @@ def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes, sa
     model = widget.session.model
     assert model.config.task == "semantic" and model.config.classes == ("background", "bright", "dim")
     assert widget.session.model_info.name.startswith("discs-semantic-2d-")
+    assert "2D semantic: bright, dim" in widget._model_info.value  # the dock says what the model is
     masks = viewer.layers["discs masks"]  # re-predicted with the new model, class values
     assert masks.data.shape == labels.shape and set(np.unique(masks.data)) <= {0, 1, 2}
     assert list(masks.features["class"]) == ["background", "bright", "dim"]

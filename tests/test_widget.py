@@ -300,7 +300,7 @@ def test_use_model_by_name_or_file(plugin_widget, tiny_model_path):
     _viewer, widget = plugin_widget
     widget.use_model(str(tiny_model_path))
     assert widget.session.model_info.path == tiny_model_path
-    assert "tiny" in widget._model_info.value
+    assert "tiny" in widget._model_info.value and "2D instances" in widget._model_info.value  # what it is
     widget.use_model("tiny")
     assert widget._model.value == "tiny"
 

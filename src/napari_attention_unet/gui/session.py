@@ -106,7 +106,8 @@ class Session:
             origin = "bundled"
         else:
             origin = "saved" if self.model_info.path.parent == _registry.saved_models_dir() else "file"
-        shape = f"{cfg.spatial_dims}D, {cfg.in_channels} channel(s), {len(cfg.gate_names)} gates"
+        task = f"semantic: {', '.join(cfg.classes[1:])}" if cfg.task == "semantic" else "instances"
+        shape = f"{cfg.spatial_dims}D {task}, {cfg.in_channels} channel(s), {len(cfg.gate_names)} gates"
         return f"{self.model_info.name} ({origin}; {shape})"
 
     # -- device -------------------------------------------------------------------------
