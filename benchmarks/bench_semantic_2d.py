@@ -45,11 +45,17 @@ from napari_attention_unet.models.registry import open_model  # noqa: E402
 EM = DATA / "isbi2012_em"
 
 
+#: ``--steps N``: our models train N steps instead of ``--minutes`` (untimed: the machine's load does not matter).
+STEPS: int | None = None
+
+
 def train_like_the_cli(pairs, minutes: float, seed: int, **plan_settings):
-    """``attention-unet train`` on ``pairs``: plan, split, train for ``minutes``; the best state and steps."""
+    """``attention-unet train`` on ``pairs``: plan, split, train for ``minutes`` (or :data:`STEPS`); the best
+    state and steps."""
     torch.manual_seed(seed)
     bundled, _, _ = open_model(None)
-    plan = plan_training(pairs, task="semantic", dims=2, start=bundled, minutes=minutes, seed=seed, **plan_settings)
+    budget = {"steps": STEPS} if STEPS else {"minutes": minutes}
+    plan = plan_training(pairs, task="semantic", dims=2, start=bundled, seed=seed, **budget, **plan_settings)
     samples, validation = split_samples(plan.model.config, plan.config, plan.pairs)
     trainer = Trainer(plan.model, config=plan.config, device="cpu", samples=samples, validation=validation)
     run_to_end(trainer.run())
@@ -167,8 +173,11 @@ def main() -> None:
     parser.add_argument("--strokes", type=int, default=20, help="strokes per class on each EM training slice")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="ours: train this many steps instead (untimed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global STEPS
+    STEPS = args.steps
     rows = []
     if args.part in ("mr", "both"):
         if (HIPPOCAMPUS / "index.csv").is_file():
