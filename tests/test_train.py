@@ -275,6 +275,23 @@ def test_held_out_strip_lies_in_the_labelled_or_painted_region(pair):
         held_out_region(np.ones((4, 1), bool), None, 0.2)
 
 
+def test_strokes_hold_out_a_strip_that_leaves_each_class_most_of_its_pixels():
+    """Strokes (0 = unlabelled): a long stroke of a rare class at the right would all but vanish into a
+    right-hand strip; the strip is the one holding each class in proportion, every class in it."""
+    strokes = np.zeros((100, 200), np.uint8)
+    strokes[10:13, 20:190] = 2  # a long stroke of class 2 across the image
+    strokes[50:52, 150:200] = 1  # class 1: one short stroke, at the right edge
+    strokes[80:82, 20:40] = 1  # and one at the left
+    image = strokes.astype(np.float32) * 50
+    sample = prepare_sample(image, strokes, in_channels=1, task="semantic", zero_is="unlabelled", val_fraction=0.2)
+    held = sample.val_target != IGNORE
+    for c in (1, 2):  # each class in the strip, and at most about a third of its pixels there
+        share = (held & (strokes == c)).sum() / (strokes == c).sum()
+        assert 0 < share < 0.35, (c, share)
+    right = held_out_region(strokes > 0, None, 0.2)  # the right-hand strip, as strokes had until now
+    assert (strokes[right] == 1).sum() / (strokes == 1).sum() > 0.45  # half of class 1 never trained
+
+
 def test_dense_class_labels_hold_out_a_strip_where_the_classes_are():
     """A scan whose classes sit in its middle (background margins, as MR crops): the held-out strip
     of dense semantic labels lies in the classes' columns and holds both, not the background margin."""

@@ -29,7 +29,11 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
 
 
 def held_out_region(
-    labelled: np.ndarray, edited: np.ndarray | None, fraction: float, classes: np.ndarray | None = None
+    labelled: np.ndarray,
+    edited: np.ndarray | None,
+    fraction: float,
+    classes: np.ndarray | None = None,
+    balanced: bool = False,
 ) -> tuple[slice, ...] | None:
     """The held-out validation box: the right-most ``fraction`` of the columns of the
     bounding box of the labelled pixels, or of the painted ones when there are any and that strip
@@ -40,7 +44,9 @@ def held_out_region(
     corrected one corner of it, the strip lies where their labels are, not in a part of
     the image that holds no labels or only the model's own prediction. With ``classes``
     (class values of dense labels), the strip is the right-most one among those holding the
-    most classes, so that it can score each of them, without taking any class whole.
+    most classes, so that it can score each of them, without taking any class whole. ``balanced``
+    (strokes: every painted pixel is precious) takes instead the strip holding each class's painted
+    pixels nearest in proportion (``fraction`` of each, as far as the strokes allow).
     """
     region = labelled if edited is None or not edited.any() else edited
     if not region.any():
@@ -61,7 +67,8 @@ def held_out_region(
         )
     start = columns.stop - n_val
     if classes is not None:
-        start = _richest_window(classes[tuple(box)], region[tuple(box)], n_val) + columns.start
+        window = _balanced_window if balanced else _richest_window
+        start = window(classes[tuple(box)], region[tuple(box)], n_val) + columns.start
     box[-1] = slice(start, start + n_val)
     return tuple(box)
 
@@ -83,3 +90,22 @@ def _richest_window(classes: np.ndarray, region: np.ndarray, width: int) -> int:
         return columns - width
     held[takes_all] = -1
     return int(np.flatnonzero(held == held.max())[-1])
+
+
+def _balanced_window(classes: np.ndarray, region: np.ndarray, width: int) -> int:
+    """The start of ``width`` columns (last axis) whose share of each class's pixels in ``region``
+    is nearest the strip's share of the columns (the largest gap over the classes is the smallest),
+    among the windows holding every class (all windows when none does); the right-most of equals.
+    A long stroke of a rare class then mostly trains, and the strip still has each class to score."""
+    columns = classes.shape[-1]
+    worst = np.zeros(columns - width + 1)
+    holds_all = np.ones(columns - width + 1, bool)
+    others = tuple(range(classes.ndim - 1))
+    for value in np.unique(classes[region]):
+        present = np.concatenate([[0], np.cumsum(((classes == value) & region).sum(axis=others))])
+        inside = present[width:] - present[:-width]
+        worst = np.maximum(worst, np.abs(inside / present[-1] - width / columns))
+        holds_all &= inside > 0
+    candidates = holds_all if holds_all.any() else np.ones_like(holds_all)
+    best = worst[candidates].min()
+    return int(np.flatnonzero(candidates & (worst <= best + 1e-12))[-1])

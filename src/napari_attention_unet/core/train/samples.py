@@ -120,7 +120,9 @@ def prepare_sample(
         # scan is often background alone (MR hippocampi: class Dice 0.002 there while the model
         # reached 0.7 on other volumes), and a strip without the classes cannot choose a state.
         region, classes = region & (target > 0), target
-    box = held_out_region(region, edited_mask, val_fraction, classes=classes) if val_fraction > 0 else None
+    strokes = task == "semantic" and zero_is == "unlabelled"  # a strip holding each class in proportion
+    classes = target if strokes else classes
+    box = held_out_region(region, edited_mask, val_fraction, classes, strokes) if val_fraction > 0 else None
     if box is not None:
         val_target = np.full_like(target, IGNORE)
         val_target[box] = target[box]
