@@ -46,6 +46,16 @@ def wait_idle(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: not widget.finetune.is_running and not widget.is_running, timeout=TIMEOUT_MS)
 
 
+def discs_to_train_on(viewer, widget):
+    """The discs image and its class labels in the viewer, chosen in the dock; returns the training panel."""
+    image, labels = three_classes_2d()
+    viewer.add_image(image, name="discs")
+    panel = widget.finetune
+    panel._corrected.value = viewer.add_labels(labels, name="classes")
+    widget._image.value = viewer.layers["discs"]
+    return panel
+
+
 def forty_objects() -> np.ndarray:
     objects = np.zeros((64, 64), np.uint16)
     for i in range(40):
@@ -170,11 +180,7 @@ def test_mismatched_labels_are_a_clear_message(plugin_widget, qtbot, notes):
 def test_a_new_model_needs_no_model_loaded(plugin_widget, qtbot, notes, sane):
     """Without the bundled model (or any model chosen), a new model starts from scratch."""
     viewer, widget = plugin_widget
-    image, labels = three_classes_2d()
-    viewer.add_image(image, name="discs")
-    panel = widget.finetune
-    panel._corrected.value = viewer.add_labels(labels, name="classes")
-    widget._image.value = viewer.layers["discs"]
+    panel = discs_to_train_on(viewer, widget)
     widget.session.model, widget.session.model_info = None, None
     panel.start(steps=2)  # fine-tuning needs a model: said, nothing runs
     assert notes["error"] and "Load a model first" in notes["error"][-1] and not panel.is_running
@@ -257,11 +263,7 @@ def test_a_new_model_the_check_doubts_is_listed_not_put_in_use(plugin_widget, qt
 
     monkeypatch.setattr(Trainer, "_sanity_check", lambda self, trained: (False, "it predicts one class everywhere"))
     viewer, widget = plugin_widget
-    image, labels = three_classes_2d()
-    viewer.add_image(image, name="discs")
-    panel = widget.finetune
-    panel._corrected.value = viewer.add_labels(labels, name="classes")
-    widget._image.value = viewer.layers["discs"]
+    panel = discs_to_train_on(viewer, widget)
     panel._start_from.value = _finetune_widget.NEW_MODEL
     panel.start(steps=3)
     wait_idle(qtbot, widget)
