@@ -86,6 +86,10 @@ def test_what_the_labels_would_teach_is_said_before_the_click():
     assert describe_labels(stack, "unlabelled")[1].endswith("; a 2D model, for every plane")
     stack[8, 10, 5:40] = 1
     assert describe_labels(stack, "unlabelled")[1].endswith("; a 3D model")
+    # Marks belong to "background in labelled slices": with another meaning of 0 they are kept but unused.
+    assert "2 marked as background: 0-1)" in describe_labels(stack, "slices", [0, 1])[1]
+    unused = describe_labels(stack, "unlabelled", [0, 1])[1]
+    assert unused.endswith("the 2 slices marked as background are not used with this label 0")
 
 
 def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes, sane):

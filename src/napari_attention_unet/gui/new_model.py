@@ -60,6 +60,8 @@ def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequenc
                 zero += "choose 'background in labelled slices'"
         if full.ndim == 3:  # which model a volume's labels train, as plan_training decides it
             zero += "; a 3D model" if infer_dims([full], zero_is) == 3 else "; a 2D model, for every plane"
+        if len(background_slices) and zero_is != "slices":  # kept in the layer, but they mean nothing here
+            zero += f"; the {len(background_slices)} slices marked as background are not used with this label 0"
         return task, f"{why}; {zero}"
     if zero_is != "background":  # plan_training refuses it: say so before the click
         return task, f"{why}; objects need 0 = background (label 0 is: background)"
