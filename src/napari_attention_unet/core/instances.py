@@ -101,8 +101,7 @@ def probabilities_to_instances(
         small = sizes < min_size
         small[0] = False
         labels[small[labels]] = 0
-    relabelled, _, _ = _relabel_sequential(labels)
-    return relabelled.astype(np.int32, copy=False)
+    return without_gaps(labels).astype(np.int32, copy=False)
 
 
 def object_diameters(labels: np.ndarray) -> np.ndarray:
@@ -192,14 +191,6 @@ def _split_seeds(distance: np.ndarray, interior: np.ndarray, parts: np.ndarray, 
         markers[box][found] = peaks[found] + (next_id - 1)
         next_id += int(peaks.max())
     return markers
-
-
-def _relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int64)
-    lut[ids] = np.arange(1, len(ids) + 1)
-    return lut[labels], len(ids), ids
 
 
 def without_gaps(labels: np.ndarray) -> np.ndarray:

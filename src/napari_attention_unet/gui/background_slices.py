@@ -69,17 +69,18 @@ class BackgroundSlices(Container):
     def toggle(self) -> str:
         """Mark the slice shown as background, or unmark it; returns what happened."""
         layer, z = self._layer(), self.current_slice()
+        marks = marked_slices(layer)
         if z is None:
             message = "Show a slice of the labels volume to mark it."
-        elif z in marked_slices(layer):
-            layer.metadata[KEY] = [v for v in marked_slices(layer) if v != z]
+        elif z in marks:
+            layer.metadata[KEY] = [v for v in marks if v != z]
             message = f"Slice {z} is no longer marked."
         elif np.asarray(layer.data[z]).any():
             message = f"Slice {z} holds labels: it is labelled already, its 0s are background."
         else:
-            layer.metadata[KEY] = sorted([*marked_slices(layer), z])
+            layer.metadata[KEY] = sorted([*marks, z])
             message = f"Slice {z} marked as background."
-        if not message.endswith(("marked as background.", "no longer marked.")):
+        if marked_slices(layer) == marks:
             show_info(message)  # nothing changed: say why, or the click looks lost
         self.refresh()
         self._on_change()

@@ -48,8 +48,8 @@ def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequenc
         if full.ndim >= 3 and zero_is != "unlabelled":
             empty = unlabelled_slices(full)
             if zero_is == "slices":
-                marked = int(empty[list(background_slices)].sum()) if len(background_slices) else 0
-                n_empty = int(empty.sum()) - marked
+                n_empty = int(unlabelled_slices(full, background_slices).sum())
+                marked = int(empty.sum()) - n_empty
                 zero = f"0 = background in the {len(full) - n_empty} labelled slices"
                 zero += f" ({marked} marked as background: {format_slices(background_slices)})" if marked else ""
                 zero += f", the other {n_empty} not labelled"

@@ -107,10 +107,15 @@ def plan_training(
         shapes = [s[1:] if len(s) == 3 else s for s in shapes]
         notes.append("volumes are trained on as Z planes by a 2D model (3D for a 3D model)")
     marks = _background_slices(pairs, background_slices, zero_is)
-    planes = [unlabelled_slices(np.asarray(p[1])) for p in pairs if np.ndim(p[1]) == 3 and task == "semantic"]
+    volumes = [
+        (np.asarray(p[1]), m or ())
+        for p, m in zip(pairs, marks or [None] * len(pairs))
+        if np.ndim(p[1]) == 3 and task == "semantic"
+    ]
+    planes = [unlabelled_slices(labels) for labels, _ in volumes]
     if zero_is == "slices" and planes:
-        marked = sum(int(np.asarray(u)[m].sum()) for u, m in zip(planes, marks or []) if m)
-        empty, total = sum(int(m.sum()) for m in planes) - marked, sum(len(m) for m in planes)
+        empty = sum(int(unlabelled_slices(labels, m).sum()) for labels, m in volumes)
+        marked, total = sum(int(u.sum()) for u in planes) - empty, sum(len(u) for u in planes)
         how = f" ({marked} marked as background)" if marked else ""
         hint = (
             ""

@@ -104,10 +104,7 @@ def labels_to_target(
     if zero_is == "unlabelled":
         target[target == 0] = IGNORE
     elif zero_is == "slices":
-        empty = unlabelled_slices(target)
-        if background_slices is not None and len(background_slices) and target.ndim == 3:
-            empty[np.asarray(background_slices, dtype=int)] = False
-        target[empty] = IGNORE
+        target[unlabelled_slices(target, background_slices or ())] = IGNORE
     return target, None
 
 
@@ -149,12 +146,14 @@ def slices_between(empty: np.ndarray) -> int:
     return 0 if len(labelled) < 2 else int(np.asarray(empty)[labelled[0] : labelled[-1]].sum())
 
 
-def unlabelled_slices(labels: np.ndarray) -> np.ndarray:
-    """The planes along the first axis that hold no label (all 0), as a mask of ``labels``' first
-    axis (a 2D image is one plane: the whole image when it holds none)."""
+def unlabelled_slices(labels: np.ndarray, marked: Sequence[int] = ()) -> np.ndarray:
+    """The planes along the first axis that hold no label (all 0) and are not ``marked`` as background,
+    as a mask of ``labels``' first axis (a 2D image is one plane: the whole image when it holds none)."""
     if labels.ndim < 3:
         return np.full(labels.shape, not np.asarray(labels).any())
-    return ~np.asarray(labels).reshape(labels.shape[0], -1).any(axis=1)
+    empty = ~np.asarray(labels).reshape(labels.shape[0], -1).any(axis=1)
+    empty[np.asarray(marked, dtype=int)] = False
+    return empty
 
 
 def check_not_constant(labels: Sequence[np.ndarray], zero_is: str = "background") -> None:
