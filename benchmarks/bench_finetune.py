@@ -26,6 +26,11 @@ do) with ``time_budget = --minutes`` (and ``max_steps = --steps``, default none)
 
     python benchmarks/bench_finetune.py [--minutes 4] [--steps N] [--device auto|cpu|cuda]
         [--train-slices 0,1] [--seed 0] [--domain isbi|he|bf|nuinsseg|both] [--n-train 3] [--model M]
+        [--precision auto|fp32|bf16]
+
+``--precision bf16`` trains and scores in bf16 autocast, as ``auto`` does on CPUs with native bf16
+(on others it is emulated: slow, but the same numbers), so its scores can be set against fp32's
+step for step (``--steps N`` with a long ``--minutes``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from napari_attention_unet.core.predict import predict, run_to_end  # noqa: E402
 from napari_attention_unet.core.train import TrainConfig, Trainer  # noqa: E402
 
 ISBI = DATA / "isbi2012_em"
+PRECISION = "auto"  # training and scoring (--precision)
 
 
 def require_data() -> None:
@@ -88,7 +94,9 @@ def score(model, images, masks, device, foreground, match_ap=None) -> dict:
     dices, aps = [], []
     start = time.perf_counter()
     for image, mask in zip(images, masks):
-        out = run_to_end(predict(model, image, device=device, gates=[], instances=match_ap is not None))
+        out = run_to_end(
+            predict(model, image, device=device, gates=[], instances=match_ap is not None, precision=PRECISION)
+        )
         dices.append(dice(out.probability > 0.5, foreground(mask)))
         if match_ap is not None:
             aps.append(match_ap(mask, out.labels)[0])
@@ -100,7 +108,9 @@ def score(model, images, masks, device, foreground, match_ap=None) -> dict:
 
 def finetune(model, pairs, args, device) -> tuple:
     extra = {"lr": args.lr} if args.lr else {}
-    config = TrainConfig(max_steps=args.steps, time_budget=60.0 * args.minutes, seed=args.seed, **extra)
+    config = TrainConfig(
+        max_steps=args.steps, time_budget=60.0 * args.minutes, seed=args.seed, precision=args.precision, **extra
+    )
     trainer = Trainer(model, pairs, config=config, device=device)
     start = time.perf_counter()
     for report in trainer.run():
@@ -252,8 +262,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--model", default=None, help="starting model, name or file (default: the bundled one); see unseen_ids"
     )
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainConfig's)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="training and scoring (auto: bf16 on CPUs with native bf16 and on CUDA, as the plugin does)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
+    global PRECISION
+    PRECISION = args.precision
     require_data()
     from napari_attention_unet.models.registry import open_model
 
@@ -263,7 +281,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"model: {info.name!r} ({info.path}); device: {describe_device(device)}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
-    budget = f"time_budget={60 * args.minutes:.0f} s, max_steps={args.steps}"
+    budget = f"time_budget={60 * args.minutes:.0f} s, max_steps={args.steps}, precision={args.precision}"
     print(f"TrainConfig defaults except {budget}, seed={args.seed}")
     rows = []
     if args.domain in ("isbi", "both"):

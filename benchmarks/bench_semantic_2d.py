@@ -15,9 +15,11 @@
    skeleton (3 px wide) and as many 25x3 px lines inside cells; the same run on the dense labels
    of the same slices is the reference (what full labels would give).
 
-fp32, 2 torch threads. Prints a markdown table.
+fp32 (``--precision bf16`` for ours: as ``auto`` on CPUs with native bf16), 2 torch threads. Prints a
+markdown table.
 
     python benchmarks/bench_semantic_2d.py [--part mr|em|both] [--minutes 3] [--strokes 20] [--seed 0]
+        [--steps N] [--precision fp32|bf16|auto]
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ EM = DATA / "isbi2012_em"
 
 #: ``--steps N``: our models train N steps instead of ``--minutes`` (untimed: the machine's load does not matter).
 STEPS: int | None = None
+#: ``--precision``: ours, training and prediction (bf16: as ``auto`` does on CPUs with native bf16).
+PRECISION = "fp32"
 
 
 def train_like_the_cli(pairs, minutes: float, seed: int, **plan_settings):
@@ -55,7 +59,9 @@ def train_like_the_cli(pairs, minutes: float, seed: int, **plan_settings):
     torch.manual_seed(seed)
     bundled, _, _ = open_model(None)
     budget = {"steps": STEPS} if STEPS else {"minutes": minutes}
-    plan = plan_training(pairs, task="semantic", dims=2, start=bundled, seed=seed, **budget, **plan_settings)
+    plan = plan_training(
+        pairs, task="semantic", dims=2, start=bundled, seed=seed, precision=PRECISION, **budget, **plan_settings
+    )
     samples, validation = split_samples(plan.model.config, plan.config, plan.pairs)
     trainer = Trainer(plan.model, config=plan.config, device="cpu", samples=samples, validation=validation)
     run_to_end(trainer.run())
@@ -64,7 +70,7 @@ def train_like_the_cli(pairs, minutes: float, seed: int, **plan_settings):
 
 
 def predicted(model, image: np.ndarray, axes: str) -> np.ndarray:
-    return run_to_end(predict(model, image, axes=axes, gates=(), device="cpu", precision="fp32")).labels
+    return run_to_end(predict(model, image, axes=axes, gates=(), device="cpu", precision=PRECISION)).labels
 
 
 def train_monai_2d(train, minutes: float, seed: int, roi=(48, 48), batch: int = 16):
@@ -174,10 +180,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="ours: train this many steps instead (untimed)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32", help="ours: train and predict")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    global STEPS
-    STEPS = args.steps
+    global STEPS, PRECISION
+    STEPS, PRECISION = args.steps, args.precision
     rows = []
     if args.part in ("mr", "both"):
         if (HIPPOCAMPUS / "index.csv").is_file():
@@ -189,7 +196,7 @@ def main() -> None:
             rows += bench_em(args.minutes, args.strokes, args.seed)
         else:
             print(f"skipped em: the ISBI 2012 slices are not at {EM}")
-    print(f"\n{args.minutes:g} min each, {args.threads} threads, fp32\n")
+    print(f"\n{args.minutes:g} min each, {args.threads} threads, ours in {args.precision}\n")
     print("| run | steps | best step | Dice per class (mean over test images) | mean |")
     print("|---|---|---|---|---|")
     for name, info, scores in rows:

@@ -16,8 +16,9 @@ normalised on its own with percentiles (``core.images.normalize``, 1 / 99.8), fo
    ``sliding_window_inference`` (same roi, overlap 0.25, Gaussian), as a user would write it.
    ``--monai-channels-last`` also gives it the channels-last 3D layout ours uses.
 
-Scores: Dice of each class per test volume, averaged over volumes, and their mean. fp32 (this
-CPU has AVX2 only: bf16 would be emulated).
+Scores: Dice of each class per test volume, averaged over volumes, and their mean. fp32 by
+default (this CPU has AVX2 only: bf16 is emulated there); ``--precision bf16`` trains and predicts
+ours in bf16 autocast, as ``train``'s ``auto`` does on CPUs with native bf16 (AMX, AVX512-BF16).
 
 ``--part 2d`` measures where a 2D semantic model should start (from scratch, or from the
 bundled nuclei model's weights with a new head), ``--minutes`` each: ISBI 2012 EM membranes
@@ -25,7 +26,8 @@ bundled nuclei model's weights with a new head), ``--minutes`` each: ISBI 2012 E
 place) and NuInsSeg human-spleen H&E nuclei (ids > 0; train on 3 tiles, score on the other 31).
 
     python benchmarks/bench_tasks.py [--part 3d|2d] [--minutes 8] [--n-train 20] [--threads 2] [--seed 0]
-        [--only both|ours|monai] [--monai-channels-last] [--inner] [--patch ZxYxX] [--batch N] [--last]
+        [--only both|ours|monai] [--precision fp32|bf16|auto] [--monai-channels-last] [--inner] [--patch ZxYxX]
+        [--batch N] [--last]
         [--slices K --zero-is background|slices] [--mark-background none|ends|all] [--steps N] [--monai-steps N]
 
 ``--steps N`` / ``--monai-steps N`` train ours / MONAI for N steps instead of ``--minutes`` (untimed,
@@ -68,6 +70,7 @@ from napari_attention_unet.core.train.start import (  # noqa: E402
 
 #: Where both models train and predict (``--device``; the figures below are the 2-core CPU's).
 DEVICE = torch.device("cpu")
+PRECISION = "fp32"  # ours, training and prediction (--precision)
 HIPPOCAMPUS = DATA / "msd_hippocampus_dev"
 CLASSES = ("anterior", "posterior")
 
@@ -126,7 +129,7 @@ def train_ours(train, minutes: float, seed: int, marks=None, **settings) -> tupl
 def score_ours(model, test) -> np.ndarray:
     scores = []
     for _, image, labels in test:
-        prediction = run_to_end(predict(model, image, axes="ZYX", gates=(), device=DEVICE, precision="fp32"))
+        prediction = run_to_end(predict(model, image, axes="ZYX", gates=(), device=DEVICE, precision=PRECISION))
         scores.append(class_dice(prediction.labels, labels))
     return np.array(scores)
 
@@ -263,6 +266,12 @@ def main() -> None:
         "--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"], help="where both models train"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="ours, training and prediction (auto: bf16 where the CPU has it natively, as train does)",
+    )
     parser.add_argument("--only", choices=["both", "ours", "monai"], default="both")
     parser.add_argument("--monai-channels-last", action="store_true")
     parser.add_argument("--part", choices=["3d", "2d"], default="3d")
@@ -294,8 +303,8 @@ def main() -> None:
         help="with --slices --zero-is slices: mark slices beyond the structure as background (one at each end, or all)",
     )
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = pick_device(args.device)
+    global DEVICE, PRECISION
+    DEVICE, PRECISION = pick_device(args.device), args.precision
     if args.part == "2d":
         torch.set_num_threads(args.threads)
         return bench_2d(args.minutes, args.seed)
@@ -324,6 +333,7 @@ def main() -> None:
         )
         settings = {k: v for k, v in chosen if v is not None}
         settings["zero_is"] = args.zero_is
+        settings["precision"] = args.precision
         if args.steps:  # step-matched: the same run on any machine, however loaded
             settings.update(max_steps=args.steps, time_budget=None)
         model, info = train_ours(train, args.minutes, args.seed, marks, **settings)

@@ -80,6 +80,7 @@ def test_finetune_saves_a_version_and_repredicts(qtbot, corrected, notes, accept
     assert widget._model.value == name and widget.session.model_info.name == name
     info = _versions.version_info(name)
     assert info["parent"] == "tiny" and info["steps"] == 5 and info["image"] == "nuclei"
+    assert 1 <= info["kept_step"] <= 5  # the state kept, not only the steps trained
     masks = viewer.layers["nuclei masks"]  # re-predicted into the plugin's own layer
     assert masks.metadata[_layers.MARKER]["model"] == name
     assert "Saved as" in widget.finetune._readout.value

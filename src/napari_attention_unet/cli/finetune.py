@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         "name": out_name,
         "parent": info.name,
         "steps": result.steps,
+        "kept_step": result.best_step,
         "best_val_dice": result.best_val_dice,
         "best_val_ap": result.best_val_ap,
         "trained_on": [str(p) for p in args.image],

@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         "start": start_name,
         "spacing": _spacing(plan),
         "steps": result.steps,
+        "kept_step": result.best_step,
         "best_val_dice": result.best_val_dice,
         "best_val_ap": result.best_val_ap,
         "best_val_class_dice": result.best_val_class_dice,

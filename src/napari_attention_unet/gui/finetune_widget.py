@@ -346,6 +346,7 @@ class FinetuneWidget(Container):
             result.model,
             parent,
             steps=result.steps,
+            kept_step=result.best_step,
             best_val_dice=result.best_val_dice,
             best_val_ap=result.best_val_ap,
             image_name=self._image_name,

@@ -149,6 +149,7 @@ def save_new_model(result: TrainResult, plan: TrainingPlan, image_name: str) -> 
         result.trained_model,
         f"new {plan.task} model",
         steps=result.steps,
+        kept_step=result.best_step,
         best_val_dice=result.best_val_dice,
         best_val_ap=result.best_val_ap,
         image_name=image_name,

@@ -47,6 +47,7 @@ def save_version(
     parent: str,
     *,
     steps: int = 0,
+    kept_step: int | None = None,
     best_val_dice: float | None = None,
     best_val_ap: float | None = None,
     image_name: str = "",
@@ -63,6 +64,7 @@ def save_version(
     info = {
         "parent": parent,
         "steps": int(steps),
+        "kept_step": int(steps if kept_step is None else kept_step),
         "best_val_dice": None if best_val_dice is None else float(best_val_dice),
         "best_val_ap": None if best_val_ap is None else float(best_val_ap),
         "date": when.isoformat(timespec="seconds"),

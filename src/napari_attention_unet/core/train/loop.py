@@ -332,7 +332,8 @@ class Trainer:
             accepted=accepted,
             message=message,
             steps=self.step,
-            best_step=self.best_step,
+            # the step of ``trained_model``: the last one when no state was kept (nothing evaluated)
+            best_step=self.best_step if self.best_state is not None or self.must_beat_start else self.step,
             best_val_dice=self.best_dice,
             best_val_iou=self.best_iou,
             stopped=self.stopped,
