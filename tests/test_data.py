@@ -17,6 +17,17 @@ def test_guess_axes(shape, axes):
     assert guess_axes(shape) == axes
 
 
+def test_a_short_axis_is_channels_where_planes_would_make_no_sense():
+    assert guess_axes((64, 64, 2)) == "YXC"  # not 64 planes of 64 x 2 pixels
+    assert guess_axes((64, 64, 2), rgb=False) == "ZYX"  # a layer that says it is no colour image
+    assert guess_axes((2, 64, 64)) == "ZYX"  # two planes, unless something says channels:
+    assert guess_axes((2, 64, 64), channels=2) == "CYX"  # a model of two input channels
+    assert guess_axes((2, 64, 64), pick=True) == "CYX"  # one channel to pick (--channel)
+    assert guess_axes((3, 64, 64), channels=3) == "ZYX"  # three planes stay planes for a colour model
+    assert guess_axes((2, 16, 64, 64), channels=2) == "CZYX"
+    assert guess_axes((8, 64, 64), channels=8) == "ZYX"  # more than 4: planes
+
+
 def test_unsupported_shapes_explain_themselves():
     with pytest.raises(ImageShapeError, match="4D image"):
         guess_axes((2, 5, 64, 64))

@@ -1,4 +1,5 @@
-"""3D instance models see large objects shrunk to about OBJECT_VOXELS_3D voxels across (core.resampling)."""
+"""3D instance models see large objects shrunk to about OBJECT_VOXELS_3D voxels across, and new semantic models
+large volumes shrunk to about MAX_VOXELS_3D voxels (core.resampling)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import napari_attention_unet.core.predict as predict_module
 from napari_attention_unet.core.instances import probabilities_to_instances
 from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.resampling import (
+    MAX_VOXELS_3D,
     OBJECT_VOXELS_3D,
+    fitting_voxel_size,
     grid_zoom,
     isotropic_zoom,
     object_voxel_size,
@@ -54,6 +57,35 @@ def test_the_voxel_size_makes_the_median_object_the_target_size_and_never_enlarg
     assert object_voxel_size([large], [(0.5, 0.5, 0.5)]) == pytest.approx(voxel / 2)
     _, small = balls((32, 32, 32), 5, [(16, 10, 10), (16, 22, 22)])
     assert object_voxel_size([small], [None]) is None
+
+
+def test_large_volumes_fit_the_voxel_budget_and_small_ones_keep_their_grid():
+    ct = fitting_voxel_size([(70, 512, 512)], [(3.0, 0.78, 0.78)])  # a CT: 67 M voxels at its finest axis
+    assert ct == pytest.approx((70 * 3.0 * (512 * 0.78) ** 2 / MAX_VOXELS_3D) ** (1 / 3))
+    zoom = grid_zoom((3.0, 0.78, 0.78), 3, ct)
+    assert np.prod([round(n * f) for n, f in zip((70, 512, 512), zoom)]) == pytest.approx(MAX_VOXELS_3D, rel=0.02)
+    assert fitting_voxel_size([(36, 50, 35), (70, 512, 512)], [(1, 1, 1), (3.0, 0.78, 0.78)]) == ct  # the largest
+    assert fitting_voxel_size([(36, 50, 35)], [(1.0, 1.0, 1.0)]) is None  # an MR hippocampus crop stays as it is
+    assert fitting_voxel_size([(1000, 4096, 4096)], [None]) == pytest.approx(12.0)  # at most 12x the finest axis
+
+
+def test_a_large_volume_trains_and_predicts_on_a_coarser_grid_back_on_its_own():
+    """A new semantic model of a large anisotropic volume sees it at a voxel size that fits the budget,
+    says so, and predicts labels and gate maps on the volume's own grid."""
+    labels = np.zeros((40, 256, 256), np.uint8)
+    labels[10:30, 60:200, 60:200] = 1
+    labels[15:25, 100:150, 100:150] = 2
+    image = (labels * 50.0 + np.random.default_rng(0).normal(0, 10, labels.shape)).astype(np.float32)
+    spacing = (3.0, 0.5, 0.5)  # at its finest axis: 240 x 256 x 256, 15.7 M voxels
+    plan = plan_training([(image, labels, "ZYX", spacing)], steps=1, base_width=4, depth=3)
+    assert plan.model.config.voxel_size == pytest.approx(fitting_voxel_size([labels.shape], [spacing]))
+    assert any("the volumes are large" in note for note in plan.notes)
+    samples, validation = split_samples(plan.model.config, plan.config, plan.pairs)
+    assert np.prod(samples[0].image.shape[1:]) <= 1.02 * MAX_VOXELS_3D
+    trainer = Trainer(plan.model, config=plan.config, device="cpu", samples=samples, validation=validation)
+    run_to_end(trainer.run())
+    result = run_to_end(predict(trainer.result().trained_model, image, axes="ZYX", spacing=spacing))
+    assert result.labels.shape == labels.shape and result.gate_maps["gate1"].shape == labels.shape
 
 
 def test_shrinking_smooths_the_image_first_and_enlarging_is_unchanged():

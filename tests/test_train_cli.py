@@ -255,6 +255,36 @@ def test_the_model_path_as_typed_works_for_predict(tmp_path, home, monkeypatch, 
     assert tifffile.imread(tmp_path / "pred" / "img_labels.tif").shape == labels.shape
 
 
+@pytest.mark.parametrize("order", ["CYX", "YXC"])
+def test_two_channel_images_train_and_predict_without_axes(tmp_path, home, monkeypatch, capsys, order):
+    """A 2-channel image beside (Y, X) labels, its axes unsaid: the short axis is channels, first or last, for
+    train and for predict; the colour start's kernels do not fit two channels, so the model starts from scratch."""
+    monkeypatch.chdir(tmp_path)
+    image, labels = three_classes((48, 48))
+    two = np.stack([image, np.where(labels == 2, 150.0, 20.0)]).astype(np.float32)  # class 2 also in channel 1
+    tifffile.imwrite("two.tif", two if order == "CYX" else np.moveaxis(two, 0, -1))
+    tifffile.imwrite("lbl.tif", labels)
+    torch.manual_seed(0)
+    save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), tmp_path / "colour")  # 3 input channels
+    args = ["train", "--image", "two.tif", "--labels", "lbl.tif", "--out", "m", "--steps", "2", "--start", "colour"]
+    assert main([*args, "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "2 channels: a new model from scratch (the start takes 3)" in err and "from scratch)" in err
+    config, info = read_metadata(tmp_path / "m.safetensors")
+    assert config.in_channels == 2 and info["start"] == "scratch"
+    assert main(["predict", "two.tif", "--model", "m", "--out", "pred", "--device", "cpu"]) == 0
+    assert tifffile.imread(tmp_path / "pred" / "two_labels.tif").shape == labels.shape  # one plane, not two
+    capsys.readouterr()
+    # A model of other channels reads a short first axis as planes, and says how to mean channels.
+    done = main(["predict", "two.tif", "--model", "colour", "--out", "planes", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert done == (0 if order == "CYX" else 1)
+    if order == "CYX":
+        assert "two.tif: read as 2 planes (Z, Y, X), each predicted alone; if its first axis holds channels" in err
+    else:  # (Y, X, 2) is no stack of 2 px wide planes: a 2-channel image the colour model cannot take
+        assert "the model takes 3 channel(s) but the image has 2" in err
+
+
 def test_a_model_path_that_cannot_be_written_is_refused_before_training(tmp_path, home, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image, labels = three_classes((48, 48))
@@ -264,6 +294,35 @@ def test_a_model_path_that_cannot_be_written_is_refused_before_training(tmp_path
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "cannot write the model to img.tif/m.safetensors: img.tif is a file" in err and "step" not in err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (access() allows, mkdir refuses)")
+def test_a_model_folder_that_cannot_be_made_is_refused_before_training(tmp_path, home, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image, labels = three_classes((48, 48))
+    tifffile.imwrite("img.tif", image)
+    tifffile.imwrite("lbl.tif", labels)
+    args = ["train", "--image", "img.tif", "--labels", "lbl.tif", "--out", "/proc/nope/m", "--steps", "1", *TINY]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the model to /proc/nope/m.safetensors: No such file or directory" in err and "step" not in err
+
+
+def test_a_run_stopped_before_its_first_step_writes_no_model(tmp_path, home, monkeypatch, capsys):
+    """Random weights would only mislead: Ctrl-C (or a budget spent on preparing) before step 1 writes nothing."""
+    from napari_attention_unet.core.train import loop
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "_batch", interrupted)
+    monkeypatch.chdir(tmp_path)
+    image, labels = three_classes((48, 48))
+    tifffile.imwrite("img.tif", image)
+    tifffile.imwrite("lbl.tif", labels)
+    assert main(["train", "--image", "img.tif", "--labels", "lbl.tif", "--out", "m", "--steps", "5", *TINY]) == 2
+    assert "no training step was done" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_usage_mistakes_end_with_one_line(capsys):

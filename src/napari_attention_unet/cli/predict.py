@@ -51,6 +51,15 @@ def _whole_series_only(args: argparse.Namespace) -> None:
         )
 
 
+def _few_planes(args: argparse.Namespace, model, path, result) -> bool:
+    """A 2D model read a file's short first axis (2-4, its axes unsaid) as planes: channels, more likely."""
+    from napari_attention_unet.large_data.files import declared_axes
+
+    if args.axes or model.config.spatial_dims != 2 or getattr(result, "spatial_axes", None) != "ZYX":
+        return False
+    return len(result.labels) <= 4 and declared_axes(path, args.time_point) is None
+
+
 def _clashing_outputs(args: argparse.Namespace) -> str | None:
     """Two inputs whose outputs would have the same names (``a/cells.tif`` and ``b/cells.tif``): the
     second would overwrite the first's without a word, so it is said before anything runs."""
@@ -123,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
             result = drive(steps, path.name, leave=leave)
             if getattr(result, "nan_values", 0):
                 tqdm.write(f"{path.name}: {result.nan_values} value(s) were NaN: taken as background", file=sys.stderr)
+            if _few_planes(args, model, path, result):
+                tqdm.write(
+                    f"{path.name}: read as {len(result.labels)} planes (Z, Y, X), each predicted alone; if its first "
+                    "axis holds channels, give --axes CYX (and --channel C to use one)",
+                    file=sys.stderr,
+                )
             if getattr(result, "zoom", None):  # it took about zoom² the time: say why
                 tqdm.write(
                     f"{path.name}: small objects: looked again at {result.zoom:.1f}x (--no-auto-zoom leaves it out)",

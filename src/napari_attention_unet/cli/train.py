@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
     model, task, dims, classes = plan.model, plan.task, plan.dims, plan.classes
+    start_name = "scratch" if plan.scratch else start_name
     named = classes[1:] if model.config.unlabelled_channel else classes  # strokes: 0 is no class
     what = f"{task} ({', '.join(named)})" if task == "semantic" else task
     print(
@@ -154,11 +155,16 @@ def run(args: argparse.Namespace) -> int:
         print("--spacing is the voxel size of volumes for a 3D model: a 2D model does not use it", file=sys.stderr)
     drive_training(trainer)
     result = trainer.result()
+    if result.steps == 0:  # nothing learnt: writing random weights would only mislead
+        return fail(
+            f"no training step was done ({trainer.elapsed:.0f} s went on preparing and scoring), so no model was "
+            "written: give more --minutes, or --steps N"
+        )
     if result.accepted:
         print(result.message, file=sys.stderr)
     else:  # a new model has no previous one to fall back on: write the best state, and say why to doubt it
         print(
-            f"warning: {result.message} A new model has no earlier one to fall back on, so it is written: "
+            f"warning: {result.message.rstrip('.')}. A new model has no earlier one to fall back on, so it is written: "
             "check its predictions before relying on it.",
             file=sys.stderr,
         )

@@ -26,20 +26,31 @@ class ImageShapeError(ValueError):
     """The image's shape or axes cannot be handled; the message says what would work."""
 
 
-def guess_axes(shape: tuple[int, ...], rgb: bool | None = None) -> str:
+def guess_axes(
+    shape: tuple[int, ...], rgb: bool | None = None, *, channels: int | None = None, pick: bool = False
+) -> str:
     """Guess axes from a shape the way napari does: a last axis of 3 or 4 is colour.
 
-    ``rgb`` forces (True) or forbids (False) reading the last axis as colour.
+    ``rgb`` forces (True) or forbids (False) reading the last axis as colour. A last axis of 1-4
+    next to larger ones is channels too (a 2-channel ``(Y, X, 2)`` is no stack of 2 px wide
+    planes). A first axis of 2-4 next to larger ones is channels when ``channels`` (a model's input
+    channels) is that length and not 1 or 3 (3 planes stay planes for a colour model), or when
+    ``pick`` (one channel is being picked, so there are channels); else it is Z (or time).
     """
     ndim = len(shape)
-    colour_last = shape[-1] in (3, 4) if rgb is None else rgb
+    few_last = rgb is None and ndim >= 3 and shape[-1] <= 4 < min(shape[:-1])
+    colour_last = (ndim > 0 and shape[-1] in (3, 4) or few_last) if rgb is None else rgb
+    first = shape[0] if ndim else 0
+    few_first = ndim >= 3 and 2 <= first <= 4 < min(shape[1:]) and (pick or (channels == first and first != 3))
     if ndim == 2:
         return "YX"
     if ndim == 3:
-        return "YXC" if colour_last else "ZYX"
+        return "YXC" if colour_last else ("CYX" if few_first else "ZYX")
     if ndim == 4:
         if colour_last:
             return "ZYXC"
+        if few_first:
+            return "CZYX"
         raise ImageShapeError(
             f"cannot tell the axes of a 4D image of shape {shape}: give them, e.g. axes='CZYX' "
             "for channels first, or pick one time point / channel"

@@ -21,6 +21,7 @@ import torch
 from napari_attention_unet.core.device import autocast_dtype, channels_last_format, pick_device
 from napari_attention_unet.core.images import (
     ImageShapeError,
+    guess_axes,
     intensity_ranges,
     network_channels,
     normalize,
@@ -195,12 +196,14 @@ def predict(
     options = PredictOptions.of(options, **settings)
     config = model.config
     dev = pick_device(device)
-    channels_first, spatial_axes = to_channel_first(image, options.axes)
+    # Axes not given: a first axis as long as the model's input channels (or with a channel to pick) is channels.
+    axes = options.axes or guess_axes(np.shape(image), channels=config.in_channels, pick=options.channel is not None)
+    channels_first, spatial_axes = to_channel_first(image, axes)
     if options.channel is not None:
         if not 0 <= options.channel < len(channels_first):
             raise ImageShapeError(
                 f"channel {options.channel} is not in the image: it has {len(channels_first)} channel(s), "
-                f"0..{len(channels_first) - 1} (axes {options.axes or 'guessed'})"
+                f"0..{len(channels_first) - 1} (axes {axes}{'' if options.axes else ', guessed: give --axes'})"
             )
         channels_first = channels_first[options.channel : options.channel + 1]
     if not np.issubdtype(channels_first.dtype, np.number) or np.issubdtype(channels_first.dtype, np.complexfloating):

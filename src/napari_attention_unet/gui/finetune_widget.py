@@ -267,8 +267,9 @@ class FinetuneWidget(Container):
         self._on_busy(True)
         planes = [i for i in self._session.trained_planes if i]
         where = f" (slices {', '.join(str(i[0] if len(i) == 1 else i) for i in planes)})" if planes else ""
-        what = "Training a new model" if self._start_from.value == NEW_MODEL else "Fine-tuning"
-        self._readout.value = f"{what} on {image.name}{where}: first scoring the start on the held-out part…"
+        new = self._start_from.value == NEW_MODEL
+        first = "preparing the samples…" if new else "first scoring the start on the held-out part…"
+        self._readout.value = f"{'Training a new model' if new else 'Fine-tuning'} on {image.name}{where}: {first}"
         self._worker.start()
 
     def _on_cancel(self) -> None:

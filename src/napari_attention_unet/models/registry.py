@@ -17,7 +17,7 @@ from pathlib import Path
 from platformdirs import user_data_dir
 
 from napari_attention_unet.core.model import AttentionUNet
-from napari_attention_unet.core.weights import SUFFIX, ModelFileError, ModelInfo, load_model
+from napari_attention_unet.core.weights import SUFFIX, ModelFileError, ModelInfo, load_model, unwritable_reason
 
 BUNDLED_DEFAULT = "nuclei"
 
@@ -141,4 +141,6 @@ def model_out_path(typed: str | os.PathLike) -> Path:
             break
     if path.is_dir():
         raise ValueError(f"cannot write the model to {path}: a folder of that name is there")
+    if (reason := unwritable_reason(path.parent)) is not None:  # e.g. under /proc, where access() says yes
+        raise ValueError(f"cannot write the model to {path}: {reason}")
     return path

@@ -141,8 +141,9 @@ class Trainer:
         # The pace for the ETA is this run's own: a resumed trainer starts at a later step.
         self._run_start = (self.step, self.elapsed)
         self.stopped = "cancelled"  # stays so unless the loop ends by itself
-        # The starting model's scores are the bar a trained state must clear (see selection.py).
-        if self.step == 0 and self.validation and self.start_scores is None:
+        # The starting model's scores are the bar a trained state must clear (see selection.py); a new model's
+        # start clears no bar, and scoring it on a large volume's held-out part took minutes of a budget.
+        if self.step == 0 and self.validation and self.start_scores is None and cfg.must_beat_start is not False:
             self._score_start()
         try:
             while not self._budget_spent():

@@ -15,7 +15,12 @@ import torch
 from napari_attention_unet.core.images import ImageShapeError, to_channel_first
 from napari_attention_unet.core.instances import as_instances
 from napari_attention_unet.core.model import AttentionUNet
-from napari_attention_unet.core.resampling import OBJECT_VOXELS_3D, object_voxel_size
+from napari_attention_unet.core.resampling import (
+    MAX_VOXELS_3D,
+    OBJECT_VOXELS_3D,
+    fitting_voxel_size,
+    object_voxel_size,
+)
 from napari_attention_unet.core.train.config import TrainConfig
 from napari_attention_unet.core.train.start import (
     default_train_config,
@@ -25,6 +30,7 @@ from napari_attention_unet.core.train.start import (
     task_classes,
 )
 from napari_attention_unet.core.train.targets import (
+    axes_beside_labels,
     check_image,
     check_labels_shape,
     check_not_constant,
@@ -50,6 +56,8 @@ class TrainingPlan:
     notes: list[str] = field(default_factory=list)
     #: Per pair, the slices marked as labelled background (``zero_is="slices"``), for the Trainer.
     background_slices: list[list[int] | None] | None = None
+    #: Whether the model starts from random weights (also when the start given takes other channels).
+    scratch: bool = True
 
     def describe(self) -> str:
         what = f"semantic ({', '.join(self.classes[1:])})" if self.task == "semantic" else "instances"
@@ -136,6 +144,11 @@ def plan_training(
     classes = task_classes(task, n_classes, class_names, zero_is)
     if start != "scratch" and (base_width or depth):
         raise ValueError("a width and depth size a model from scratch; a starting model keeps its own size")
+    if not isinstance(start, str) and in_channels not in (1, start.config.in_channels):
+        # e.g. nuclei and a membrane stain: the colour model's kernels do not carry over (2 channels, 60 steps:
+        # class Dice 0.00 / 0.00 from the bundled weights, 0.96 / 0.89 from scratch)
+        notes.append(f"{in_channels} channels: a new model from scratch (the start takes {start.config.in_channels})")
+        start = "scratch"
     with torch.random.fork_rng(devices=[]):  # the new weights follow the seed, the caller's generator is left alone
         torch.manual_seed(settings.get("seed", 0))
         model = new_model(task, classes, dims, in_channels, start, base_width=base_width, depth=depth)
@@ -146,6 +159,15 @@ def plan_training(
             notes.append(
                 f"objects are about {voxel * OBJECT_VOXELS_3D:.3g} units across: the model sees the volumes at "
                 f"{voxel:.3g} units per voxel, so that they are about {OBJECT_VOXELS_3D:g} voxels across"
+            )
+    if dims == 3 and task == "semantic" and isinstance(start, str):
+        voxel = fitting_voxel_size(shapes, [p[3] for p in pairs])
+        if voxel is not None:  # large volumes (a CT): seen shrunk, or a CPU spends the budget before a step
+            model.config.extra["voxel_size"] = voxel
+            notes.append(
+                f"the volumes are large: the model sees them at {voxel:.3g} units per voxel (about "
+                f"{MAX_VOXELS_3D / 1e6:g} M voxels for the largest) and predicts back on their grid; for "
+                "structures a few voxels thin, train a 2D model (--dims 2)"
             )
     voxel = model.config.voxel_size  # a new model's, or the starting model's grid
     sizes = [network_shape(s, p[3], voxel) for s, p in zip(shapes, pairs)] if dims == 3 else shapes
@@ -161,7 +183,7 @@ def plan_training(
         zero_is=zero_is,
         **settings,
     )
-    return TrainingPlan(model, config, list(pairs), task, dims, classes, notes, marks)
+    return TrainingPlan(model, config, list(pairs), task, dims, classes, notes, marks, isinstance(start, str))
 
 
 def infer_dims(labels: Sequence[np.ndarray], zero_is: str = "background") -> int:
@@ -206,6 +228,7 @@ def _checked(pairs: Sequence[tuple]) -> tuple[list[tuple], list[tuple[int, ...]]
     out, shapes, channels = [], [], 1
     for pair in pairs:
         image, labels, axes, spacing = (*pair, None, None)[:4]
+        axes = axes or axes_beside_labels(np.shape(image), np.shape(labels))  # (C, Y, X) with (Y, X) labels
         check_image(image, axes)
         channels_first, _ = to_channel_first(image, axes)
         check_labels_shape(np.shape(labels), channels_first.shape[1:])

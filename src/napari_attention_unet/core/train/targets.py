@@ -61,6 +61,20 @@ def check_image(image: np.ndarray, axes: str | None) -> None:
             )
 
 
+def axes_beside_labels(image_shape: tuple[int, ...], labels_shape: tuple[int, ...]) -> str | None:
+    """The axes of an image whose only axis missing from its labels is a short one (1-4: channels) at
+    its start or end, e.g. ``CYX`` for a 2-channel (2, Y, X) image with (Y, X) labels; None otherwise."""
+    image_shape, labels_shape = tuple(image_shape), tuple(labels_shape)
+    n = len(labels_shape)
+    if n not in (2, 3) or len(image_shape) != n + 1:
+        return None
+    if image_shape[:-1] == labels_shape and image_shape[-1] <= 4:
+        return "ZYX"[-n:] + "C"
+    if image_shape[1:] == labels_shape and image_shape[0] <= 4:
+        return "C" + "ZYX"[-n:]
+    return None
+
+
 def check_labels_shape(labels_shape: tuple[int, ...], spatial_shape: tuple[int, ...]) -> None:
     """Refuse labels whose shape is not the image's spatial shape."""
     if tuple(labels_shape) != tuple(spatial_shape):
