@@ -38,8 +38,11 @@ def run_cli(*args):
 
 def test_predict_writes_labels_and_attention(tmp_path, model_file, home):
     out = tmp_path / "out"
-    done = run_cli("predict", FLUO, HE, "--out", out, "--model", model_file, "--device", "cpu")
+    done = run_cli("predict", FLUO, HE, "--out", out, "--model", model_file, "--device", "cpu", "--tile-size", "64")
     assert done.returncode == 0, done.stderr
+    # stderr is a pipe here, as in a log: each bar drawn at its start and end, not at each of the 25 tiles and
+    # stages of an image (44 redraws for a 128² image in 64 px tiles before)
+    assert done.stderr.count("\r") <= 10, done.stderr
     for image_path in (FLUO, HE):
         image = tifffile.imread(image_path)
         labels = tifffile.imread(out / f"{image_path.stem}_labels.tif")
@@ -125,6 +128,10 @@ def test_clear_errors(tmp_path, model_file, home):
     skipped = run_cli("predict", text, FLUO, "--out", tmp_path / "o", "--model", model_file)
     assert skipped.returncode == 1 and "unsupported file type" in skipped.stderr
     assert (tmp_path / "o" / f"{FLUO.stem}_labels.tif").is_file()  # the good image was still done
+    tifffile.imwrite(tmp_path / "empty.tif", np.full((32, 32), np.nan, np.float32))  # before: "predicted", exit 0
+    nothing = run_cli("predict", tmp_path / "empty.tif", "--out", tmp_path / "o", "--model", model_file)
+    assert nothing.returncode == 1 and "every pixel is NaN (or infinite): there is nothing to predict" in nothing.stderr
+    assert not (tmp_path / "o" / "empty_labels.tif").exists()
 
 
 def test_unusable_settings_and_outputs_are_one_line_before_any_work(tmp_path, model_file, home, capsys):

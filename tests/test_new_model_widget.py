@@ -136,6 +136,33 @@ def test_new_semantic_2d_model_from_dense_labels(plugin_widget, qtbot, notes, sa
     assert "class" not in masks.features
 
 
+def test_a_two_channel_layer_trains_and_predicts_as_channels(plugin_widget, qtbot, notes, sane):
+    """A (2, Y, X) layer (napari shows its channels as planes) with (Y, X) labels: a new model of two input
+    channels, whose masks are (Y, X) and come from both channels, not one plane each."""
+    viewer, widget = plugin_widget
+    image, labels = three_classes_2d()
+    two = np.stack([image, np.where(labels == 2, 150.0, 20.0).astype(np.float32)])  # class 2 shows in both
+    viewer.add_image(two, name="two")
+    panel = widget.finetune
+    panel._corrected.value = viewer.add_labels(labels, name="classes")
+    widget._image.value = viewer.layers["two"]
+    panel._start_from.value = _finetune_widget.NEW_MODEL
+    panel.start(steps=4)
+    wait_idle(qtbot, widget)
+    assert not notes["error"], notes["error"]
+    assert widget.session.model.config.in_channels == 2
+    masks = viewer.layers["two masks"]
+    assert masks.data.shape == labels.shape and masks.scale.tolist() == [1.0, 1.0]
+    # The two planes go through the network together: the same masks as the (Y, X, 2) image gives.
+    from napari_attention_unet.core.predict import run_to_end
+
+    together = run_to_end(widget.session.predict(np.moveaxis(two, 0, -1), rgb=True, gates=())).labels
+    np.testing.assert_array_equal(together, masks.data)
+    np.testing.assert_array_equal(run_to_end(widget.session.predict(two, gates=())).labels, together)
+    # Fine-tuning it on the same layer takes the channels alike (before: "labels do not match the image").
+    assert run_to_end(widget.session.finetune(two, labels, steps=2, minutes=None)).steps == 2
+
+
 def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes, sane):
     viewer, widget = plugin_widget
     volume, labels = two_blobs_3d()

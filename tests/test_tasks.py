@@ -193,6 +193,35 @@ def test_strokes_count_only_painted_pixels():
     assert (run_to_end(predict(dense_model, image, device="cpu")).labels == 0).all()
 
 
+def test_strokes_weigh_each_painted_class_alike_in_the_cross_entropy(monkeypatch):
+    """A user paints the background with a large brush and nuclei with dabs: 9 to 1 in pixels. Balanced, the
+    cross-entropy is the mean of each class's own; the trainer balances strokes, and dense labels not."""
+    from torch.nn import functional as F
+
+    from napari_attention_unet.core.train import losses
+
+    target = torch.full((1, 10, 10), IGNORE, dtype=torch.long)
+    target[0, :9] = 1  # 90 pixels of class 1
+    target[0, 9] = 2  # 10 of class 2
+    target[0, 9, :5] = IGNORE  # 5 of them not counted
+    logits = torch.randn(1, 3, 10, 10)
+    ce = F.cross_entropy(logits, target.clamp(max=2), reduction="none")  # IGNORE pixels left out below
+    per_class = [ce[target == c].mean() for c in (1, 2)]
+    balanced = semantic_loss(logits, target, dice_weight=0.0, balance=True)
+    torch.testing.assert_close(balanced, torch.stack(per_class).mean())
+    plain = semantic_loss(logits, target, dice_weight=0.0)
+    torch.testing.assert_close(plain, ce[target != IGNORE].mean())
+
+    seen = []
+    monkeypatch.setattr(losses, "_class_balance", lambda t: seen.append(t) or torch.ones(t.shape))
+    image, dense = three_classes_2d()
+    for zero_is, labels, calls in (("unlabelled", dense + 1, 1), ("background", dense, 1)):  # dense: no new call
+        classes = task_classes("semantic", 3, None, zero_is)
+        model = new_model("semantic", classes, 2, 1, "scratch", base_width=4, depth=3)
+        run_to_end(Trainer(model, [(image, labels)], config=config(max_steps=1, zero_is=zero_is)).run())
+        assert len(seen) == calls, zero_is
+
+
 def test_instances_3d_train_and_predict():
     image, classes = three_classes_3d()
     from skimage.measure import label

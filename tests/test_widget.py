@@ -51,6 +51,7 @@ def test_nan_pixels_are_said_in_the_done_line(qtbot, plugin_widget, nuclei_image
     widget._image.value = viewer.add_image(holed, name="holed")
     run_prediction(qtbot, widget)
     assert not notes["error"] and "20 pixel value(s) were NaN: taken as background" in widget._status.value
+    assert widget._status.value.startswith("Done with tiny: ")  # whose answer it is
 
 
 def test_image_picker_follows_selected_layer(plugin_widget, nuclei_image):

@@ -44,16 +44,22 @@ def use_it(out: str) -> str:
     return f"(use it with: attention-unet predict IMAGE --out DIR --model {out if safe else shlex.quote(out)})"
 
 
+def bar_settings() -> dict:
+    """tqdm's settings: on stderr, redrawn at most every 10 s when it is no terminal (a log file, a pipe),
+    where each redraw is kept (257 of them for one image of 257 tiles)."""
+    return {"file": sys.stderr, **({} if sys.stderr.isatty() else {"mininterval": 10.0})}
+
+
 def drive(generator: Generator[object, None, T], desc: str, *, leave: bool = True, unit: str = "tile") -> T:
     """Run a progress generator to its end under a tqdm bar on stderr; returns its result."""
-    with tqdm(desc=desc, unit=unit, leave=leave, file=sys.stderr) as bar:
+    with tqdm(desc=desc, unit=unit, leave=leave, **bar_settings()) as bar:
         while True:
             try:
                 progress = next(generator)
             except StopIteration as stop:
                 return stop.value
             bar.total = progress.total
-            bar.set_postfix_str(progress.stage)
+            bar.set_postfix_str(progress.stage, refresh=False)
             bar.update(progress.done - bar.n)
 
 
@@ -64,14 +70,14 @@ def drive_training(trainer) -> None:
     total = config.max_steps if config.time_budget is None else None
     steps = trainer.run()
     try:
-        with tqdm(total=total, unit="step", file=sys.stderr) as bar:
+        with tqdm(total=total, unit="step", **bar_settings()) as bar:
             for report in steps:
                 bar.update(report.step - bar.n)
                 if report.best_val_ap is not None:
                     best = f"kept val AP@0.5 {report.best_val_ap:.3f}"
                 else:
                     best = "kept val Dice " + ("-" if report.best_val_dice is None else f"{report.best_val_dice:.3f}")
-                bar.set_postfix_str(f"loss {report.loss:.3f}, {best}")
+                bar.set_postfix_str(f"loss {report.loss:.3f}, {best}", refresh=False)
                 if report.val_dice is not None:
                     tqdm.write(report.message, file=sys.stderr)
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ import sys
 
 from tqdm import tqdm
 
-from napari_attention_unet.cli.common import drive, fail, writable_folder
+from napari_attention_unet.cli.common import bar_settings, drive, fail, writable_folder
 
 __all__ = ["run"]
 
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     trained = _trained_spacing(args, model, meta)
     failures = 0
     leave = len(args.images) == 1
-    images = tqdm(args.images, desc="images", unit="image", disable=len(args.images) < 2, file=sys.stderr)
+    images = tqdm(args.images, desc="images", unit="image", disable=len(args.images) < 2, **bar_settings())
     for path in images:
         try:
             if needs_blocks(path, args.out, args.axes, args.block_size):

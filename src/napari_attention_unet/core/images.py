@@ -15,6 +15,7 @@ __all__ = [
     "ImageShapeError",
     "guess_axes",
     "intensity_ranges",
+    "leading_channels",
     "match_channels",
     "network_channels",
     "normalize",
@@ -59,6 +60,13 @@ def guess_axes(
         f"images with {ndim} dimensions (shape {shape}) are not supported: use 2D (YX, YXC) "
         "or 3D (ZYX, ZYXC) data, e.g. one time point of a time series"
     )
+
+
+def leading_channels(shape: tuple[int, ...], rgb: bool, in_channels: int, spatial_dims: int) -> bool:
+    """Whether an image of ``shape`` (a napari layer's data; not RGB) holds a model's 2 or 4 input channels
+    on its first axis, before the model's spatial axes: napari shows them as planes, the model takes them
+    together. Three leading planes stay planes (colour models take RGB last)."""
+    return not rgb and len(shape) == spatial_dims + 1 and in_channels in (2, 4) and shape[0] == in_channels
 
 
 def to_channel_first(image: np.ndarray, axes: str | None = None) -> tuple[np.ndarray, str]:

@@ -110,10 +110,11 @@ class BlockPrediction:
 
 
 def done_message(result, placement: _layers.Placement) -> str:
-    """The status line once a whole-image prediction's layers are in: objects found, a second look
-    at small objects, NaN values."""
-    n = int(result.labels.max(initial=0))
-    done = f"Done: {n} object(s) in {placement.source_name}." if not result.semantic else "Done."
+    """The status line once a whole-image prediction's layers are in: the model (the nuclei model on a CT
+    finds no objects, and should say whose answer that is), objects found, a second look at small objects,
+    NaN values."""
+    n, by = int(result.labels.max(initial=0)), f" with {result.model_name}" if result.model_name else ""
+    done = f"Done{by}: {n} object(s) in {placement.source_name}." if not result.semantic else f"Done{by}."
     done += f" Small objects: looked again at {result.zoom:.1f}x." if result.zoom else ""
     done += f" {result.nan_values} pixel value(s) were NaN: taken as background." if result.nan_values else ""
     return done

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_attention_unet.core.images import leading_channels
 from napari_attention_unet.gui.ownership import (
     MARKER,
     OwnLayerState,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     import napari.layers
     from napari.components import LayerList
 
+    from napari_attention_unet.core.model import ModelConfig
     from napari_attention_unet.gui.scratch import LazyOutputs
     from napari_attention_unet.gui.session import PartPrediction
 
@@ -148,13 +150,15 @@ def attention_name(image_name: str, gate: str) -> str:
     return f"{image_name} attention {gate}"
 
 
-def placement_from_layer(layer: napari.layers.Image) -> Placement:
-    """The geometry of an image layer (spatial axes only for RGB)."""
+def placement_from_layer(layer: napari.layers.Image, config: ModelConfig | None = None) -> Placement:
+    """The geometry of an image layer (spatial axes only for RGB, and when its first axis holds the
+    input channels of the model of ``config``: :func:`~napari_attention_unet.core.images.leading_channels`)."""
     shape = tuple(layer.data.shape[:-1] if layer.rgb else layer.data.shape)
+    channels = config is not None and leading_channels(shape, layer.rgb, config.in_channels, config.spatial_dims)
     return Placement(
-        shape=shape,
-        scale=tuple(float(s) for s in layer.scale),
-        translate=tuple(float(t) for t in layer.translate),
+        shape=shape[int(channels) :],
+        scale=tuple(float(s) for s in layer.scale)[int(channels) :],
+        translate=tuple(float(t) for t in layer.translate)[int(channels) :],
         source_id=str(layer.unique_id),
         source_name=layer.name,
         nifti=layer.metadata.get("nifti"),

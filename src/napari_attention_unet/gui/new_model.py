@@ -18,7 +18,12 @@ from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.train import StepReport, Trainer, TrainResult
 from napari_attention_unet.core.train.plan import TrainingPlan, infer_dims, plan_training
 from napari_attention_unet.core.train.start import infer_task
-from napari_attention_unet.core.train.targets import format_slices, slices_between, unlabelled_slices
+from napari_attention_unet.core.train.targets import (
+    axes_beside_labels,
+    format_slices,
+    slices_between,
+    unlabelled_slices,
+)
 from napari_attention_unet.gui.session import Session
 from napari_attention_unet.models import registry as _registry
 from napari_attention_unet.models.versions import save_version
@@ -92,6 +97,8 @@ def train_new_model(
     scratch. ``background_slices``: slices of a volume marked as labelled background (with
     ``zero_is="slices"``). Shape errors raise at once.
     """
+    if not rgb and (axes_beside_labels(image.shape, labels.shape) or "").startswith("C"):
+        image, rgb = np.moveaxis(image, 0, -1), True  # (C, Y, X) with (Y, X) labels: napari's planes are channels
     spatial_shape = tuple(image.shape[:-1] if rgb else image.shape)
     if tuple(labels.shape) != spatial_shape:
         raise ImageShapeError(f"the labels (shape {tuple(labels.shape)}) do not match the image {spatial_shape}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from napari_attention_unet.core.device import DEVICE_CHOICES, describe_device, pick_device
-from napari_attention_unet.core.images import ImageShapeError
+from napari_attention_unet.core.images import ImageShapeError, leading_channels
 from napari_attention_unet.core.model import AttentionUNet
 from napari_attention_unet.core.predict import PredictOptions, Progress, predict, prepare_model, stack_intensity_range
 from napari_attention_unet.core.train import StepReport, TrainConfig, Trainer, TrainResult
@@ -157,6 +157,7 @@ class Session:
             raise _registry.ModelNotFoundError(missing_bundled_model_message())
         # A semantic model gives class values whatever was asked: no instances, no id offsets.
         options = PredictOptions.of(options, **settings).for_model(self.model.config)
+        image, rgb = _channels_last(image, rgb, self.model.config)
         instances = options.instances
         block_dims = self.spatial_dims
         spatial_shape = tuple(image.shape[:-1] if rgb else image.shape)
@@ -244,6 +245,7 @@ class Session:
         self.trainer = None
         if self.model is None:
             raise _registry.ModelNotFoundError(missing_bundled_model_message())
+        image, rgb = _channels_last(image, rgb, self.model.config)
         spatial_shape = tuple(image.shape[:-1] if rgb else image.shape)
         n_leading = len(spatial_shape) - self.spatial_dims
         if n_leading < 0:
@@ -291,6 +293,13 @@ class Session:
             return (yield from self.trainer.run())
 
         return run()
+
+
+def _channels_last(image, rgb: bool, config):
+    """``(image, rgb)``, a layer's leading input channels (:func:`leading_channels`) moved last as colour is."""
+    if leading_channels(tuple(image.shape), rgb, config.in_channels, config.spatial_dims):
+        return np.moveaxis(image, 0, -1), True  # numpy and dask alike: a view
+    return image, rgb
 
 
 def _stack_ranges(image, rgb: bool, in_channels: int, spatial_dims: int):

@@ -260,7 +260,7 @@ class AttentionUNetWidget(Container):
         if layer.multiscale:
             show_error("Multiscale (pyramid) images need a 2D model: choose one, or open one level as an image.")
             return
-        placement = _layers.placement_from_layer(layer)
+        placement = _layers.placement_from_layer(layer, self._session.model.config)  # (C, Y, X): YX outputs
         n_leading = len(placement.shape) - self._session.spatial_dims
         index = None
         if self._current_slice.value and n_leading > 0:

@@ -106,6 +106,8 @@ def predict_file_steps(
     outputs are named ``<stem>_t<T>_labels...``.
     """
     image, volume = read_time_point(image_path, time_point)
+    if np.issubdtype(image.dtype, np.floating) and image.size and not np.isfinite(image).any():
+        raise ImageShapeError("every pixel is NaN (or infinite): there is nothing to predict")
     if volume is not None:
         options = PredictOptions.of(
             options, axes=options.axes or volume.axes, spacing=options.spacing or volume.spacing

@@ -200,8 +200,10 @@ class Trainer:
     # -- pieces of the loop ----------------------------------------------------------
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor, **settings) -> torch.Tensor:
-        """The instance classes' loss, or the semantic one for class values (see :mod:`.losses`)."""
-        return (semantic_loss if self.task == "semantic" else segmentation_loss)(logits, targets, **settings)
+        """The instance classes' loss, or the semantic one for class values, classes weighed alike for strokes."""
+        if self.task == "semantic":
+            return semantic_loss(logits, targets, balance=self.config.zero_is == "unlabelled", **settings)
+        return segmentation_loss(logits, targets, **settings)
 
     def _lr(self) -> float:
         """Linear warm-up, then cosine decay over the run's progress (steps or time)."""
