@@ -254,7 +254,7 @@ def test_cli_export_into_a_folder_and_clear_errors(tiny_model_path, tmp_path, ca
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.zeros((3, 64, 64), np.uint8))
     for args, message in (
-        (["no-such-model", "--format", "onnx"], "no model named 'no-such-model'; available: tiny"),
+        (["no-such-model", "--format", "onnx"], "no model named 'no-such-model'; available: tiny (or a model file"),
         (["tiny", "--format", "onnx", "--test-image", str(FLUO)], "--test-image is only used by --format bioimageio"),
         (["tiny", "--format", "bioimageio", "--test-image", str(stack)], "the test image must be a 2D image (YX"),
     ):

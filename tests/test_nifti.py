@@ -454,6 +454,11 @@ def test_cli_train_warns_when_labels_lie_on_another_grid(tmp_path, model_home, c
     args = ["train", "--image", str(image_path), "--labels", str(labels_path), "--out", str(tmp_path / "m")]
     assert main([*args, *tiny]) == 0
     assert "have different affines" in capsys.readouterr().err
+    # Labels of another shape: the shape error alone, not first a warning that they are taken voxel by voxel.
+    cut = save(tmp_path / "cut.nii.gz", (volume[:-2] > 0.5).astype(np.uint8), affine=np.eye(4))
+    assert main(["train", "--image", str(image_path), "--labels", str(cut), "--out", str(tmp_path / "m2"), *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "do not match" in err and "different affines" not in err
 
 
 def test_cli_finetune_of_a_3d_model_trains_on_the_grid_predict_uses(tmp_path):

@@ -539,6 +539,7 @@ def test_slices_marked_as_background_count_as_labelled():
         ([[0]], "background", "go with label 0 as 'background in labelled slices'"),
         ([[0], [1]], "slices", "given for 2 label images, but there are 1"),
         ([[10]], "slices", "slice 10 is not one of them"),
+        ([[0, 5]], "slices", "slice 5 is marked as background but holds labels"),  # --background-slices 0,5
     ):
         with pytest.raises(ValueError, match=match):
             plan_training([(image, labels, "ZYX")], zero_is=zero_is, background_slices=marks, depth=2, steps=1)

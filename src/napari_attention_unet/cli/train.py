@@ -64,7 +64,13 @@ def _load_pairs(args: argparse.Namespace) -> list[tuple]:
     for image_path, labels_path in zip(args.image, args.labels):
         image, volume = _read(image_path, args.time_point)
         labels, labels_volume = _read(labels_path, args.time_point, series=False)
-        if volume is not None and labels_volume is not None and not np.allclose(volume.affine, labels_volume.affine):
+        same_grid = np.shape(labels) == np.shape(image)  # else the shape check says what is wrong
+        if (
+            volume is not None
+            and labels_volume is not None
+            and same_grid
+            and not np.allclose(volume.affine, labels_volume.affine)
+        ):
             print(
                 f"warning: {labels_path} and {image_path} have different affines (voxel-to-world grids): the "
                 "labels are taken voxel by voxel, as if they lay on the image's grid",

@@ -104,7 +104,10 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> ModelInfo:
         if info.name == text:
             return info
     names = [m.name for m in all_models()]
-    raise ModelNotFoundError(f"no model named {text!r}; available: {', '.join(names) if names else 'none'}")
+    raise ModelNotFoundError(
+        f"no model named {text!r}; available: {', '.join(names) if names else 'none'} (or a model file's path, "
+        f"e.g. ./{text}.safetensors, as train and finetune --out wrote it)"
+    )
 
 
 def open_model(name_or_path: str | os.PathLike | None = None) -> tuple[AttentionUNet, dict, ModelInfo]:

@@ -219,6 +219,12 @@ def _background_slices(
         bad = [z for z in mark if not 0 <= z < n]
         if n and bad:
             raise ValueError(f"labels {i} have slices 0..{n - 1}; slice {bad[0]} is not one of them")
+        held = [z for z in mark if np.any(np.asarray(pair[1][z]))]
+        if held:  # the dock refuses to mark such a slice; here a typo, or labels painted after marking
+            raise ValueError(
+                f"labels {i}: slice {held[0]} is marked as background but holds labels: a slice marked as "
+                "background must hold none (unmark it, or clear its labels)"
+            )
         out.append(mark or None)
     return out
 
