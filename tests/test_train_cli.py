@@ -285,27 +285,24 @@ def test_two_channel_images_train_and_predict_without_axes(tmp_path, home, monke
         assert "the model takes 3 channel(s) but the image has 2" in err
 
 
-def test_a_model_path_that_cannot_be_written_is_refused_before_training(tmp_path, home, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("out", "why"),
+    [
+        ("img.tif/m", "img.tif is a file"),
+        ("/proc/nope/m", "No such file or directory"),  # Linux's /proc: access() allows, mkdir refuses
+    ],
+)
+def test_a_model_path_that_cannot_be_written_is_refused_before_training(tmp_path, home, monkeypatch, capsys, out, why):
+    if out.startswith("/proc") and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc")
     monkeypatch.chdir(tmp_path)
     image, labels = three_classes((48, 48))
     tifffile.imwrite("img.tif", image)
     tifffile.imwrite("lbl.tif", labels)
-    args = ["train", "--image", "img.tif", "--labels", "lbl.tif", "--out", "img.tif/m", "--steps", "1", *TINY]
+    args = ["train", "--image", "img.tif", "--labels", "lbl.tif", "--out", out, "--steps", "1", *TINY]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "cannot write the model to img.tif/m.safetensors: img.tif is a file" in err and "step" not in err
-
-
-@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (access() allows, mkdir refuses)")
-def test_a_model_folder_that_cannot_be_made_is_refused_before_training(tmp_path, home, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    image, labels = three_classes((48, 48))
-    tifffile.imwrite("img.tif", image)
-    tifffile.imwrite("lbl.tif", labels)
-    args = ["train", "--image", "img.tif", "--labels", "lbl.tif", "--out", "/proc/nope/m", "--steps", "1", *TINY]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "cannot write the model to /proc/nope/m.safetensors: No such file or directory" in err and "step" not in err
+    assert f"cannot write the model to {out}.safetensors: {why}" in err and "step" not in err
 
 
 def test_a_run_stopped_before_its_first_step_writes_no_model(tmp_path, home, monkeypatch, capsys):
