@@ -306,6 +306,24 @@ def test_use_model_by_name_or_file(plugin_widget, tiny_model_path):
     assert widget._model.value == "tiny"
 
 
+def test_a_picked_model_file_shows_in_the_model_list(plugin_widget, tiny_model_path, tmp_path):
+    """The list shows the file in use, and picking a listed model again loads it (it did not change before)."""
+    import shutil
+
+    _viewer, widget = plugin_widget
+    copy = tmp_path / "elsewhere.safetensors"
+    shutil.copy(tiny_model_path, copy)
+    widget._model_file.value = copy
+    assert widget._model.value == str(copy) and widget.session.model_info.path == copy
+    assert "elsewhere.safetensors (file)" in [
+        widget._model.native.itemText(i) for i in range(widget._model.native.count())
+    ]
+    widget._model.value = "tiny"
+    assert widget.session.model_info.path == tiny_model_path
+    widget._model.value = str(copy)  # back to the file, from the list
+    assert widget.session.model_info.path == copy
+
+
 def test_session_predicts_time_series_headless(tiny_model_path):
     """The session alone (no viewer): a TZYX series through a 2D model, one plane or all of them."""
     from napari_attention_unet.core.predict import run_to_end

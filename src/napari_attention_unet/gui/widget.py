@@ -68,6 +68,7 @@ class AttentionUNetWidget(Container):
         #: Block edge (px) for large and lazy images; smaller blocks show the first results sooner.
         self.block_size = _lazy.LAZY_BLOCK_SIZE
 
+        self._picked: str | None = None  # a model file picked below, listed with the models while in use
         self._image = create_widget(annotation="napari.layers.Image", label="image")
         self._model = ComboBox(label="model", choices=self._model_choices, nullable=False)
         self._refresh = PushButton(text="Refresh model list")
@@ -87,27 +88,10 @@ class AttentionUNetWidget(Container):
             viewer, self._session, lambda: self._image.value, self._on_new_model, on_busy=self._on_finetune_busy
         )
         self._versions = VersionsWidget(self._session, self._on_models_changed)
-        self._panel = Container(
-            widgets=[
-                self._image,
-                self._model,
-                self._refresh,
-                self._model_file,
-                self._model_info,
-                self._device,
-                self._device_info,
-                self._tile_size,
-                self._output,
-                self._gates,
-                self._current_slice,
-                self._predict,
-                self._cancel,
-                self._progress,
-                self._status,
-                self._finetune,
-                self._versions,
-            ]
-        )
+        controls = [self._image, self._model, self._refresh, self._model_file, self._model_info, self._device]
+        controls += [self._device_info, self._tile_size, self._output, self._gates, self._current_slice, self._predict]
+        controls += [self._cancel, self._progress, self._status, self._finetune, self._versions]
+        self._panel = Container(widgets=controls)
         super().__init__(widgets=[self._panel], labels=False)
         self.scroll_area = in_scroll_area(self, self._panel)  # a dock taller than the screen scrolls
         for label in (self._status, self._model_info):
@@ -164,9 +148,11 @@ class AttentionUNetWidget(Container):
         self._on_cancel()
 
     # -- models and device --------------------------------------------------------------
-    def _model_choices(self, _widget=None) -> list[str]:
-        names = [m.name for m in self._session.available_models()]
-        return names or [NO_MODEL]
+    def _model_choices(self, _widget=None) -> list:
+        choices = [(m.name, m.name) for m in self._session.available_models()]
+        if self._picked is not None:  # the list shows the model in use, and picking a name loads it again
+            choices.append((f"{Path(self._picked).name} (file)", self._picked))
+        return choices or [NO_MODEL]
 
     def _gate_choices(self, _widget=None) -> list[str]:
         return list(self._session.gate_names)
@@ -201,8 +187,11 @@ class AttentionUNetWidget(Container):
 
     def _on_model_file(self) -> None:
         path = self._model_file.value
-        if path and Path(path).is_file():
-            self._load(str(path))
+        if path and Path(path).is_file() and self._load(str(path)):
+            self._picked = str(path)
+            self._model.reset_choices()
+            with self._model.changed.blocked():  # loaded already
+                self._model.value = self._picked
 
     def _on_model_changed(self) -> None:
         if self._model.value == NO_MODEL:
@@ -211,12 +200,12 @@ class AttentionUNetWidget(Container):
             return
         self._load(self._model.value)
 
-    def _load(self, name_or_path: str) -> None:
+    def _load(self, name_or_path: str) -> bool:
         try:
             self._session.load_model(name_or_path)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a notification; the widget stays usable
             show_error(explain_error(exc))
-            return
+            return False
         self._model_info.value = self._session.describe_model()
         missing = self._session.bundled_model_missing()
         self._status.value = "Bundled 'nuclei' model not installed; using another model." if missing else ""
@@ -225,6 +214,7 @@ class AttentionUNetWidget(Container):
         self._current_slice.text = CURRENT_SLICE[config.spatial_dims]  # a 3D model takes whole volumes
         self._gates.reset_choices()
         self._gates.value = list(self._session.gate_names)
+        return True
 
     def _on_device_changed(self) -> None:
         try:
@@ -266,21 +256,30 @@ class AttentionUNetWidget(Container):
         if self._current_slice.value and n_leading > 0:
             index = _layers.slice_index(self._viewer.dims.point, placement, n_leading)
         options = PredictOptions.of(self._options(), spacing=placement.scale)  # 3D: resampled to cubic voxels
-        self._worker = create_worker(  # the layers' data is built and checked in the worker too
+        self._start_worker(  # the layers' data is built and checked in the worker too
             _layers.predict_into_layers,
             self._session.predict(layer.data, options, rgb=bool(layer.rgb), index=index),
             placement,
             _layers.own_layer_states(self._viewer.layers, placement.source_id),
+            returned=lambda result: self._on_returned(result, placement),
+            message=f"Predicting {layer.name} on {self._session.describe_device()}…",
+        )
+
+    def _start_worker(self, func, *args, returned, message: str) -> None:
+        """Run ``func(*args)`` (a generator of progress) in a napari worker, the dock showing it runs."""
+        self._worker = create_worker(
+            func,
+            *args,
             _start_thread=False,
             _connect={
                 "yielded": self._on_progress,
-                "returned": lambda result: self._on_returned(result, placement),
+                "returned": returned,
                 "errored": self._on_error,
                 "aborted": self._on_aborted,
                 "finished": self._on_finished,
             },
         )
-        self._set_running(True, f"Predicting {layer.name} on {self._session.describe_device()}…")
+        self._set_running(True, message)
         self._worker.start()
 
     def _options(self) -> PredictOptions:
@@ -301,24 +300,13 @@ class AttentionUNetWidget(Container):
         if started is None:
             return
         run, placement = started
-        self._worker = create_worker(
-            run.steps,
-            _start_thread=False,
-            _connect={
-                "yielded": self._on_progress,
-                "returned": lambda outcome: self._on_blocks_returned(outcome, placement),
-                "errored": self._on_error,
-                "aborted": self._on_aborted,
-                "finished": self._on_finished,
-            },
-        )
         n = len(run.order) * len(run.planes)
-        self._set_running(
-            True,
-            f"Predicting {layer.name} in {n} block(s) of {run.plan.block_size} px on "
+        self._start_worker(
+            run.steps,
+            returned=lambda outcome: self._on_blocks_returned(outcome, placement),
+            message=f"Predicting {layer.name} in {n} block(s) of {run.plan.block_size} px on "
             f"{self._session.describe_device()}, the region on screen first…",
         )
-        self._worker.start()
 
     def _on_cancel(self) -> None:
         if self._blocks.run is not None:
