@@ -22,6 +22,7 @@ from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.weights import save_model
 from napari_attention_unet.export import ExportError, export_model
+from napari_attention_unet.export.bioimageio import check_package
 from napari_attention_unet.export.network import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
@@ -228,6 +229,13 @@ def test_semantic_model_export_names_its_classes(tmp_path):
         probabilities, _ = torch.jit.load(str(path))(torch.from_numpy(x))
     assert probabilities.shape == (1, 3, 64, 96)
     assert np.abs(probabilities.numpy() - expected).max() < TOLERANCE
+    # Trained on strokes: channel 0 was never a target, and the plugin never writes it as a label.
+    strokes = AttentionUNet(ModelConfig(in_channels=1, classes=("unlabelled", "a", "b"), depth=3, task="semantic"))
+    from napari_attention_unet.export.bioimageio_card import documentation
+
+    contract = input_contract(strokes, "s", {})
+    assert "channels 1..K" in contract["labels"] and "never a label" in contract["labels"]
+    assert "never a label" in documentation("s", contract, {}, None, "MIT", False)  # the package README too
 
 
 def test_missing_onnx_packages_give_an_install_hint(monkeypatch, tmp_path):
@@ -241,6 +249,36 @@ def test_bioimageio_refuses_3d_models_with_a_reason(tmp_path):
     model = AttentionUNet(ModelConfig(spatial_dims=3, base_width=4, depth=3))
     with pytest.raises(ExportError, match="2D models"):
         export_model(model, "bioimageio", tmp_path / "m", "m3d")
+
+
+def test_bioimageio_package_refusals_come_first_in_one_line(tmp_path, capsys):
+    """A 3D model or a mistyped license: one line, before any warning or any file (a mistyped license
+    once gave the whole SPDX list and an invalid package left on disk)."""
+    model3d = save_model(AttentionUNet(ModelConfig(spatial_dims=3, base_width=4, depth=3)), tmp_path / "m3d")
+    flat = save_model(AttentionUNet(ModelConfig(in_channels=1, base_width=4, depth=3)), tmp_path / "flat")
+    for model, license, message in (
+        (model3d, [], "supports 2D models for now"),
+        (flat, ["--license", "CC-BY-40"], "license 'CC-BY-40' is not an SPDX license id"),
+    ):
+        assert main(["export", str(model), "--format", "bioimageio", "--out", str(tmp_path / "p"), *license]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "warning" not in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("p*"))
+    model = AttentionUNet(ModelConfig(base_width=4, depth=3))
+    check_package(model, "CC-BY-4.0")  # a valid id passes
+    if find_spec("bioimageio.spec") is not None:  # its list of ids: a near miss is named
+        with pytest.raises(ExportError, match="did you mean CC-BY-4.0"):
+            check_package(model, "CC-BY-40")
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_bioimageio_cover_for_any_number_of_channels(channels):
+    """The cover shows the input beside the finest gate; 2- and 4-channel inputs crashed the export."""
+    from napari_attention_unet.export.bioimageio_card import cover_image
+
+    rng = np.random.default_rng(0)
+    cover = cover_image(rng.random((1, channels, 32, 48)), rng.random((1, 2, 32, 48)))
+    assert cover.shape == (32, 96, 3) and cover.dtype == np.uint8
 
 
 def test_cli_export_into_a_folder_and_clear_errors(tiny_model_path, tmp_path, capsys):

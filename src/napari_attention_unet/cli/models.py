@@ -43,6 +43,7 @@ def list_models(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.images import ImageShapeError
     from napari_attention_unet.export import ExportError, export_model
+    from napari_attention_unet.export.bioimageio import check_package
     from napari_attention_unet.large_data.files import ImageReadError, read_image
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, bundled_dir, open_model
 
@@ -53,6 +54,7 @@ def export(args: argparse.Namespace) -> int:
         model, meta, info = open_model(args.model)
         extra = {}
         if args.format == "bioimageio":
+            check_package(model, args.license)  # a 3D model or a mistyped license: before any warning or work
             card = bundled_dir() / f"{info.name}.json"
             extra["model_card"] = card if info.bundled and card.is_file() else None
             extra["test_image"] = None if args.test_image is None else read_image(args.test_image)

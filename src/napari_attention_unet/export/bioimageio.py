@@ -9,6 +9,7 @@ and the license. The percentile normalisation is stated as ``scale_range`` prepr
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -45,7 +46,7 @@ from napari_attention_unet.export.network import (
     input_contract,
 )
 
-__all__ = ["FORMAT_VERSION", "export_bioimageio", "reference_tensors", "validate_package"]
+__all__ = ["FORMAT_VERSION", "check_package", "export_bioimageio", "reference_tensors", "validate_package"]
 
 FORMAT_VERSION = "0.5.4"
 _MAX_TEST_SIDE = 512
@@ -69,8 +70,7 @@ def reference_tensors(
     channel count as in prediction and is centre-cropped to a valid size of at most
     512 px; the expected outputs are those of the PyTorch network on the normalised crop.
     """
-    if model.config.spatial_dims != 2:
-        raise ExportError("BioImage Model Zoo export supports 2D models for now; export 3D models as ONNX/TorchScript")
+    check_package(model)
     raw, spatial = to_channel_first(_default_test_image() if image is None else image, axes)
     if spatial != "YX":
         raise ImageShapeError(f"the test image must be a 2D image (YX or YXC), got axes {spatial}")
@@ -87,6 +87,34 @@ def reference_tensors(
     with torch.inference_mode():
         outputs = network(torch.from_numpy(normalize(raw[0])[np.newaxis]))
     return raw, {name: out.numpy() for name, out in zip(OUTPUT_NAMES, outputs)}
+
+
+def check_package(model: AttentionUNet, license: str | None = None) -> None:
+    """Refuse at once what would make no valid package: a 3D model, a ``license`` that is no SPDX id
+    (the bioimage.io spec's list when it is installed, else the form of one)."""
+    if model.config.spatial_dims != 2:
+        raise ExportError("BioImage Model Zoo export supports 2D models for now; export 3D models as ONNX/TorchScript")
+    if license is None:
+        return
+    known = _spdx_ids()
+    valid = license in known if known is not None else re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+-]*", license)
+    if valid:
+        return
+    close = difflib.get_close_matches(license, known or [], n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ExportError(
+        f"license {license!r} is not an SPDX license id{hint}: e.g. CC-BY-4.0, MIT, BSD-3-Clause "
+        "(the list: https://spdx.org/licenses)"
+    )
+
+
+def _spdx_ids() -> list[str] | None:
+    """The current SPDX license ids the bioimage.io spec accepts; None without ``bioimageio.spec``."""
+    try:
+        text = resources.files("bioimageio.spec").joinpath("static", "spdx_licenses.json").read_text()
+    except (ModuleNotFoundError, OSError):
+        return None
+    return [entry["licenseId"] for entry in json.loads(text)["licenses"] if not entry.get("isDeprecatedLicenseId")]
 
 
 def _sha256(path: Path) -> str:
@@ -213,6 +241,7 @@ def export_bioimageio(
     import yaml
     from skimage.io import imsave
 
+    check_package(model, license)
     info = dict(info or {})
     path = Path(path)
     card = json.loads(Path(model_card).read_text()) if model_card else None

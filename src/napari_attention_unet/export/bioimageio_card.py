@@ -66,7 +66,7 @@ def cover_image(raw: np.ndarray, attention: np.ndarray) -> np.ndarray:
     The map is stretched between its 1st and 99.8th percentiles so that its structure shows.
     """
     shown = np.clip(normalize(raw[0]), 0, 1)
-    shown = np.repeat(shown, 3, axis=0) if shown.shape[0] != 3 else shown
+    shown = np.repeat(shown[:1], 3, axis=0) if shown.shape[0] != 3 else shown  # 2 or 4 channels: the first, grey
     left = np.moveaxis(shown, 0, -1) * 255
     steps = np.linspace(0, 1, len(_MAGMA))
     gate = np.clip(normalize(attention[0, :1])[0], 0, 1)
@@ -118,10 +118,7 @@ def validation_text(info: dict, card: dict | None) -> str:
 def _after_the_network(contract: dict) -> str:
     """What the plugin does with the outputs that the package does not: labels from the probabilities."""
     if contract["architecture"].get("task") == "semantic":
-        return (
-            "Class labels are not part of the model: the plugin writes the most probable class of each pixel\n"
-            "(the argmax of the softmax output) as the label value."
-        )
+        return "Class labels are not part of the model: " + contract.get("labels", "").split(": ", 1)[-1] + "."
     return (
         "Instance masks are not part of the model: the plugin splits the foreground\n"
         "(1 - p(background) > 0.5) into objects by a watershed seeded in the interior class. Nor is the\n"

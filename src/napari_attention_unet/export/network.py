@@ -130,6 +130,11 @@ def input_contract(model: AttentionUNet, name: str, info: dict | None = None) ->
 
 def _labels_note(config) -> dict:
     """How the plugin makes labels of the probabilities: class values, or objects by a watershed."""
+    if config.unlabelled_channel:  # trained on strokes: channel 0 was never a target
+        return {
+            "labels": "not part of the export: the plugin writes the most probable painted class (argmax over "
+            "channels 1..K; channel 0, 'unlabelled', was never trained and is never a label) as the label"
+        }
     if config.task == "semantic":
         return {"labels": "not part of the export: the plugin writes the most probable class (argmax) as the label"}
     return {
@@ -149,8 +154,10 @@ def _resampling_note(config, info: dict) -> dict:
     else:
         grid = "cubic voxels of its finest axis (factors spacing / min(spacing); not when all are under 1.25)"
     return {
-        "resampling": f"{trained}the plugin resamples a volume to {grid} before the network (linear, "
-        "antialiased) and the outputs back to the volume's grid (linear; labels nearest). Without this step "
+        "resampling": f"{trained}the plugin normalises a volume (input normalisation), then resamples it to "
+        f"{grid} before the network (trilinear, align_corners=False as torch.nn.functional.interpolate, after a "
+        "Gaussian blur of sigma (factor - 1) / 2 voxels along each axis that shrinks by that factor) and the "
+        "outputs back to the volume's grid (trilinear, align_corners=False; labels nearest). Without this step "
         "an anisotropic volume gives other outputs than the plugin's"
     }
 
