@@ -70,9 +70,18 @@ def test_what_the_labels_would_teach_is_said_before_the_click():
     assert task == "semantic"
     assert strokes.startswith("2 classes painted (1, 2)") and "0 = unlabelled" in strokes
     objects = forty_objects()
-    assert describe_labels(objects, "background") == ("instances", "40 objects: instances")
+    assert describe_labels(objects, "background") == ("instances", "40 objects: instances; 0 = background")
     # Objects are learnt with 0 as their background: strokes of ids would be refused at the click.
-    assert describe_labels(objects, "unlabelled")[1].endswith("objects need 0 = background (label 0 is: background)")
+    assert describe_labels(objects, "unlabelled")[1].endswith(
+        "objects need 0 = background (label 0 is: background, or background in labelled slices)"
+    )
+    # Objects outlined in 3 slices of a volume: the dock says so, and what would use them.
+    volume = np.zeros((9, 64, 64), np.uint16)
+    volume[[2, 4, 6]] = objects
+    task, text = describe_labels(volume, "background")
+    assert task == "instances" and "empty slices between labelled ones" in text and text.endswith("; a 3D model")
+    text = describe_labels(volume, "slices")[1]
+    assert "0 = background in the 3 labelled slices, the other 6 not labelled; a 3D model" in text
     assert describe_labels(np.zeros((8, 8), np.uint8), "background") == (None, "nothing labelled yet")
     strokes = np.zeros((64, 64), np.uint8)
     strokes[10, 5:40] = 1  # one class painted: said before the click, not "7 objects: instances"

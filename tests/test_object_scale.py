@@ -57,6 +57,13 @@ def test_the_voxel_size_makes_the_median_object_the_target_size_and_never_enlarg
     assert object_voxel_size([large], [(0.5, 0.5, 0.5)]) == pytest.approx(voxel / 2)
     _, small = balls((32, 32, 32), 5, [(16, 10, 10), (16, 22, 22)])
     assert object_voxel_size([small], [None]) is None
+    # Outlined in a few slices (zero_is="slices"), the objects are measured in those planes: as
+    # flat discs in 3D they would look a few voxels wide, and the volumes would not be shrunk.
+    sections = np.zeros_like(large)
+    sections[[20, 32, 44]] = large[[20, 32, 44]]
+    assert object_voxel_size([sections], [None]) is None
+    in_planes = object_voxel_size([sections], [None], sections=True)
+    assert in_planes == pytest.approx(voxel, rel=0.25)
 
 
 def test_large_volumes_fit_the_voxel_budget_and_small_ones_keep_their_grid():

@@ -15,7 +15,7 @@ from napari_attention_unet.core.predict import predict, run_to_end
 from napari_attention_unet.core.train import TrainConfig, Trainer, prepare_sample
 from napari_attention_unet.core.train.losses import semantic_loss
 from napari_attention_unet.core.train.plan import plan_training
-from napari_attention_unet.core.train.start import infer_task, new_model, task_classes
+from napari_attention_unet.core.train.start import infer_task, new_model, split_samples, task_classes
 from napari_attention_unet.core.weights import load_model, save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -377,18 +377,55 @@ def test_the_task_is_inferred_from_the_labels():
     assert infer_task([labels > 0])[0] == "instances"  # a mask of many separate objects
 
 
-@pytest.mark.parametrize("zero_is", ["unlabelled", "slices"])
-def test_objects_with_0_not_background_are_refused(zero_is):
+def test_objects_with_0_not_background_are_refused():
     """An instance model learns the background from 0: with 0 unlabelled it would never see any."""
     from skimage.measure import label
 
     image, labels = three_classes_2d(64)
     ids = label(labels > 0)
     with pytest.raises(ValueError, match="0 must be background") as error:
-        plan_training([(image, ids)], task="instances", zero_is=zero_is, steps=1)
-    assert "\n" not in str(error.value)
+        plan_training([(image, ids)], task="instances", zero_is="unlabelled", steps=1)
+    assert "\n" not in str(error.value) and "--zero-is slices" in str(error.value)
     with pytest.raises(ValueError, match="0 must be background"):  # inferred instances too (300 ids)
-        plan_training([(image, (np.arange(image.size) % 300).reshape(image.shape))], zero_is=zero_is, steps=1)
+        plan_training([(image, (np.arange(image.size) % 300).reshape(image.shape))], zero_is="unlabelled", steps=1)
+
+
+def test_objects_outlined_in_a_few_slices_train_a_3d_instance_model():
+    """Nuclei outlined in a few slices of a volume (``zero_is="slices"``): the other slices teach
+    nothing, and a lone labelled slice keeps its objects' interiors (in 3D all of it was boundary)."""
+    from napari_attention_unet.core.augment import IGNORE
+    from napari_attention_unet.core.instances import INTERIOR, instances_to_classes
+    from napari_attention_unet.core.train.targets import labels_to_target
+
+    zz, yy, xx = np.mgrid[:16, :32, :32]
+    full = np.zeros((16, 32, 32), np.uint16)
+    for i, (z, y, x) in enumerate([(4, 8, 8), (4, 8, 24), (10, 24, 8), (10, 24, 24), (8, 16, 16)], 1):
+        full[(zz - z) ** 2 / 9 + ((yy - y) ** 2 + (xx - x) ** 2) / 36 < 1] = i
+    labels = np.zeros_like(full)
+    for z in (4, 8, 9, 10):  # a lone slice, then a run of three
+        labels[z] = full[z]
+    target, instances = labels_to_target(labels, "instances", "slices")
+    unlabelled = [z not in (4, 8, 9, 10) for z in range(16)]
+    assert (target[unlabelled] == IGNORE).all() and (instances[unlabelled] == 0).all()
+    assert (target[4] == instances_to_classes(labels[4])).all() and (target[4] == INTERIOR).any()
+    assert not (labels_to_target(labels, "instances")[0][4] == INTERIOR).any()  # dense: the lone slice all outline
+    assert (target[9] == instances_to_classes(labels)[9]).all()  # inside a run: the 3D outlines
+
+    image = (full > 0).astype(np.float32) * 100 + 10
+    plan = plan_training([(image, labels, "ZYX")], task="instances", zero_is="slices", depth=2, steps=4)
+    assert plan.task == "instances" and plan.dims == 3
+    notes = " ".join(plan.notes)
+    assert "0 = background in the 4 labelled slices" in notes and "Mark slices" not in notes
+    samples, validation = split_samples(plan.model.config, plan.config, plan.pairs, plan.background_slices)
+    trainer = Trainer(plan.model, config=plan.config, device="cpu", samples=samples, validation=validation)
+    run_to_end(trainer.run())
+    result = trainer.result()
+    assert result.steps == 4 and trainer.select_by == "instances" and result.best_val_ap is not None
+    dense = plan_training([(image, labels, "ZYX")], task="instances", depth=2, steps=1)
+    assert "give --zero-is slices" in " ".join(dense.notes)  # empty slices between labelled ones
+    assert "only 4 steps" in plan.few_steps(4) and plan.few_steps(200) is None
+    plan.scratch = False  # from a trained model's weights, a few steps can be enough
+    assert plan.few_steps(4) is None
 
 
 # -- bad input: one clear line --------------------------------------------------------------------

@@ -76,6 +76,7 @@ def test_train_then_predict_a_3d_model(tmp_path, home):
     # 16 planes are 32 at 2:1 (patches 16x32x32 without --spacing), shrunk to the 3D voxel budget
     assert "training a 3D semantic" in done.stderr and "patches 28x28x28" in done.stderr
     assert "and at this one when they have none" in done.stderr  # what predict does below
+    assert "note: only 3 steps: a new model from scratch is seldom done learning" in done.stderr
     assert read_metadata(tmp_path / "models" / "vol3d.safetensors")[0].spatial_dims == 3
 
     done = run_cli("predict", "vol.tif", "--out", "out", "--model", "models/vol3d", "--spacing", "2,1,1", cwd=tmp_path)

@@ -230,9 +230,9 @@ def _add_train(sub) -> None:
         "--zero-is",
         choices=["background", "unlabelled", "slices"],
         default="background",
-        help="semantic labels: 0 is the background (dense labels), unlabelled (strokes: paint the background "
-        "as a class of its own), or slices (a few labelled slices of a volume: 0 is the background in the "
-        "slices that hold labels, the other slices are not labelled)",
+        help="0 is the background (dense labels), unlabelled (strokes, semantic: paint the background "
+        "as a class of its own), or slices (classes or objects in a few labelled slices of a volume: 0 is the "
+        "background in the slices that hold labels, the other slices are not labelled)",
     )
     t.add_argument(
         "--background-slices",

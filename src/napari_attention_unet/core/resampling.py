@@ -77,11 +77,16 @@ def grid_zoom(spacing: Sequence[float] | None, ndim: int, voxel: float | None = 
 
 
 def object_voxel_size(
-    labels: Sequence[np.ndarray], spacings: Sequence[Sequence[float] | None], target: float = OBJECT_VOXELS_3D
+    labels: Sequence[np.ndarray],
+    spacings: Sequence[Sequence[float] | None],
+    target: float = OBJECT_VOXELS_3D,
+    sections: bool = False,
 ) -> float | None:
     """The voxel size (world units) at which the median object of instance ``labels`` (volumes, with
     their spacings; 1 where None) is ``target`` voxels across, when that is coarser than the volumes'
     finest axis by more than a quarter; else None (the finest axis: :func:`isotropic_zoom`).
+    ``sections``: objects outlined in a few slices, measured in those planes (a sphere's volume
+    would make a one-slice disc look a few voxels wide).
 
     Large objects are seen shrunk, never small ones enlarged: a 24-voxel training patch then holds
     an object and its neighbours, and prediction costs what it costs at this size.
@@ -90,7 +95,13 @@ def object_voxel_size(
     for volume, spacing in zip(labels, spacings):
         step = np.ones(3) if spacing is None else np.asarray(spacing, float)[-3:]
         finest = min(finest, float(step.min()))
-        diameters.append(object_diameters(np.asarray(volume)) * float(np.cbrt(np.prod(step))))  # voxels -> units
+        volume = np.asarray(volume)
+        if sections:  # equivalent circles in each labelled plane, in the plane's units
+            planes = [volume[z] for z in np.flatnonzero(volume.reshape(len(volume), -1).any(axis=1))]
+            sizes = [object_diameters(plane) * float(np.sqrt(step[1] * step[2])) for plane in planes]
+            diameters.extend(sizes)
+            continue
+        diameters.append(object_diameters(volume) * float(np.cbrt(np.prod(step))))  # voxels -> units
     diameters = np.concatenate(diameters) if diameters else np.zeros(0)
     if not diameters.size:
         return None

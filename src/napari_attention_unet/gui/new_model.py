@@ -48,29 +48,27 @@ def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequenc
     if len(painted) == 1:  # strokes of one value: a binary mask would be taken as objects, and refused
         return None, f"one class painted ({painted[0]}): paint a second one (the background as a class of its own)"
     task, why = infer_task([labels], zero_is)
-    if task == "semantic":
-        zero = "0 = unlabelled: only painted pixels count" if zero_is == "unlabelled" else "0 = background"
-        if full.ndim >= 3 and zero_is != "unlabelled":
-            empty = unlabelled_slices(full)
-            if zero_is == "slices":
-                n_empty = int(unlabelled_slices(full, background_slices).sum())
-                marked = int(empty.sum()) - n_empty
-                zero = f"0 = background in the {len(full) - n_empty} labelled slices"
-                zero += f" ({marked} marked as background: {format_slices(background_slices)})" if marked else ""
-                zero += f", the other {n_empty} not labelled"
-                if not marked:
-                    zero += ": mark slices beyond the structure as background"
-            elif gaps := slices_between(empty):
-                zero += f"; {gaps} empty slices between labelled ones: labelled only some? "
-                zero += "choose 'background in labelled slices'"
-        if full.ndim == 3:  # which model a volume's labels train, as plan_training decides it
-            zero += "; a 3D model" if infer_dims([full], zero_is) == 3 else "; a 2D model, for every plane"
-        if len(background_slices) and zero_is != "slices":  # kept in the layer, but they mean nothing here
-            zero += f"; the {len(background_slices)} slices marked as background are not used with this label 0"
-        return task, f"{why}; {zero}"
-    if zero_is != "background":  # plan_training refuses it: say so before the click
-        return task, f"{why}; objects need 0 = background (label 0 is: background)"
-    return task, why
+    if task == "instances" and zero_is == "unlabelled":  # plan_training refuses it: say so before the click
+        return task, f"{why}; objects need 0 = background (label 0 is: background, or background in labelled slices)"
+    zero = "0 = unlabelled: only painted pixels count" if zero_is == "unlabelled" else "0 = background"
+    if full.ndim >= 3 and zero_is != "unlabelled":
+        empty = unlabelled_slices(full)
+        if zero_is == "slices":
+            n_empty = int(unlabelled_slices(full, background_slices).sum())
+            marked = int(empty.sum()) - n_empty
+            zero = f"0 = background in the {len(full) - n_empty} labelled slices"
+            zero += f" ({marked} marked as background: {format_slices(background_slices)})" if marked else ""
+            zero += f", the other {n_empty} not labelled"
+            if not marked and task == "semantic":
+                zero += ": mark slices beyond the structure as background"
+        elif gaps := slices_between(empty):
+            zero += f"; {gaps} empty slices between labelled ones: labelled only some? "
+            zero += "choose 'background in labelled slices'"
+    if full.ndim == 3:  # which model a volume's labels train, as plan_training decides it
+        zero += "; a 3D model" if infer_dims([full], zero_is) == 3 else "; a 2D model, for every plane"
+    if len(background_slices) and zero_is != "slices":  # kept in the layer, but they mean nothing here
+        zero += f"; the {len(background_slices)} slices marked as background are not used with this label 0"
+    return task, f"{why}; {zero}"
 
 
 def train_new_model(
@@ -166,7 +164,8 @@ def save_new_model(result: TrainResult, plan: TrainingPlan, image_name: str) -> 
     doubt = "" if result.accepted else f" (keep an eye on it: {result.message})"
     voxel = plan.model.config.voxel_size  # large objects: volumes seen shrunk (core.resampling)
     grid = f" Its objects are large: it sees volumes at {voxel:.3g} units per voxel." if voxel else ""
-    return info, f"Saved {plan.describe()} as '{info.name}'{doubt}.{grid}"
+    few = plan.few_steps(result.steps, "the time budget")
+    return info, f"Saved {plan.describe()} as '{info.name}'{doubt}.{grid}" + (f" Note: {few}." if few else "")
 
 
 def _described(plan: TrainingPlan, result: TrainResult) -> dict:

@@ -1,7 +1,8 @@
 """What the network learns from the user's labels, and the checks of what the user gave.
 
 - Instances (``ModelConfig.task == "instances"``): object ids, or a binary mask split into its
-  connected components, become background / interior / boundary (:mod:`core.instances`).
+  connected components, become background / interior / boundary (:mod:`core.instances`). 0 is the
+  background, or with ``zero_is="slices"`` the background of the slices that hold labels.
 - Semantic: the label value is the class, output channel k learns label value k. With
   ``zero_is="background"`` (dense labels, as medical label files are) 0 is class 0, the
   background; with ``zero_is="unlabelled"`` (strokes) 0 is IGNORE: only painted pixels count,
@@ -113,13 +114,27 @@ def labels_to_target(
     labels = np.asarray(labels)
     if task == "instances":
         instances = as_instances(labels)
-        return instances_to_classes(instances), instances
+        target = instances_to_classes(instances)
+        if zero_is == "slices" and labels.ndim == 3:
+            target = _sliced_instance_target(instances, target, unlabelled_slices(labels, background_slices or ()))
+        return target, instances
     target = semantic_values(labels)
     if zero_is == "unlabelled":
         target[target == 0] = IGNORE
     elif zero_is == "slices":
         target[unlabelled_slices(target, background_slices or ())] = IGNORE
     return target, None
+
+
+def _sliced_instance_target(instances: np.ndarray, target: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """Objects outlined in a few slices of a volume: the unlabelled slices (``empty``) are IGNORE, and a
+    labelled slice next to one takes its objects' outlines in the plane. In 3D each voxel of a lone
+    labelled slice would be a boundary: its neighbours above and below are not labelled, not background."""
+    before, after = np.r_[False, empty[:-1]], np.r_[empty[1:], False]
+    for z in np.flatnonzero(~empty & (before | after)):
+        target[z] = instances_to_classes(instances[z])
+    target[empty] = IGNORE
+    return target
 
 
 def parse_slices(text: str, n_slices: int | None = None) -> list[int]:
