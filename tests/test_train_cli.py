@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,8 @@ def _write_case(case: str, folder: Path) -> list[str]:
         extra = ["--dims", "3", "--start", str(folder / "flat")]
     elif case == "nan":
         image[5, 5] = np.nan
+    elif case == "empty":  # a zero-size TIFF: a numpy reshape error before
+        image, labels = np.zeros((0, 32, 32), np.uint16), np.zeros((0, 32, 32), np.uint16)
     elif case == "too small":
         image, labels = three_classes((6, 32, 32))
         extra = ["--dims", "3"]
@@ -143,8 +146,10 @@ def _write_case(case: str, folder: Path) -> list[str]:
         extra = ["--class-names", "cell,"]
     elif case == "time series":
         image, labels = np.stack([three_classes((8, 32, 32))[0]] * 3), np.stack([three_classes((8, 32, 32))[1]] * 3)
-    tifffile.imwrite(folder / "img.tif", image)
-    tifffile.imwrite(folder / "lbl.tif", labels)
+    with warnings.catch_warnings():  # tifffile warns about zero-size arrays, which it still writes
+        warnings.simplefilter("ignore", UserWarning)
+        tifffile.imwrite(folder / "img.tif", image)
+        tifffile.imwrite(folder / "lbl.tif", labels)
     return ["train", "--image", str(folder / "img.tif"), "--labels", str(folder / "lbl.tif")] + extra
 
 
@@ -157,6 +162,7 @@ def _write_case(case: str, folder: Path) -> list[str]:
         ("3d on 2d", "a 3D model trains on volumes (ZYX), but image 1 is 2D"),
         ("2d start for 3d", "the starting model is 2D, so it cannot start a 3D model"),
         ("nan", "the image holds 1 NaN pixel(s)"),
+        ("empty", "the image is empty (shape (0, 32, 32)): nothing to train on"),
         ("too small", "needs at least 8 px on every axis"),
         ("time series", "a time series?"),
         ("same class names", "class names must differ (cell given twice"),

@@ -111,7 +111,7 @@ def plan_training(
     check_not_constant([p[1] for p in pairs], zero_is)
     if task is None:
         task, why = infer_task([p[1] for p in pairs], zero_is)
-        notes.append(f"{why} (give the task to choose)")
+        notes.append(f"{why} (the task: give it to choose another)")
     if task == "instances" and zero_is == "unlabelled":
         raise ValueError(
             "an instance model learns the background from label 0, so 0 must be background: outline every "

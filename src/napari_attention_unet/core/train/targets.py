@@ -47,8 +47,10 @@ MAX_CLASS_VALUE = IGNORE - 1
 
 
 def check_image(image: np.ndarray, axes: str | None) -> None:
-    """Refuse a 4D stack whose axes are not given (a time series, most likely) and NaN pixels."""
+    """Refuse an empty image, a 4D stack whose axes are not given (a time series, most likely) and NaN pixels."""
     image = np.asarray(image)
+    if image.size == 0:
+        raise ImageShapeError(f"the image is empty (shape {image.shape}): nothing to train on")
     if axes is None and image.ndim == 4 and image.shape[-1] not in (3, 4):
         raise ImageShapeError(
             f"the image is 4D (shape {image.shape}), a time series? Train on one time point (image[t], or "
