@@ -230,8 +230,10 @@ def test_finetune_inside_a_rectangle(qtbot, corrected, notes, accept_all):
     viewer, widget, layer = corrected
     before = layer.data.copy()
     widget.finetune._region.value = _finetune_widget.IN_SHAPES
+    widget.finetune._readout.value = "Not used: the last run's outcome"
     widget.finetune.start(steps=2)
     assert notes["error"] and "Shapes" in notes["error"][0]  # no shapes layer yet
+    assert widget.finetune._readout.value == ""  # refused: not the last run's outcome left in view
     rectangle = viewer.add_shapes([[[0, 0], [0, 200], [255, 200], [255, 0]]], shape_type="rectangle")
     widget.finetune._shapes.value = rectangle
     inside = _finetune_widget.shapes_mask(rectangle, layer.data.shape)

@@ -229,9 +229,19 @@ def test_finding_nothing_is_refused_only_where_the_held_out_labels_hold_objects(
     assert not score_samples([empty], tiny_model, probabilities, "instances")["labelled"]
     assert score_samples([full], tiny_model, probabilities, "instances")["labelled"]
     common = dict(step=5, stopped="budget", best_step=5, best_dice=1.0, best_ap=1.0, start_scores=None)
-    refused, why = sanity_verdict(0.0, **common, labelled=True)
+    refused, why = sanity_verdict({"fraction": 0.0, "labelled": True}, **common)
     assert not refused and "finds no objects" in why
-    assert sanity_verdict(0.0, **common, labelled=False)[0]
+    assert sanity_verdict({"fraction": 0.0, "labelled": False}, **common)[0]
+    # Accepted: the message says how many objects were held out, and whether the start was a bar.
+    common["start_scores"] = {"ap": 0.857}
+    scores = {"fraction": 0.3, "objects": 7}
+    said = sanity_verdict(scores, **common)[1]
+    assert "AP@0.5 1.000 on 7 held-out objects (starting model 0.857)," in said
+    said = sanity_verdict(scores, **common, judged=False)[1]
+    assert "(starting model 0.857; not a bar here: the held-out region holds masks you did not correct" in said
+    assert score_samples([full], tiny_model, probabilities, "instances")["objects"] == len(
+        np.unique(full.val_instances[full.val_instances > 0])
+    )
 
 
 def test_held_out_strip_lies_in_the_labelled_or_painted_region(pair):
@@ -526,3 +536,19 @@ def test_time_budget_keeps_room_for_the_last_evaluation(tiny_model, pair, monkey
     # Without the reserve, training ran to 60 s and the final evaluation ended at about 83 s.
     assert 50.0 <= trainer.elapsed <= 63.0, trainer.elapsed
     assert trainer.eval_seconds >= 20.0
+
+
+def test_one_painted_object_alone_is_refused_with_what_to_do():
+    """'Only what I edited' after painting one missed nucleus: the painted pixels are one object and no
+    background. The refusal says so (it said "one value only (65) on every pixel" of a 65-object layer)."""
+    from napari_attention_unet.core.train.targets import check_corrections
+
+    labels = np.zeros((64, 64), np.uint16)
+    labels[:8, :8], labels[20:30, 20:30], labels[40:50, 40:50] = 1, 2, 65
+    ignore = labels != 65  # only the new nucleus was painted
+    with pytest.raises(ValueError, match=r"the pixels you painted are all one object \(65\), and only they count"):
+        check_corrections(labels, ignore)
+    check_corrections(labels, (labels == 1) | (labels == 2))  # the new nucleus and background painted: fine
+    check_corrections(np.zeros_like(labels), labels > 0)  # erased objects only (painted 0s): fine
+    with pytest.raises(ValueError, match=r"no objects \(every pixel is 0\)"):
+        check_corrections(np.zeros_like(labels), None)

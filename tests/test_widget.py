@@ -91,6 +91,18 @@ def test_predict_adds_masks_and_attention_layers(qtbot, with_nuclei, monkeypatch
     # The masks lie above the maps (an additive map on top tints them) and are the active layer, for the brush.
     assert viewer.layers[-1] is masks and viewer.layers.selection.active is masks
 
+    # Our maps are no image to segment: selecting one leaves the picker, and Predict on one is refused.
+    gate = viewer.layers["nuclei attention gate1"]
+    viewer.layers.selection.active = gate
+    assert widget._image.value is image
+    other = viewer.add_image(image.data, name="other")
+    viewer.layers.remove(image)  # the image closed: the picker takes the other image, not a map
+    assert widget._image.value is other
+    viewer.layers.remove(other)
+    widget._image.value = gate
+    widget.predict()
+    assert "is a result of this plugin: choose an image to segment" in notes["error"][-1] and not widget.is_running
+
 
 def test_results_follow_scale_and_translate(qtbot, plugin_widget, nuclei_image):
     viewer, widget = plugin_widget
@@ -114,6 +126,8 @@ def test_rgb_image_gets_spatial_results(qtbot, plugin_widget):
     masks = viewer.layers[f"{image.name} masks"]
     assert masks.data.shape == data.shape[:2]
     np.testing.assert_allclose(masks.extent.world, image.extent.world)
+    # Over a bright H&E image an additive map only whitens it (a new user's check): laid over it instead.
+    assert viewer.layers[f"{image.name} attention gate1"].blending == "translucent"
 
 
 def test_cancel_adds_no_layers_and_widget_stays_usable(qtbot, plugin_widget, notes, monkeypatch):

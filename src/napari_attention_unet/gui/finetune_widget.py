@@ -215,6 +215,7 @@ class FinetuneWidget(Container):
     def _on_start(self) -> None:
         if self.is_running:
             return
+        self._readout.value = ""  # a start refused below must not leave the last run's outcome in view
         inputs = self._training_inputs()
         if inputs is None:
             return

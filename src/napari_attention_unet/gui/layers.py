@@ -87,6 +87,8 @@ class Placement:
     #: The source's NIfTI affine and header (``metadata["nifti"]`` of a volume opened by our reader),
     #: copied to the masks so that saving them as ``.nii.gz`` puts them on the scan's grid.
     nifti: dict | None = field(default=None, compare=False)
+    #: A colour (RGB) image, mostly bright (H&E, brightfield): an additive map would only whiten it.
+    bright: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -162,6 +164,7 @@ def placement_from_layer(layer: napari.layers.Image, config: ModelConfig | None 
         source_id=str(layer.unique_id),
         source_name=layer.name,
         nifti=layer.metadata.get("nifti"),
+        bright=bool(layer.rgb),
     )
 
 
@@ -287,7 +290,8 @@ def _attention_kwargs(placement: Placement, model_name: str, gate: str, visible:
         "translate": placement.translate,
         "name": attention_name(placement.source_name, gate),
         "colormap": GATE_COLORMAP,
-        "blending": "additive",
+        # On a dark fluorescence image the map adds light; over a bright H&E one it is laid over it instead.
+        "blending": "translucent" if placement.bright else "additive",
         "opacity": 0.5,
         "contrast_limits": (0.0, 1.0),
         "visible": visible,

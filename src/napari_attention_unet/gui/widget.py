@@ -113,10 +113,14 @@ class AttentionUNetWidget(Container):
         self._on_model_changed()
 
     def reset_choices(self, *_) -> None:
-        """Refresh the layer choices (napari calls this when layers change), keeping the chosen gates."""
+        """Refresh the layer choices (napari calls this when layers change), keeping the chosen gates; the
+        image closed, the picker takes another image rather than one of our attention maps."""
         gates = list(self._gates.value)
         super().reset_choices()
         self._gates.value = [g for g in gates if g in self._gates.choices]
+        images = [layer for layer in self._image.choices if not _layers.is_ours(layer)]
+        if self._image.value is not None and _layers.is_ours(self._image.value) and images and not self.is_running:
+            self._image.value = images[0]
 
     # -- public, for scripts and tests --------------------------------------------------
     @property
@@ -227,7 +231,7 @@ class AttentionUNetWidget(Container):
 
     def _on_active_layer(self, event=None) -> None:
         active = self._viewer.layers.selection.active
-        if active is not None and active in self._image.choices and not self.is_running:
+        if active is not None and active in self._image.choices and not self.is_running and not _layers.is_ours(active):
             self._image.value = active
 
     # -- predicting -----------------------------------------------------------------------
@@ -241,8 +245,9 @@ class AttentionUNetWidget(Container):
         if self._session.model is None:
             show_error(missing_bundled_model_message())
             return
-        if not isinstance(layer, Image):
-            show_error(f"'{layer.name}' is not an image layer: choose an image to segment.")
+        if not isinstance(layer, Image) or _layers.is_ours(layer):
+            what = "a result of this plugin" if isinstance(layer, Image) else "not an image layer"
+            show_error(f"'{layer.name}' is {what}: choose an image to segment.")
             return
         if _lazy.uses_blocks(layer, self._session.spatial_dims):
             self._predict_blocks(layer, self._options())

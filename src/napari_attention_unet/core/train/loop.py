@@ -358,12 +358,12 @@ class Trainer:
             return semantic_verdict(scores, step=self.step, stopped=self.stopped, best_step=self.best_step)
         best = {"best_step": self.best_step, "best_dice": self.best_dice, "best_ap": self.best_ap}
         return sanity_verdict(
-            scores["fraction"],
+            scores,
             step=self.step,
             stopped=self.stopped,
             **best,
             start_scores=self.start_scores,
-            labelled=scores.get("labelled", True),
+            judged=self.must_beat_start,
         )
 
     # -- long runs --------------------------------------------------------------------

@@ -69,7 +69,7 @@ def not_better_message(step: int, start_scores: dict) -> str:
 
 
 def sanity_verdict(
-    fraction: float,
+    scores: dict,
     *,
     step: int,
     stopped: str,
@@ -77,12 +77,15 @@ def sanity_verdict(
     best_dice: float | None,
     best_ap: float | None,
     start_scores: dict | None,
-    labelled: bool = True,
+    judged: bool = True,
 ) -> tuple[bool, str]:
-    """``(accepted, message)`` for a trained model that marks ``fraction`` of the held-out region
-    as objects: refused when it finds nothing where the labels there hold objects (``labelled``), or
-    marks everything; else accepted with its scores."""
-    if fraction <= 1e-4 and labelled:
+    """``(accepted, message)`` for a trained model whose held-out ``scores`` (:func:`.validation.score_samples`)
+    say what ``fraction`` of the held-out region it marks as objects: refused when it finds nothing where
+    the labels there hold objects (``labelled``), or marks everything; else accepted with its scores, the
+    starting model's beside them (``judged``: whether they were a bar to clear) and how many objects
+    the held-out region holds (a handful of objects moves AP@0.5 in large steps)."""
+    fraction = scores["fraction"]
+    if fraction <= 1e-4 and scores.get("labelled", True):
         return False, (
             "the trained model finds no objects in the held-out region. "
             "Label more objects (or check that the labels layer is the right one)."
@@ -94,8 +97,18 @@ def sanity_verdict(
         )
     message = f"trained {counted(step, 'step', 'steps')} ({stopped}); kept the state of step {best_step}: validation "
     if best_ap is not None:
+        objects = scores.get("objects")
+        message += f"AP@0.5 {best_ap:.3f}" + (
+            f" on {counted(objects, 'held-out object', 'held-out objects')}" if objects else ""
+        )
         start = start_scores["ap"] if start_scores else None
-        message += f"AP@0.5 {best_ap:.3f}" + (f" (starting model {start:.3f})" if start is not None else "")
+        if start is not None:
+            message += f" (starting model {start:.3f}" + (
+                ")"
+                if judged
+                else "; not a bar here: the held-out region holds masks you did not correct, which the starting "
+                "model drew itself)"
+            )
         message += f", Dice {best_dice:.3f}"
     else:
         message += f"Dice {best_dice:.3f}"

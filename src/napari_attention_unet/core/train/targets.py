@@ -260,7 +260,13 @@ def check_corrections(labels: np.ndarray, ignore: np.ndarray | None) -> None:
     if region.size == 0:
         return
     low, high = region.min(), region.max()
-    if low == high and (high != 0 or ignore is None):
+    if low == high and ignore is not None and high != 0:  # only what was painted: one object, no background
+        raise ValueError(
+            f"the pixels you painted are all one object ({high}), and only they count: fine-tuning learns objects "
+            "against background, so also erase some wrong objects (or paint label 0 next to the object), or "
+            "train on the whole image"
+        )
+    if low == high and ignore is None:
         what = "no objects (every pixel is 0)" if high == 0 else f"one value only ({high}) on every pixel"
         raise ValueError(
             f"the labels hold {what}: fine-tuning learns objects against background, so paint (or correct) "

@@ -113,7 +113,7 @@ def score_samples(
 ) -> dict:
     """Foreground ``dice``, ``iou`` and predicted ``fraction`` (means over ``samples``), ``labelled``:
     whether the held-out labels hold any object and, when ``select_by == "instances"``, ``ap``:
-    AP@0.5 of the objects, all samples pooled.
+    AP@0.5 of the objects, all samples pooled, and ``objects``: how many labelled objects that is.
 
     ``predict(model, image)`` gives the class probabilities of each :func:`validation_view`;
     the model is in eval mode meanwhile and back in its own mode afterwards.
@@ -130,10 +130,11 @@ def score_samples(
             counts += _instance_counts(probabilities, target, instances)
     model.train(was_training)
     dice, iou, fraction = (float(v) for v in np.mean(scores, axis=0)) if scores else (math.nan,) * 3
-    ap = None
+    ap = objects = None
     if select_by == "instances":
         ap = 1.0 if counts.sum() == 0 else float(counts[0] / counts.sum())
-    return {"dice": dice, "iou": iou, "fraction": fraction, "ap": ap, "labelled": labelled}
+        objects = int(counts[0] + counts[2])  # matched and missed: the labelled objects held out
+    return {"dice": dice, "iou": iou, "fraction": fraction, "ap": ap, "labelled": labelled, "objects": objects}
 
 
 def semantic_scores(
