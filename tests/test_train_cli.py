@@ -211,6 +211,25 @@ def test_one_time_point_of_a_series_trains(tmp_path, home, capsys):
     assert "outside the series (time points 0..1)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("accepted", [True, False])
+def test_outcome_warning_and_few_steps_note_are_independent(tmp_path, home, capsys, monkeypatch, accepted):
+    """The doubt goes with a refused state only, the note with a short run from scratch only."""
+    from napari_attention_unet.core.train import Trainer
+    from napari_attention_unet.core.train import plan as _plan
+
+    monkeypatch.setattr(Trainer, "_sanity_check", lambda self, trained: (accepted, "the verdict for the test"))
+    image, labels = three_classes((48, 48))
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lbl.tif", labels)
+    files = ["train", "--image", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lbl.tif"), *TINY]
+    for few, out in ((200, "short"), (1, "long enough")):
+        monkeypatch.setattr(_plan, "FEW_STEPS_FROM_SCRATCH", few)
+        assert main([*files, "--steps", "2", "--out", str(tmp_path / out)]) == 0
+        err = capsys.readouterr().err
+        assert ("warning: the verdict for the test" in err) is not accepted
+        assert ("note: only 2 steps" in err) is (few == 200)
+
+
 def test_a_few_labelled_slices_train_with_zero_is_slices(tmp_path, home, capsys):
     """`train --zero-is slices`: the slices without labels are not labelled, and the CLI says how many."""
     image, labels = three_classes((12, 32, 32))

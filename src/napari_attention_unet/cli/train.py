@@ -168,14 +168,14 @@ def run(args: argparse.Namespace) -> int:
         )
     if result.accepted:
         print(result.message, file=sys.stderr)
-    if few := plan.few_steps(result.steps):
-        print(f"note: {few}", file=sys.stderr)
     else:  # a new model has no previous one to fall back on: write the best state, and say why to doubt it
         print(
             f"warning: {result.message.rstrip('.')}. A new model has no earlier one to fall back on, so it is written: "
             "check its predictions before relying on it.",
             file=sys.stderr,
         )
+    if few := plan.few_steps(result.steps):
+        print(f"note: {few}", file=sys.stderr)
     meta = {
         "name": out_name,
         "task": task,
