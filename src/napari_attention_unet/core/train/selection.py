@@ -68,6 +68,12 @@ def not_better_message(step: int, start_scores: dict) -> str:
     )
 
 
+#: Said beside the starting model's held-out score when it was no bar to clear (``must_beat_start`` off).
+NOT_A_BAR = (
+    "; not a bar here: the held-out region holds masks you did not correct, which the starting model drew itself"
+)
+
+
 def sanity_verdict(
     scores: dict,
     *,
@@ -103,12 +109,8 @@ def sanity_verdict(
         )
         start = start_scores["ap"] if start_scores else None
         if start is not None:
-            message += f" (starting model {start:.3f}" + (
-                ")"
-                if judged
-                else "; not a bar here: the held-out region holds masks you did not correct, which the starting "
-                "model drew itself)"
-            )
+            bar = "" if judged else NOT_A_BAR
+            message += f" (starting model {start:.3f}{bar})"
         message += f", Dice {best_dice:.3f}"
     else:
         message += f"Dice {best_dice:.3f}"
