@@ -259,7 +259,9 @@ def test_napari_opens_a_time_series_as_4d(make_napari_viewer, tmp_path):
 # ----------------------------------------------------------------------------------- predict
 
 
-def test_cli_predict_on_nifti_writes_nifti_on_the_input_grid(volume_path, tmp_path, tiny_model_path, monkeypatch):
+def test_cli_predict_on_nifti_writes_nifti_on_the_input_grid(
+    volume_path, tmp_path, tiny_model_path, monkeypatch, capsys
+):
     from napari_attention_unet.cli import main
     from napari_attention_unet.large_data import pipeline
 
@@ -291,10 +293,19 @@ def test_cli_predict_on_nifti_writes_nifti_on_the_input_grid(volume_path, tmp_pa
     maps = np.asarray(attention.dataobj)
     assert maps.min() >= 0 and maps.max() <= 1
 
-    # the spacing the user gives wins over the header's
+    # the spacing the user gives wins over the header's, and the difference is said (a reversed order by name)
     seen.clear()
     args = ["predict", str(volume_path), "--out", str(out), "--model", str(tiny_model_path), "--spacing", "3,1,1"]
+    capsys.readouterr()
     assert main(args) == 0 and seen[0][1].spacing == (3.0, 1.0, 1.0)
+    said = capsys.readouterr().err
+    assert "vol.nii.gz: --spacing 3,1,1 is not the voxel size in its header, 2.5,1,1" in said
+    assert "reversed" not in said
+    seen.clear()
+    assert main([*args[:-1], "1,1,2.5"]) == 0 and seen[0][1].spacing == (1.0, 1.0, 2.5)
+    assert "(reversed: Z,Y,X is the order --spacing takes)" in capsys.readouterr().err
+    seen.clear()
+    assert main([*args[:-1], "2.5,1,1"]) == 0 and "warning" not in capsys.readouterr().err  # the same: no word
 
 
 def test_cli_predict_on_a_time_series_is_skipped_with_the_reason(tmp_path, tiny_model_path, capsys):
@@ -454,6 +465,11 @@ def test_cli_train_warns_when_labels_lie_on_another_grid(tmp_path, model_home, c
     args = ["train", "--image", str(image_path), "--labels", str(labels_path), "--out", str(tmp_path / "m")]
     assert main([*args, *tiny]) == 0
     assert "have different affines" in capsys.readouterr().err
+    # --spacing typed in X,Y,Z order over a header that says otherwise: used, and said
+    assert main([*args, *tiny, "--spacing", "1,1,2.5"]) == 0
+    assert "scan.nii.gz: --spacing 1,1,2.5 is not the voxel size in its header, 2.5,1,1 (Z,Y,X) (reversed" in (
+        capsys.readouterr().err
+    )
     # Labels of another shape: the shape error alone, not first a warning that they are taken voxel by voxel.
     cut = save(tmp_path / "cut.nii.gz", (volume[:-2] > 0.5).astype(np.uint8), affine=np.eye(4))
     assert main(["train", "--image", str(image_path), "--labels", str(cut), "--out", str(tmp_path / "m2"), *tiny]) == 2

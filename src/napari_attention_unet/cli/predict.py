@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.images import ImageShapeError
     from napari_attention_unet.core.predict import check_tile_size, prepare_model
     from napari_attention_unet.large_data.files import ImageReadError
+    from napari_attention_unet.large_data.nifti import header_spacing, is_nifti_path, spacing_conflict
     from napari_attention_unet.large_data.pipeline import needs_blocks, predict_file_in_blocks, predict_file_steps
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
 
@@ -112,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
     leave = len(args.images) == 1
     images = tqdm(args.images, desc="images", unit="image", disable=len(args.images) < 2, **bar_settings())
     for path in images:
+        if args.spacing is not None and is_nifti_path(path):
+            if (conflict := spacing_conflict(path.name, args.spacing, header_spacing(path))) is not None:
+                tqdm.write(conflict, file=sys.stderr)
         try:
             if needs_blocks(path, args.out, args.axes, args.block_size):
                 _whole_series_only(args)  # the block engine takes 2D images only: no spacing to give

@@ -59,6 +59,7 @@ def _spacing_note(plan, given) -> str:
 def _load_pairs(args: argparse.Namespace) -> list[tuple]:
     """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point)."""
     from napari_attention_unet.large_data.files import declared_axes
+    from napari_attention_unet.large_data.nifti import spacing_conflict
 
     pairs = []
     for image_path, labels_path in zip(args.image, args.labels):
@@ -77,6 +78,8 @@ def _load_pairs(args: argparse.Namespace) -> list[tuple]:
                 file=sys.stderr,
             )
         spacing = None if volume is None or volume.spacing is None else tuple(volume.spacing)
+        if (conflict := spacing_conflict(Path(image_path).name, args.spacing, spacing)) is not None:
+            print(conflict, file=sys.stderr)
         axes = args.axes or (None if volume is not None else declared_axes(image_path, args.time_point))
         pairs.append((image, labels, axes, args.spacing or spacing))
     return pairs

@@ -30,9 +30,11 @@ __all__ = [
     "NiftiFormatError",
     "NiftiVolume",
     "grid_from_metadata",
+    "header_spacing",
     "is_nifti_path",
     "nifti_stem",
     "read_nifti",
+    "spacing_conflict",
     "write_nifti",
 ]
 
@@ -182,6 +184,36 @@ def read_nifti(path: str | Path, time_point: int | None = None, *, all_time_poin
         time_points=time_points,
         time_point=time_point,
         intent=intent,
+    )
+
+
+def header_spacing(path: str | Path) -> tuple[float, ...] | None:
+    """The voxel size ``(z, y, x)`` in a NIfTI file's header, without reading its voxels (None when
+    the file cannot be read: reading it for real says why)."""
+    try:
+        image = _nibabel().load(str(path))
+        spatial = min(len(image.shape), 3)
+        return tuple(float(z) for z in image.header.get_zooms()[:spatial])[::-1]
+    except Exception:  # noqa: BLE001 - the real read reports the problem
+        return None
+
+
+def spacing_conflict(name: str, given: Sequence[float] | None, header: Sequence[float] | None) -> str | None:
+    """A warning when ``--spacing`` (Z,Y,X) is not the voxel size in a NIfTI file's header: the flag
+    wins, and typing the sizes in X,Y,Z order is the usual slip (the header's sizes reversed)."""
+    if given is None or header is None or len(given) != len(header):
+        return None
+    typed, stored = np.asarray(given, dtype=float), np.asarray(header, dtype=float)
+    if np.allclose(typed, stored, rtol=0.01):
+        return None
+
+    def text(v):
+        return ",".join(f"{x:g}" for x in v)
+
+    slip = " (reversed: Z,Y,X is the order --spacing takes)" if np.allclose(typed[::-1], stored, rtol=0.01) else ""
+    return (
+        f"warning: {name}: --spacing {text(typed)} is not the voxel size in its header, {text(stored)} "
+        f"(Z,Y,X){slip}; --spacing is used"
     )
 
 
