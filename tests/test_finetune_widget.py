@@ -316,14 +316,15 @@ def test_finetune_on_a_stack_trains_on_the_painted_slice(qtbot, plugin_widget, n
 
 def test_the_progress_line_says_each_figure_once():
     from napari_attention_unet.core.train.config import StepReport, step_message
+    from napari_attention_unet.gui.plot import describe_report
 
     scores = {"anterior": 0.81, "posterior": 0.77}
     message = step_message(42, 1.1869, 0.79, None, 0.8, None, scores)
     report = StepReport(42, None, 30.0, 19.0, 1.1869, 0.79, 0.8, 1e-3, message, val_class_dice=scores)
-    line = _finetune_widget.describe_report(report)
+    line = describe_report(report)
     assert line == "step 42 · loss 1.187 · val Dice 0.790 · anterior 0.81, posterior 0.77 · kept Dice 0.800 · ETA 0:19"
     stop = StepReport(43, None, 31.0, None, float("nan"), None, 0.8, 1e-3, "loss is not finite; stopping")
-    assert _finetune_widget.describe_report(stop).endswith(" — loss is not finite; stopping")
+    assert describe_report(stop).endswith(" — loss is not finite; stopping")
 
 
 def test_labels_that_hold_one_value_are_refused_for_fine_tuning(qtbot, corrected, notes):

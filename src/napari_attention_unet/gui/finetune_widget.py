@@ -32,7 +32,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_attention_unet.gui import new_model as _new_model
 from napari_attention_unet.gui.background_slices import BackgroundSlices, marked_slices
 from napari_attention_unet.gui.edits import EditTracker, edited_from_prediction, shapes_mask
-from napari_attention_unet.gui.plot import TrainingPlot
+from napari_attention_unet.gui.plot import TrainingPlot, describe_report
 from napari_attention_unet.gui.session import Session, explain_error
 from napari_attention_unet.models import versions as _versions
 
@@ -306,7 +306,9 @@ class FinetuneWidget(Container):
                 self._readout.value = "Stopped before the first step; the model is unchanged."
             self._end()
             return
-        self._readout.value = "Checking the fine-tuned model on the held-out strip…"
+        self._readout.value = (
+            f"Checking the {'new' if self._session.plan else 'fine-tuned'} model on the held-out part…"
+        )
         # The check predicts the validation region: off the main thread, like the training.
         self._worker = create_worker(
             trainer.result,
@@ -376,25 +378,3 @@ class FinetuneWidget(Container):
 def _forward(generator):
     """The training generator, as a generator function (what create_worker expects)."""
     return (yield from generator)
-
-
-def describe_report(report: StepReport) -> str:
-    """One line for a step report: step, loss, validation scores, time left."""
-    steps = f"step {report.step}" + (f"/{report.total_steps}" if report.total_steps else "")
-    parts = [steps, f"loss {report.loss:.3f}"]
-    if report.val_ap is not None:
-        parts.append(f"val AP {report.val_ap:.3f}")
-    if report.val_dice is not None:
-        parts.append(f"val Dice {report.val_dice:.3f}")
-    if report.val_class_dice:
-        parts.append(", ".join(f"{name} {value:.2f}" for name, value in report.val_class_dice.items()))
-    if report.best_val_ap is not None:
-        parts.append(f"kept AP {report.best_val_ap:.3f}")
-    elif report.best_val_dice is not None:
-        parts.append(f"kept Dice {report.best_val_dice:.3f}")
-    if report.eta is not None:
-        minutes, seconds = divmod(round(report.eta), 60)
-        parts.append(f"ETA {minutes}:{seconds:02d}")
-    # The trainer's own line repeats the figures above; only other messages (e.g. a stop) are added.
-    said = report.message and not report.message.startswith(f"step {report.step}: loss")
-    return " · ".join(parts) + (f" — {report.message}" if said else "")

@@ -1,4 +1,5 @@
-"""A tiny training plot: loss and validation scores against the step, drawn with QPainter.
+"""A tiny training plot: loss and validation scores against the step, drawn with QPainter, and the
+one-line readout of a step (:func:`describe_report`).
 
 No plotting library: a few polylines on a dark background are all a training run needs.
 Loss is scaled to its own maximum; validation Dice and AP@0.5 are on a 0..1 scale, a dot at each
@@ -8,11 +9,16 @@ legend names the curves with their latest values, and the step is shown on the r
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-__all__ = ["TrainingPlot"]
+if TYPE_CHECKING:
+    from napari_attention_unet.core.train import StepReport
+
+__all__ = ["TrainingPlot", "describe_report"]
 
 LOSS_COLOR, DICE_COLOR, AP_COLOR = QColor(240, 160, 60), QColor(90, 200, 250), QColor(120, 220, 120)
 #: Per-class Dice curves, in the order the classes come (then round again).
@@ -114,3 +120,25 @@ class TrainingPlot(QWidget):
         if dots or len(points) == 1:  # each evaluation visible, even the first one alone
             for point in polygon:
                 painter.drawEllipse(point, 2.0, 2.0)
+
+
+def describe_report(report: StepReport) -> str:
+    """One line for a step report: step, loss, validation scores, time left."""
+    steps = f"step {report.step}" + (f"/{report.total_steps}" if report.total_steps else "")
+    parts = [steps, f"loss {report.loss:.3f}"]
+    if report.val_ap is not None:
+        parts.append(f"val AP {report.val_ap:.3f}")
+    if report.val_dice is not None:
+        parts.append(f"val Dice {report.val_dice:.3f}")
+    if report.val_class_dice:
+        parts.append(", ".join(f"{name} {value:.2f}" for name, value in report.val_class_dice.items()))
+    if report.best_val_ap is not None:
+        parts.append(f"kept AP {report.best_val_ap:.3f}")
+    elif report.best_val_dice is not None:
+        parts.append(f"kept Dice {report.best_val_dice:.3f}")
+    if report.eta is not None:
+        minutes, seconds = divmod(round(report.eta), 60)
+        parts.append(f"ETA {minutes}:{seconds:02d}")
+    # The trainer's own line repeats the figures above; only other messages (e.g. a stop) are added.
+    said = report.message and not report.message.startswith(f"step {report.step}: loss")
+    return " · ".join(parts) + (f" — {report.message}" if said else "")
