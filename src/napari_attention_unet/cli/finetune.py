@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.weights import save_model
     from napari_attention_unet.large_data.files import ImageReadError, declared_axes, read_image, read_time_point
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
+    from napari_attention_unet.models.versions import inherited_info
 
     if len(args.image) != len(args.labels):
         return fail(f"give one --labels per --image (got {len(args.image)} images and {len(args.labels)} labels)")
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"the fine-tuned model was not written (the starting model stays as it was): {result.message}")
     print(result.message, file=sys.stderr)
     meta = {
+        **inherited_info(meta),  # what the model is for, and a 3D model's voxel size
         "name": out_name,
         "parent": info.name,
         "steps": result.steps,

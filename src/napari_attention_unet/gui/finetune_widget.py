@@ -354,6 +354,7 @@ class FinetuneWidget(Container):
             best_val_dice=result.best_val_dice,
             best_val_ap=result.best_val_ap,
             image_name=self._image_name,
+            extra=_versions.inherited_info(self._session.model_info),  # e.g. a 3D model's voxel size
         )
         self._session.set_model(result.model, info)
         self._progress.value = PROGRESS_STEPS

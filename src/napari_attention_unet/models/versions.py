@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -22,12 +23,32 @@ __all__ = [
     "delete_version",
     "export_version",
     "import_model",
+    "inherited_info",
     "list_versions",
     "rename_version",
     "save_version",
     "version_info",
     "version_name",
 ]
+
+
+#: What a fine-tuned model keeps of the info of the model it started from: what it is for (task,
+#: class names, what label 0 meant, where the line of models started) and a 3D model's voxel size,
+#: at which ``predict`` takes volumes that state none (without it they would be taken as cubic).
+INHERITED = ("task", "classes", "zero_is", "spacing", "start")
+
+
+def inherited_info(parent: ModelInfo | Mapping | None) -> dict:
+    """The :data:`INHERITED` entries of ``parent``'s info (a model's :class:`ModelInfo`, read from its
+    file, or the info itself); empty when there is none or the file cannot be read."""
+    if parent is None:
+        return {}
+    if isinstance(parent, ModelInfo):
+        try:
+            parent = read_metadata(parent.path)[1]
+        except (OSError, ValueError):
+            return {}
+    return {key: parent[key] for key in INHERITED if parent.get(key) is not None}
 
 
 def version_name(parent: str, when: datetime | None = None) -> str:
