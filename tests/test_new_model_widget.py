@@ -201,6 +201,42 @@ def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes, sane):
     assert widget._current_slice.text == "current time point only (time series)"  # a 3D model takes volumes
 
 
+def test_a_time_series_trains_on_the_time_point_shown(plugin_widget, qtbot, notes, sane, monkeypatch):
+    """A 4D NIfTI series (3 time points) with labels of one volume: the time point on screen trains a one-channel
+    3D model (before: the time points became 3 input channels, silently); a series too long for channels alike."""
+    viewer, widget = plugin_widget
+    volume, labels = two_blobs_3d()
+    series = np.stack([volume * 0.5, volume * 0.8, volume])
+    layer = viewer.add_image(
+        series, name="scan", scale=(1.0, 2.0, 1.0, 1.0), metadata={"nifti": {"shape": [3, 16, 32, 32]}}
+    )
+    panel = widget.finetune
+    panel._corrected.value = viewer.add_labels(labels, name="scan labels", scale=(2.0, 1.0, 1.0))
+    widget._image.value = layer
+    panel._start_from.value = _finetune_widget.NEW_MODEL
+    viewer.dims.set_current_step(0, 2)
+    seen = []
+    real = _finetune_widget._new_model.train_new_model
+    monkeypatch.setattr(
+        _finetune_widget._new_model,
+        "train_new_model",
+        lambda s, image, *a, **k: seen.append(image) or real(s, image, *a, **k),
+    )
+    panel.start(steps=2)
+    wait_idle(qtbot, widget)
+    assert not notes["error"], notes["error"]
+    assert widget.session.model.config.in_channels == 1 and widget.session.model.config.spatial_dims == 3
+    np.testing.assert_array_equal(seen[0], volume)
+    assert "'scan' is a time series: training on the time point shown (2)." in notes["info"]
+
+    from napari_attention_unet.gui.new_model import time_point_shown
+
+    long = viewer.add_image(np.stack([volume] * 6), name="long")  # no NIfTI header, but 6 cannot be channels
+    assert time_point_shown(long, 3, (1, 0, 0, 0))[1] == 1
+    two = viewer.add_image(np.stack([volume] * 2), name="two")  # two channels, as napari shows them
+    assert time_point_shown(two, 3, (1, 0, 0, 0)) == (two.data, None)
+
+
 def test_mismatched_labels_are_a_clear_message(plugin_widget, qtbot, notes):
     viewer, widget = plugin_widget
     image, _labels = three_classes_2d()

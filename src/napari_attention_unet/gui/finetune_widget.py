@@ -221,12 +221,15 @@ class FinetuneWidget(Container):
             return
         image, labels, ignore, edited = inputs
         self._session.plan = None
+        data, t = _new_model.time_point_shown(image, labels.ndim, self._viewer.dims.point)
+        if t is not None:
+            show_info(f"'{image.name}' is a time series: training on the time point shown ({t}).")
         try:
             if self._start_from.value == NEW_MODEL:
                 names = [n.strip() for n in self._class_names.value.split(",") if n.strip()] or None
                 generator = _new_model.train_new_model(
                     self._session,
-                    np.asarray(image.data),
+                    np.asarray(data),
                     labels,
                     rgb=bool(getattr(image, "rgb", False)),
                     spacing=tuple(image.scale),
@@ -239,7 +242,7 @@ class FinetuneWidget(Container):
                 )
             else:
                 generator = self._session.finetune(
-                    np.asarray(image.data),
+                    np.asarray(data),
                     labels,
                     rgb=bool(getattr(image, "rgb", False)),
                     ignore=ignore,

@@ -28,10 +28,22 @@ from napari_attention_unet.gui.session import Session
 from napari_attention_unet.models import registry as _registry
 from napari_attention_unet.models.versions import save_version
 
-__all__ = ["describe_labels", "final_scores", "save_new_model", "train_new_model"]
+__all__ = ["describe_labels", "final_scores", "save_new_model", "time_point_shown", "train_new_model"]
 
 #: Labels larger than this are looked at through a strided subsample before the click.
 PREVIEW_PIXELS = 4_000_000
+
+
+def time_point_shown(layer, labels_ndim: int, point: Sequence[float]) -> tuple[np.ndarray, int | None]:
+    """``(volume, t)``: for a time series (a 4D NIfTI layer, or a first axis too long for channels) with labels of
+    one volume, the time point the viewer shows (``point``: ``viewer.dims.point``), over which the labels were
+    painted; else ``(layer.data, None)``. The time points taken as channels trained a 3-channel model, silently."""
+    data = layer.data
+    series = len(((layer.metadata or {}).get("nifti") or {}).get("shape") or ()) == 4
+    if getattr(layer, "rgb", False) or np.ndim(data) != labels_ndim + 1 or not (series or np.shape(data)[0] > 4):
+        return data, None
+    t = int(np.clip(np.round(layer.world_to_data(point)[0]), 0, np.shape(data)[0] - 1))
+    return np.asarray(data[t]), t
 
 
 def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequence[int] = ()) -> tuple[str | None, str]:
