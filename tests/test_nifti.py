@@ -197,9 +197,24 @@ def test_which_files_open_as_labels():
     assert not is_label_map("case1.nii.gz", integer, data=rng.integers(0, 900, (8, 16, 16)).astype(np.int16))
     assert is_label_map("anything.nii.gz", np.dtype(np.uint8), intent=nifti.LABEL_INTENT)
     assert not is_label_map("vol_labels.nii.gz", floating)
+    # Float voxels of whole numbers (MONAI's SaveImage writes float32 label maps): labels, by value or by name.
+    classes = rng.integers(0, 3, (8, 16, 16)).astype(np.float32)
+    assert is_label_map("case1_partial.nii.gz", floating, data=classes)
+    assert not is_label_map("case1.nii.gz", floating, data=classes + 0.5)
+    assert not is_label_map("case1.nii.gz", floating, data=rng.integers(0, 900, (8, 16, 16)).astype(np.float32))
     assert not is_label_map("ct.nii.gz", integer) and not is_label_map("imagesTr/ct_0000.nii.gz", integer)
     assert get_reader("vol.tif") is None and get_reader(["a.nii.gz", "b.tif"]) is None
     assert callable(get_reader("vol.nii.gz")) and callable(get_reader(["a.nii", "b.nii.gz"]))
+
+
+def test_a_float_label_map_opens_as_integer_labels(tmp_path):
+    from napari_attention_unet.gui.readers import read_nifti_layers
+
+    classes = np.zeros(SHAPE_XYZ, np.float32)
+    classes[5:15, 5:15, 2:4] = 2.0
+    [(data, kwargs, kind)] = read_nifti_layers(str(save(tmp_path / "partial.nii.gz", classes)))
+    assert kind == "labels" and data.dtype == np.uint8 and kwargs["scale"] == (2.5, 1.0, 1.0)
+    np.testing.assert_array_equal(data, classes.transpose(2, 1, 0))
 
 
 def test_napari_opens_volume_and_labels_on_the_same_grid(make_napari_viewer, volume_path, tmp_path):

@@ -6,7 +6,8 @@ the gates of our ``*_attention.nii.gz``). It is not placed in world coordinates:
 translation, so every volume read here and every result computed on it line up by voxel. The
 affine and the header travel in ``metadata["nifti"]`` (affine as a nested list, the raw header
 base64-encoded) for the writer. A file opens as a Labels layer when its voxels are integers
-(no scaling in the header) and either its header intent is "label" (as our label maps are
+(no scaling in the header; or float voxels holding whole numbers only, as MONAI and SimpleITK write
+label maps) and either its header intent is "label" (as our label maps are
 written), its name (without ``.nii[.gz]``) says so (ends with ``_seg``, ``_mask``, ``_gt``, is
 ``mask``, ``seg``, ``aseg``, or contains ``label`` or ``segmentation``), it sits in a folder
 named like ``labelsTr/``, ``masks/`` or ``segmentations/``, or its voxels hold at most
@@ -35,6 +36,7 @@ from napari_attention_unet.gui.layers import MARKER
 from napari_attention_unet.large_data.nifti import (
     LABEL_INTENT,
     is_nifti_path,
+    labels_dtype,
     nifti_stem,
     read_nifti,
     write_nifti,
@@ -57,9 +59,21 @@ def _few_values(data: np.ndarray, most: int = MAX_LABEL_VALUES) -> bool:
     return len(np.unique(sample)) <= most
 
 
+def _whole_numbers(data: np.ndarray) -> bool:
+    """Whether float voxels hold whole numbers 0, 1, 2, ... only (judged on an even subsample of ~2M voxels)."""
+    flat = np.asarray(data).reshape(-1)
+    sample = flat[:: max(1, flat.size // 2_000_000)]
+    return bool(sample.size) and bool(
+        np.isfinite(sample).all() and (sample >= 0).all() and (sample == np.round(sample)).all()
+    )
+
+
 def is_label_map(path: str | Path, dtype: np.dtype, intent: int = 0, data: np.ndarray | None = None) -> bool:
-    """Whether a NIfTI file opens as Labels: integer voxels, and a label intent, a label-like name or
-    folder, or (``data`` given) few distinct values."""
+    """Whether a NIfTI file opens as Labels: integer voxels (or, ``data`` given, float voxels that are whole
+    numbers: MONAI and SimpleITK write label maps as float32 by default), and a label intent, a label-like
+    name or folder, or (``data`` given) few distinct values."""
+    if np.dtype(dtype).kind == "f" and data is not None and _whole_numbers(data):
+        dtype = np.dtype(np.int64)
     if np.dtype(dtype).kind not in "iub":
         return False
     stem = nifti_stem(path).lower()
@@ -89,8 +103,11 @@ def read_nifti_layers(path: str | list[str]) -> list[tuple]:
         volume = read_nifti(p, all_time_points=True)
         scale = (1.0,) * (volume.data.ndim - len(volume.spacing)) + tuple(volume.spacing)
         kwargs = {"name": nifti_stem(p), "scale": scale, "metadata": {"nifti": volume.metadata(p)}}
-        kind = "labels" if is_label_map(p, volume.data.dtype, volume.intent, volume.data) else "image"
-        layers.append((volume.data, kwargs, kind))
+        data = volume.data
+        kind = "labels" if is_label_map(p, data.dtype, volume.intent, data) else "image"
+        if kind == "labels" and data.dtype.kind == "f":  # whole numbers stored as floats: napari's labels are integers
+            data = data.astype(labels_dtype(data))
+        layers.append((data, kwargs, kind))
     return layers
 
 
