@@ -502,6 +502,35 @@ def test_anisotropic_volume_with_a_3d_model_in_the_viewer(qtbot, plugin_widget, 
     np.testing.assert_allclose(gate.data, expected.gate_maps["gate1"], atol=1e-5)
 
 
+def test_a_volume_with_no_voxel_size_is_taken_at_the_models(qtbot, plugin_widget, model_home, nuclei_image):
+    """A layer left at napari's scale of 1 under a 3D model trained at 2,0.5,0.5: predicted at that voxel size,
+    as `attention-unet predict` takes a TIFF that states none, and the status says so; a set scale is kept."""
+    import torch
+
+    from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+    from napari_attention_unet.core.predict import predict, run_to_end
+    from napari_attention_unet.core.weights import save_model
+    from napari_attention_unet.gui.block_prediction import predict_spacing
+
+    viewer, widget = plugin_widget
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=2, depth=3))
+    save_model(model, model_home / "models" / "aniso3d", info={"spacing": [2.0, 0.5, 0.5]})
+    widget._refresh.changed()
+    widget.use_model("aniso3d")
+    volume = np.stack([nuclei_image[:48, :48]] * 4).astype(np.float32)
+    widget._image.value = viewer.add_image(volume, name="volume")
+    widget._current_slice.value = False
+    run_prediction(qtbot, widget)
+    expected = run_to_end(predict(model.eval(), volume, device="cpu", spacing=(4.0, 1.0, 1.0)))
+    np.testing.assert_allclose(viewer.layers["volume attention gate1"].data, expected.gate_maps["gate1"], atol=1e-5)
+    assert "no voxel size (scale 1,1,1): taken at the model's, 2,0.5,0.5 (Z,Y,X)" in widget._status.value
+    assert viewer.layers["volume masks"].scale.tolist() == [1.0, 1.0, 1.0]  # on the layer's grid
+    assert predict_spacing((1.5, 0.5, 0.5), [2.0, 0.5, 0.5], 3) == ((1.5, 0.5, 0.5), "")  # a scale set: kept
+    assert predict_spacing((1.0, 1.0, 1.0), None, 3) == ((1.0, 1.0, 1.0), "")  # nothing known: cubic
+    assert predict_spacing((1.0, 1.0), [2.0, 0.5, 0.5], 2) == ((1.0, 1.0), "")
+
+
 def test_the_dock_scrolls_instead_of_growing_the_window_past_the_screen(plugin_widget, qtbot):
     """All controls (predict, new model, versions) are taller than a laptop screen: the window keeps its
     height and the dock's scroll area scrolls to the controls at the bottom."""

@@ -29,7 +29,7 @@ from qtpy.QtCore import QTimer
 from napari_attention_unet.core.predict import PredictOptions
 from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
-from napari_attention_unet.gui.block_prediction import BlockPrediction, done_message, outcome_message
+from napari_attention_unet.gui.block_prediction import BlockPrediction, done_message, outcome_message, predict_spacing
 from napari_attention_unet.gui.finetune_widget import FinetuneWidget
 from napari_attention_unet.gui.scroll import in_scroll_area
 from napari_attention_unet.gui.session import (
@@ -40,6 +40,7 @@ from napari_attention_unet.gui.session import (
     missing_bundled_model_message,
 )
 from napari_attention_unet.gui.versions_widget import VersionsWidget
+from napari_attention_unet.models.versions import inherited_info
 
 if TYPE_CHECKING:
     import napari
@@ -260,13 +261,15 @@ class AttentionUNetWidget(Container):
         index = None
         if self._current_slice.value and n_leading > 0:
             index = _layers.slice_index(self._viewer.dims.point, placement, n_leading)
-        options = PredictOptions.of(self._options(), spacing=placement.scale)  # 3D: resampled to cubic voxels
+        trained = inherited_info(self._session.model_info).get("spacing")  # for a layer with no voxel size
+        spacing, note = predict_spacing(placement.scale, trained, self._session.spatial_dims)
+        options = PredictOptions.of(self._options(), spacing=spacing)  # 3D: resampled to cubic voxels
         self._start_worker(  # the layers' data is built and checked in the worker too
             _layers.predict_into_layers,
             self._session.predict(layer.data, options, rgb=bool(layer.rgb), index=index),
             placement,
             _layers.own_layer_states(self._viewer.layers, placement.source_id),
-            returned=lambda result: self._on_returned(result, placement),
+            returned=lambda result: self._on_returned(result, placement, note),
             message=f"Predicting {layer.name} on {self._session.describe_device()}…",
         )
 
@@ -339,12 +342,12 @@ class AttentionUNetWidget(Container):
         if note is not None:
             show_info(note)
 
-    def _on_returned(self, outcome, placement: _layers.Placement) -> None:
+    def _on_returned(self, outcome, placement: _layers.Placement, note: str = "") -> None:
         # napari takes 0.1-0.4 s to add one large layer: one layer per event-loop turn keeps the
         # viewer answering between them instead of freezing for the sum.
         result, self._to_add = outcome
         self._device_info.value = result.device
-        done = done_message(result, placement)
+        done = done_message(result, placement) + note
         if not _layers.source_is_open(self._viewer.layers, placement):  # closed while it was predicted
             self._to_add, done = [], f"{placement.source_name} was closed while it was predicted: no layers added."
         self._add_next_layer(placement, done)
