@@ -92,7 +92,9 @@ def test_what_the_labels_would_teach_is_said_before_the_click():
     # Strokes on one slice of a stack train a 2D model for every plane; labels through a volume a 3D one.
     stack = np.zeros((12, 64, 64), np.uint8)
     stack[6, 10, 5:40], stack[6, 30, 5:40] = 1, 2
-    assert describe_labels(stack, "unlabelled")[1].endswith("; a 2D model, for every plane")
+    assert describe_labels(stack, "unlabelled")[1].endswith(
+        "; a 2D model, for every plane (label two slices or more for a 3D model)"
+    )
     stack[8, 10, 5:40] = 1
     assert describe_labels(stack, "unlabelled")[1].endswith("; a 3D model")
     # Marks belong to "background in labelled slices": with another meaning of 0 they are kept but unused.

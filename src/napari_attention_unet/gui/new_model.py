@@ -77,7 +77,10 @@ def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequenc
             zero += f"; {gaps} empty slices between labelled ones: labelled only some? "
             zero += "choose 'background in labelled slices'"
     if full.ndim == 3:  # which model a volume's labels train, as plan_training decides it
-        zero += "; a 3D model" if infer_dims([full], zero_is) == 3 else "; a 2D model, for every plane"
+        if infer_dims([full], zero_is) == 3:
+            zero += "; a 3D model"
+        else:  # its objects would be cut plane by plane: a 3D user needs to know how to get a 3D model
+            zero += "; a 2D model, for every plane (label two slices or more for a 3D model)"
     if len(background_slices) and zero_is != "slices":  # kept in the layer, but they mean nothing here
         zero += f"; the {len(background_slices)} slices marked as background are not used with this label 0"
     return task, f"{why}; {zero}"
