@@ -622,3 +622,20 @@ def test_patches_centred_on_classes_bring_a_rare_class_into_most_batches():
     # Drawn anywhere, a 64 px patch holds the spot about one time in ten; centred on a class drawn
     # evenly among the two, at least half the time.
     assert rare_share(0.0) < 0.2 < 0.45 < rare_share(1.0)
+
+
+def test_a_semantic_model_that_matches_no_labelled_class_is_doubted():
+    """Held-out class Dice of 0 for every class is refused like one class everywhere (before, a new user's
+    two runs with mean Dice 0.00 were one put in use, one not); a model that matches some is accepted."""
+    from napari_attention_unet.core.train.selection import semantic_verdict
+
+    def verdict(dice, predicted=3):
+        scores = {"dice": float(np.mean(list(dice.values()))), "class_dice": dice}
+        scores.update(classes_predicted=predicted, classes_labelled=3)
+        return semantic_verdict(scores, step=40, stopped="time budget", best_step=40)
+
+    accepted, message = verdict({"anterior": 0.0, "posterior": 0.0})
+    assert not accepted and "matches none of the labelled classes" in message and "0.000" in message
+    assert not verdict({"anterior": 0.6, "posterior": 0.5}, predicted=1)[0]  # one class everywhere, as before
+    accepted, message = verdict({"anterior": 0.31, "posterior": 0.0})
+    assert accepted and "anterior 0.310, posterior 0.000" in message

@@ -117,14 +117,25 @@ def sanity_verdict(
     return True, message
 
 
+#: A semantic model whose mean class Dice on the held-out region is under this matched nothing there: doubted,
+#: as one predicting a single class everywhere is (before, one was put in use and the other not).
+NOTHING_MATCHED = 0.01
+
+
 def semantic_verdict(scores: dict, *, step: int, stopped: str, best_step: int) -> tuple[bool, str]:
     """``(accepted, message)`` for a trained semantic model from its validation ``scores``
     (:func:`~.validation.semantic_scores`): refused when it predicts one class everywhere in the
-    held-out region though the labels there hold several, else accepted with its class Dice."""
+    held-out region though the labels there hold several, or matches none of the classes labelled there
+    (mean class Dice under :data:`NOTHING_MATCHED`), else accepted with its class Dice."""
     if scores["classes_predicted"] <= 1 < scores["classes_labelled"]:
         return False, (
             "the trained model predicts one class everywhere in the held-out region. "
             "Train longer, or label more of the rarer classes."
+        )
+    if scores["class_dice"] and scores["dice"] < NOTHING_MATCHED:
+        return False, (
+            f"the trained model matches none of the labelled classes in the held-out region (mean class Dice "
+            f"{scores['dice']:.3f}). Train longer, or label more."
         )
     per_class = ", ".join(f"{name} {value:.3f}" for name, value in scores["class_dice"].items())
     return True, (
