@@ -639,3 +639,24 @@ def test_a_semantic_model_that_matches_no_labelled_class_is_doubted():
     assert not verdict({"anterior": 0.6, "posterior": 0.5}, predicted=1)[0]  # one class everywhere, as before
     accepted, message = verdict({"anterior": 0.31, "posterior": 0.0})
     assert accepted and "anterior 0.310, posterior 0.000" in message
+
+
+def test_fine_tuning_a_3d_model_on_a_few_labelled_slices_is_refused_before_training():
+    """0 is background in every slice when fine-tuning: outlines in 4 slices of 40 would teach 'nothing here'
+    in the other 36. Refused at once, with what to do; dense labels, painted-only runs and 2D models pass."""
+    from napari_attention_unet.core.train.targets import check_corrections
+
+    volume = np.zeros((40, 32, 32), np.uint16)
+    volume[:, 8:14, 8:14] = 1
+    volume[:, 20:26, 18:26] = 2
+    check_corrections(volume, None, 3)  # dense: fine
+    sliced = np.zeros_like(volume)
+    sliced[[9, 19, 28, 38]] = volume[[9, 19, 28, 38]]
+    with pytest.raises(ValueError, match="the labels fill 4 of the volume's 40 slices.*--zero-is slices"):
+        check_corrections(sliced, None, 3)
+    one = np.zeros_like(volume)
+    one[20] = volume[20]
+    with pytest.raises(ValueError, match="fill 1 of"):
+        check_corrections(one, None, 3)
+    check_corrections(sliced, None, 2)  # a 2D model trains on the labelled planes only
+    check_corrections(sliced, np.zeros(sliced.shape, bool) | (sliced == 0), 3)  # only what was painted counts

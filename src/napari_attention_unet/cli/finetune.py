@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         axes = [args.axes or declared_axes(i) for i in args.image]  # a hyperstack's channels stay channels
         pairs = [(data, read_image(lbl), ax) for (data, _), lbl, ax in zip(reads, args.labels, axes)]
         for _image, labels, _axes in pairs:  # said now, not after the training they would waste
-            check_corrections(labels, None)
+            check_corrections(labels, None, model.config.spatial_dims)
         minutes = 5.0 if args.minutes is None and args.steps is None else args.minutes
         sized = {}
         if model.config.spatial_dims == 3:  # on the grid predict uses, in patches fitted as train fits them

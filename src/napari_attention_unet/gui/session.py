@@ -255,7 +255,7 @@ class Session:
             )
         if tuple(labels.shape) != spatial_shape:
             raise ImageShapeError(f"the labels (shape {tuple(labels.shape)}) do not match the image {spatial_shape}")
-        check_corrections(labels, ignore)
+        check_corrections(labels, ignore, self.spatial_dims)
         # A stack (Z or T before the model's axes) trains on its planes: the ones the user
         # corrected, else the labelled ones.
         planes = training_planes(labels, edited, ignore, n_leading)

@@ -253,12 +253,23 @@ def check_sizes(shapes: Sequence[tuple[int, ...]], depth: int) -> None:
         )
 
 
-def check_corrections(labels: np.ndarray, ignore: np.ndarray | None) -> None:
+def check_corrections(labels: np.ndarray, ignore: np.ndarray | None, dims: int = 2) -> None:
     """Refuse labels a fine-tune cannot learn from: one object covering every pixel trained on, or,
-    on the whole image, no object at all (erasing false objects in painted pixels only is fine)."""
+    on the whole image, no object at all (erasing false objects in painted pixels only is fine); for a
+    3D model (``dims``) on the whole volume, labels in a few slices only (fine-tuning takes 0 as background in
+    every slice, so the empty ones would teach "nothing here": a new user's 2 minutes, refused at the end)."""
     region = np.asarray(labels) if ignore is None else np.asarray(labels)[~np.asarray(ignore, bool)]
     if region.size == 0:
         return
+    if dims == 3 and ignore is None and np.ndim(labels) == 3 and len(labels) > 1:
+        empty = unlabelled_slices(np.asarray(labels))
+        if slices_between(empty) or (~empty).sum() == 1:
+            raise ValueError(
+                f"the labels fill {int((~empty).sum())} of the volume's {len(empty)} slices: fine-tuning takes 0 as "
+                "background in every slice, so the empty ones would teach 'nothing here'. Label the slices in "
+                "between (or correct a whole prediction), fine-tune on only what you edited, or train a new model "
+                "with 0 as 'background in labelled slices' (train --zero-is slices) for longer"
+            )
     low, high = region.min(), region.max()
     if low == high and ignore is not None and high != 0:  # only what was painted: one object, no background
         raise ValueError(
