@@ -94,6 +94,55 @@ def test_predict_anisotropic_volume_with_a_3d_model(tmp_path, home):
         assert tif.series[0].shape == (2, 64, 64, 4) and '"axes": "QYXZ"' in (tif.pages[0].description or "")
 
 
+def test_a_tiff_volume_is_predicted_at_the_voxel_size_it_states(tmp_path, home):
+    """An ImageJ stack (Fiji's spacing and resolution) or an OME-TIFF states its voxel size: predict takes it, as it
+    takes a NIfTI header's (before, a 1 um file gave the same labels as a 2 um one); --spacing still wins."""
+    from napari_attention_unet.cli import main
+    from napari_attention_unet.core.predict import predict, run_to_end
+    from napari_attention_unet.large_data.files import declared_voxel_size
+
+    volume = np.stack([tifffile.imread(FLUO)[:64, :64]] * 4).astype(np.float32)
+    tifffile.imwrite(
+        tmp_path / "fiji.tif", volume, imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 3.0, "axes": "ZYX"}
+    )
+    tifffile.imwrite(
+        tmp_path / "ome.tif",
+        volume,
+        ome=True,
+        metadata={"axes": "ZYX", "PhysicalSizeZ": 3.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5},
+    )
+    tifffile.imwrite(tmp_path / "plain.tif", volume)
+    tifffile.imwrite(tmp_path / "flat.tif", volume[0], imagej=True, resolution=(2.0, 2.0))
+    assert declared_voxel_size(tmp_path / "fiji.tif") == (3.0, 0.5, 0.5)
+    assert declared_voxel_size(tmp_path / "ome.tif") == (3.0, 0.5, 0.5)
+    assert declared_voxel_size(tmp_path / "plain.tif") is None and declared_voxel_size(tmp_path / "flat.tif") is None
+
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=2, depth=3))
+    model_path = save_model(model, tmp_path / "tiny3d.safetensors")
+    expected = run_to_end(predict(model.eval(), volume, axes="ZYX", device="cpu", spacing=(3.0, 0.5, 0.5)))
+    for name in ("fiji", "ome"):
+        args = ["predict", str(tmp_path / f"{name}.tif"), "--model", str(model_path), "--device", "cpu"]
+        assert main([*args, "--out", str(tmp_path / "out")]) == 0
+        maps = tifffile.imread(tmp_path / "out" / f"{name}_attention.tif")
+        np.testing.assert_allclose(maps[0], expected.gate_maps["gate1"], atol=1e-5)
+    assert main([*args, "--out", str(tmp_path / "given"), "--spacing", "1,1,1"]) == 0
+    # train reads it too, and stores it with the model
+    from napari_attention_unet.core.weights import read_metadata
+
+    classes = (volume > np.percentile(volume, 80)).astype(np.uint8)
+    classes[:, :32] *= 2
+    tifffile.imwrite(tmp_path / "classes.tif", classes)
+    tiny = ["--base-width", "4", "--depth", "3", "--steps", "1", "--device", "cpu", "--task", "semantic"]
+    train = ["train", "--image", str(tmp_path / "fiji.tif"), "--labels", str(tmp_path / "classes.tif")]
+    assert main([*train, "--out", str(tmp_path / "m3d"), *tiny]) == 0
+    assert read_metadata(tmp_path / "m3d.safetensors")[1]["spacing"] == [3.0, 0.5, 0.5]
+    cubic = run_to_end(predict(model.eval(), volume, axes="ZYX", device="cpu"))
+    np.testing.assert_allclose(
+        tifffile.imread(tmp_path / "given" / "ome_attention.tif")[0], cubic.gate_maps["gate1"], atol=1e-5
+    )
+
+
 def test_saved_model_by_name_and_models_listing(tmp_path, home):
     save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), home / "models" / "my-cells")
     classes = ("background", "anterior", "posterior")

@@ -36,7 +36,7 @@ def _trained_spacing(args: argparse.Namespace, model, meta: dict) -> tuple[float
     spacing = tuple(float(s) for s in spacing)
     print(
         f"no --spacing: volumes without a voxel size are taken at the model's training spacing "
-        f"{','.join(f'{v:g}' for v in spacing)} (NIfTI inputs use their header)",
+        f"{','.join(f'{v:g}' for v in spacing)} (NIfTI headers and ImageJ or OME-TIFF voxel sizes are used)",
         file=sys.stderr,
     )
     return spacing

@@ -58,7 +58,7 @@ def _spacing_note(plan, given) -> str:
 
 def _load_pairs(args: argparse.Namespace) -> list[tuple]:
     """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point)."""
-    from napari_attention_unet.large_data.files import declared_axes
+    from napari_attention_unet.large_data.files import declared_axes, declared_voxel_size
     from napari_attention_unet.large_data.nifti import spacing_conflict
 
     pairs = []
@@ -81,6 +81,7 @@ def _load_pairs(args: argparse.Namespace) -> list[tuple]:
         if (conflict := spacing_conflict(Path(image_path).name, args.spacing, spacing)) is not None:
             print(conflict, file=sys.stderr)
         axes = args.axes or (None if volume is not None else declared_axes(image_path, args.time_point))
+        spacing = spacing or (None if volume is not None else declared_voxel_size(image_path))  # ImageJ/OME-TIFF
         pairs.append((image, labels, axes, args.spacing or spacing))
     return pairs
 

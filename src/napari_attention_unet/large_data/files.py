@@ -21,6 +21,7 @@ __all__ = [
     "is_zarr_path",
     "open_lazy_image",
     "declared_axes",
+    "declared_voxel_size",
     "read_image",
     "read_nifti_volume",
     "read_time_point",
@@ -88,6 +89,49 @@ def declared_axes(path: str | Path, time_point: int | None = None) -> str | None
     if time_point is not None and axes.startswith("T"):
         axes = axes[1:]
     return axes if axes.count("C") == 1 and not set(axes) - set("ZCYX") else None
+
+
+def declared_voxel_size(path: str | Path) -> tuple[float, float, float] | None:
+    """The voxel size ``(z, y, x)`` a TIFF volume states: an ImageJ stack's ``spacing`` and X/Y
+    resolution (as Fiji writes them), or an OME-TIFF's ``PhysicalSize{Z,Y,X}``; None for other files,
+    2D images and TIFFs that state no Z step (their voxels are then taken as the caller decides)."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if "Z" not in tif.series[0].axes.upper():
+                return None
+            if tif.is_ome and tif.ome_metadata:
+                return _ome_voxel_size(tif.ome_metadata)
+            if not tif.is_imagej:
+                return None
+            z = (tif.imagej_metadata or {}).get("spacing")
+            tags = tif.pages[0].tags
+            y, x = (_pixel_size(tags.get(name)) for name in ("YResolution", "XResolution"))
+    except Exception:  # noqa: BLE001 - reading the pixels says what is wrong with the file
+        return None
+    sizes = (z, y, x)
+    return tuple(float(v) for v in sizes) if all(v is not None and float(v) > 0 for v in sizes) else None
+
+
+def _pixel_size(tag) -> float | None:
+    """A TIFF resolution tag (pixels per unit, a rational) as the size of a pixel."""
+    if tag is None:
+        return None
+    value = tag.value
+    num, den = value if isinstance(value, tuple) else (value, 1)
+    return float(den) / float(num) if num else None
+
+
+def _ome_voxel_size(xml: str) -> tuple[float, float, float] | None:
+    from xml.etree import ElementTree
+
+    for element in ElementTree.fromstring(xml).iter():
+        if element.tag.endswith("Pixels"):
+            sizes = [element.get(f"PhysicalSize{a}") for a in "ZYX"]
+            return tuple(float(v) for v in sizes) if all(sizes) else None
+    return None
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -32,6 +32,7 @@ from napari_attention_unet.large_data.files import (
     create_tiff_sinks,
     create_zarr_sinks,
     declared_axes,
+    declared_voxel_size,
     image_shape,
     is_zarr_path,
     open_lazy_image,
@@ -112,6 +113,8 @@ def predict_file_steps(
         options = PredictOptions.of(
             options, axes=options.axes or volume.axes, spacing=options.spacing or volume.spacing
         )
+    elif options.spacing is None and (stated := declared_voxel_size(image_path)) is not None:
+        options = PredictOptions.of(options, spacing=stated)  # an ImageJ or OME-TIFF volume's own voxel size
     elif options.spacing is None and default_spacing is not None:
         options = PredictOptions.of(options, spacing=tuple(default_spacing))
     if volume is None and options.axes is None and (axes := declared_axes(image_path, time_point)):
