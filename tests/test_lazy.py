@@ -385,6 +385,8 @@ def test_dask_layer_predicted_view_first_into_zarr_layers(
     assert f"Done: {reference.n_objects} object(s)" in widget._status.value and "9 of 9 blocks" in widget._status.value
     assert widget._progress.value == widget._progress.max and masks.editable
     np.testing.assert_allclose(masks.extent.world, viewer.layers["lazy"].extent.world)
+    # As for an image in memory: the maps under the masks (an additive map over them tints every mask), masks active
+    assert viewer.layers.index(masks) > viewer.layers.index(gate) and viewer.layers.selection.active is masks
 
     store = Path(masks.metadata[MARKER]["store"])
     assert store.is_dir() and store.parent == model_home / "scratch"
@@ -455,6 +457,32 @@ def test_cancel_keeps_blocks_done_and_predict_again_reuses_the_layers(
     assert our_layers(viewer, "lazy") == [masks, gate]  # updated in place, not added again
     np.testing.assert_array_equal(np.asarray(masks.data), reference.labels)
     assert Path(masks.metadata[MARKER]["store"]) != first_store and not first_store.exists()
+
+
+def test_closing_the_image_stops_its_block_by_block_run(qtbot, lazy_widget, mosaic, notes, synchronous_dask):
+    """A new user closed an 8192² image after its first block: the run went on for 516 s more. Now it stops at
+    the next tile, as Cancel does, and the blocks done stay in the layers."""
+    import dask.array as da
+
+    viewer, widget = lazy_widget
+    plan = plan_blocks(mosaic.shape, block_size=BLOCK)
+    closed = threading.Event()
+    blocks_read = []
+
+    def hold_third_block(region):
+        if threading.current_thread() is not threading.main_thread() and region in map(_outer, plan.blocks):
+            blocks_read.append(region)
+            if len(blocks_read) == 3:
+                closed.wait(timeout=120)
+
+    image = viewer.add_image(da.from_array(ReadLog(mosaic, hook=hold_third_block), chunks=mosaic.shape), name="lazy")
+    widget.predict()
+    qtbot.waitUntil(lambda: len(blocks_read) == 3, timeout=TIMEOUT_MS)
+    viewer.layers.remove(image)
+    closed.set()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert not notes["error"] and len(blocks_read) == 3 and "Cancelled after" in widget._status.value
+    assert np.asarray(viewer.layers["lazy masks"].data).any()  # the blocks done are kept
 
 
 def test_painted_lazy_masks_are_kept(qtbot, lazy_widget, mosaic, notes):

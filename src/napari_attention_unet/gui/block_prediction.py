@@ -44,6 +44,15 @@ class BlockPrediction:
         self._layers: list = []
         self._editable: list = []  # (layer, editable) to restore after a block-by-block run
         self._next_refresh = 0.0
+        self._source_id: str | None = None
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    def _on_layer_removed(self, event) -> None:
+        """The image being predicted was closed: stop the run (it went on for minutes, for an image that
+        was gone); the blocks done stay in the layers. Then delete the stores no layer reads any more."""
+        if self.run is not None and str(getattr(event.value, "unique_id", "")) == self._source_id:
+            self.run.cancel()
+        self.release_stores()
 
     def start(
         self,
@@ -78,8 +87,9 @@ class BlockPrediction:
         config = self._session.model.config
         classes = config.classes if config.task == "semantic" else None
         results = _layers.lazy_result_layers(run.outputs, placement, run.model_name, classes=classes)
-        self.run, self._next_refresh = run, 0.0
+        self.run, self._next_refresh, self._source_id = run, 0.0, placement.source_id
         self._layers = _layers.apply_results(self._viewer.layers, results, placement)
+        _layers.select_masks(self._viewer.layers, placement)  # the masks, on top, ready once the run ends
         self.release_stores()  # the stores of an earlier run whose layers now read this one
         self._editable = [(shown, shown.editable) for shown in self._layers]
         for shown in self._layers:

@@ -367,6 +367,8 @@ def apply_results(layers: LayerList, results: Sequence[ResultLayer], placement: 
         stamp(layer, known)
         if layer_type == "labels":
             layer.events.paint.connect(on_paint)
+        if result.role == "masks":  # the maps added after it in this call go under it too
+            earlier[("masks", None)] = layer
         shown.append(layer)
     return shown
 

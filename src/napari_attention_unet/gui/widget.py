@@ -108,7 +108,6 @@ class AttentionUNetWidget(Container):
         self._predict.changed.connect(self._on_predict)
         self._cancel.changed.connect(self._on_cancel)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
-        viewer.layers.events.removed.connect(self._blocks.release_stores)
         self.reset_choices()
         self._on_active_layer()
         self._on_model_changed()
