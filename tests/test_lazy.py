@@ -414,6 +414,11 @@ def test_multiscale_layer_gets_pyramid_results(qtbot, lazy_widget, mosaic, refer
     np.testing.assert_array_equal(np.asarray(gate.data[0]), reference.attention[1])
     np.testing.assert_allclose(masks.extent.world, image.extent.world)
     np.testing.assert_allclose(gate.scale, image.scale)
+    # Zoomed out, napari draws the coarsest level: it shows the results too (it kept the empty one it first read)
+    viewer.camera.zoom = 0.02
+    qtbot.waitUntil(lambda: masks.data_level == len(masks.data) - 1, timeout=10_000)
+    qtbot.wait(200)
+    assert np.asarray(masks._slice.image.raw).any() and np.asarray(gate._slice.image.raw).any()
 
 
 def test_cancel_keeps_blocks_done_and_predict_again_reuses_the_layers(

@@ -102,7 +102,10 @@ class BlockPrediction:
         if not force and start < self._next_refresh:
             return  # the next refresh shows these blocks too
         for layer in self._layers:
-            layer.refresh()
+            if layer.multiscale:  # napari keeps the coarse levels it read when the layer was made: hand them anew
+                layer.data = layer.data  # (refresh() alone left a zoomed-out 8192² result empty)
+            else:
+                layer.refresh()
         took = time.monotonic() - start
         self._next_refresh = start + max(REFRESH_INTERVAL_S, took / REFRESH_SHARE)
 
