@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="auto_zoom",
         action="store_false",
         help="do not look again at an image whose objects come out smaller than the model knows them, enlarged "
-        "(the bundled model does so below 12 px; images over the block size never are)",
+        "(the bundled model does so below 12 px; an image predicted block by block is enlarged alike, every block by "
+        "one factor)",
     )
     _precision_option(p)
     p.add_argument(
