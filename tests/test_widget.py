@@ -529,6 +529,13 @@ def test_a_volume_with_no_voxel_size_is_taken_at_the_models(qtbot, plugin_widget
     assert predict_spacing((1.5, 0.5, 0.5), [2.0, 0.5, 0.5], 3) == ((1.5, 0.5, 0.5), "")  # a scale set: kept
     assert predict_spacing((1.0, 1.0, 1.0), None, 3) == ((1.0, 1.0, 1.0), "")  # nothing known: cubic
     assert predict_spacing((1.0, 1.0), [2.0, 0.5, 0.5], 2) == ((1.0, 1.0), "")
+    # A Z, C, Y, X hyperstack opened whole is taken as time, Z, Y, X by a 3D model: said, with what to do
+    from napari_attention_unet.gui.block_prediction import axes_note
+
+    assert "if they are Z, C, Y, X (a stack of 2 channels), open it with channel_axis=1" in axes_note(
+        (40, 2, 128, 128), 3, False
+    )
+    assert axes_note((3, 40, 64, 64), 3, False) == "" and axes_note((40, 2, 128, 128), 2, False) == ""
 
 
 def test_the_dock_scrolls_instead_of_growing_the_window_past_the_screen(plugin_widget, qtbot):

@@ -18,6 +18,7 @@ import numpy as np
 from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
 from napari_attention_unet.gui.scratch import ScratchStores
+from napari_attention_unet.models.versions import inherited_info
 
 if TYPE_CHECKING:
     import napari
@@ -167,3 +168,24 @@ def predict_spacing(scale, trained, dims: int) -> tuple[tuple[float, ...], str]:
         f" The layer has no voxel size (scale 1,1,1): taken at the model's, {size} (Z,Y,X); if its voxels are "
         "cubic or of another size, set the layer's scale."
     )
+
+
+def axes_note(shape, dims: int, rgb: bool) -> str:
+    """A note when a 3D model is given a 4D layer whose second axis is short (1-4) and its first long: it takes
+    the layer as time, Z, Y, X, but the shape says Z, C, Y, X (an ImageJ hyperstack opened whole), and each
+    (C, Y, X) block predicted as a thin volume is nonsense (a new user's 40x2x128x128 stack: 6 objects in one
+    slice, silently). "" otherwise."""
+    if dims != 3 or rgb or len(shape) != 4 or not shape[1] <= 4 < shape[0]:
+        return ""
+    return (
+        f" Its axes were taken as time, Z, Y, X; if they are Z, C, Y, X (a stack of {shape[1]} channels), open "
+        "it with channel_axis=1 (one layer per channel) and predict the channel the model is for."
+    )
+
+
+def spacing_and_notes(scale, shape, rgb: bool, session: Session) -> tuple[tuple[float, ...], str]:
+    """For an image layer predicted whole: the voxel size to predict it at (:func:`predict_spacing`, with the
+    voxel size in the model's info) and the notes for the status line (that one and :func:`axes_note`)."""
+    trained = inherited_info(session.model_info).get("spacing")
+    spacing, note = predict_spacing(scale, trained, session.spatial_dims)
+    return spacing, note + axes_note(shape, session.spatial_dims, rgb)

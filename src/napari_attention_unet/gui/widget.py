@@ -29,7 +29,7 @@ from qtpy.QtCore import QTimer
 from napari_attention_unet.core.predict import PredictOptions
 from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
-from napari_attention_unet.gui.block_prediction import BlockPrediction, done_message, outcome_message, predict_spacing
+from napari_attention_unet.gui.block_prediction import BlockPrediction, done_message, outcome_message, spacing_and_notes
 from napari_attention_unet.gui.finetune_widget import FinetuneWidget
 from napari_attention_unet.gui.scroll import in_scroll_area
 from napari_attention_unet.gui.session import (
@@ -40,7 +40,6 @@ from napari_attention_unet.gui.session import (
     missing_bundled_model_message,
 )
 from napari_attention_unet.gui.versions_widget import VersionsWidget
-from napari_attention_unet.models.versions import inherited_info
 
 if TYPE_CHECKING:
     import napari
@@ -260,8 +259,7 @@ class AttentionUNetWidget(Container):
         index = None
         if self._current_slice.value and n_leading > 0:
             index = _layers.slice_index(self._viewer.dims.point, placement, n_leading)
-        trained = inherited_info(self._session.model_info).get("spacing")  # for a layer with no voxel size
-        spacing, note = predict_spacing(placement.scale, trained, self._session.spatial_dims)
+        spacing, note = spacing_and_notes(placement.scale, layer.data.shape, bool(layer.rgb), self._session)
         options = PredictOptions.of(self._options(), spacing=spacing)  # 3D: resampled to cubic voxels
         self._start_worker(  # the layers' data is built and checked in the worker too
             _layers.predict_into_layers,
