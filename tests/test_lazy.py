@@ -448,6 +448,7 @@ def test_cancel_keeps_blocks_done_and_predict_again_reuses_the_layers(
 
     assert not notes["error"] and "Cancelled after 2 of 9 blocks" in widget._status.value
     assert "kept" in widget._status.value
+    assert 0 < widget._progress.value < widget._progress.max  # where it stopped, not full
     masks, gate = our_layers(viewer, "lazy")
     done = np.zeros(mosaic.shape, bool)
     for block in plan.blocks:

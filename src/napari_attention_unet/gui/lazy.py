@@ -324,7 +324,7 @@ class LazyRun:
                     plane, stitcher, offsets, first_id, lambda n, done=done: report(done + n, "joining blocks")
                 )
                 done += len(self.order)
-        yield report(total, "done", refresh=True)
+        yield report(done if self.cancelled else total, "done", refresh=True)  # cancelled: the bar stays where it was
         return LazyOutcome(
             n_objects=first_id,
             blocks_done=blocks_done,
