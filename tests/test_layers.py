@@ -68,7 +68,8 @@ def test_slice_index_uses_world_coordinates():
 def test_apply_adds_then_updates_own_layers(placement):
     layers = LayerList()
     first = apply_results(layers, result_layers(make_prediction(), placement), placement)
-    assert [layer.name for layer in layers] == ["cells masks", "cells attention gate1", "cells attention gate2"]
+    # the maps under the masks (an additive map over them would tint every mask), as when added one at a time
+    assert [layer.name for layer in layers] == ["cells attention gate1", "cells attention gate2", "cells masks"]
     assert isinstance(first[0], Labels) and isinstance(first[1], Image)
     np.testing.assert_allclose(layers["cells masks"].scale, placement.scale)
 
