@@ -52,17 +52,20 @@ LABEL_FOLDERS = ("label", "mask", "seg")
 MAX_LABEL_VALUES = 32
 
 
+def _subsample(data: np.ndarray, size: int = 2_000_000) -> np.ndarray:
+    """An even subsample of about ``size`` voxels of ``data``, flattened: what the label-map tests look at."""
+    flat = np.asarray(data).reshape(-1)
+    return flat[:: max(1, flat.size // size)]
+
+
 def _few_values(data: np.ndarray, most: int = MAX_LABEL_VALUES) -> bool:
     """Whether ``data`` holds at most ``most`` distinct values (judged on an even subsample of ~2M voxels)."""
-    flat = np.asarray(data).reshape(-1)
-    sample = flat[:: max(1, flat.size // 2_000_000)]
-    return len(np.unique(sample)) <= most
+    return len(np.unique(_subsample(data))) <= most
 
 
 def _whole_numbers(data: np.ndarray) -> bool:
     """Whether float voxels hold whole numbers 0, 1, 2, ... only (judged on an even subsample of ~2M voxels)."""
-    flat = np.asarray(data).reshape(-1)
-    sample = flat[:: max(1, flat.size // 2_000_000)]
+    sample = _subsample(data)
     return bool(sample.size) and bool(
         np.isfinite(sample).all() and (sample >= 0).all() and (sample == np.round(sample)).all()
     )
