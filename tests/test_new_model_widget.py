@@ -234,9 +234,9 @@ def test_a_time_series_trains_on_the_time_point_shown(plugin_widget, qtbot, note
     from napari_attention_unet.gui.new_model import time_point_shown
 
     long = viewer.add_image(np.stack([volume] * 6), name="long")  # no NIfTI header, but 6 cannot be channels
-    assert time_point_shown(long, 3, (1, 0, 0, 0))[1] == 1
+    assert time_point_shown(long, labels.shape, (1, 0, 0, 0))[1] == 1
     two = viewer.add_image(np.stack([volume] * 2), name="two")  # two channels, as napari shows them
-    assert time_point_shown(two, 3, (1, 0, 0, 0)) == (two.data, None)
+    assert time_point_shown(two, labels.shape, (1, 0, 0, 0)) == (two.data, None)
 
 
 def test_mismatched_labels_are_a_clear_message(plugin_widget, qtbot, notes):

@@ -221,7 +221,7 @@ class FinetuneWidget(Container):
             return
         image, labels, ignore, edited = inputs
         self._session.plan = None
-        data, t = _new_model.time_point_shown(image, labels.ndim, self._viewer.dims.point)
+        data, t = _new_model.time_point_shown(image, labels.shape, self._viewer.dims.point)
         if t is not None:
             show_info(f"'{image.name}' is a time series: training on the time point shown ({t}).")
         try:

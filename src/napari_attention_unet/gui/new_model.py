@@ -34,13 +34,15 @@ __all__ = ["describe_labels", "final_scores", "save_new_model", "time_point_show
 PREVIEW_PIXELS = 4_000_000
 
 
-def time_point_shown(layer, labels_ndim: int, point: Sequence[float]) -> tuple[np.ndarray, int | None]:
-    """``(volume, t)``: for a time series (a 4D NIfTI layer, or a first axis too long for channels) with labels of
-    one volume, the time point the viewer shows (``point``: ``viewer.dims.point``), over which the labels were
-    painted; else ``(layer.data, None)``. The time points taken as channels trained a 3-channel model, silently."""
+def time_point_shown(layer, labels_shape: Sequence[int], point: Sequence[float]) -> tuple[np.ndarray, int | None]:
+    """``(volume, t)``: for a time series (a 4D NIfTI layer, or a leading axis not taken for channels by
+    :func:`axes_beside_labels`) with labels of one volume, the time point the viewer shows (``point``:
+    ``viewer.dims.point``), over which the labels were painted; else ``(layer.data, None)``. The time points
+    taken as channels trained a 3-channel model, silently."""
     data = layer.data
     series = len(((layer.metadata or {}).get("nifti") or {}).get("shape") or ()) == 4
-    if getattr(layer, "rgb", False) or np.ndim(data) != labels_ndim + 1 or not (series or np.shape(data)[0] > 4):
+    channels = axes_beside_labels(np.shape(data), tuple(labels_shape)) is not None
+    if getattr(layer, "rgb", False) or np.ndim(data) != len(labels_shape) + 1 or (channels and not series):
         return data, None
     t = int(np.clip(np.round(layer.world_to_data(point)[0]), 0, np.shape(data)[0] - 1))
     return np.asarray(data[t]), t
