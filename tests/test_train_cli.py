@@ -99,6 +99,23 @@ def test_train_then_predict_a_3d_model(tmp_path, home):
         assert not (tmp_path / blocks[1]).exists()
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_five_images_or_more_train_with_whole_images_held_out(tmp_path, home, capsys, dims):
+    """From five images on, whole images are held out: the run said which without comparing arrays
+    (it stopped with numpy's 'could not be broadcast' or 'ambiguous' before training, whatever the shapes)."""
+    args = []
+    for k, shape in enumerate([(40, 48), (40, 48), (44, 40), (48, 52), (40, 56)]):
+        image, labels = three_classes(((12, *shape) if dims == 3 else shape), seed=k)
+        tifffile.imwrite(tmp_path / f"i{k}.tif", image)
+        tifffile.imwrite(tmp_path / f"l{k}.tif", labels)
+        args += ["--image", str(tmp_path / f"i{k}.tif"), "--labels", str(tmp_path / f"l{k}.tif")]
+    out = tmp_path / "five"
+    assert main(["train", *args, "--out", str(out), "--steps", "2", "--task", "semantic", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert f"training a {dims}D semantic" in err and "on 4 image(s) (validation: 1 held-out image(s))" in err
+    assert read_metadata(out.with_suffix(".safetensors"))[0].spatial_dims == dims
+
+
 def test_instances_are_inferred_from_many_ids(tmp_path, home):
     from skimage.measure import label
 

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     what = f"{task} ({', '.join(named)})" if task == "semantic" else task
     print(
         f"training a {dims}D {what} model ({count_parameters(model) / 1e6:.2f} M parameters, from {start_name}) "
-        f"on {len(samples)} image(s) (validation: {_validation(samples, validation)}), "
+        f"on {len(samples)} image(s) (validation: {_validation(validation)}), "
         f"patches {'x'.join(map(str, trainer.patch))}, {describe_device(device, args.precision)}",
         file=sys.stderr,
     )
@@ -214,7 +214,8 @@ def _background_slices(texts: list[str] | None, pairs: list[tuple]) -> list[list
     return [parse_slices(t, np.shape(p[1])[0] if np.ndim(p[1]) == 3 else None) for t, p in zip(texts, pairs)]
 
 
-def _validation(samples, validation) -> str:
-    if any(s in samples for s in validation):
+def _validation(validation) -> str:
+    # A strip held out of a training image has its own target; an image held out whole has none.
+    if validation and all(s.val_target is not None for s in validation):
         return "a held-out strip of each"
     return f"{len(validation)} held-out image(s)"

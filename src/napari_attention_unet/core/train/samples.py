@@ -30,9 +30,12 @@ from napari_attention_unet.core.train.targets import (
 )
 
 
-@dataclass
+@dataclass(eq=False)
 class TrainingSample:
     """One image ready for sampling: normalised channel-first image and class target.
+
+    Samples compare by identity (``eq=False``): ``s in samples`` asks whether it is one of
+    them, and comparing the arrays inside would raise.
 
     ``target`` holds IGNORE where the loss must skip; ``val_target`` (optional) is
     the target of the held-out region with IGNORE elsewhere.
