@@ -50,6 +50,32 @@ def test_result_layers_kwargs(placement):
     assert kwargs["visible"] and not gate2.kwargs["visible"]  # only the first map starts visible
 
 
+def test_gate_maps_are_shown_from_their_median_to_their_top(placement):
+    """A map between 0.1 and 0.5 drawn on [0, 1] tinted the whole image alike; it is now shown from its
+    median (the lower half adds nothing) to its 99.5th percentile, and its values are kept."""
+    from napari_attention_unet.gui.layer_style import display_range
+
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0.1, 0.5, (6, 8)).astype(np.float32)
+    prediction = make_prediction()
+    prediction.gate_maps["gate1"] = values
+    gate1 = result_layers(prediction, placement)[1]
+    low, high = gate1.kwargs["contrast_limits"]
+    assert low == pytest.approx(np.median(values)) and high == pytest.approx(np.percentile(values, 99.5))
+    assert 0.1 < low < high < 0.5 and gate1.full_data() is values
+    big = rng.uniform(0.0, 1.0, (3000, 3000)).astype(np.float32)  # 9 M values: a subsample is read
+    assert display_range(big) == pytest.approx((0.5, 0.995), abs=0.003)
+    assert display_range(np.full((4, 4), 0.3)) == (0.0, 1.0)  # flat: nothing to stretch
+    assert display_range(np.full((4, 4), np.nan)) == (0.0, 1.0)
+
+    # predicting again into our own layer gives it the new map's range
+    layers = LayerList()
+    apply_results(layers, result_layers(prediction, placement), placement)
+    prediction.gate_maps["gate1"] = values * 2
+    apply_results(layers, result_layers(prediction, placement), placement)
+    assert tuple(layers["cells attention gate1"].contrast_limits) == pytest.approx((2 * low, 2 * high))
+
+
 def test_block_is_embedded_in_a_full_size_layer():
     placement = Placement((3, 6, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), "abc", "stack")
     masks = result_layers(make_prediction(index=(1,)), placement)[0]

@@ -1,4 +1,4 @@
-"""Prediction results -> napari layers: names, placement, colormaps; no Qt.
+"""Prediction results -> napari layers: placement, updates, ownership; no Qt (how they look: :mod:`.layer_style`).
 
 :func:`result_layers` turns a :class:`~napari_attention_unet.gui.session.PartPrediction`
 and the source layer's geometry into :class:`ResultLayer` objects (each one a napari
@@ -25,6 +25,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_attention_unet.core.images import leading_channels
+from napari_attention_unet.gui.layer_style import (
+    Placement,
+    attention_kwargs,
+    attention_name,
+    class_features,
+    display_range,
+    labels_dtype,
+    masks_kwargs,
+    masks_name,
+)
 from napari_attention_unet.gui.ownership import (
     MARKER,
     OwnLayerState,
@@ -39,7 +49,6 @@ from napari_attention_unet.gui.ownership import (
     stamp,
     store_of,
 )
-from napari_attention_unet.large_data.files import labels_dtype as files_labels_dtype
 
 if TYPE_CHECKING:
     import napari.layers
@@ -68,27 +77,6 @@ __all__ = [
     "slice_index",
     "store_of",
 ]
-
-GATE_COLORMAP = "magma"
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where results go in the world: the source layer's spatial shape, scale and translate.
-
-    For an RGB layer these cover the spatial axes only, as napari's own ``scale`` does.
-    """
-
-    shape: tuple[int, ...]
-    scale: tuple[float, ...]
-    translate: tuple[float, ...]
-    source_id: str
-    source_name: str
-    #: The source's NIfTI affine and header (``metadata["nifti"]`` of a volume opened by our reader),
-    #: copied to the masks so that saving them as ``.nii.gz`` puts them on the scan's grid.
-    nifti: dict | None = field(default=None, compare=False)
-    #: A colour (RGB) image, mostly bright (H&E, brightfield): an additive map would only whiten it.
-    bright: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -144,14 +132,6 @@ class ResultLayer:
         return (self.full_data(), self.kwargs, self.layer_type)
 
 
-def masks_name(image_name: str) -> str:
-    return f"{image_name} masks"
-
-
-def attention_name(image_name: str, gate: str) -> str:
-    return f"{image_name} attention {gate}"
-
-
 def placement_from_layer(layer: napari.layers.Image, config: ModelConfig | None = None) -> Placement:
     """The geometry of an image layer (spatial axes only for RGB, and when its first axis holds the
     input channels of the model of ``config``: :func:`~napari_attention_unet.core.images.leading_channels`)."""
@@ -190,11 +170,12 @@ def result_layers(prediction: PartPrediction, placement: Placement, visible_gate
     magma layers on top of each other would hide the image.
     """
     index = tuple(prediction.index)
-    masks = {**_masks_kwargs(placement, prediction.model_name), **class_features(prediction.extra.get("classes"))}
+    masks = {**masks_kwargs(placement, prediction.model_name), **class_features(prediction.extra.get("classes"))}
     labels = prediction.labels.astype(labels_dtype(prediction.labels), copy=False)
     layers = [ResultLayer("masks", None, labels, masks, "labels", index, placement.shape)]
     for k, (gate, values) in enumerate(prediction.gate_maps.items()):
-        kwargs = _attention_kwargs(placement, prediction.model_name, gate, k < visible_gates)
+        shown = display_range(values)
+        kwargs = attention_kwargs(placement, prediction.model_name, gate, k < visible_gates, shown=shown)
         layers.append(ResultLayer("attention", gate, values, kwargs, "image", index, placement.shape))
     return layers
 
@@ -232,22 +213,6 @@ def warm_up_drawing() -> None:
     DashAtlas()
 
 
-def labels_dtype(labels: np.ndarray) -> type:
-    """The smallest unsigned type napari draws quickly that holds ``labels`` and ids painted next.
-
-    napari adds unsigned labels much faster than signed ones (1.2 s vs 0.12 s at 2048x2048)
-    and small types faster than large ones (2048x2048: uint32 about 1 s, uint16 0.14 s). uint8
-    is left out: the brush's next id would overflow it after 255 objects.
-    """
-    return files_labels_dtype(int(labels.max(initial=0)) + 1)  # room for the next id the brush paints
-
-
-def class_features(classes) -> dict:
-    """Labels-layer ``features`` naming each class value of a semantic model (napari shows the class under
-    the cursor); empty for objects, so that a layer updated by an instance model loses the old names."""
-    return {"features": {"index": list(range(len(classes))), "class": list(classes)} if classes else {}}
-
-
 def lazy_result_layers(
     outputs: LazyOutputs, placement: Placement, model_name: str, visible_gates: int = 1, classes=None
 ) -> list[ResultLayer]:
@@ -255,48 +220,16 @@ def lazy_result_layers(
     ``classes``: a semantic model's class names."""
     extra = {"store": str(outputs.path)}
     pyramid = {"multiscale": True} if outputs.levels > 1 else {}
-    masks = {**_masks_kwargs(placement, model_name, extra), **class_features(classes)}
+    masks = {**masks_kwargs(placement, model_name, extra), **class_features(classes)}
     layers = [
         ResultLayer(
             "masks", None, outputs.layer_data(outputs.labels), {**masks, **pyramid}, "labels", (), placement.shape
         )
     ]
     for k, (gate, arrays) in enumerate(outputs.gates.items()):
-        kwargs = {**_attention_kwargs(placement, model_name, gate, k < visible_gates, extra), **pyramid}
+        kwargs = {**attention_kwargs(placement, model_name, gate, k < visible_gates, extra), **pyramid}
         layers.append(ResultLayer("attention", gate, outputs.layer_data(arrays), kwargs, "image", (), placement.shape))
     return layers
-
-
-def _marker(placement: Placement, model_name: str, role: str, gate: str | None, extra: dict | None) -> dict:
-    info = {"role": role, "gate": gate, "source": placement.source_id, "model": model_name}
-    return {MARKER: {**info, **(extra or {})}}
-
-
-def _masks_kwargs(placement: Placement, model_name: str, extra: dict | None = None) -> dict:
-    return {
-        "scale": placement.scale,
-        "translate": placement.translate,
-        "name": masks_name(placement.source_name),
-        "metadata": {
-            **_marker(placement, model_name, "masks", None, extra),
-            **({"nifti": placement.nifti} if placement.nifti else {}),
-        },
-    }
-
-
-def _attention_kwargs(placement: Placement, model_name: str, gate: str, visible: bool, extra: dict | None = None):
-    return {
-        "scale": placement.scale,
-        "translate": placement.translate,
-        "name": attention_name(placement.source_name, gate),
-        "colormap": GATE_COLORMAP,
-        # On a dark fluorescence image the map adds light; over a bright H&E one it is laid over it instead.
-        "blending": "translucent" if placement.bright else "additive",
-        "opacity": 0.5,
-        "contrast_limits": (0.0, 1.0),
-        "visible": visible,
-        "metadata": _marker(placement, model_name, "attention", gate, extra),
-    }
 
 
 # -- putting results into a layer list (napari model objects only, no Qt) -------------------
@@ -330,7 +263,7 @@ def _update(layer: napari.layers.Layer, result: ResultLayer, placement: Placemen
     layer.metadata[MARKER].pop("store", None)
     layer.metadata[MARKER].update(result.kwargs["metadata"][MARKER])
     if result.layer_type == "image":
-        layer.contrast_limits = (0.0, 1.0)
+        layer.contrast_limits = result.kwargs["contrast_limits"]
     else:  # the class names of this run's model (none for objects): never another model's
         layer.features = result.kwargs.get("features", {})
     return True
