@@ -78,8 +78,8 @@ def masks_kwargs(placement: Placement, model_name: str, extra: dict | None = Non
     }
 
 
-def display_range(values: np.ndarray, samples: int = 1 << 20) -> tuple[float, float]:
-    """Contrast limits for a gate map: its median to its 99.5th percentile (``samples`` values at most read).
+def display_range(values: np.ndarray, samples: int = 1 << 18) -> tuple[float, float]:
+    """Contrast limits for a gate map: its median to its 99.5th percentile (about ``samples`` values read).
 
     Gate coefficients seldom span [0, 1]: on the nuclei sample the finest gate lies between 0.07 and
     0.54, on an MR volume between 0.09 and 0.51. Drawn from 0 to 1, the map tinted the whole image
