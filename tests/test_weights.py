@@ -84,6 +84,30 @@ def test_truncated_file(model, tmp_path):
         load_model(path)
 
 
+@pytest.mark.parametrize("change", [{"base_width": 4096}, {"depth": 40}])
+def test_a_description_no_memory_holds_is_refused_without_building_it(model, tmp_path, monkeypatch, change):
+    """A config edited to a width of 4096 (its weights unchanged) had the system kill the process for
+    memory, with no message; the description is now checked on torch's meta device first."""
+    import json
+
+    from napari_attention_unet.core import weights
+
+    path = save_model(model, tmp_path / "m.safetensors")
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    meta = header["__metadata__"]
+    meta["config"] = json.dumps({**json.loads(meta["config"]), **change})
+    from safetensors.torch import load_file
+
+    save_file(load_file(str(path)), str(tmp_path / "big.safetensors"), metadata=meta)
+    built = []
+    real = weights.AttentionUNet
+    monkeypatch.setattr(weights, "AttentionUNet", lambda config: built.append(torch.empty(1).device) or real(config))
+    with pytest.raises(ModelFileError, match="damaged"):
+        load_model(tmp_path / "big.safetensors")
+    assert built == [torch.device("meta")]  # never built for real
+
+
 def test_diverged_or_crafted_files_are_refused_clearly(model, tmp_path):
     """NaN weights gave all-background labels and NaN maps with exit code 0; a list as the description a traceback."""
     import json

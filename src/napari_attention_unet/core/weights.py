@@ -109,13 +109,16 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{path.name} is damaged and could not be read ({exc})") from exc
     try:
-        model = AttentionUNet(config)
-    except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. a width no memory holds
+        # First without memory (torch's meta device): a damaged or crafted description (a width of
+        # 4096) would otherwise have the system kill the process before any MemoryError is raised.
+        with torch.device("meta"):
+            expected = AttentionUNet(config).state_dict()
+    except (RuntimeError, ValueError, MemoryError) as exc:
         message = f"{path.name} describes a network that cannot be built ({exc}); the file is damaged"
         raise ModelFileError(message) from exc
-    expected = model.state_dict()
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
         raise ModelFileError(f"{path.name} does not match its own architecture description; the file is damaged")
+    model = AttentionUNet(config)  # the size of the weights the file holds
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise ModelFileError(f"{path.name} holds weights that are not numbers (NaN or infinite): the training diverged")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
