@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from napari_attention_unet.core.images import ImageShapeError, guess_axes, match_channels, normalize, to_channel_first
-from napari_attention_unet.core.instances import BOUNDARY, INTERIOR, instances_to_classes, probabilities_to_instances
+from napari_attention_unet.core.instances import (
+    BOUNDARY,
+    INTERIOR,
+    as_instances,
+    instances_to_classes,
+    probabilities_to_instances,
+)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +87,11 @@ def test_touching_instances_are_separated_by_boundary():
     # a binary mask is split into connected components first
     binary = instances_to_classes(labels > 0)
     assert binary[10, 10] == INTERIOR and binary[10, 14] == INTERIOR
+    # so is a 0/255 mask (Fiji), which was one object of id 255 (fine-tuning on it learnt no boundaries)
+    two = np.zeros((20, 40), np.uint8)
+    two[5:15, 5:15] = two[5:15, 20:30] = 255
+    np.testing.assert_array_equal(as_instances(two), as_instances(two > 0))
+    assert as_instances(two).max() == 2
 
 
 def test_watershed_splits_touching_objects():

@@ -71,6 +71,10 @@ def test_what_the_labels_would_teach_is_said_before_the_click():
     assert strokes.startswith("2 classes painted (1, 2)") and "0 = unlabelled" in strokes
     objects = forty_objects()
     assert describe_labels(objects, "background") == ("instances", "40 objects: instances; 0 = background")
+    # A 0/255 mask (Fiji) is a mask of 40 objects, not one object of id 255; negative values are refused.
+    fiji = np.where(objects > 0, 255, 0).astype(np.uint8)
+    assert describe_labels(fiji, "background")[1] == "a binary mask of 40 objects: instances; 0 = background"
+    assert describe_labels(-fiji.astype(np.int16), "background")[1].startswith("negative values (-255)")
     # Objects are learnt with 0 as their background: strokes of ids would be refused at the click.
     assert describe_labels(objects, "unlabelled")[1].endswith(
         "objects need 0 = background (label 0 is: background, or background in labelled slices)"

@@ -116,6 +116,31 @@ def test_five_images_or_more_train_with_whole_images_held_out(tmp_path, home, ca
     assert read_metadata(out.with_suffix(".safetensors"))[0].spatial_dims == dims
 
 
+def test_a_mask_of_0_and_255_is_a_mask(tmp_path, home, capsys):
+    """Fiji saves masks as 0/255: that was '1 objects: instances' (touching objects never split, AP 0 at
+    every check) and one blob of 20 a 21-class semantic model with 19 empty classes."""
+    from skimage.measure import label
+
+    image, classes = three_classes((96, 96), seed=2)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "mask.tif", np.where(classes > 0, 255, 0).astype(np.uint8))
+    args = ["train", "--image", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "mask.tif"), "--steps", "1"]
+    assert main([*args, "--out", str(tmp_path / "objects"), "--start", "scratch", *TINY]) == 0
+    err = capsys.readouterr().err
+    pieces = label(classes > 0).max()
+    assert "the labels hold 0 and 255 only: taken as a mask (0 and 1)" in err
+    assert f"a binary mask of {pieces} objects: instances" in err
+
+    blob = np.zeros((96, 96), np.uint8)
+    blob[20:60, 30:70] = 20
+    tifffile.imwrite(tmp_path / "blob.tif", blob)
+    args[4] = str(tmp_path / "blob.tif")
+    assert main([*args, "--out", str(tmp_path / "region"), "--start", "scratch", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "taken as a mask (0 and 1)" in err and "2 classes found (0, 1): semantic" in err
+    assert read_metadata(tmp_path / "region.safetensors")[0].classes == ("background", "class 1")
+
+
 def test_instances_are_inferred_from_many_ids(tmp_path, home):
     from skimage.measure import label
 
@@ -161,6 +186,8 @@ def _write_case(case: str, folder: Path) -> list[str]:
         extra = ["--class-names", "cell,cell"]
     elif case == "empty class name":
         extra = ["--class-names", "cell,"]
+    elif case == "negative":  # read as a binary mask of objects, then refused as "no objects"
+        labels = -(labels > 0).astype(np.int16)
     elif case == "time series":
         image, labels = np.stack([three_classes((8, 32, 32))[0]] * 3), np.stack([three_classes((8, 32, 32))[1]] * 3)
     with warnings.catch_warnings():  # tifffile warns about zero-size arrays, which it still writes
@@ -182,6 +209,7 @@ def _write_case(case: str, folder: Path) -> list[str]:
         ("empty", "the image is empty (shape (0, 32, 32)): nothing to train on"),
         ("too small", "needs at least 8 px on every axis"),
         ("time series", "a time series?"),
+        ("negative", "the labels hold negative values (-1)"),
         ("same class names", "class names must differ (cell given twice"),
         ("empty class name", "class 2 has an empty name"),
     ],

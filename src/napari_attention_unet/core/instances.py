@@ -33,9 +33,11 @@ SEED_THRESHOLD_3D = 0.3
 
 
 def as_instances(labels: np.ndarray) -> np.ndarray:
-    """Instance ids as they are; a binary mask (bool, or 0/1) split into its connected components."""
+    """Instance ids as they are; a binary mask (bool, 0/1, or 0 and one other value such as Fiji's
+    0/255) split into its connected components."""
     labels = np.asarray(labels)
-    if labels.dtype == bool or labels.max(initial=0) <= 1:
+    top = labels.max(initial=0)
+    if labels.dtype == bool or top <= 1 or ((labels == 0) | (labels == top)).all():
         return connected_components(labels > 0)
     return labels
 

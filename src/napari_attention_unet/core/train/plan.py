@@ -34,7 +34,9 @@ from napari_attention_unet.core.train.targets import (
     check_image,
     check_labels_shape,
     check_not_constant,
+    check_not_negative,
     check_spatial_dims,
+    mask_value,
     semantic_values,
     slices_between,
     unlabelled_slices,
@@ -109,6 +111,10 @@ def plan_training(
     original_shapes = list(shapes)
     notes = []
     check_not_constant([p[1] for p in pairs], zero_is)
+    check_not_negative([p[1] for p in pairs])
+    if (value := mask_value([p[1] for p in pairs])) is not None:  # a 0/255 mask: 255 is not 255 objects or classes
+        pairs = [(p[0], (np.asarray(p[1]) == value).astype(np.uint8), *p[2:]) for p in pairs]
+        notes.append(f"the labels hold 0 and {value:g} only: taken as a mask (0 and 1)")
     if task is None:
         task, why = infer_task([p[1] for p in pairs], zero_is)
         notes.append(f"{why} (the task: give it to choose another)")

@@ -206,6 +206,34 @@ def check_not_constant(labels: Sequence[np.ndarray], zero_is: str = "background"
         raise ValueError(f"the labels hold one value only ({only}): nothing to tell apart; {what}")
 
 
+def check_not_negative(labels: Sequence[np.ndarray]) -> None:
+    """Refuse negative label values: 0 is background (or not labelled), objects and classes are 1 and up.
+    (Labels of -1 on 0 were read as a binary mask of objects, then refused as "no objects".)"""
+    for lbl in labels:
+        array = np.asarray(lbl)
+        if array.dtype.kind in "if" and array.size and (low := array.min()) < 0:
+            raise ValueError(
+                f"the labels hold negative values ({low:g}): label values are 0 for the background (or not "
+                "labelled) and 1, 2, ... for objects or classes"
+            )
+
+
+def mask_value(labels: Sequence[np.ndarray]) -> float | None:
+    """The value of a mask saved as 0 and one other value than 1 (0/255 from Fiji or ImageJ), the
+    same in every label image; None for anything else. Train and fine-tune take it as 1: as ids,
+    255 was one object (touching nuclei never split), and as a class, 255 classes with 254 empty."""
+    value = None
+    for lbl in labels:
+        array = np.asarray(lbl)
+        top = array.max(initial=0)
+        if top == 0:
+            continue
+        if (value is not None and top != value) or not ((array == 0) | (array == top)).all():
+            return None
+        value = top
+    return None if value is None or value == 1 else float(value)
+
+
 def check_label_values(targets: Sequence[np.ndarray], classes: Sequence[str], zero_is: str = "background") -> None:
     """For a semantic model: refuse class values it has no output for, and labels of one class only."""
     present: set[int] = set()
@@ -258,6 +286,7 @@ def check_corrections(labels: np.ndarray, ignore: np.ndarray | None, dims: int =
     on the whole image, no object at all (erasing false objects in painted pixels only is fine); for a
     3D model (``dims``) on the whole volume, labels in a few slices only (fine-tuning takes 0 as background in
     every slice, so the empty ones would teach "nothing here": a new user's 2 minutes, refused at the end)."""
+    check_not_negative([labels])
     region = np.asarray(labels) if ignore is None else np.asarray(labels)[~np.asarray(ignore, bool)]
     if region.size == 0:
         return
