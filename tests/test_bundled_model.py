@@ -34,6 +34,27 @@ def bundled():
     return model, info, where
 
 
+def test_a_nuclei_file_in_the_current_folder_does_not_stand_in_for_the_bundled_model(tmp_path, monkeypatch, capsys):
+    """`train --out nuclei` then made every plain `predict` (and the dock's 'nuclei') use that file."""
+    import torch
+
+    from napari_attention_unet.cli import main
+    from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+    from napari_attention_unet.core.weights import save_model
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), tmp_path / "nuclei.safetensors")
+    assert resolve_model(None).bundled  # the default
+    assert resolve_model("nuclei", listed=True).bundled  # the dock's list
+    assert resolve_model("nuclei").path.resolve() == tmp_path / "nuclei.safetensors"  # typed: the file, as --out wrote it
+    tifffile.imwrite("img.tif", np.zeros((32, 32), np.uint8))
+    tifffile.imwrite("lbl.tif", (np.arange(32 * 32).reshape(32, 32) % 3).astype(np.uint8))
+    for out in ("nuclei", "nuclei.safetensors"):  # the writers no longer make such a file
+        assert main(["train", "--image", "img.tif", "--labels", "lbl.tif", "--out", out, "--steps", "1"]) == 2
+        assert "'nuclei' is the bundled model's name: give the new model a name of its own" in capsys.readouterr().err
+
+
 def test_bundled_model_is_the_default_and_described_by_its_card(bundled):
     model, info, where = bundled
     assert where.bundled and where.name == "nuclei" and resolve_model(None).path == where.path

@@ -280,7 +280,8 @@ def test_errors_become_notifications_and_widget_stays_usable(qtbot, plugin_widge
     run_prediction(qtbot, widget)
     assert "3D model" in notes["error"][-1] and "flat masks" not in viewer.layers
 
-    widget._model_file.value = model_home / "models" / "missing.safetensors"  # not there: ignored
+    widget._model_file.value = model_home / "models" / "missing.safetensors"  # not there: said, and kept
+    assert "No model file at" in notes["error"][-1] and "the model in use stays 'tiny3d'" in notes["error"][-1]
     (model_home / "broken.safetensors").write_bytes(b"not a model")
     widget._model_file.value = model_home / "broken.safetensors"
     assert "could not be loaded" in notes["error"][-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Generator
@@ -22,8 +23,14 @@ def fail(message: str) -> int:
 def model_target(out: str) -> tuple[Path, str]:
     """``(file, name)`` of the model ``--out`` asks for (see ``models.registry.model_out_path``);
     raises ``ValueError`` before any training when it cannot be written there."""
-    from napari_attention_unet.models.registry import FOLDER_MODEL, model_out_path
+    from napari_attention_unet.models.registry import FOLDER_MODEL, SUFFIX, bundled_models, model_out_path
 
+    bare = out.removesuffix(SUFFIX)
+    if bare in {m.name for m in bundled_models()} and "/" not in out and os.sep not in out:
+        # --model nuclei would then mean this file in this folder and the bundled model anywhere else
+        raise ValueError(
+            f"'{bare}' is the bundled model's name: give the new model a name of its own (--out my-{bare})"
+        )
     path = model_out_path(out)
     return path, (path.parent.resolve().name if path.name == FOLDER_MODEL else path.stem) or "model"
 

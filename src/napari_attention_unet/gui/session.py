@@ -80,9 +80,9 @@ class Session:
     def bundled_model_missing() -> bool:
         return not any(m.bundled and m.name == BUNDLED_DEFAULT for m in _registry.all_models())
 
-    def load_model(self, name_or_path: str | os.PathLike) -> ModelInfo:
-        """Load a bundled or saved model by name, or a model file by path."""
-        model, _meta, info = _registry.open_model(name_or_path)
+    def load_model(self, name_or_path: str | os.PathLike, *, listed: bool = False) -> ModelInfo:
+        """Load a bundled or saved model by name (``listed``: only those), or a model file by path."""
+        model, _meta, info = _registry.open_model(name_or_path, listed=listed)
         self.model, self.model_info, self._inference = model, info, None
         return info
 

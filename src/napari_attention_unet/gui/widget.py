@@ -190,7 +190,11 @@ class AttentionUNetWidget(Container):
 
     def _on_model_file(self) -> None:
         path = self._model_file.value
-        if path and Path(path).is_file() and self._load(str(path)):
+        if path and str(path) != "." and not Path(path).is_file():
+            in_use = self._session.model_info.name if self._session.model_info else "none"
+            show_error(f"No model file at {path}: the model in use stays '{in_use}'.")
+            return
+        if path and self._load(str(path)):
             self._picked = str(path)
             self._model.reset_choices()
             with self._model.changed.blocked():  # loaded already
@@ -201,11 +205,11 @@ class AttentionUNetWidget(Container):
             self._model_info.value = "No model yet: choose a model file below."
             self._status.value = missing_bundled_model_message()
             return
-        self._load(self._model.value)
+        self._load(self._model.value, listed=self._model.value != self._picked)
 
-    def _load(self, name_or_path: str) -> bool:
+    def _load(self, name_or_path: str, listed: bool = False) -> bool:
         try:
-            self._session.load_model(name_or_path)
+            self._session.load_model(name_or_path, listed=listed)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a notification; the widget stays usable
             show_error(explain_error(exc))
             return False

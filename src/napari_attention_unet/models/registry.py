@@ -79,16 +79,26 @@ def safe_model_name(name: str) -> str:
     return cleaned
 
 
-def resolve_model(name_or_path: str | os.PathLike | None = None) -> ModelInfo:
-    """Find a model: a file (``PATH`` or ``PATH.safetensors``), else a bundled or saved name (None: the default)."""
+def resolve_model(name_or_path: str | os.PathLike | None = None, *, listed: bool = False) -> ModelInfo:
+    """Find a model: a file (``PATH`` or ``PATH.safetensors``), else a bundled or saved name.
+
+    None is the bundled default and ``listed=True`` a name from :func:`all_models` (the dock's
+    picker): neither looks at files, so a ``nuclei.safetensors`` in the current folder never
+    stands in for the bundled ``nuclei``."""
     if name_or_path is None:
-        name_or_path = BUNDLED_DEFAULT
-        if not any(m.name == BUNDLED_DEFAULT for m in bundled_models()):
-            raise ModelNotFoundError(
-                "no bundled model is installed yet: pass --model with a model file or a saved model's name "
-                f"(saved models: {[m.name for m in saved_models()] or 'none'})"
-            )
+        for info in bundled_models():
+            if info.name == BUNDLED_DEFAULT:
+                return info
+        raise ModelNotFoundError(
+            "no bundled model is installed yet: pass --model with a model file or a saved model's name "
+            f"(saved models: {[m.name for m in saved_models()] or 'none'})"
+        )
     text = str(name_or_path)
+    if listed:
+        for info in all_models():
+            if info.name == text:
+                return info
+        raise ModelNotFoundError(f"no model named {text!r}: it may have been deleted (press Refresh model list)")
     path = Path(text).expanduser()
     # A file the user typed wins, with or without the suffix the writers add: `finetune --out
     # my-model` writes my-model.safetensors, and `predict --model my-model` must find it; a
@@ -110,9 +120,12 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> ModelInfo:
     )
 
 
-def open_model(name_or_path: str | os.PathLike | None = None) -> tuple[AttentionUNet, dict, ModelInfo]:
-    """Resolve and load a model; errors are :class:`ModelNotFoundError` or :class:`ModelFileError`."""
-    info = resolve_model(name_or_path)
+def open_model(
+    name_or_path: str | os.PathLike | None = None, *, listed: bool = False
+) -> tuple[AttentionUNet, dict, ModelInfo]:
+    """Resolve (:func:`resolve_model`) and load a model; errors are :class:`ModelNotFoundError` or
+    :class:`ModelFileError`."""
+    info = resolve_model(name_or_path, listed=listed)
     model, meta = load_model(info.path)
     return model, meta, info
 
