@@ -149,9 +149,11 @@ def test_instances_are_inferred_from_many_ids(tmp_path, home):
     tifffile.imwrite(tmp_path / "img.tif", image)
     tifffile.imwrite(tmp_path / "ids.tif", ids)
     args = ["--image", "img.tif", "--labels", "ids.tif", "--out", "inst", "--steps", "2", "--start", "scratch"]
-    done = run_cli("train", *args, *TINY, cwd=tmp_path)
+    done = run_cli("train", *args, "--class-names", "cell,dust", *TINY, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"{ids.max()} objects: instances" in done.stderr and "2D instances model" in done.stderr
+    assert f"{ids.max()} objects: instances (inferred: --task chooses another)" in done.stderr
+    assert "2D instances model" in done.stderr
+    assert "objects have no class names: the names given are not used" in done.stderr  # not silently dropped
     assert read_metadata(tmp_path / "inst.safetensors")[0].task == "instances"
 
 

@@ -117,7 +117,7 @@ def plan_training(
         notes.append(f"the labels hold 0 and {value:g} only: taken as a mask (0 and 1)")
     if task is None:
         task, why = infer_task([p[1] for p in pairs], zero_is)
-        notes.append(f"{why} (the task: give it to choose another)")
+        notes.append(f"{why} (inferred: --task chooses another)")
     if task == "instances" and zero_is == "unlabelled":
         raise ValueError(
             "an instance model learns the background from label 0, so 0 must be background: outline every "
@@ -158,6 +158,8 @@ def plan_training(
             "only some slices, give --zero-is slices"
         )
     n_classes = int(max(semantic_values(p[1]).max() for p in pairs)) if task == "semantic" else 0
+    if task == "instances" and class_names:
+        notes.append("objects have no class names: the names given are not used (they name semantic classes)")
     classes = task_classes(task, n_classes, class_names, zero_is)
     if start != "scratch" and (base_width or depth):
         raise ValueError("a width and depth size a model from scratch; a starting model keeps its own size")
