@@ -179,6 +179,8 @@ def _write_case(case: str, folder: Path) -> list[str]:
         extra = ["--dims", "3", "--start", str(folder / "flat")]
     elif case == "nan":
         image[5, 5] = np.nan
+    elif case == "inf":  # trained on without a word before
+        image[5, 5:8] = np.inf
     elif case == "empty":  # a zero-size TIFF: a numpy reshape error before
         image, labels = np.zeros((0, 32, 32), np.uint16), np.zeros((0, 32, 32), np.uint16)
     elif case == "too small":
@@ -208,6 +210,7 @@ def _write_case(case: str, folder: Path) -> list[str]:
         ("3d on 2d", "a 3D model trains on volumes (ZYX), but image 1 is 2D"),
         ("2d start for 3d", "the starting model is 2D, so it cannot start a 3D model"),
         ("nan", "the image holds 1 NaN pixel(s)"),
+        ("inf", "the image holds 3 infinite pixel(s)"),
         ("empty", "the image is empty (shape (0, 32, 32)): nothing to train on"),
         ("too small", "needs at least 8 px on every axis"),
         ("time series", "a time series?"),

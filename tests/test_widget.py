@@ -51,7 +51,9 @@ def test_nan_pixels_are_said_in_the_done_line(qtbot, plugin_widget, nuclei_image
     holed[:4, :5] = np.nan
     widget._image.value = viewer.add_image(holed, name="holed")
     run_prediction(qtbot, widget)
-    assert not notes["error"] and "20 pixel value(s) were NaN: taken as background" in widget._status.value
+    assert not notes["error"] and "20 pixel value(s) were NaN or infinite: NaN and -inf taken as background" in (
+        widget._status.value
+    )
     assert widget._status.value.startswith("Done with tiny: ")  # whose answer it is
 
 

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None or args.scheduler is not None:
         return _run_on_dask(args)
     from napari_attention_unet.core.device import describe_device, pick_device
-    from napari_attention_unet.core.images import ImageShapeError
+    from napari_attention_unet.core.images import NOT_NUMBERS, ImageShapeError
     from napari_attention_unet.core.predict import check_tile_size, prepare_model
     from napari_attention_unet.large_data.files import ImageReadError
     from napari_attention_unet.large_data.nifti import header_spacing, is_nifti_path, spacing_conflict
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             result = drive(steps, path.name, leave=leave)
             if getattr(result, "nan_values", 0):
-                tqdm.write(f"{path.name}: {result.nan_values} value(s) were NaN: taken as background", file=sys.stderr)
+                tqdm.write(f"{path.name}: {result.nan_values} value(s) were {NOT_NUMBERS}", file=sys.stderr)
             if _few_planes(args, model, path, result):
                 tqdm.write(
                     f"{path.name}: read as {len(result.labels)} planes (Z, Y, X), each predicted alone; if its first "

@@ -136,6 +136,10 @@ def intensity_ranges(
     return tuple(ranges)
 
 
+#: What :func:`normalize` makes of pixels that are not finite numbers, as the dock and the CLI say it.
+NOT_NUMBERS = "NaN or infinite: NaN and -inf taken as background, +inf as the brightest"
+
+
 def normalize(
     image: np.ndarray,
     low: float = 1.0,

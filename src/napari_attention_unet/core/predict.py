@@ -132,7 +132,8 @@ class Prediction:
     class_probabilities: np.ndarray | None = field(default=None, repr=False)
     #: The factor a 2D image was enlarged by for its small objects (``auto_zoom``), or None.
     zoom: float | None = None
-    #: Pixel values that were not numbers (NaN): predicted as the image's background. Callers say so.
+    #: Pixel values that were not numbers (NaN) or infinite: NaN and -inf predicted as the image's
+    #: background, +inf as its brightest (:func:`core.images.normalize`). Callers say so.
     nan_values: int = 0
 
 
@@ -278,7 +279,7 @@ def predict(
         device=str(dev),
         class_probabilities=probs if options.keep_class_probabilities else None,
         zoom=None if zoom is None or config.spatial_dims == 3 else float(zoom[0]),
-        nan_values=int(np.count_nonzero(np.isnan(image))) if np.issubdtype(image.dtype, np.floating) else 0,
+        nan_values=int(np.count_nonzero(~np.isfinite(image))) if np.issubdtype(image.dtype, np.floating) else 0,
     )
 
 

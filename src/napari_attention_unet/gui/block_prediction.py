@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_attention_unet.core.images import NOT_NUMBERS
 from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
 from napari_attention_unet.gui.scratch import ScratchStores
@@ -132,7 +133,7 @@ def done_message(result, placement: _layers.Placement) -> str:
     n, by = int(result.labels.max(initial=0)), f" with {result.model_name}" if result.model_name else ""
     done = f"Done{by}: {n} object(s) in {placement.source_name}." if not result.semantic else f"Done{by}."
     done += f" Small objects: looked again at {result.zoom:.1f}x." if result.zoom else ""
-    done += f" {result.nan_values} pixel value(s) were NaN: taken as background." if result.nan_values else ""
+    done += f" {result.nan_values} pixel value(s) were {NOT_NUMBERS}." if result.nan_values else ""
     return done
 
 

@@ -56,12 +56,10 @@ def check_image(image: np.ndarray, axes: str | None) -> None:
             f"the image is 4D (shape {image.shape}), a time series? Train on one time point (image[t], or "
             "--time-point T on the command line), or give its axes (e.g. CZYX for channels first)"
         )
-    if np.issubdtype(image.dtype, np.floating):
-        nan = int(np.count_nonzero(np.isnan(image)))
-        if nan:
-            raise ValueError(
-                f"the image holds {nan} NaN pixel(s); replace them (e.g. with 0 or the image's minimum) before training"
-            )
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        nan, inf = int(np.count_nonzero(np.isnan(image))), int(np.count_nonzero(np.isinf(image)))
+        what = " and ".join(f"{n} {kind} pixel(s)" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+        raise ValueError(f"the image holds {what}; replace them (e.g. with 0 or the image's minimum) before training")
 
 
 def axes_beside_labels(image_shape: tuple[int, ...], labels_shape: tuple[int, ...]) -> str | None:
