@@ -242,6 +242,10 @@ def test_finding_nothing_is_refused_only_where_the_held_out_labels_hold_objects(
     assert score_samples([full], tiny_model, probabilities, "instances")["objects"] == len(
         np.unique(full.val_instances[full.val_instances > 0])
     )
+    # Objects found, none of them right (labels transposed on a square image): doubted, not put in use.
+    refused, why = sanity_verdict({"fraction": 0.3, "objects": 14, "ap": 0.0}, **common)
+    assert not refused and "matches none of the 14 held-out objects (AP@0.5 0.000)" in why
+    assert sanity_verdict({"fraction": 0.3, "objects": 14, "ap": 0.05}, **common)[0]
 
 
 def test_held_out_strip_lies_in_the_labelled_or_painted_region(pair):

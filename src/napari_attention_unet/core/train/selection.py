@@ -74,6 +74,12 @@ NOT_A_BAR = (
 )
 
 
+#: A model whose held-out score is under this matched nothing there: doubted, as one that finds nothing or
+#: predicts one class everywhere is. Semantic: mean class Dice (before, one such model was put in use and
+#: another not); objects: AP@0.5 (labels transposed on a square image, or a 0/255 mask taken as one object).
+NOTHING_MATCHED = 0.01
+
+
 def sanity_verdict(
     scores: dict,
     *,
@@ -101,9 +107,15 @@ def sanity_verdict(
             "the trained model marks the whole held-out region as objects. "
             "Label some background too, or train longer (a model a few steps old often marks everything)."
         )
+    objects = scores.get("objects")
+    if objects and scores.get("ap") is not None and scores["ap"] < NOTHING_MATCHED:
+        return False, (
+            f"the trained model matches none of the {counted(objects, 'held-out object', 'held-out objects')} "
+            f"(AP@0.5 {scores['ap']:.3f}). Check that the labels belong to this image (the same orientation), "
+            "or train longer."
+        )
     message = f"trained {counted(step, 'step', 'steps')} ({stopped}); kept the state of step {best_step}: validation "
     if best_ap is not None:
-        objects = scores.get("objects")
         message += f"AP@0.5 {best_ap:.3f}" + (
             f" on {counted(objects, 'held-out object', 'held-out objects')}" if objects else ""
         )
@@ -115,11 +127,6 @@ def sanity_verdict(
     else:
         message += f"Dice {best_dice:.3f}"
     return True, message
-
-
-#: A semantic model whose mean class Dice on the held-out region is under this matched nothing there: doubted,
-#: as one predicting a single class everywhere is (before, one was put in use and the other not).
-NOTHING_MATCHED = 0.01
 
 
 def semantic_verdict(scores: dict, *, step: int, stopped: str, best_step: int) -> tuple[bool, str]:
