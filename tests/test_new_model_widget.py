@@ -235,12 +235,22 @@ def test_a_time_series_trains_on_the_time_point_shown(plugin_widget, qtbot, note
     np.testing.assert_array_equal(seen[0], volume)
     assert "'scan' is a time series: training on the time point shown (2)." in notes["info"]
 
-    from napari_attention_unet.gui.new_model import time_point_shown
+    from napari_attention_unet.gui.new_model import channels_note, time_point_shown
 
     long = viewer.add_image(np.stack([volume] * 6), name="long")  # no NIfTI header, but 6 cannot be channels
     assert time_point_shown(long, labels.shape, (1, 0, 0, 0))[1] == 1
     two = viewer.add_image(np.stack([volume] * 2), name="two")  # two channels, as napari shows them
     assert time_point_shown(two, labels.shape, (1, 0, 0, 0)) == (two.data, None)
+    # ... and the dock says so when it trains on it (a series of 2-4 time points trained a model of as many
+    # input channels without a word)
+    widget._image.value = two
+    notes["info"].clear()
+    panel.start(steps=2)
+    wait_idle(qtbot, widget)
+    assert widget.session.model.config.in_channels == 2
+    said = "'two' holds 2 images beside the labels' grid (the slider): taken as 2 channels"
+    assert any(said in note for note in notes["info"])
+    assert channels_note(layer, labels.shape) is None and channels_note(long, labels.shape) is None
 
 
 def test_mismatched_labels_are_a_clear_message(plugin_widget, qtbot, notes):

@@ -224,6 +224,8 @@ class FinetuneWidget(Container):
         data, t = _new_model.time_point_shown(image, labels.shape, self._viewer.dims.point)
         if t is not None:
             show_info(f"'{image.name}' is a time series: training on the time point shown ({t}).")
+        elif note := _new_model.channels_note(image, labels.shape):
+            show_info(note + ".")
         try:
             if self._start_from.value == NEW_MODEL:
                 names = [n.strip() for n in self._class_names.value.split(",") if n.strip()] or None

@@ -29,7 +29,7 @@ from napari_attention_unet.gui.session import Session
 from napari_attention_unet.models import registry as _registry
 from napari_attention_unet.models.versions import save_version
 
-__all__ = ["describe_labels", "final_scores", "save_new_model", "time_point_shown", "train_new_model"]
+__all__ = ["channels_note", "describe_labels", "final_scores", "save_new_model", "time_point_shown", "train_new_model"]
 
 #: Labels larger than this are looked at through a strided subsample before the click.
 PREVIEW_PIXELS = 4_000_000
@@ -41,12 +41,32 @@ def time_point_shown(layer, labels_shape: Sequence[int], point: Sequence[float])
     ``viewer.dims.point``), over which the labels were painted; else ``(layer.data, None)``. The time points
     taken as channels trained a 3-channel model, silently."""
     data = layer.data
-    series = len(((layer.metadata or {}).get("nifti") or {}).get("shape") or ()) == 4
+    series = _is_series(layer)
     channels = axes_beside_labels(np.shape(data), tuple(labels_shape)) is not None
     if getattr(layer, "rgb", False) or np.ndim(data) != len(labels_shape) + 1 or (channels and not series):
         return data, None
     t = int(np.clip(np.round(layer.world_to_data(point)[0]), 0, np.shape(data)[0] - 1))
     return np.asarray(data[t]), t
+
+
+def _is_series(layer) -> bool:
+    """A 4D NIfTI opened by our reader: its first axis is time."""
+    return len(((layer.metadata or {}).get("nifti") or {}).get("shape") or ()) == 4
+
+
+def channels_note(layer, labels_shape: Sequence[int]) -> str | None:
+    """What to tell the user when the image's leading axis is taken as channels (2-4 planes beside the
+    labels' axes, :func:`axes_beside_labels`): napari shows it as a slider, and a time series of 3 volumes
+    trained a 3-channel model without a word. None otherwise (RGB, time series, or no such axis)."""
+    if getattr(layer, "rgb", False) or _is_series(layer):
+        return None
+    if np.ndim(layer.data) != len(labels_shape) + 1 or axes_beside_labels(np.shape(layer.data), labels_shape) is None:
+        return None
+    n = np.shape(layer.data)[0]
+    return (
+        f"'{layer.name}' holds {n} images beside the labels' grid (the slider): taken as {n} channels of one "
+        f"image, for a {n}-channel model. If they are time points, add the one to train on as a layer of its own"
+    )
 
 
 def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequence[int] = ()) -> tuple[str | None, str]:
