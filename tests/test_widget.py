@@ -561,3 +561,20 @@ def test_the_dock_scrolls_instead_of_growing_the_window_past_the_screen(plugin_w
     area.ensureWidgetVisible(widget.finetune._start.native)  # the Train button, at the bottom, comes into view
     assert bar.value() > 0
     assert widget.finetune._start.native.visibleRegion().boundingRect().height() > 0
+
+
+def test_long_messages_wrap_instead_of_widening_the_dock(plugin_widget, qtbot):
+    """A fine-tune readout of a few hundred characters took the dock from 404 to 638 px (the canvas squeezed)."""
+    viewer, widget = plugin_widget
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.show()
+    qtbot.waitUntil(lambda: widget.scroll_area.isVisible(), timeout=10_000)
+    qtbot.wait(200)
+    before = widget.native.width()
+    long = "Saved as 'nuclei-ft-20261201-0816': trained 11 steps (budget); " + "kept the state of step 11, " * 12
+    for label in (widget.finetune._readout, widget._status, widget._model_info, widget.finetune._task):
+        label.value = long
+    qtbot.wait(300)
+    assert widget.native.width() <= before + 2
+    readout = widget.finetune._readout.native
+    assert readout.height() > 2 * readout.fontMetrics().height()  # wrapped onto several lines, all shown

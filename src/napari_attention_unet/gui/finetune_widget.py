@@ -33,6 +33,7 @@ from napari_attention_unet.gui import new_model as _new_model
 from napari_attention_unet.gui.background_slices import BackgroundSlices, marked_slices
 from napari_attention_unet.gui.edits import EditTracker, edited_from_prediction, shapes_mask
 from napari_attention_unet.gui.plot import TrainingPlot, describe_report
+from napari_attention_unet.gui.scroll import wrap_text
 from napari_attention_unet.gui.session import Session, explain_error
 from napari_attention_unet.models import versions as _versions
 
@@ -112,8 +113,7 @@ class FinetuneWidget(Container):
                 self._readout,
             ]
         )
-        self._readout.native.setWordWrap(True)
-        self._task.native.setWordWrap(True)  # a long line would widen the dock and squeeze the canvas
+        wrap_text(self._readout, self._task)  # a long line would widen the dock and squeeze the canvas
         self.plot = TrainingPlot()
         self.native.layout().addWidget(self.plot)
         self._corrected.tooltip = "A Labels layer with your corrections (e.g. the painted masks layer)"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from magicgui.widgets import Container
 from qtpy.QtCore import QEvent, QSize, Qt
-from qtpy.QtWidgets import QFrame, QScrollArea
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
 
-__all__ = ["in_scroll_area"]
+__all__ = ["in_scroll_area", "wrap_text"]
 
 
 class _VerticalScrollArea(QScrollArea):
@@ -48,3 +48,12 @@ def in_scroll_area(outer: Container, panel: Container) -> QScrollArea:
     layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(area)
     return area
+
+
+def wrap_text(*labels) -> None:
+    """Let long texts (messages, readouts) wrap within the dock's width instead of widening it: a wrapped
+    QLabel still asks for the width of a few hundred characters (a fine-tune readout took the dock from
+    404 to 638 px and squeezed the canvas); with an ignored horizontal size hint it takes the width given."""
+    for label in labels:
+        label.native.setWordWrap(True)
+        label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)

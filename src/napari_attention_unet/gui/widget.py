@@ -31,7 +31,7 @@ from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
 from napari_attention_unet.gui.block_prediction import BlockPrediction, done_message, outcome_message, spacing_and_notes
 from napari_attention_unet.gui.finetune_widget import FinetuneWidget
-from napari_attention_unet.gui.scroll import in_scroll_area
+from napari_attention_unet.gui.scroll import in_scroll_area, wrap_text
 from napari_attention_unet.gui.session import (
     DEVICE_CHOICES,
     PROGRESS_STEPS,
@@ -94,8 +94,7 @@ class AttentionUNetWidget(Container):
         self._panel = Container(widgets=controls)
         super().__init__(widgets=[self._panel], labels=False)
         self.scroll_area = in_scroll_area(self, self._panel)  # a dock taller than the screen scrolls
-        for label in (self._status, self._model_info):
-            label.native.setWordWrap(True)
+        wrap_text(self._status, self._model_info)
         self._panel.native.layout().addStretch(1)  # keep the controls together at the top of the dock
         self._gates.native.setFixedHeight(64)  # room for four gates without taking over the dock
         self._current_slice.tooltip = "Predict only the plane (or time point) shown; untick to predict the whole stack"
