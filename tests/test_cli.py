@@ -227,6 +227,14 @@ def test_a_hyperstack_s_channels_are_channels_not_planes(tmp_path, model_file, h
     assert tifffile.imread(tmp_path / "o" / "rgb_labels.tif").shape == (96, 96)  # one image, not 3 planes
     assert main(["predict", str(tmp_path / "movie.tif"), "--time-point", "1", *common]) == 0
     assert tifffile.imread(tmp_path / "o" / "movie_t1_labels.tif").shape == (96, 96)
+    # a 2D time-lapse saved by Fiji (TYX) too: --time-point was refused as "3D" though the file says T
+    tifffile.imwrite(tmp_path / "lapse.tif", np.stack([grey, grey[::-1], grey]), imagej=True, metadata={"axes": "TYX"})
+    assert main(["predict", str(tmp_path / "lapse.tif"), "--time-point", "1", *common]) == 0
+    assert np.array_equal(tifffile.imread(tmp_path / "o" / "lapse_t1_labels.tif"), picked)  # the reversed plane
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([grey, grey[::-1], grey]))  # ZYX or TYX? it does not say
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "stack.tif"), "--time-point", "1", *common]) == 1
+    assert "2D time-lapse TIFF that declares its time axis (TYX" in capsys.readouterr().err
 
 
 def test_block_size_off_the_64_px_grid_is_refused_with_a_suggestion(tmp_path):

@@ -65,8 +65,11 @@ def read_time_point(path: str | Path, time_point: int | None, *, series: bool = 
     data = read_image(path)
     if time_point is None or (data.ndim != 4 and not series):
         return data, None
-    if data.ndim != 4:
-        raise ValueError(f"{path.name} is {data.ndim}D: a time point is picked from a 4D series (time first, TZYX)")
+    if data.ndim != 4 and not (data.ndim == 3 and (_tiff_axes(path) or "").startswith("T")):
+        raise ValueError(
+            f"{path.name} is {data.ndim}D: a time point is picked from a 4D series (time first, TZYX), or from a "
+            "2D time-lapse TIFF that declares its time axis (TYX, as ImageJ/Fiji saves frames)"
+        )
     if not 0 <= time_point < data.shape[0]:
         raise ValueError(
             f"{path.name}: time point {time_point} is outside the series (time points 0..{data.shape[0] - 1})"
@@ -78,17 +81,24 @@ def declared_axes(path: str | Path, time_point: int | None = None) -> str | None
     """The axes a TIFF declares for its pixels when they hold channels (an ImageJ hyperstack, an
     OME-TIFF: ``CYX``, ``ZCYX``; ``TCYX`` at a ``time_point`` is ``CYX``), in our letters; None for
     other files, whose axes are guessed from the shape (a 2-channel CYX read as 2 planes before)."""
-    path = Path(path)
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        return None
-    try:
-        with tifffile.TiffFile(path) as tif:
-            axes = tif.series[0].axes.upper()  # S (samples) is left to the guess: tifffile writes 3 planes as SYX
-    except Exception:  # noqa: BLE001 - read_image says what is wrong with the file
+    axes = _tiff_axes(Path(path))
+    if axes is None:
         return None
     if time_point is not None and axes.startswith("T"):
         axes = axes[1:]
     return axes if axes.count("C") == 1 and not set(axes) - set("ZCYX") else None
+
+
+def _tiff_axes(path: Path) -> str | None:
+    """The axes of a TIFF's first series as tifffile reads them (``TYX``, ``ZCYX``; S, samples, is left to
+    the guess: tifffile writes 3 planes as SYX); None for other files and unreadable ones."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.series[0].axes.upper()
+    except Exception:  # noqa: BLE001 - read_image says what is wrong with the file
+        return None
 
 
 def declared_voxel_size(path: str | Path) -> tuple[float, float, float] | None:
