@@ -85,6 +85,8 @@ def test_train_then_predict_a_3d_model(tmp_path, home):
     predicted = tifffile.imread(tmp_path / "out" / "vol_labels.tif")
     assert predicted.shape == labels.shape and set(np.unique(predicted)) <= {0, 1, 2}
     assert tifffile.imread(tmp_path / "out" / "vol_attention.tif").shape == (2, 16, 32, 32)  # gate first, then ZYX
+    with tifffile.TiffFile(tmp_path / "out" / "vol_labels.tif") as tif:  # read back as ZYX (was QYX)
+        assert tif.series[0].axes == "ZYX"
 
     # without --spacing, a TIFF volume is taken at the spacing the model was trained at, and it says so
     done = run_cli("predict", "vol.tif", "--out", "again", "--model", "models/vol3d", cwd=tmp_path)

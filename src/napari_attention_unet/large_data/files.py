@@ -188,9 +188,12 @@ def labels_dtype(max_label: int) -> type:
     return np.uint16 if max_label < 2**16 else np.uint32
 
 
-def write_labels(path: str | Path, labels: np.ndarray) -> Path:
+def write_labels(path: str | Path, labels: np.ndarray, axes: str | None = None) -> Path:
+    """Integer labels as a TIFF; ``axes`` (e.g. ``ZYX``) stated in its metadata, as for the attention maps
+    (without, tifffile read a volume's labels back as ``QYX``)."""
     path = Path(path)
-    tifffile.imwrite(path, labels.astype(labels_dtype(int(labels.max(initial=0))), copy=False), **TIFF_COMPRESSION)
+    labels = labels.astype(labels_dtype(int(labels.max(initial=0))), copy=False)
+    tifffile.imwrite(path, labels, **TIFF_COMPRESSION, **({"metadata": {"axes": axes}} if axes else {}))
     return path
 
 

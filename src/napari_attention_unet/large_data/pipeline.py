@@ -125,7 +125,7 @@ def predict_file_steps(
     if volume is None:  # on the image's grid: its spatial axes in the order the file has them (--axes YXZ)
         given = "".join(a for a in (options.axes or result.spatial_axes).upper() if a in "ZYX")
         order = [result.spatial_axes.index(a) for a in given]
-        write_labels(labels_path, np.transpose(result.labels, order))
+        write_labels(labels_path, np.transpose(result.labels, order), given)
         maps = {n: np.transpose(m, order) for n, m in result.gate_maps.items()}
         write_attention(attention_path, maps, given)
         return result
