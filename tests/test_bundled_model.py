@@ -47,7 +47,8 @@ def test_a_nuclei_file_in_the_current_folder_does_not_stand_in_for_the_bundled_m
     save_model(AttentionUNet(ModelConfig(base_width=4, depth=3)), tmp_path / "nuclei.safetensors")
     assert resolve_model(None).bundled  # the default
     assert resolve_model("nuclei", listed=True).bundled  # the dock's list
-    assert resolve_model("nuclei").path.resolve() == tmp_path / "nuclei.safetensors"  # typed: as --out wrote it
+    assert resolve_model("nuclei").bundled  # typed bare: the bundled one too (the output said 'model nuclei')
+    assert resolve_model("./nuclei").path.resolve() == tmp_path / "nuclei.safetensors"  # a path: the file
     tifffile.imwrite("img.tif", np.zeros((32, 32), np.uint8))
     tifffile.imwrite("lbl.tif", (np.arange(32 * 32).reshape(32, 32) % 3).astype(np.uint8))
     for out in ("nuclei", "nuclei.safetensors"):  # the writers no longer make such a file

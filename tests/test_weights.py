@@ -84,7 +84,7 @@ def test_truncated_file(model, tmp_path):
         load_model(path)
 
 
-@pytest.mark.parametrize("change", [{"base_width": 4096}, {"depth": 40}])
+@pytest.mark.parametrize("change", [{"base_width": 4096}, {"depth": 40}, {"base_width": 16.0}])
 def test_a_description_no_memory_holds_is_refused_without_building_it(model, tmp_path, monkeypatch, change):
     """A config edited to a width of 4096 (its weights unchanged) had the system kill the process for
     memory, with no message; the description is now checked on torch's meta device first."""

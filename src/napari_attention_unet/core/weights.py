@@ -113,7 +113,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         # 4096) would otherwise have the system kill the process before any MemoryError is raised.
         with torch.device("meta"):
             expected = AttentionUNet(config).state_dict()
-    except (RuntimeError, ValueError, MemoryError) as exc:
+    except (RuntimeError, ValueError, TypeError, MemoryError) as exc:  # e.g. a width of 16.0
         message = f"{path.name} describes a network that cannot be built ({exc}); the file is damaged"
         raise ModelFileError(message) from exc
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):

@@ -94,6 +94,12 @@ def resolve_model(name_or_path: str | os.PathLike | None = None, *, listed: bool
             f"(saved models: {[m.name for m in saved_models()] or 'none'})"
         )
     text = str(name_or_path)
+    if not listed and os.sep not in text and "/" not in text:
+        # A bundled model's name typed bare is that model, whatever the current folder holds (train and
+        # finetune refuse to write it; a file of that name is reached as ./nuclei).
+        for info in bundled_models():
+            if info.name == text:
+                return info
     if listed:
         for info in all_models():
             if info.name == text:
