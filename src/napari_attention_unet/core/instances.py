@@ -32,12 +32,19 @@ SPLIT_DEPTH_3D = 0.25
 SEED_THRESHOLD_3D = 0.3
 
 
-def as_instances(labels: np.ndarray) -> np.ndarray:
-    """Instance ids as they are; a binary mask (bool, 0/1, or 0 and one other value such as Fiji's
-    0/255) split into its connected components."""
+def mask_top(labels: np.ndarray):
+    """The one value other than 0 of a label image that holds 0 and that value only (a mask: 0/1,
+    Fiji's 0/255); None when it holds several values, or only 0."""
     labels = np.asarray(labels)
     top = labels.max(initial=0)
-    if labels.dtype == bool or top <= 1 or ((labels == 0) | (labels == top)).all():
+    return top if top != 0 and ((labels == 0) | (labels == top)).all() else None
+
+
+def as_instances(labels: np.ndarray) -> np.ndarray:
+    """Instance ids as they are; a binary mask (bool, 0/1, or 0 and one other value such as Fiji's
+    0/255, :func:`mask_top`) split into its connected components."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool or labels.max(initial=0) <= 1 or mask_top(labels) is not None:
         return connected_components(labels > 0)
     return labels
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from napari_attention_unet.core.augment import IGNORE
 from napari_attention_unet.core.images import ImageShapeError
-from napari_attention_unet.core.instances import as_instances, instances_to_classes
+from napari_attention_unet.core.instances import as_instances, instances_to_classes, mask_top
 
 __all__ = [
     "MAX_CLASS_VALUE",
@@ -223,10 +223,10 @@ def mask_value(labels: Sequence[np.ndarray]) -> float | None:
     value = None
     for lbl in labels:
         array = np.asarray(lbl)
-        top = array.max(initial=0)
-        if top == 0:
+        if not array.any():
             continue
-        if (value is not None and top != value) or not ((array == 0) | (array == top)).all():
+        top = mask_top(array)
+        if top is None or (value is not None and top != value):
             return None
         value = top
     return None if value is None or value == 1 else float(value)
