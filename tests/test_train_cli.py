@@ -157,6 +157,12 @@ def test_instances_are_inferred_from_many_ids(tmp_path, home):
     assert "2D instances model" in done.stderr
     assert "objects have no class names: the names given are not used" in done.stderr  # not silently dropped
     assert read_metadata(tmp_path / "inst.safetensors")[0].task == "instances"
+    # --task semantic on object ids: a class per id, as asked, but said (it is seldom what was meant).
+    semantic = [*args[:5], "semantic-ids", "--steps", "1", "--start", "scratch", "--task", "semantic"]
+    done = run_cli("train", *semantic, *TINY, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"the labels look like object ids: each value 1..{ids.max()} becomes a class of its own" in done.stderr
+    assert len(read_metadata(tmp_path / "semantic-ids.safetensors")[0].classes) == ids.max() + 1
 
 
 # -- bad input -----------------------------------------------------------------------------------

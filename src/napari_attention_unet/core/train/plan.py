@@ -115,6 +115,7 @@ def plan_training(
     if (value := mask_value([p[1] for p in pairs])) is not None:  # a 0/255 mask: 255 is not 255 objects or classes
         pairs = [(p[0], (np.asarray(p[1]) == value).astype(np.uint8), *p[2:]) for p in pairs]
         notes.append(f"the labels hold 0 and {value:g} only: taken as a mask (0 and 1)")
+    inferred = task is None
     if task is None:
         task, why = infer_task([p[1] for p in pairs], zero_is)
         notes.append(f"{why} (inferred: --task chooses another)")
@@ -158,6 +159,12 @@ def plan_training(
             "only some slices, give --zero-is slices"
         )
     n_classes = int(max(semantic_values(p[1]).max() for p in pairs)) if task == "semantic" else 0
+    if task == "semantic" and not inferred and infer_task([p[1] for p in pairs], zero_is)[0] == "instances":
+        # e.g. a nuclei label image trained with --task semantic: 98 classes, one per nucleus
+        notes.append(
+            f"the labels look like object ids: each value 1..{n_classes} becomes a class of its own "
+            "(--task instances makes objects)"
+        )
     if task == "instances" and class_names:
         notes.append("objects have no class names: the names given are not used (they name semantic classes)")
     classes = task_classes(task, n_classes, class_names, zero_is)
