@@ -72,6 +72,14 @@ def test_normalize_any_dtype(dtype):
     assert -0.05 < np.percentile(out, 1) < 0.05 and 0.95 < np.percentile(out, 99.8) < 1.05
 
 
+def test_normalize_keeps_float64_values_past_float32_range():
+    """A float64 image of values near 1e300 (past float32's 3e38) normalises as the same image scaled
+    down does; it was all zeros (every value infinite in float32), so prediction found nothing."""
+    image = np.random.default_rng(0).random((1, 64, 64)) * 200
+    np.testing.assert_allclose(normalize(image * 1e298), normalize(image), atol=1e-5)
+    np.testing.assert_allclose(normalize(image * 1e298 - 1e300), normalize(image), atol=1e-5)
+
+
 def test_normalize_constant_image_is_zero_not_nan():
     out = normalize(np.full((2, 16, 16), 7, dtype=np.uint16))
     assert np.all(out == 0)

@@ -124,7 +124,8 @@ def intensity_ranges(
     for c in range(image.shape[0]):
         flat = image[c].reshape(-1)
         step = max(1, flat.size // max_samples)
-        sample = flat[::step].astype(np.float32)
+        # float64 keeps values past float32's range (1e300) apart, as normalize then does
+        sample = flat[::step].astype(np.float64 if image.dtype == np.float64 else np.float32)
         if not np.isfinite(sample).all():  # NaN pixels (e.g. outside a scan's mask) have no intensity
             sample = sample[np.isfinite(sample)]
         if not sample.size:
@@ -135,6 +136,9 @@ def intensity_ranges(
         ranges.append(None if not np.isfinite(scale) or scale <= 1e-12 else (float(lo), float(hi)))
     return tuple(ranges)
 
+
+#: Intensities past this (float64 images only) are normalised in float64: in float32 they would be infinite.
+FLOAT32_SAFE = 1e37
 
 #: What :func:`normalize` makes of pixels that are not finite numbers, as the dock and the CLI say it.
 NOT_NUMBERS = "NaN or infinite: NaN and -inf taken as background, +inf as the brightest"
@@ -163,6 +167,9 @@ def normalize(
             out[c] = 0.0
             continue
         lo, hi = bounds
+        if max(abs(lo), abs(hi)) > FLOAT32_SAFE:  # (x - lo) would overflow float32: scaled in float64 first
+            out[c] = (image[c] - np.float64(lo)) * (1.0 / (hi - lo))
+            continue
         np.subtract(image[c], np.float64(lo), out=out[c], casting="unsafe")
         out[c] *= np.float32(1.0 / (hi - lo))
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(out).all():
