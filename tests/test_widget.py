@@ -287,6 +287,11 @@ def test_errors_become_notifications_and_widget_stays_usable(qtbot, plugin_widge
     (model_home / "broken.safetensors").write_bytes(b"not a model")
     widget._model_file.value = model_home / "broken.safetensors"
     assert "could not be loaded" in notes["error"][-1]
+    (model_home / "models" / "damaged.safetensors").write_bytes(b"not a model")  # a saved model, picked by name
+    widget._refresh.changed.emit(True)
+    widget._model.value = "damaged"
+    assert "could not be loaded" in notes["error"][-1]
+    assert widget._model.value == "tiny3d" and widget._model_info.value.startswith("tiny3d")  # the one in use
 
     if not torch.cuda.is_available():
         widget._device.value = "cuda"

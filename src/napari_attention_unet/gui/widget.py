@@ -67,8 +67,8 @@ class AttentionUNetWidget(Container):
         self._to_add: list = []  # result layers still to put in the viewer, one per event-loop turn
         #: Block edge (px) for large and lazy images; smaller blocks show the first results sooner.
         self.block_size = _lazy.LAZY_BLOCK_SIZE
-
         self._picked: str | None = None  # a model file picked below, listed with the models while in use
+        self._loaded: str | None = None  # the model in use: name or path
         self._image = create_widget(annotation="napari.layers.Image", label="image")
         self._model = ComboBox(label="model", choices=self._model_choices, nullable=False)
         self._refresh = PushButton(text="Refresh model list")
@@ -204,7 +204,10 @@ class AttentionUNetWidget(Container):
             self._model_info.value = "No model yet: choose a model file below."
             self._status.value = missing_bundled_model_message()
             return
-        self._load(self._model.value, listed=self._model.value != self._picked)
+        loaded = self._load(self._model.value, listed=self._model.value != self._picked)
+        if not loaded and self._loaded in self._model.choices:  # show the model still in use, not the one that failed
+            with self._model.changed.blocked():
+                self._model.value = self._loaded
 
     def _load(self, name_or_path: str, listed: bool = False) -> bool:
         try:
@@ -212,6 +215,7 @@ class AttentionUNetWidget(Container):
         except Exception as exc:  # noqa: BLE001 - any failure becomes a notification; the widget stays usable
             show_error(explain_error(exc))
             return False
+        self._loaded = name_or_path
         self._model_info.value = self._session.describe_model()
         missing = self._session.bundled_model_missing()
         self._status.value = "Bundled 'nuclei' model not installed; using another model." if missing else ""
