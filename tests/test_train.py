@@ -386,6 +386,23 @@ def test_selection_falls_back_to_foreground_dice_without_a_held_out_strip(tiny_m
         Trainer(tiny_model, [pair], config=_config(select_by="best"))
 
 
+def test_images_held_out_whole_are_scored_by_their_objects(tiny_model, pair):
+    """From five images on, ``train`` holds out whole images: their objects are scored (AP@0.5), so a model
+    matching none of them (labels transposed) is doubted as with a strip, not judged by Dice alone."""
+    from napari_attention_unet.core.train.start import split_samples
+
+    image, labels = pair
+    pairs = [(image, labels)] * 4 + [(image, labels.T.copy() if labels.shape[0] == labels.shape[1] else labels)]
+    samples, validation = split_samples(tiny_model.config, _config(), pairs)
+    assert len(samples) == 4 and len(validation) == 1
+    held = validation[0].val_instances
+    assert held is not None and len(np.unique(held[held > 0])) == len(np.unique(pairs[4][1][pairs[4][1] > 0]))
+    trainer = Trainer(tiny_model, config=_config(max_steps=2), samples=samples, validation=validation)
+    assert trainer.select_by == "instances"
+    reports = list(trainer.run())
+    assert reports[-1].val_ap is not None
+
+
 def test_a_model_without_the_three_classes_is_refused_clearly(pair):
     semantic = AttentionUNet(ModelConfig(base_width=4, depth=3, classes=("background", "cell")))
     with pytest.raises(ValueError, match="background / interior / boundary"):

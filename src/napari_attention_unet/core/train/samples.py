@@ -81,6 +81,7 @@ def prepare_sample(
     intensity_range: tuple | None = None,
     voxel: float | None = None,
     background_slices: Sequence[int] | None = None,
+    held_out: bool = False,
 ) -> TrainingSample:
     """Turn an (image, labels) pair into a :class:`TrainingSample`.
 
@@ -93,7 +94,8 @@ def prepare_sample(
     volume to cubic voxels (labels and masks nearest) as prediction does: of ``voxel`` world units
     when given (a 3D instance model's own size, see :func:`.resampling.grid_zoom`). ``intensity_range``
     normalises with given percentiles (a plane with its stack's), as prediction then does.
-    ``background_slices`` (``zero_is="slices"``): planes marked as labelled background.
+    ``background_slices`` (``zero_is="slices"``): planes marked as labelled background. ``held_out``:
+    the whole sample is for validation only, its objects kept (``val_instances``) so that AP@0.5 is scored.
     """
     check_image(image, axes)
     x, spatial = prepare_image(image, axes, in_channels, intensity_range)
@@ -134,6 +136,8 @@ def prepare_sample(
             val_instances[box] = instances[box]
             val_instances[val_target == IGNORE] = 0
         target[box] = IGNORE  # never trained on
+    elif held_out and instances is not None:
+        val_instances = np.where(target != IGNORE, instances, 0).astype(np.int32)
     val_trusted = True
     edited_coords = None
     if edited_mask is not None:
@@ -159,11 +163,12 @@ def prepare_samples(
     spacing: tuple[float, ...] | None = None,
     voxel: float | None = None,
     background_slices: Sequence[Sequence[int] | None] | None = None,
+    held_out: bool = False,
 ) -> list[TrainingSample]:
     """:func:`prepare_sample` of every ``(image, labels)``, ``(image, labels, axes)``, ``(image,
     labels, axes, spacing)`` or ``(..., spacing, intensity_range)`` pair (a pair's spacing wins over
     ``spacing``), with the i-th ignore mask, weight map, edit mask and background slices (each list
-    may be None: none for any pair)."""
+    may be None: none for any pair); ``held_out``: validation images, held out whole."""
     if not pairs:
         raise ValueError("training needs at least one (image, labels) pair")
     n = len(pairs)
@@ -183,6 +188,7 @@ def prepare_samples(
             intensity_range=pair[4] if len(pair) > 4 else None,
             voxel=voxel,
             background_slices=(background_slices or [None] * n)[i],
+            held_out=held_out,
         )
         for i, pair in enumerate(pairs)
     ]

@@ -276,6 +276,8 @@ def split_samples(
 
     def part(keep: bool) -> list[TrainingSample]:
         chosen = [i for i in range(len(pairs)) if (i in held) != keep]
-        return prepare_samples([pairs[i] for i in chosen], background_slices=[marks[i] for i in chosen], **settings)
+        return prepare_samples(
+            [pairs[i] for i in chosen], background_slices=[marks[i] for i in chosen], held_out=not keep, **settings
+        )
 
     return part(True), part(False)
