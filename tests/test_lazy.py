@@ -12,6 +12,7 @@ import torch
 from napari_attention_unet.core.predict import run_to_end
 from napari_attention_unet.gui import lazy as _lazy
 from napari_attention_unet.gui import scratch as _scratch
+from napari_attention_unet.gui.layer_style import display_range
 from napari_attention_unet.gui.layers import MARKER
 from napari_attention_unet.gui.session import Session
 from napari_attention_unet.large_data.block_geometry import plan_blocks
@@ -382,6 +383,9 @@ def test_dask_layer_predicted_view_first_into_zarr_layers(
     assert seen["view"].all() and not seen["last"].any()  # the block on screen was shown before the last one
     np.testing.assert_array_equal(np.asarray(masks.data), reference.labels)
     np.testing.assert_array_equal(np.asarray(gate.data), reference.attention[0])
+    # Drawn from its median to its top as a map predicted whole is (from its blocks' samples), not 0..1
+    whole = display_range(reference.attention[0])
+    assert whole != (0.0, 1.0) and np.allclose(gate.contrast_limits, whole, atol=0.02)
     assert f"Done: {reference.n_objects} object(s)" in widget._status.value and "9 of 9 blocks" in widget._status.value
     assert widget._progress.value == widget._progress.max and masks.editable
     np.testing.assert_allclose(masks.extent.world, viewer.layers["lazy"].extent.world)
@@ -442,6 +446,9 @@ def test_cancel_keeps_blocks_done_and_predict_again_reuses_the_layers(
     qtbot.waitUntil(lambda: len(blocks_read) == 3, timeout=TIMEOUT_MS)
     qtbot.waitUntil(lambda: "lazy: 2 of 9 blocks done" in widget._status.value, timeout=TIMEOUT_MS)
     assert widget._progress.value > 0 and widget._cancel.enabled
+    gate = our_layers(viewer, "lazy")[1]
+    assert not np.allclose(gate.contrast_limits, (0, 1))  # from the two blocks shown
+    gate.contrast_limits = (0.2, 0.3)  # the user's, during the run: left alone by the refreshes to come
     widget._cancel.changed.emit(True)  # as a click does
     cancel_pressed.set()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
@@ -457,6 +464,7 @@ def test_cancel_keeps_blocks_done_and_predict_again_reuses_the_layers(
     labels, gate_map = np.asarray(masks.data), np.asarray(gate.data)
     assert gate_map[done].all() and not gate_map[~done].any() and not labels[~done].any()
     assert same_partition(labels[done], reference.labels[done])  # stitched across the face between them
+    assert np.allclose(gate.contrast_limits, (0.2, 0.3))
     first_store = Path(masks.metadata[MARKER]["store"])
 
     run_widget(qtbot, widget)

@@ -46,6 +46,7 @@ class BlockPrediction:
         self._layers: list = []
         self._editable: list = []  # (layer, editable) to restore after a block-by-block run
         self._next_refresh = 0.0
+        self._limits: dict[int, tuple] = {}  # per attention layer, the contrast limits last set here
         self._source_id: str | None = None
         viewer.layers.events.removed.connect(self._on_layer_removed)
 
@@ -94,6 +95,7 @@ class BlockPrediction:
         _layers.select_masks(self._viewer.layers, placement)  # the masks, on top, ready once the run ends
         self.release_stores()  # the stores of an earlier run whose layers now read this one
         self._editable = [(shown, shown.editable) for shown in self._layers]
+        self._limits = {id(shown): tuple(shown.contrast_limits) for shown in self._layers if _gate(shown)}
         for shown in self._layers:
             shown.editable = False  # no painting while blocks are written into the layer
         return run, placement
@@ -108,8 +110,19 @@ class BlockPrediction:
                 layer.data = layer.data  # (refresh() alone left a zoomed-out 8192² result empty)
             else:
                 layer.refresh()
+        self._show_contrast()
         took = time.monotonic() - start
         self._next_refresh = start + max(REFRESH_INTERVAL_S, took / REFRESH_SHARE)
+
+    def _show_contrast(self) -> None:
+        """Each attention map drawn from the median to the top of its blocks so far, as a map predicted whole is
+        (it stayed at 0..1, tinting the whole image alike); a map whose contrast the user set is left alone."""
+        ranges = self.run.display_ranges() if self.run is not None else {}
+        for layer in self._layers:
+            shown, last = ranges.get(_gate(layer)), self._limits.get(id(layer))
+            if shown is not None and last is not None and np.allclose(layer.contrast_limits, last):
+                layer.contrast_limits = shown
+                self._limits[id(layer)] = tuple(layer.contrast_limits)
 
     def release_stores(self, *_) -> None:
         """Delete the zarr stores no layer reads any more (and no run writes)."""
@@ -124,6 +137,12 @@ class BlockPrediction:
             layer.editable = editable
         self.run, self._layers, self._editable = None, [], []
         self.release_stores()
+
+
+def _gate(layer) -> str | None:
+    """The gate an attention layer of ours shows (None for other layers)."""
+    info = layer.metadata.get(_layers.MARKER, {})
+    return info.get("gate") if info.get("role") == "attention" else None
 
 
 def done_message(result, placement: _layers.Placement) -> str:

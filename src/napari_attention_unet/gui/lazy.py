@@ -29,6 +29,7 @@ import numpy as np
 
 from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.predict import PredictOptions, Progress
+from napari_attention_unet.gui.layer_style import display_range
 from napari_attention_unet.gui.session import PROGRESS_STEPS
 from napari_attention_unet.large_data.block_geometry import Block, BlockPlan, plan_blocks, zoomed_plan
 from napari_attention_unet.large_data.blocks import (
@@ -61,6 +62,8 @@ LAZY_BLOCK_SIZE = 1024
 HALO = 64
 #: Normalisation samples a level with at least this many pixels (a coarse level of a pyramid).
 NORMALIZATION_SAMPLES = 2_000_000
+#: Values of each gate map sampled per block for its contrast limits (a 1024² block: every 256th).
+GATE_SAMPLES = 4096
 
 Box = tuple[tuple[float, float], tuple[float, float]]  # ((y0, y1), (x0, x1)) in full-resolution pixels
 
@@ -236,6 +239,12 @@ class LazyRun:
             image.spatial_shape, block_size, self.gate_names, instances=self.instances
         )
         self._cancel = threading.Event()
+        #: Per gate, a strided sample of the values written so far (:meth:`display_ranges`); the worker appends.
+        self.gate_samples: dict[str, list[np.ndarray]] = {gate: [] for gate in self.gate_names}
+
+    def display_ranges(self) -> dict[str, tuple[float, float]]:
+        """Per gate, the contrast limits of the blocks written so far (:func:`.layer_style.display_range`)."""
+        return {gate: display_range(np.concatenate(parts)) for gate, parts in list(self.gate_samples.items()) if parts}
 
     def cancel(self) -> None:
         """Stop at the next tile; the blocks done so far are stitched and kept."""
@@ -317,6 +326,9 @@ class LazyRun:
                     next_id += result.links.n_core
                     stitcher.add(result.links)
                 self.outputs.write_block(plane, block, labels, result.gate_maps)
+                for gate, values in zip(self.gate_names, result.gate_maps):
+                    flat = values.reshape(-1)
+                    self.gate_samples[gate].append(flat[:: max(1, flat.size // GATE_SAMPLES)].copy())
                 blocks_done += 1
                 yield report(done, refresh=True)
             if self.instances and offsets:
