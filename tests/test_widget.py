@@ -583,3 +583,15 @@ def test_long_messages_wrap_instead_of_widening_the_dock(plugin_widget, qtbot):
     assert widget.native.width() <= before + 2
     readout = widget.finetune._readout.native
     assert readout.height() > 2 * readout.fontMetrics().height()  # wrapped onto several lines, all shown
+    # A layer named as a microscope exports it took the dock to 690 px (the canvas 30 px): its box shows the
+    # start of the name, its list opens whole.
+    name = "a-very-long-image-layer-name-from-a-microscope-export_ch00_t000_z000"
+    viewer.add_image(np.zeros((32, 32), np.uint8), name=name)
+    widget._image.value = viewer.layers[name]
+    qtbot.wait(300)
+    assert widget.native.width() <= before + 2
+    combo = widget._image.native
+    combo.showPopup()
+    qtbot.wait(100)
+    assert combo.view().window().width() > combo.fontMetrics().horizontalAdvance(name) > combo.width()
+    combo.hidePopup()

@@ -9,10 +9,13 @@ QScrollArea of our own, which the dock's Container holds.
 from __future__ import annotations
 
 from magicgui.widgets import Container
-from qtpy.QtCore import QEvent, QSize, Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QSizePolicy, QWidget
 
-__all__ = ["in_scroll_area", "wrap_text"]
+__all__ = ["in_scroll_area", "narrow_combos", "wrap_text"]
+
+#: Characters a drop-down list shows of its entry; longer ones are cut short in the box, whole in the list.
+COMBO_CHARACTERS = 14
 
 
 class _VerticalScrollArea(QScrollArea):
@@ -47,7 +50,30 @@ def in_scroll_area(outer: Container, panel: Container) -> QScrollArea:
     panel.native.installEventFilter(area)
     layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(area)
+    narrow_combos(panel.native)
     return area
+
+
+class _WholeEntries(QObject):
+    """Opens a drop-down list as wide as its longest entry (the box itself may show less of it)."""
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.Show and isinstance(combo := watched.parent(), QComboBox):
+            metrics = combo.fontMetrics()
+            widest = max((metrics.horizontalAdvance(combo.itemText(i)) for i in range(combo.count())), default=0)
+            watched.setMinimumWidth(min(widest + 40, combo.screen().availableGeometry().width() // 2))
+        return False
+
+
+def narrow_combos(root: QWidget) -> None:
+    """Keep the drop-down lists under ``root`` from widening the dock to their longest entry: a layer named
+    as a microscope exports it (70 characters) took the dock to 690 px and left the canvas 30 px of a
+    1066 px window. Each box asks for :data:`COMBO_CHARACTERS` characters; its list opens whole."""
+    whole = _WholeEntries(root)
+    for combo in root.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(COMBO_CHARACTERS)
+        combo.view().window().installEventFilter(whole)
 
 
 def wrap_text(*labels) -> None:
