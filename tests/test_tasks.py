@@ -222,6 +222,22 @@ def test_strokes_weigh_each_painted_class_alike_in_the_cross_entropy(monkeypatch
         assert len(seen) == calls, zero_is
 
 
+def test_fine_tuning_a_model_trained_on_strokes_keeps_counting_only_painted_pixels():
+    """A model trained on strokes is fine-tuned (dock, ``finetune``) with the default settings, where 0 would be
+    taken as a class: its unpainted pixels must stay unlabelled, or the strokes' model learns 'all is class 0'."""
+    image, dense = three_classes_2d()
+    strokes = np.zeros_like(dense)
+    strokes[::6] = dense[::6] + 1  # a stroke across every sixth row
+    model = new_model("semantic", task_classes("semantic", 3, None, "unlabelled"), 2, 1, "scratch", base_width=4,
+                      depth=3)
+    trainer = Trainer(model, [(image, strokes)], config=config(max_steps=1))  # zero_is left at its default
+    assert trainer.config.zero_is == "unlabelled"
+    _, targets, _ = trainer._batch()
+    assert not (targets == 0).any() and (targets == IGNORE).any()
+    dense_model = semantic_model()
+    assert Trainer(dense_model, [(image, dense)], config=config(max_steps=1)).config.zero_is == "background"
+
+
 def test_instances_3d_train_and_predict():
     image, classes = three_classes_3d()
     from skimage.measure import label

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 
 #: Output classes for which objects (and so an instance score) can be made.
 INSTANCE_CLASSES = ("background", "interior", "boundary")
@@ -92,6 +92,12 @@ class TrainConfig:
             raise ValueError(f"zero_is must be one of {', '.join(ZERO_IS)}, not {self.zero_is!r}")
         if self.spacing is not None:
             self.spacing = tuple(float(s) for s in self.spacing)
+
+    def for_model(self, config: ModelConfig) -> TrainConfig:
+        """These settings for training a model of ``config``: one trained on strokes (``unlabelled_channel``)
+        learns from painted pixels only, balanced by class, each time it trains; fine-tuned with 0 taken as a
+        class, the membrane class of an EM model fell from Dice 0.64 to 0.03 on its held-out strip."""
+        return replace(self, zero_is="unlabelled") if config.unlabelled_channel else self
 
 
 @dataclass(frozen=True)

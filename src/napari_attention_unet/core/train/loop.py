@@ -76,7 +76,7 @@ class Trainer:
         sample_weights: Sequence[float] | None = None,
         background_slices: Sequence[Sequence[int] | None] | None = None,
     ) -> None:
-        self.config = config = config or TrainConfig()
+        self.config = config = (config or TrainConfig()).for_model(model.config)
         self.task = model.config.task
         if self.task == "instances" and model.config.out_channels != len(INSTANCE_CLASSES):
             raise ValueError(
