@@ -509,7 +509,7 @@ def test_cli_finetune_of_a_3d_model_trains_on_the_grid_predict_uses(tmp_path):
 
     volumes = [read_time_point(path, None)[1] for path in (image_path, tmp_path / "vol.tif")]
     volume = np.zeros((6, 32, 40), np.float32)
-    pairs = [(volume, volume.astype(np.uint8), None)] * 2
-    sized, settings = _as_predicted(model, {"spacing": [2.0, 1.0, 1.0]}, pairs, volumes)
+    pairs = [(volume, volume.astype(np.uint8), None, None if v is None else v.spacing) for v in volumes]
+    sized, settings = _as_predicted(model, {"spacing": [2.0, 1.0, 1.0]}, pairs)
     assert [p[3] for p in sized] == [(2.5, 1.0, 1.0), (2.0, 1.0, 1.0)]
     assert np.prod(settings["patch_size"]) < 30_000  # about 18k voxels, rounded to the grid (64³: 262k)

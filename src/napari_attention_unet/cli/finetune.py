@@ -31,13 +31,17 @@ def run(args: argparse.Namespace) -> int:
         device = pick_device(args.device)
         reads = [read_time_point(i, None) for i in args.image]  # (pixels, NIfTI volume or None), read once
         axes = [args.axes or declared_axes(i) for i in args.image]  # a hyperstack's channels stay channels
-        pairs = [(data, read_image(lbl), ax) for (data, _), lbl, ax in zip(reads, args.labels, axes)]
-        for _image, labels, _axes in pairs:  # said now, not after the training they would waste
+        pairs = [  # (image, labels, axes, a NIfTI volume's voxel size for a 3D model, or None)
+            (data, read_image(lbl), ax, None if volume is None or model.config.spatial_dims != 3 else volume.spacing)
+            for (data, volume), lbl, ax in zip(reads, args.labels, axes)
+        ]
+        pairs = _in_model_orientation(pairs, [volume for _, volume in reads], meta, args.image)
+        for _image, labels, *_ in pairs:  # said now, not after the training they would waste
             check_corrections(labels, None, model.config.spatial_dims)
         minutes = 5.0 if args.minutes is None and args.steps is None else args.minutes
         sized = {}
         if model.config.spatial_dims == 3:  # on the grid predict uses, in patches fitted as train fits them
-            pairs, sized = _as_predicted(model, meta, pairs, [volume for _, volume in reads])
+            pairs, sized = _as_predicted(model, meta, pairs)
         config = TrainConfig(
             max_steps=args.steps,
             time_budget=None if minutes is None else 60.0 * minutes,
@@ -71,17 +75,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_predicted(model, meta: dict, pairs: list, volumes: list) -> tuple[list, dict]:
-    """A 3D model's pairs with their voxel size (a NIfTI header's, from ``volumes`` as read, else the
-    one the model was trained at, as ``predict`` takes it) and the fitted 3D patch (``{"patch_size": ...}``)."""
+def _in_model_orientation(pairs: list, volumes: list, meta: dict, paths: list) -> list:
+    """NIfTI volumes stored otherwise than the model's training volumes (its info's ``orientation``) turned to it."""
+    from napari_attention_unet.cli.train import _turned
+    from napari_attention_unet.core.orientation import valid_orientation
+
+    trained = meta.get("orientation")
+    if not valid_orientation(trained):
+        return pairs
+    return [
+        _turned(
+            pair,
+            volume.orientation if volume is not None and pair[2] is None else None,
+            trained,
+            path.name,
+            "the model was trained on",
+        )
+        for pair, volume, path in zip(pairs, volumes, paths)
+    ]
+
+
+def _as_predicted(model, meta: dict, pairs: list) -> tuple[list, dict]:
+    """A 3D model's pairs with their voxel size (a NIfTI header's, as read, else the one the model was
+    trained at, as ``predict`` takes it) and the fitted 3D patch (``{"patch_size": ...}``)."""
     import numpy as np
 
     from napari_attention_unet.core.train.start import patch_as_predicted
 
     trained = meta.get("spacing")
     sized = []
-    for (image, labels, axes), volume in zip(pairs, volumes):
-        spacing = volume.spacing if volume is not None and volume.spacing else trained
+    for image, labels, axes, stated in pairs:
+        spacing = stated or trained
         spacing = None if spacing is None else tuple(float(v) for v in spacing)
         sized.append((image, labels, axes, spacing))
     patch = patch_as_predicted(model.config, [np.shape(p[1]) for p in sized], [p[3] for p in sized])

@@ -42,6 +42,26 @@ def _trained_spacing(args: argparse.Namespace, model, meta: dict) -> tuple[float
     return spacing
 
 
+def _orientation(paths, meta: dict) -> str | None:
+    """The orientation the model was trained on (its info's, e.g. ``RAS``), saying on stderr which NIfTI
+    volumes are stored otherwise: they are turned to it for the model, their outputs written on their own grid."""
+    from napari_attention_unet.core.orientation import valid_orientation
+    from napari_attention_unet.large_data.nifti import header_orientation, is_nifti_path
+
+    trained = meta.get("orientation")
+    if not valid_orientation(trained):
+        return None
+    for path in paths:
+        stored = header_orientation(path) if is_nifti_path(path) else None
+        if stored is not None and stored != trained:
+            tqdm.write(
+                f"{path.name} is stored {stored}, the model was trained on {trained} volumes: it is turned to "
+                f"{trained} for the model, and its outputs written on its own grid",
+                file=sys.stderr,
+            )
+    return trained
+
+
 def _whole_series_only(args: argparse.Namespace) -> None:
     """The block engine reads one image, not a time point of a series."""
     if args.time_point is not None:
@@ -132,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
                     inference_model=net,
                     time_point=args.time_point,
                     default_spacing=trained,
+                    orientation=_orientation([path], meta),
                 )
             result = drive(steps, path.name, leave=leave)
             if getattr(result, "nan_values", 0):
@@ -189,7 +210,14 @@ def _run_on_dask(args: argparse.Namespace) -> int:
             if files:
                 args.out.mkdir(parents=True, exist_ok=True)
                 results = predict_batch(
-                    client, files, args.out, spec, options, time_point=args.time_point, default_spacing=trained
+                    client,
+                    files,
+                    args.out,
+                    spec,
+                    options,
+                    time_point=args.time_point,
+                    default_spacing=trained,
+                    orientation=_orientation(files, meta),
                 )
                 failures += sum(not r.ok for r in results)
             for path in large:

@@ -56,12 +56,13 @@ def _spacing_note(plan, given) -> str:
     )
 
 
-def _load_pairs(args: argparse.Namespace) -> list[tuple]:
-    """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point)."""
+def _load_pairs(args: argparse.Namespace) -> tuple[list[tuple], str | None]:
+    """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point), NIfTI
+    volumes turned to the orientation of the first (:func:`_turned`), and that orientation (None without)."""
     from napari_attention_unet.large_data.files import declared_axes, declared_voxel_size
     from napari_attention_unet.large_data.nifti import spacing_conflict
 
-    pairs = []
+    pairs, orientation = [], None
     for image_path, labels_path in zip(args.image, args.labels):
         image, volume = _read(image_path, args.time_point)
         labels, labels_volume = _read(labels_path, args.time_point, series=False)
@@ -82,8 +83,28 @@ def _load_pairs(args: argparse.Namespace) -> list[tuple]:
             print(conflict, file=sys.stderr)
         axes = args.axes or (None if volume is not None else declared_axes(image_path, args.time_point))
         spacing = spacing or (None if volume is not None else declared_voxel_size(image_path))  # ImageJ/OME-TIFF
-        pairs.append((image, labels, axes, args.spacing or spacing))
-    return pairs
+        pair = (image, labels, axes, args.spacing or spacing)
+        stored = volume.orientation if volume is not None and image.ndim == 3 and not axes else None
+        pairs.append(_turned(pair, stored, orientation, Path(image_path).name))
+        orientation = orientation or stored
+    return pairs, orientation
+
+
+def _turned(pair: tuple, stored: str | None, orientation: str | None, name: str, whose: str = "the first volume"):
+    """A NIfTI volume and its labels stored ``stored`` (``LAS``...) turned to ``orientation``: the first volume's,
+    which the model is trained on and which predict turns new volumes to (or, fine-tuning, the model's)."""
+    from napari_attention_unet.core.orientation import reorient, reorient_spacing
+
+    if stored is None or orientation is None or stored == orientation:
+        return pair
+    image, labels, axes, *spacing = pair  # (image, labels, axes[, spacing])
+    print(f"{name} is stored {stored}, {whose} {orientation}: it is turned to {orientation}", file=sys.stderr)
+    return (
+        np.ascontiguousarray(reorient(image, stored, orientation)),
+        np.ascontiguousarray(reorient(labels, stored, orientation)) if np.ndim(labels) == 3 else labels,
+        axes,
+        *(reorient_spacing(s, stored, orientation) for s in spacing),
+    )
 
 
 def _start(args: argparse.Namespace, dims: int):
@@ -124,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     try:
         device = pick_device(args.device)
-        pairs = _load_pairs(args)
+        pairs, orientation = _load_pairs(args)
         start, start_name = _start(args, args.dims or infer_dims([p[1] for p in pairs], args.zero_is))
         marks = _background_slices(args.background_slices, pairs)
         plan = plan_training(
@@ -188,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         **({"background_slices": plan.background_slices} if plan.background_slices else {}),
         "start": start_name,
         "spacing": _spacing(plan),
+        **({"orientation": orientation} if orientation else {}),
         "steps": result.steps,
         "kept_step": result.best_step,
         "best_val_dice": result.best_val_dice,

@@ -29,6 +29,7 @@ from napari_attention_unet.core.images import (
 )
 from napari_attention_unet.core.instances import probabilities_to_instances
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
+from napari_attention_unet.core.orientation import reorient, reorient_spacing
 from napari_attention_unet.core.progress import Progress, run_to_end
 from napari_attention_unet.core.resampling import grid_zoom, isotropic_shape, resample
 from napari_attention_unet.core.tiling import Tiling, default_overlap, predict_tiles, tile_starts
@@ -70,6 +71,8 @@ class PredictOptions:
     ``intensity_range`` (per channel, from :func:`stack_intensity_range`) normalises with the
     percentiles of a larger whole, e.g. the stack a plane comes from, instead of the image's own.
     ``channel`` keeps one channel of a multichannel image (e.g. the nuclear stain of a hyperstack).
+    ``orientation`` is ``(the volume's, the model's)`` (e.g. ``("LAS", "RAS")``, :mod:`.orientation`): a
+    volume stored otherwise than the model's training volumes is turned to theirs, and the outputs back.
     """
 
     axes: str | None = None
@@ -86,10 +89,11 @@ class PredictOptions:
     zoom: float | None = None
     intensity_range: tuple[tuple[float, float] | None, ...] | None = None
     channel: int | None = None
+    orientation: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         # Lists from callers become tuples, so options stay hashable and picklable as values.
-        for name in ("gates", "spacing", "intensity_range"):
+        for name in ("gates", "spacing", "intensity_range", "orientation"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
@@ -195,6 +199,8 @@ def predict(
     voxels, as it would have been trained; the outputs come back on the image's own grid.
     """
     options = PredictOptions.of(options, **settings)
+    if options.orientation is not None:
+        return (yield from _turned(model, image, options, device, inference_model))
     config = model.config
     dev = pick_device(device)
     # Axes not given: a first axis as long as the model's input channels (or with a channel to pick) is channels.
@@ -280,6 +286,32 @@ def predict(
         class_probabilities=probs if options.keep_class_probabilities else None,
         zoom=None if zoom is None or config.spatial_dims == 3 else float(zoom[0]),
         nan_values=int(np.count_nonzero(~np.isfinite(image))) if np.issubdtype(image.dtype, np.floating) else 0,
+    )
+
+
+def _turned(model, image, options: PredictOptions, device, inference_model) -> Generator[Progress, None, Prediction]:
+    """:func:`predict` on a volume turned from its orientation to the model's, the outputs turned back."""
+    source, target = options.orientation
+    pick = options.channel is not None
+    axes = options.axes or guess_axes(np.shape(image), channels=model.config.in_channels, pick=pick)
+    channels_first, spatial_axes = to_channel_first(image, axes)
+    options = replace(options, orientation=None)
+    if source == target or spatial_axes != "ZYX":  # a 2D image has no orientation to turn
+        return (yield from predict(model, image, options, device=device, inference_model=inference_model))
+    turned = replace(options, axes="CZYX", spacing=reorient_spacing(options.spacing, source, target))
+    result = yield from predict(
+        model, reorient(channels_first, source, target), turned, device=device, inference_model=inference_model
+    )
+
+    def back(array):
+        return None if array is None else np.ascontiguousarray(reorient(array, target, source))
+
+    return replace(
+        result,
+        labels=back(result.labels),
+        probability=back(result.probability),
+        gate_maps={name: back(m) for name, m in result.gate_maps.items()},
+        class_probabilities=back(result.class_probabilities),
     )
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_attention_unet.core.images import NOT_NUMBERS
+from napari_attention_unet.core.orientation import valid_orientation
 from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
 from napari_attention_unet.gui.scratch import ScratchStores
@@ -203,9 +204,18 @@ def axes_note(shape, dims: int, rgb: bool) -> str:
     )
 
 
-def spacing_and_notes(scale, shape, rgb: bool, session: Session) -> tuple[tuple[float, ...], str]:
-    """For an image layer predicted whole: the voxel size to predict it at (:func:`predict_spacing`, with the
-    voxel size in the model's info) and the notes for the status line (that one and :func:`axes_note`)."""
-    trained = inherited_info(session.model_info).get("spacing")
-    spacing, note = predict_spacing(scale, trained, session.spatial_dims)
-    return spacing, note + axes_note(shape, session.spatial_dims, rgb)
+def layer_settings(placement, shape, rgb: bool, session: Session) -> tuple[dict, str]:
+    """For an image layer predicted whole: the :class:`PredictOptions` settings its geometry gives (``spacing``,
+    :func:`predict_spacing`; ``orientation``, when a 3D model was trained on scans stored otherwise than this
+    one) and the notes for the status line (those and :func:`axes_note`)."""
+    info = inherited_info(session.model_info)
+    spacing, note = predict_spacing(placement.scale, info.get("spacing"), session.spatial_dims)
+    settings: dict = {"spacing": spacing}
+    stored, trained = _layers.layer_orientation(placement.nifti), info.get("orientation")
+    if session.spatial_dims == 3 and stored is not None and valid_orientation(trained) and stored != trained:
+        settings["orientation"] = (stored, trained)
+        note += (
+            f" The scan is stored {stored} and the model was trained on {trained} scans: it was turned to {trained} "
+            "for the model, and the results put back on its grid."
+        )
+    return settings, note + axes_note(shape, session.spatial_dims, rgb)

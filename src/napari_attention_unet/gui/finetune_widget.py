@@ -32,6 +32,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_attention_unet.gui import new_model as _new_model
 from napari_attention_unet.gui.background_slices import BackgroundSlices, marked_slices
 from napari_attention_unet.gui.edits import EditTracker, edited_from_prediction, shapes_mask
+from napari_attention_unet.gui.layers import layer_orientation
 from napari_attention_unet.gui.plot import TrainingPlot, describe_report
 from napari_attention_unet.gui.scroll import wrap_text
 from napari_attention_unet.gui.session import Session, explain_error
@@ -226,6 +227,7 @@ class FinetuneWidget(Container):
             show_info(f"'{image.name}' is a time series: training on the time point shown ({t}).")
         elif note := _new_model.channels_note(image, labels.shape):
             show_info(note + ".")
+        stored, spacing = layer_orientation(image.metadata.get("nifti")), tuple(image.scale)
         try:
             if self._start_from.value == NEW_MODEL:
                 names = [n.strip() for n in self._class_names.value.split(",") if n.strip()] or None
@@ -234,24 +236,30 @@ class FinetuneWidget(Container):
                     np.asarray(data),
                     labels,
                     rgb=bool(getattr(image, "rgb", False)),
-                    spacing=tuple(image.scale),
+                    spacing=spacing,
                     ignore=ignore if self.zero_is != "unlabelled" else None,
                     zero_is=self.zero_is,
                     background_slices=marked_slices(self._corrected.value) if self.zero_is == "slices" else None,
                     class_names=names,
                     minutes=float(self._minutes.value),
                     steps=self._steps,
+                    orientation=stored,
                 )
             else:
+                arrays, spacing, turned = _new_model.in_model_orientation(
+                    self._session, stored, [np.asarray(data), labels, ignore, edited], spacing
+                )
+                if turned:
+                    show_info(turned)
                 generator = self._session.finetune(
-                    np.asarray(data),
-                    labels,
+                    arrays[0],
+                    arrays[1],
                     rgb=bool(getattr(image, "rgb", False)),
-                    ignore=ignore,
-                    edited=edited,
+                    ignore=arrays[2],
+                    edited=arrays[3],
                     minutes=float(self._minutes.value),
                     steps=self._steps,
-                    spacing=tuple(image.scale),
+                    spacing=spacing,
                 )
         except Exception as exc:  # noqa: BLE001 - becomes a notification
             self._on_error(exc)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_attention_unet.core.images import leading_channels
+from napari_attention_unet.core.orientation import axcodes
 from napari_attention_unet.gui.layer_style import (
     Placement,
     attention_kwargs,
@@ -68,6 +69,7 @@ __all__ = [
     "fingerprint",
     "is_ours",
     "is_user_modified",
+    "layer_orientation",
     "lazy_result_layers",
     "masks_name",
     "own_layer_states",
@@ -316,3 +318,10 @@ def select_masks(layers: LayerList, placement: Placement) -> None:
     masks = own_layers(layers, placement.source_id).get(("masks", None))
     if masks is not None:
         layers.selection.active = masks
+
+
+def layer_orientation(nifti: dict | None) -> str | None:
+    """The orientation (``"RAS"``...) of a volume opened from NIfTI, from its layer's ``metadata["nifti"]``."""
+    if not nifti or "affine" not in nifti or len(nifti.get("shape") or ()) < 3:
+        return None
+    return axcodes(nifti["affine"])

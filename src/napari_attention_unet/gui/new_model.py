@@ -15,6 +15,7 @@ from datetime import datetime
 import numpy as np
 
 from napari_attention_unet.core.images import ImageShapeError
+from napari_attention_unet.core.orientation import reorient, reorient_spacing, valid_orientation
 from napari_attention_unet.core.train import StepReport, Trainer, TrainResult
 from napari_attention_unet.core.train.plan import TrainingPlan, infer_dims, plan_training
 from napari_attention_unet.core.train.start import infer_task
@@ -27,7 +28,7 @@ from napari_attention_unet.core.train.targets import (
 )
 from napari_attention_unet.gui.session import Session
 from napari_attention_unet.models import registry as _registry
-from napari_attention_unet.models.versions import save_version
+from napari_attention_unet.models.versions import inherited_info, save_version
 
 __all__ = ["channels_note", "describe_labels", "final_scores", "save_new_model", "time_point_shown", "train_new_model"]
 
@@ -127,6 +128,7 @@ def train_new_model(
     from_current: bool | None = None,
     minutes: float | None = 5.0,
     steps: int | None = None,
+    orientation: str | None = None,
 ) -> Generator[StepReport, None, TrainResult]:
     """Train a new model on one image (or volume) and its labels; yields reports, returns the result.
 
@@ -135,7 +137,8 @@ def train_new_model(
     weights where shapes match, a new head) instead of from scratch; by default 2D models do
     (as ``attention-unet train`` starts 2D models from the bundled one) and 3D ones start from
     scratch. ``background_slices``: slices of a volume marked as labelled background (with
-    ``zero_is="slices"``). Shape errors raise at once.
+    ``zero_is="slices"``). ``orientation``: a scan's (``"RAS"``..., its layer's NIfTI header), kept in the
+    model's info so that scans stored otherwise are turned to it. Shape errors raise at once.
     """
     if not rgb and (axes_beside_labels(image.shape, labels.shape) or "").startswith("C"):
         image, rgb = np.moveaxis(image, 0, -1), True  # (C, Y, X) with (Y, X) labels: napari's planes are channels
@@ -166,6 +169,7 @@ def train_new_model(
             steps=steps,
             background_slices=[background_slices] if background_slices else None,
         )
+        plan.orientation = orientation if plan.dims == 3 else None
         masks = None if ignore is None else [ignore]
         session.plan = plan
         session.trainer = Trainer(
@@ -179,6 +183,26 @@ def train_new_model(
         return (yield from session.trainer.run())
 
     return run()
+
+
+def in_model_orientation(session: Session, stored: str | None, arrays: Sequence, spacing: Sequence[float]):
+    """A scan's volumes (image, labels, masks; None stays None) and voxel size turned from its orientation,
+    ``stored``, to the one the session's 3D model was trained on, to fine-tune it as it predicts; and a note."""
+    trained = inherited_info(session.model_info).get("orientation")
+    if session.spatial_dims != 3 or stored is None or not valid_orientation(trained) or stored == trained:
+        return arrays, spacing, ""
+    if any(a is not None and np.ndim(a) != 3 for a in arrays):
+        return arrays, spacing, ""
+
+    def turn(array):
+        return None if array is None else np.ascontiguousarray(reorient(array, stored, trained))
+
+    spacing = reorient_spacing(tuple(spacing)[-3:], stored, trained)
+    return (
+        [turn(a) for a in arrays],
+        spacing,
+        f"The scan is stored {stored}: turned to {trained}, as the model was trained.",
+    )
 
 
 def save_new_model(result: TrainResult, plan: TrainingPlan, image_name: str) -> tuple[object, str]:
@@ -220,6 +244,7 @@ def _described(plan: TrainingPlan, result: TrainResult) -> dict:
         "zero_is": plan.config.zero_is,
         **({"background_slices": plan.background_slices} if plan.background_slices else {}),
         "spacing": None if spacing is None else [float(v) for v in spacing],
+        **({"orientation": plan.orientation} if plan.orientation else {}),
         "best_val_class_dice": result.best_val_class_dice,
     }
 

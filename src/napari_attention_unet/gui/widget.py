@@ -29,7 +29,7 @@ from qtpy.QtCore import QTimer
 from napari_attention_unet.core.predict import PredictOptions
 from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
-from napari_attention_unet.gui.block_prediction import BlockPrediction, done_message, outcome_message, spacing_and_notes
+from napari_attention_unet.gui.block_prediction import BlockPrediction, done_message, layer_settings, outcome_message
 from napari_attention_unet.gui.finetune_widget import FinetuneWidget
 from napari_attention_unet.gui.scroll import in_scroll_area, wrap_text
 from napari_attention_unet.gui.session import (
@@ -266,8 +266,8 @@ class AttentionUNetWidget(Container):
         index = None
         if self._current_slice.value and n_leading > 0:
             index = _layers.slice_index(self._viewer.dims.point, placement, n_leading)
-        spacing, note = spacing_and_notes(placement.scale, layer.data.shape, bool(layer.rgb), self._session)
-        options = PredictOptions.of(self._options(), spacing=spacing)  # 3D: resampled to cubic voxels
+        settings, note = layer_settings(placement, layer.data.shape, bool(layer.rgb), self._session)
+        options = PredictOptions.of(self._options(), **settings)  # 3D: cubic voxels, the model's orientation
         self._start_worker(  # the layers' data is built and checked in the worker too
             _layers.predict_into_layers,
             self._session.predict(layer.data, options, rgb=bool(layer.rgb), index=index),

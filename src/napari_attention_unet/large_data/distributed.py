@@ -134,9 +134,10 @@ def predict_file(
     options: PredictOptions,
     time_point: int | None = None,
     default_spacing: tuple[float, ...] | None = None,
+    orientation: str | None = None,
 ) -> FileResult:
-    """Read, predict and write one file (a dask task; runs anywhere). ``time_point`` and
-    ``default_spacing``: as :func:`~napari_attention_unet.large_data.pipeline.predict_file_steps`.
+    """Read, predict and write one file (a dask task; runs anywhere). ``time_point``, ``default_spacing``
+    and ``orientation``: as :func:`~napari_attention_unet.large_data.pipeline.predict_file_steps`.
 
     An unreadable file, an image the model cannot take, or a model or device this worker
     does not have becomes a :class:`FileResult` with ``error`` set, so one bad file
@@ -165,6 +166,7 @@ def predict_file(
             inference_model=net,
             time_point=time_point,
             default_spacing=default_spacing,
+            orientation=orientation,
         )
         result = run_to_end(steps)
     except (ImageReadError, ImageShapeError, ValueError) as exc:
@@ -192,7 +194,7 @@ def submit_files(
     client: Client, paths: Sequence[Path], out_dir: Path, spec: ModelSpec, options: PredictOptions, **reading
 ):
     """One future per file; keys are unique, so the same file predicted again is new work.
-    ``reading``: ``time_point`` and ``default_spacing`` for :func:`predict_file`."""
+    ``reading``: ``time_point``, ``default_spacing`` and ``orientation`` for :func:`predict_file`."""
     batch = uuid.uuid4().hex[:12]
     return [
         client.submit(predict_file, Path(p), Path(out_dir), spec, options, **reading, key=f"predict-file-{batch}-{i}")
@@ -210,18 +212,18 @@ def predict_batch(
     progress: bool = True,
     time_point: int | None = None,
     default_spacing: tuple[float, ...] | None = None,
+    orientation: str | None = None,
 ) -> list[FileResult]:
     """Predict every file on the cluster; returns one :class:`FileResult` per file, in order.
 
     Files are reported as they finish (tqdm on stderr); a file that fails is reported
     with its reason and the others go on. On Ctrl-C the outstanding tasks are cancelled.
-    ``time_point`` and ``default_spacing``: as for :func:`predict_file`.
+    ``time_point``, ``default_spacing`` and ``orientation``: as for :func:`predict_file`.
     """
     from tqdm import tqdm
 
-    futures = submit_files(
-        client, paths, out_dir, spec, options, time_point=time_point, default_spacing=default_spacing
-    )
+    reading = {"time_point": time_point, "default_spacing": default_spacing, "orientation": orientation}
+    futures = submit_files(client, paths, out_dir, spec, options, **reading)
     index = {f.key: i for i, f in enumerate(futures)}
     results: list[FileResult | None] = [None] * len(futures)
     try:

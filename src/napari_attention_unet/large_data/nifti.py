@@ -24,12 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from napari_attention_unet.core.orientation import axcodes
+
 __all__ = [
     "INSTALL_HINT",
     "NibabelMissingError",
     "NiftiFormatError",
     "NiftiVolume",
     "grid_from_metadata",
+    "header_orientation",
     "header_spacing",
     "is_nifti_path",
     "nifti_stem",
@@ -98,6 +101,11 @@ class NiftiVolume:
     def axes(self) -> str:
         """The axes of ``data``: ``"YX"``, ``"ZYX"`` or ``"TZYX"``."""
         return {2: "YX", 3: "ZYX", 4: "TZYX"}[self.data.ndim]
+
+    @property
+    def orientation(self) -> str | None:
+        """Where the voxel axes (i, j, k) point, e.g. ``"RAS"`` (:func:`.orientation.axcodes`); None for a 2D file."""
+        return axcodes(self.affine) if self.data.ndim - (self.data.ndim == 4) == 3 else None
 
     def metadata(self, path: str | Path | None = None) -> dict[str, Any]:
         """Plain values for a napari layer's ``metadata["nifti"]``: picklable and JSON-serialisable."""
@@ -194,6 +202,16 @@ def header_spacing(path: str | Path) -> tuple[float, ...] | None:
         image = _nibabel().load(str(path))
         spatial = min(len(image.shape), 3)
         return tuple(float(z) for z in image.header.get_zooms()[:spatial])[::-1]
+    except Exception:  # noqa: BLE001 - the real read reports the problem
+        return None
+
+
+def header_orientation(path: str | Path) -> str | None:
+    """The orientation of a NIfTI volume (``"RAS"``...) from its header, without reading its voxels (None for a
+    2D file, or one that cannot be read)."""
+    try:
+        image = _nibabel().load(str(path))
+        return axcodes(image.affine) if len([n for n in image.shape if n > 1]) >= 3 else None
     except Exception:  # noqa: BLE001 - the real read reports the problem
         return None
 

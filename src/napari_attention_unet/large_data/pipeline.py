@@ -24,6 +24,7 @@ import torch
 
 from napari_attention_unet.core.images import ImageShapeError, guess_axes
 from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.orientation import valid_orientation
 from napari_attention_unet.core.predict import Prediction, PredictOptions, Progress, predict
 from napari_attention_unet.large_data.blocks import BlockedPrediction, plan_blocks, predict_blocks
 from napari_attention_unet.large_data.files import (
@@ -97,6 +98,7 @@ def predict_file_steps(
     inference_model: AttentionUNet | None = None,
     time_point: int | None = None,
     default_spacing: tuple[float, ...] | None = None,
+    orientation: str | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """Read one image whole, predict it and write its labels and attention maps into ``out_dir``.
 
@@ -104,7 +106,9 @@ def predict_file_steps(
     are NIfTI on its grid (see the module's docstring). Other files take ``default_spacing``
     (e.g. the voxel size a 3D model was trained at) when ``options`` gives none. ``time_point``
     picks one volume of a time series (a 4D NIfTI, or a TIFF whose first axis is time); its
-    outputs are named ``<stem>_t<T>_labels...``.
+    outputs are named ``<stem>_t<T>_labels...``. ``orientation`` is the one the model was trained on (its
+    info's, e.g. ``"RAS"``): a NIfTI volume stored otherwise is turned to it for the model, and its outputs
+    are written on its own grid.
     """
     image, volume = read_time_point(image_path, time_point)
     if np.issubdtype(image.dtype, np.floating) and image.size and not np.isfinite(image).any():
@@ -113,6 +117,8 @@ def predict_file_steps(
         options = PredictOptions.of(
             options, axes=options.axes or volume.axes, spacing=options.spacing or volume.spacing
         )
+        if valid_orientation(orientation) and volume.orientation not in (None, orientation):
+            options = PredictOptions.of(options, orientation=(volume.orientation, orientation))
     elif options.spacing is None and (stated := declared_voxel_size(image_path)) is not None:
         options = PredictOptions.of(options, spacing=stated)  # an ImageJ or OME-TIFF volume's own voxel size
     elif options.spacing is None and default_spacing is not None:

@@ -35,7 +35,7 @@ __all__ = [
 #: What a fine-tuned model keeps of the info of the model it started from: what it is for (task,
 #: class names, what label 0 meant, where the line of models started) and a 3D model's voxel size,
 #: at which ``predict`` takes volumes that state none (without it they would be taken as cubic).
-INHERITED = ("task", "classes", "zero_is", "spacing", "start")
+INHERITED = ("task", "classes", "zero_is", "spacing", "orientation", "start")
 
 
 def inherited_info(parent: ModelInfo | Mapping | None) -> dict:

@@ -65,6 +65,8 @@ class TrainingPlan:
     background_slices: list[list[int] | None] | None = None
     #: Whether the model starts from random weights (also when the start given takes other channels).
     scratch: bool = True
+    #: Where the volumes' voxel axes point (``"RAS"``..., NIfTI scans; :mod:`core.orientation`), for the model's info.
+    orientation: str | None = None
 
     def describe(self) -> str:
         what = f"semantic ({', '.join(self.classes[1:])})" if self.task == "semantic" else "instances"
