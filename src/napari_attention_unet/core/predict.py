@@ -28,6 +28,7 @@ from napari_attention_unet.core.images import (
     to_channel_first,
 )
 from napari_attention_unet.core.instances import probabilities_to_instances
+from napari_attention_unet.core.memory import check_volume_fits, volume_prediction_bytes
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.orientation import reorient, reorient_spacing
 from napari_attention_unet.core.progress import Progress, run_to_end
@@ -238,11 +239,16 @@ def predict(
     overlap = default_overlap(tile_size) if options.overlap is None else options.overlap
     batch_size = options.batch_size or default_batch_size(dev, config.spatial_dims)
 
-    x = normalize(network_channels(channels_first, config.in_channels), ranges=options.intensity_range)
-
-    original_shape = x.shape[1:]
+    original_shape = channels_first.shape[1:]
     voxel = config.voxel_size  # a 3D instance model's own grid (core.resampling.grid_zoom)
     zoom = grid_zoom(options.spacing, ndim, voxel) if config.spatial_dims == 3 and ndim == 3 else None
+    if config.spatial_dims == 3 and ndim == 3:  # a volume is predicted whole: refused before it takes the machine
+        grid_shape = original_shape if zoom is None else isotropic_shape(original_shape, zoom)
+        sizes = {"channels": config.in_channels, "classes": config.out_channels, "base_width": config.base_width}
+        sizes["instances"] = config.task != "semantic" and options.instances
+        needed = volume_prediction_bytes(original_shape, grid_shape, gates=len(gate_names), tile=tile_size, **sizes)
+        check_volume_fits(needed, original_shape)
+    x = normalize(network_channels(channels_first, config.in_channels), ranges=options.intensity_range)
     if options.zoom and config.spatial_dims == 2 and ndim == 2:
         zoom = (options.zoom,) * 2
     grid = x if zoom is None else resample(x, isotropic_shape(original_shape, zoom), antialias=True)
