@@ -228,8 +228,9 @@ def test_fine_tuning_a_model_trained_on_strokes_keeps_counting_only_painted_pixe
     image, dense = three_classes_2d()
     strokes = np.zeros_like(dense)
     strokes[::6] = dense[::6] + 1  # a stroke across every sixth row
-    model = new_model("semantic", task_classes("semantic", 3, None, "unlabelled"), 2, 1, "scratch", base_width=4,
-                      depth=3)
+    model = new_model(
+        "semantic", task_classes("semantic", 3, None, "unlabelled"), 2, 1, "scratch", base_width=4, depth=3
+    )
     trainer = Trainer(model, [(image, strokes)], config=config(max_steps=1))  # zero_is left at its default
     assert trainer.config.zero_is == "unlabelled"
     _, targets, _ = trainer._batch()
@@ -379,6 +380,24 @@ def test_transfer_keeps_the_encoder_and_replaces_the_head():
     assert torch.equal(same.head.weight, start.head.weight)  # same task and classes: the head is kept
     with pytest.raises(ValueError, match="2D, so it cannot start a 3D model"):
         new_model("semantic", classes, 3, 1, start)
+
+
+def test_a_semantic_model_trained_on_without_names_keeps_its_class_names_and_head():
+    """``train --start my-model`` (or the dock's new model from the current one) on labels of as many classes,
+    names not given: the classes keep the start's names, and its head; given names, or other classes, do not."""
+    image, labels = three_classes_2d()
+    start = semantic_model(classes=("background", "membrane", "mitochondria"))
+    with torch.no_grad():
+        start.head.bias.copy_(torch.tensor([0.5, -0.25, 1.0]))
+    plan = plan_training([(image, labels, None, None)], task="semantic", start=start, steps=1)
+    assert plan.classes == ("background", "membrane", "mitochondria") == plan.model.config.classes
+    assert torch.equal(plan.model.head.bias, start.head.bias)  # the head goes on learning, not from zero
+    assert any("keep the starting model's names: membrane, mitochondria" in n for n in plan.notes)
+    named = plan_training([(image, labels, None, None)], task="semantic", start=start, steps=1, class_names=["a", "b"])
+    assert named.classes == ("background", "a", "b")
+    more = labels.copy()
+    more[:8, :8] = 3
+    assert plan_training([(image, more, None, None)], task="semantic", start=start, steps=1).classes[1] == "class 1"
 
 
 def test_the_task_is_inferred_from_the_labels():

@@ -170,6 +170,9 @@ def plan_training(
     if task == "instances" and class_names:
         notes.append("objects have no class names: the names given are not used (they name semantic classes)")
     classes = task_classes(task, n_classes, class_names, zero_is)
+    if not class_names and _same_kind_of_classes(start, task, classes):  # its names, and its head, carry on
+        classes = tuple(start.config.classes)
+        notes.append(f"the classes keep the starting model's names: {', '.join(classes[1:])} (--class-names renames)")
     if start != "scratch" and (base_width or depth):
         raise ValueError("a width and depth size a model from scratch; a starting model keeps its own size")
     if not isinstance(start, str) and in_channels not in (1, start.config.in_channels):
@@ -278,3 +281,13 @@ def _check_z_first(pairs: list[tuple]) -> None:
     for _, labels, axes, _ in pairs:
         if np.ndim(labels) == 3 and axes is not None and not axes.upper().startswith("Z"):
             raise ImageShapeError(f"a 2D model trains on the Z planes of a volume with Z first, not axes {axes}")
+
+
+def _same_kind_of_classes(start, task: str, classes: Sequence[str]) -> bool:
+    """Whether a starting model is a semantic model for as many classes, with 0 meaning the same (background,
+    or unlabelled): trained on new labels without names, a "membrane, mitochondria" model came back as
+    "class 1, class 2", with a new head."""
+    if isinstance(start, str) or task != "semantic" or start.config.task != "semantic":
+        return False
+    own = tuple(start.config.classes)
+    return len(own) == len(classes) and own[0] == classes[0]
