@@ -30,6 +30,11 @@ def test_versions_round_trip(tiny_model_path, tmp_path):
 
     exported = _versions.export_version("my-nuclei", tmp_path / "out" / "shared")
     assert exported.name == "shared.safetensors" and exported.is_file()
+    # Into an existing folder: named after the model inside it, not "out.safetensors" beside it.
+    assert _versions.export_version("my-nuclei", tmp_path / "out") == tmp_path / "out" / "my-nuclei.safetensors"
+    with pytest.raises(ValueError, match="run: attention-unet export my-nuclei --format onnx --out .*em.onnx"):
+        _versions.export_version("my-nuclei", tmp_path / "em.onnx")  # not a safetensors copy named .onnx
+    assert not list(tmp_path.glob("em.onnx*"))
     _versions.delete_version("my-nuclei")
     assert "my-nuclei" not in [m.name for m in _versions.list_versions()]
 

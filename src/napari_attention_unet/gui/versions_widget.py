@@ -78,7 +78,7 @@ class VersionsWidget(Container):
             return
         try:
             written = _versions.export_version(info.path, path)
-        except (LookupError, OSError) as exc:
+        except (LookupError, OSError, ValueError) as exc:
             show_error(str(exc))
             return
         show_info(f"Model '{info.name}' exported to {written}.")

@@ -121,14 +121,28 @@ def delete_version(name: str) -> None:
     _existing(name).unlink()
 
 
+#: Files of other tools' formats, which ``attention-unet export`` writes (a copy of the model file is not one).
+OTHER_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".zip": "bioimageio"}
+
+
 def export_version(name_or_path: str | os.PathLike, destination: str | os.PathLike) -> Path:
-    """Copy a model (bundled, saved or a file) to ``destination`` (``.safetensors`` added if missing)."""
-    source = _registry.resolve_model(name_or_path).path
+    """Copy a model (bundled, saved or a file) to ``destination`` (``.safetensors`` added if missing; into
+    an existing folder as ``<name>.safetensors``). A destination named as another tool's file (``.onnx``,
+    ``.pt``, ``.zip``) is refused with the command that writes one: before, ``em.onnx`` became a
+    ``em.onnx.safetensors`` copy."""
+    info = _registry.resolve_model(name_or_path)
     destination = Path(destination).expanduser()
+    if destination.is_dir():
+        destination = destination / f"{info.name}{SUFFIX}"
+    elif (fmt := OTHER_FORMATS.get(destination.suffix.lower())) is not None:
+        raise ValueError(
+            f"{destination.name}: this exports the model file itself (.safetensors); for {fmt.upper()} "
+            f"({destination.suffix}) run: attention-unet export {info.name} --format {fmt} --out {destination}"
+        )
     if destination.suffix != SUFFIX:
         destination = destination.with_name(destination.name + SUFFIX)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, destination)
+    shutil.copyfile(info.path, destination)
     return destination
 
 
