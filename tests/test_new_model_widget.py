@@ -363,3 +363,20 @@ def test_a_new_model_the_check_doubts_is_listed_not_put_in_use(plugin_widget, qt
     assert len(saved) == 1 and widget._model.value == "tiny" and widget.session.model_info.name == "tiny"
     assert f"Not put in use: pick '{saved[0]}' in the model list to try it." in panel._readout.value
     assert "one class everywhere" in notes["warning"][-1] and "discs masks" not in viewer.layers
+
+
+def test_a_new_model_cancelled_after_a_few_steps_is_saved_not_put_in_use(plugin_widget, qtbot, notes, sane):
+    """Cancel a new model from scratch a few steps in: its state is saved (no work lost), but the model in use
+    (and the masks it made) stays, and the dock says how to try the new one."""
+    viewer, widget = plugin_widget
+    panel = discs_to_train_on(viewer, widget)
+    panel._start_from.value = _finetune_widget.NEW_MODEL
+    panel.start(steps=100_000)
+    trainer = lambda: widget.session.trainer  # noqa: E731 - built in the worker
+    qtbot.waitUntil(lambda: trainer() is not None and trainer().step >= 2, timeout=TIMEOUT_MS)
+    panel.cancel()
+    wait_idle(qtbot, widget)
+    saved = [name for name in widget._model.choices if name.startswith("discs-semantic-2d-")]
+    assert len(saved) == 1 and widget.session.model_info.name == "tiny"
+    assert panel._readout.value.startswith("Cancelled at step")
+    assert f"Not put in use: pick '{saved[0]}' in the model list to try it." in panel._readout.value

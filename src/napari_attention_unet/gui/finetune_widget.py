@@ -53,6 +53,9 @@ ZERO_BACKGROUND, ZERO_UNLABELLED = "background", "unlabelled (only painted pixel
 ZERO_SLICES = "background in labelled slices (others not labelled)"
 ZERO_MEANS = {ZERO_BACKGROUND: "background", ZERO_UNLABELLED: "unlabelled", ZERO_SLICES: "slices"}
 PROGRESS_STEPS = 1000
+#: A new model cancelled before this many steps (or before core.train.plan's few steps from scratch) is saved
+#: but not put in place of the model in use: a few steps in, its masks would replace good ones with noise.
+FEW_STEPS_TO_USE = 50
 
 
 class FinetuneWidget(Container):
@@ -345,14 +348,17 @@ class FinetuneWidget(Container):
         if self._session.plan is not None:  # a new model: kept even if doubted, there is none to fall back on
             info, message = _new_model.save_new_model(result, self._session.plan, self._image_name)
             message = cancelled + message + _new_model.final_scores(result)
-            if result.accepted:
+            # Cancelled after a few steps: saved, but not put in place of the model in use.
+            few = result.steps < FEW_STEPS_TO_USE or self._session.plan.few_steps(result.steps)
+            use = result.accepted and not (cancelled and few)
+            if use:
                 self._session.set_model(result.trained_model, info)
             else:  # listed, not put in use: the masks shown stay those of the model in use
                 message += f" Not put in use: pick '{info.name}' in the model list to try it."
             self._progress.value = PROGRESS_STEPS
             self._readout.value = message
-            (show_info if result.accepted else show_warning)(message)
-            self._on_new_model(info, result.accepted)
+            (show_info if use else show_warning)(message)
+            self._on_new_model(info, use)
             return
         if not result.accepted:
             show_warning(f"Not used; the previous model is kept: {result.message}")
