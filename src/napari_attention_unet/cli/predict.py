@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{path.name}: small objects: looked again at {result.zoom:.1f}x (--no-auto-zoom leaves it out)",
                     file=sys.stderr,
                 )
+            tqdm.write(_written(args, model, path, result), file=sys.stderr)
         except (ImageReadError, ImageShapeError, ValueError, OSError) as exc:  # OSError: an output not writable
             failures += 1
             tqdm.write(f"attention-unet: skipping {path}: {exc}", file=sys.stderr)
@@ -175,6 +176,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"{failures} of {len(args.images)} image(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _written(args: argparse.Namespace, model, path, result) -> str:
+    """What was found and where it went: "cells.tif: 212 objects -> out/cells_labels.tif (+ attention maps)"."""
+    import numpy as np
+
+    from napari_attention_unet.large_data.pipeline import result_paths
+
+    labels = getattr(result, "labels", None)
+    if not isinstance(labels, np.ndarray):  # block by block: written as the blocks went
+        return f"{path.name}: labels and attention maps written to {args.out}"
+    if model.config.task == "semantic":
+        present = [model.config.classes[v] for v in np.unique(labels).tolist() if 0 < v < len(model.config.classes)]
+        found = f"classes {', '.join(present)}" if present else "no class but 0"
+    elif args.semantic:
+        found = f"{np.count_nonzero(labels) / max(labels.size, 1):.0%} foreground"
+    else:
+        found = f"{int(labels.max(initial=0))} objects"
+    labels_path, attention_path = result_paths(args.out, path, args.time_point)
+    maps = f" (+ attention maps, {attention_path.name})" if result.gate_maps else ""
+    return f"{path.name}: {found} -> {labels_path}{maps}"
 
 
 def _run_on_dask(args: argparse.Namespace) -> int:
