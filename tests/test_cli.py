@@ -50,6 +50,9 @@ def test_predict_writes_labels_and_attention(tmp_path, model_file, home):
         assert labels.shape == image.shape[:2] and np.issubdtype(labels.dtype, np.integer)
         assert attention.shape == (2, *image.shape[:2]) and attention.dtype == np.float32
         assert attention.min() >= 0 and attention.max() <= 1
+        found = int(labels.max())  # what it found, and where it went, said per image
+        said = f"{image_path.name}: {found} objects -> {out / f'{image_path.stem}_labels.tif'} (+ attention maps, "
+        assert said in done.stderr, done.stderr
 
 
 def test_predict_png_and_3d_stack(tmp_path, model_file, home):
