@@ -181,8 +181,11 @@ def test_rename_export_delete_from_the_widget(plugin_widget, tmp_path, monkeypat
     widget.use_model(saved.name)
     assert widget.session.model_info.name == saved.name
 
+    infos = []
+    monkeypatch.setattr(_versions_widget, "show_info", infos.append)
     widget._versions.rename("nuclei mine")
     assert widget._model.value == "nuclei-mine" and widget.session.model_info.name == "nuclei-mine"
+    assert infos == ["Renamed to 'nuclei-mine' (a model name holds letters, digits, '-', '_' and '.')."]
     assert saved.name not in widget._model.choices
     widget._versions.export(tmp_path / "shared.safetensors")
     assert (tmp_path / "shared.safetensors").is_file()

@@ -54,7 +54,7 @@ class VersionsWidget(Container):
         """The current model's name if it is one of the user's saved models, else None (and a message)."""
         info = self._session.model_info
         if info is None or info.name not in {m.name for m in _versions.list_versions()} or info.bundled:
-            show_error("Only saved models (fine-tuned or imported) can be renamed or deleted.")
+            show_error("Only saved models (fine-tuned or trained here) can be renamed or deleted.")
             return None
         return info.name
 
@@ -67,6 +67,8 @@ class VersionsWidget(Container):
         except (ValueError, OSError) as exc:
             show_error(str(exc))
             return
+        if renamed.name != self._new_name.value.strip():  # characters a file name cannot hold became '-'
+            show_info(f"Renamed to '{renamed.name}' (a model name holds letters, digits, '-', '_' and '.').")
         self._new_name.value = ""
         self._on_models_changed(renamed.name)
 
