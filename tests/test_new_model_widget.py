@@ -380,3 +380,23 @@ def test_a_new_model_cancelled_after_a_few_steps_is_saved_not_put_in_use(plugin_
     assert len(saved) == 1 and widget.session.model_info.name == "tiny"
     assert panel._readout.value.startswith("Cancelled at step")
     assert f"Not put in use: pick '{saved[0]}' in the model list to try it." in panel._readout.value
+
+
+def test_what_the_plan_inferred_is_shown_while_training_without_command_line_flags():
+    from types import SimpleNamespace
+
+    from napari_attention_unet.gui.new_model import plan_notes
+
+    notes = [
+        "3 classes found (0, 1, 2): semantic (inferred: --task chooses another)",  # shown before the click
+        "the labels lie in one slice of each volume: a 2D model, for every plane (--dims 3: a 3D one)",
+        "the classes keep the starting model's names: membrane, mitochondria (--class-names renames)",
+        "3 empty slice(s) lie between labelled ones and are trained on as background: if you labelled only some "
+        "slices, give --zero-is slices",
+    ]
+    said = plan_notes(SimpleNamespace(plan=SimpleNamespace(notes=notes)))
+    assert said == (
+        " Note: the labels lie in one slice of each volume: a 2D model, for every plane; the classes keep the "
+        "starting model's names: membrane, mitochondria."
+    )
+    assert plan_notes(SimpleNamespace(plan=None)) == "" == plan_notes(SimpleNamespace(plan=SimpleNamespace(notes=[])))

@@ -303,7 +303,7 @@ class FinetuneWidget(Container):
         else:
             fraction = 0.0
         self._progress.value = round(PROGRESS_STEPS * min(max(fraction, 0.0), 1.0))
-        self._readout.value = describe_report(report)
+        self._readout.value = describe_report(report) + _new_model.plan_notes(self._session)
         self.plot.add(report.step, report.loss, report.val_dice, report.val_ap, report.val_class_dice)
 
     def _on_error(self, exc: BaseException) -> None:

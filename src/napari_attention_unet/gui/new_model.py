@@ -9,6 +9,7 @@ best state so far. :func:`describe_labels` is what the dock shows before the cli
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator, Sequence
 from datetime import datetime
 
@@ -183,6 +184,18 @@ def train_new_model(
         return (yield from session.trainer.run())
 
     return run()
+
+
+def plan_notes(session: Session) -> str:
+    """What the plan of the new model being trained inferred that the dock did not show before the click (the
+    starting model's class names kept, a 2D model for labels in one slice, large volumes seen shrunk...), for
+    the readout: " Note: ...". Command-line flags in the notes are left out (the dock has its own controls)."""
+    plan = session.plan
+    if plan is None:
+        return ""
+    notes = [re.sub(r"\s*\([^()]*--[^()]*\)", "", note) for note in plan.notes if "(inferred" not in note]
+    notes = [note for note in notes if "--" not in note]
+    return " Note: " + "; ".join(notes) + "." if notes else ""
 
 
 def in_model_orientation(session: Session, stored: str | None, arrays: Sequence, spacing: Sequence[float]):
