@@ -69,3 +69,24 @@ def test_the_command_line_and_the_dock_say_why(monkeypatch, tmp_path, model_home
         check_volume_fits(10**11, (512, 2048, 2048), available=20 * 10**9)
     except NotEnoughMemoryError as exc:
         assert explain_error(exc).startswith("This image cannot be segmented as it is: predicting this 512x2048")
+
+
+def test_the_dock_refuses_a_lazy_volume_before_loading_it(monkeypatch):
+    """A dask volume under a 3D model: the estimate is checked on its shape, before any block is computed."""
+    dask_array = pytest.importorskip("dask.array")
+    from napari_attention_unet.gui.session import Session
+
+    computed = []
+    volume = dask_array.zeros((8, 32, 32), chunks=(4, 32, 32), dtype=np.uint16).map_blocks(
+        lambda block: computed.append(block.shape) or block, dtype=np.uint16
+    )
+    computed.clear()  # dask calls it once on an empty block to learn its output
+    session = Session(device="cpu")
+    torch.manual_seed(0)
+    session.model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=2, depth=3)).eval()
+    monkeypatch.setattr(memory, "available_memory", lambda: 10**6)
+    with pytest.raises(NotEnoughMemoryError, match="8x32x32 volume whole"):
+        run_to_end(session.predict(volume))
+    assert not computed  # nothing loaded
+    monkeypatch.undo()
+    assert run_to_end(session.predict(volume)).labels.shape == (8, 32, 32) and computed

@@ -42,6 +42,7 @@ __all__ = [
     "Progress",
     "class_values",
     "check_tile_size",
+    "check_volume_memory",
     "predict",
     "prepare_model",
     "run_to_end",
@@ -243,11 +244,7 @@ def predict(
     voxel = config.voxel_size  # a 3D instance model's own grid (core.resampling.grid_zoom)
     zoom = grid_zoom(options.spacing, ndim, voxel) if config.spatial_dims == 3 and ndim == 3 else None
     if config.spatial_dims == 3 and ndim == 3:  # a volume is predicted whole: refused before it takes the machine
-        grid_shape = original_shape if zoom is None else isotropic_shape(original_shape, zoom)
-        sizes = {"channels": config.in_channels, "classes": config.out_channels, "base_width": config.base_width}
-        sizes["instances"] = config.task != "semantic" and options.instances
-        needed = volume_prediction_bytes(original_shape, grid_shape, gates=len(gate_names), tile=tile_size, **sizes)
-        check_volume_fits(needed, original_shape)
+        check_volume_memory(config, original_shape, options)
     x = normalize(network_channels(channels_first, config.in_channels), ranges=options.intensity_range)
     if options.zoom and config.spatial_dims == 2 and ndim == 2:
         zoom = (options.zoom,) * 2
@@ -293,6 +290,27 @@ def predict(
         zoom=None if zoom is None or config.spatial_dims == 3 else float(zoom[0]),
         nan_values=int(np.count_nonzero(~np.isfinite(image))) if np.issubdtype(image.dtype, np.floating) else 0,
     )
+
+
+def check_volume_memory(config: ModelConfig, shape: tuple[int, ...], options: PredictOptions | None = None) -> None:
+    """Raise :class:`~.memory.NotEnoughMemoryError` when predicting a volume of ``shape`` (Z, Y, X) whole with
+    a 3D model of ``config`` would need more memory than is free; callers holding a lazy volume call it before
+    loading it (the dock), :func:`predict` before its first copy."""
+    options = options or PredictOptions()
+    zoom = grid_zoom(options.spacing, 3, config.voxel_size)
+    grid_shape = tuple(shape) if zoom is None else isotropic_shape(tuple(shape), zoom)
+    gates = len(config.gate_names if options.gates is None else options.gates)
+    needed = volume_prediction_bytes(
+        shape,
+        grid_shape,
+        channels=config.in_channels,
+        classes=config.out_channels,
+        gates=gates,
+        base_width=config.base_width,
+        tile=options.tile_size or 96,
+        instances=config.task != "semantic" and options.instances,
+    )
+    check_volume_fits(needed, shape)
 
 
 def _turned(model, image, options: PredictOptions, device, inference_model) -> Generator[Progress, None, Prediction]:

@@ -1,8 +1,7 @@
 """One prediction session per widget: the current model, its inference copy and the device.
 
-No Qt and no napari here. The widget owns one :class:`Session` and drives
-:meth:`Session.predict` (a generator) in a napari worker; scripts and tests can drive
-the same generator with :func:`napari_attention_unet.core.predict.run_to_end`.
+No Qt and no napari here. The widget owns one :class:`Session` and drives :meth:`Session.predict` (a generator)
+in a napari worker; scripts and tests can drive it with :func:`napari_attention_unet.core.predict.run_to_end`.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from napari_attention_unet.core import predict as _predict
 from napari_attention_unet.core.device import DEVICE_CHOICES, describe_device, pick_device
 from napari_attention_unet.core.images import ImageShapeError, leading_channels
 from napari_attention_unet.core.model import AttentionUNet
@@ -102,10 +102,8 @@ class Session:
         if self.model is None or self.model_info is None:
             return "no model loaded"
         cfg = self.model.config
-        if self.model_info.bundled:
-            origin = "bundled"
-        else:
-            origin = "saved" if self.model_info.path.parent == _registry.saved_models_dir() else "file"
+        saved = "saved" if self.model_info.path.parent == _registry.saved_models_dir() else "file"
+        origin = "bundled" if self.model_info.bundled else saved
         task = f"semantic: {', '.join(cfg.classes[1:])}" if cfg.task == "semantic" else "instances"
         shape = f"{cfg.spatial_dims}D {task}, {cfg.in_channels} channel(s), {len(cfg.gate_names)} gates"
         return f"{self.model_info.name} ({origin}; {shape})"
@@ -178,6 +176,8 @@ class Session:
             options, axes="ZYX"[-block_dims:] + ("C" if rgb else ""), gates=tuple(gate_names), spacing=spacing
         )
 
+        if block_dims == 3:  # a volume goes whole through a 3D model: refused before a lazy one is loaded
+            _predict.check_volume_memory(self.model.config, part_shape, options)
         labels = np.zeros(part_shape, dtype=np.int32)
         gate_maps = {name: np.zeros(part_shape, dtype=np.float32) for name in gate_names}
         offset, zooms, nan_values = 0, [], 0
