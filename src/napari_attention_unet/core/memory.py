@@ -82,4 +82,3 @@ def check_volume_fits(needed: int, spatial_shape: Sequence[int], available: int 
 
 def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
-
