@@ -513,3 +513,32 @@ def test_cli_finetune_of_a_3d_model_trains_on_the_grid_predict_uses(tmp_path):
     sized, settings = _as_predicted(model, {"spacing": [2.0, 1.0, 1.0]}, pairs)
     assert [p[3] for p in sized] == [(2.5, 1.0, 1.0), (2.0, 1.0, 1.0)]
     assert np.prod(settings["patch_size"]) < 30_000  # about 18k voxels, rounded to the grid (64³: 262k)
+
+
+def test_cli_finetune_picks_a_time_point_of_a_series(tmp_path, tiny_model_path, monkeypatch, capsys):
+    """``finetune --time-point T`` trains on that volume of a 4D NIfTI, one label map serving it; without it the
+    error says which commands take the option."""
+    from napari_attention_unet.cli import main
+
+    series = np.stack([blobs_xyz(seed) for seed in range(3)], axis=-1)
+    path = save(tmp_path / "fmri.nii.gz", series)
+    labels = save(tmp_path / "fmri_seg.nii.gz", (series[..., 1] > 0.5).astype(np.uint8))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def trainer(model, pairs, **_):
+        seen.append(pairs)
+        raise Stop
+
+    monkeypatch.setattr("napari_attention_unet.core.train.Trainer", trainer)
+    args = ["finetune", "--image", str(path), "--labels", str(labels), "--out", str(tmp_path / "m")]
+    args += ["--model", str(tiny_model_path), "--steps", "1"]
+    with pytest.raises(Stop):
+        main([*args, "--time-point", "1", "--device", "cpu"])
+    image, label, *_ = seen[0][0]
+    np.testing.assert_allclose(image, np.transpose(series[..., 1]), atol=1e-6)
+    assert label.shape == image.shape
+    assert main([*args, "--device", "cpu"]) == 2
+    assert "(predict, train and finetune take it)" in capsys.readouterr().err

@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.train import TrainConfig, Trainer
     from napari_attention_unet.core.train.targets import check_corrections
     from napari_attention_unet.core.weights import save_model
-    from napari_attention_unet.large_data.files import ImageReadError, declared_axes, read_image, read_time_point
+    from napari_attention_unet.large_data.files import ImageReadError, declared_axes, read_time_point
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError, open_model
     from napari_attention_unet.models.versions import inherited_info
 
@@ -29,11 +29,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, meta, info = open_model(args.model)
         device = pick_device(args.device)
-        reads = [read_time_point(i, None) for i in args.image]  # (pixels, NIfTI volume or None), read once
-        axes = [args.axes or declared_axes(i) for i in args.image]  # a hyperstack's channels stay channels
+        reads = [read_time_point(i, args.time_point) for i in args.image]  # (pixels, NIfTI volume or None)
+        axes = [args.axes or declared_axes(i, args.time_point) for i in args.image]  # a hyperstack's channels
+        labels = [read_time_point(lbl, args.time_point, series=False)[0] for lbl in args.labels]  # one for all
         pairs = [  # (image, labels, axes, a NIfTI volume's voxel size for a 3D model, or None)
-            (data, read_image(lbl), ax, None if volume is None or model.config.spatial_dims != 3 else volume.spacing)
-            for (data, volume), lbl, ax in zip(reads, args.labels, axes)
+            (data, lbl, ax, None if volume is None or model.config.spatial_dims != 3 else volume.spacing)
+            for (data, volume), lbl, ax in zip(reads, labels, axes)
         ]
         pairs = _in_model_orientation(pairs, [volume for _, volume in reads], meta, args.image)
         for _image, labels, *_ in pairs:  # said now, not after the training they would waste

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     _precision_option(f)
     f.add_argument("--axes", default=None, help="axes of the images, e.g. YX, YXC (default: guessed)")
     f.add_argument("--seed", type=int, default=0, help="random seed of the patches drawn (default 0)")
+    f.add_argument(
+        "--time-point", type=_time_point, default=None, metavar="T", help="fine-tune on time point T of 4D series"
+    )
     f.set_defaults(func=finetune.run)
 
     _add_train(sub)

@@ -165,8 +165,8 @@ def read_nifti(path: str | Path, time_point: int | None = None, *, all_time_poin
         if time_point is None:
             raise NiftiFormatError(
                 f"{path.name} is a time series of {time_points} volumes (shape x, y, z, t = {shape}); pick one "
-                f"time point (0 to {time_points - 1}): add `--time-point 0` to the command (predict and train "
-                f"take it), read_nifti(path, time_point=i) in Python, or write one out "
+                f"time point (0 to {time_points - 1}): add `--time-point 0` to the command (predict, train and "
+                f"finetune take it), read_nifti(path, time_point=i) in Python, or write one out "
                 f"with `python -m napari_attention_unet.large_data.nifti {path.name} --time-point 0 "
                 f"--out {nifti_stem(path)}_t0.nii.gz`"
             )
