@@ -415,3 +415,10 @@ def test_usage_mistakes_end_with_one_line(capsys):
         "attention-unet train: error: argument --spacing: expected three positive sizes Z,Y,X, got '1,1' "
         "(see: attention-unet train --help)"
     ]
+    # A value starting with '-' is taken for the next option by argparse: said, with how to pass it.
+    with pytest.raises(SystemExit):
+        main(["train", "--image", "a.tif", "--labels", "b.tif", "--out", "m", "--spacing", "-1,1,1"])
+    assert capsys.readouterr().err.strip() == (
+        "attention-unet train: error: argument --spacing: expected one argument: '-1,1,1' starts with '-' and was "
+        "taken for an option (write --spacing=-1,1,1 to pass it) (see: attention-unet train --help)"
+    )

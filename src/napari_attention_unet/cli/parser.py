@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from pathlib import Path
 
 from napari_attention_unet import __version__
@@ -55,8 +57,22 @@ def _time_point(text: str) -> int:
 class _OneLineErrors(argparse.ArgumentParser):
     """Usage mistakes end with one line (and where the help is), not the whole usage first."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)  # for the hint below
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._dash_hint(message)} (see: {self.prog} --help)\n")
+
+    def _dash_hint(self, message: str) -> str:
+        """argparse reads a value that starts with '-' (``--spacing -1,1,1``) as the next option and says only
+        'expected one argument'; say what it saw."""
+        match = re.match(r"argument (--[\w-]+): expected one argument$", message)
+        args = getattr(self, "_given", [])
+        given = match and next((b for a, b in zip(args, args[1:]) if a == match.group(1) and b.startswith("-")), None)
+        if not given:
+            return ""
+        return f": {given!r} starts with '-' and was taken for an option (write {match.group(1)}={given} to pass it)"
 
 
 def build_parser() -> argparse.ArgumentParser:
