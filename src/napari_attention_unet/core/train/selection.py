@@ -60,11 +60,12 @@ def beats_best(scores: dict, best_dice: float | None, best_ap: float | None, sel
 def not_better_message(step: int, start_scores: dict) -> str:
     """Why the starting model is kept when no trained state beat its ``start_scores``."""
     score = f"AP@0.5 {start_scores['ap']:.3f}" if start_scores["ap"] is not None else f"Dice {start_scores['dice']:.3f}"
+    what = "objects"
     if start_scores.get("class_dice") is not None:
-        score = f"mean class Dice {start_scores['dice']:.3f}"
+        score, what = f"mean class Dice {start_scores['dice']:.3f}", "of each class"
     return (
         f"after {counted(step, 'step', 'steps')} no trained state scored better on the held-out region than the "
-        f"starting model ({score}). Correct more objects, or train longer."
+        f"starting model ({score}). Correct more {what}, or train longer."
     )
 
 
