@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
-from napari_attention_unet.core.orientation import axcodes, reorient, reorient_spacing, valid_orientation
+from napari_attention_unet.core.orientation import (
+    axcodes,
+    labels_on_image_grid,
+    reorient,
+    reorient_affine,
+    reorient_spacing,
+    valid_orientation,
+)
 from napari_attention_unet.core.predict import predict, run_to_end
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,12 +48,34 @@ def test_axcodes_and_reorient_agree_with_nibabel():
         np.testing.assert_array_equal(reorient(stored_zyx, codes, "RAS"), zyx)
         spacing = tuple(float(z) for z in stored.header.get_zooms()[::-1])
         assert reorient_spacing((2.5, 0.9, 0.8), "RAS", codes) == pytest.approx(spacing)
+        np.testing.assert_allclose(reorient_affine(ras.affine, zyx.shape, "RAS", codes), stored.affine, atol=1e-9)
+        back = reorient_affine(stored.affine, stored_zyx.shape, codes, "RAS")
+        np.testing.assert_allclose(back, ras.affine, atol=1e-9)
     # An oblique scan (20 degrees about z) has the orientation of its closest axes, as nibabel says.
     a = np.deg2rad(20)
     oblique = np.eye(4)
     oblique[:3, :3] = [[-np.cos(a), np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 2.0]]
     assert axcodes(oblique) == "".join(nib.aff2axcodes(oblique)) == "LAS"
     assert axcodes(np.zeros((4, 4))) is None
+
+
+def test_labels_stored_otherwise_are_turned_onto_the_images_grid():
+    nib = pytest.importorskip("nibabel")
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[1, 2, :3] = 1  # on one side
+    ras = nib.Nifti1Image(np.transpose(labels), np.diag([1.0, 1.0, 2.0, 1.0]))
+    las = ras.as_reoriented(ornt_transform(axcodes2ornt("RAS"), axcodes2ornt("LAS")))
+    turned, notes = labels_on_image_grid(labels, ras.affine, las.affine, las.shape[::-1])
+    np.testing.assert_array_equal(turned, np.transpose(np.asarray(las.dataobj)))
+    assert notes == ["the labels stored RAS and the image LAS: the labels are turned to the image's grid"]
+    same, notes = labels_on_image_grid(labels, ras.affine, ras.affine, labels.shape)
+    assert same is labels and notes == []
+    shifted = ras.affine.copy()
+    shifted[0, 3] = 5.0
+    _, notes = labels_on_image_grid(labels, shifted, ras.affine, labels.shape)
+    assert len(notes) == 1 and "different affines" in notes[0]
 
 
 def test_a_volume_stored_otherwise_is_predicted_as_the_model_sees_its_training_volumes():
@@ -130,6 +159,26 @@ def test_cli_records_the_training_orientation_and_turns_volumes_stored_otherwise
     args = ["finetune", "--model", out, "--image", stored, "--labels", seg, "--out", str(tmp_path / "mr2")]
     main([*args, "--steps", "1", "--device", "cpu"])  # written or not (2 steps rarely beat the start): said first
     assert "new_PSR.nii.gz is stored PSR, the model was trained on RAS: it is turned to RAS" in capsys.readouterr().err
+    # Labels saved from another copy of the scan, stored RAS: put on the image's grid first, and said.
+    ras_seg = str(tmp_path / "RAS_seg.nii.gz")
+    main(
+        [
+            "finetune",
+            "--model",
+            out,
+            "--image",
+            stored,
+            "--labels",
+            ras_seg,
+            "--out",
+            str(tmp_path / "mr3"),
+            "--steps",
+            "1",
+        ]
+    )
+    said = capsys.readouterr().err
+    assert f"{ras_seg} stored RAS and {stored} PSR: the labels are turned to the image's grid" in said
+    assert "different affines" not in said
 
 
 def test_the_dock_predicts_a_scan_stored_otherwise_as_the_model_was_trained(qtbot, plugin_widget, model_home, tmp_path):
@@ -186,3 +235,32 @@ def test_a_new_3d_model_from_the_dock_records_its_scans_orientation():
     run = train_new_model(session, volume[8], labels[8], orientation="LAS", steps=1, minutes=None, from_current=False)
     result = run_to_end(run)
     assert "orientation" not in _described(session.plan, result)  # a 2D model is predicted plane by plane
+
+
+def test_the_dock_puts_labels_from_another_copy_of_the_scan_on_its_grid(make_napari_viewer, tmp_path):
+    """Labels saved from a RAS copy, image opened from a LAS copy: napari shows each as stored (mirrored over
+    each other); fine-tuning takes the labels, and the masks painted with them, onto the image's grid."""
+    nib = pytest.importorskip("nibabel")
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    from napari_attention_unet.gui.new_model import labels_for_image
+
+    labels = np.zeros((4, 10, 12), np.uint8)
+    labels[1:3, 2:5, :4] = 1  # on one side
+    ras = nib.Nifti1Image(np.transpose(labels), np.diag([1.0, 1.0, 2.0, 1.0]))
+    nib.save(ras, str(tmp_path / "scan_seg.nii.gz"))
+    las = nib.Nifti1Image(np.transpose(labels).astype(np.float32), ras.affine)
+    las = las.as_reoriented(ornt_transform(axcodes2ornt("RAS"), axcodes2ornt("LAS")))
+    nib.save(las, str(tmp_path / "scan.nii.gz"))
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(tmp_path / "scan.nii.gz"), plugin="napari-attention-unet")
+    [seg] = viewer.open(str(tmp_path / "scan_seg.nii.gz"), plugin="napari-attention-unet")
+    edited = np.zeros(labels.shape, bool)
+    edited[..., :6] = True
+    (turned, ignore, mask), note = labels_for_image(image, seg, [seg.data, None, edited], image.data.shape)
+    np.testing.assert_array_equal(turned, reorient(labels, "RAS", "LAS"))
+    np.testing.assert_array_equal(mask, reorient(edited, "RAS", "LAS"))
+    assert ignore is None
+    assert note == "'scan_seg' stored RAS and 'scan' LAS: the labels are turned to the image's grid."
+    drawn = viewer.add_labels(np.zeros(image.data.shape, np.uint8))  # napari's new labels: no file, as drawn
+    assert labels_for_image(image, drawn, [drawn.data], image.data.shape) == ([drawn.data], "")

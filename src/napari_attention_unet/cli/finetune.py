@@ -11,6 +11,7 @@ __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_attention_unet.cli.train import _on_image_grid
     from napari_attention_unet.core.device import describe_device, pick_device
     from napari_attention_unet.core.images import ImageShapeError
     from napari_attention_unet.core.train import TrainConfig, Trainer
@@ -31,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
         device = pick_device(args.device)
         reads = [read_time_point(i, args.time_point) for i in args.image]  # (pixels, NIfTI volume or None)
         axes = [args.axes or declared_axes(i, args.time_point) for i in args.image]  # a hyperstack's channels
-        labels = [read_time_point(lbl, args.time_point, series=False)[0] for lbl in args.labels]  # one for all
+        labels = [  # one label map serves every time point; on the image's grid (NIfTI stored otherwise: turned)
+            _on_image_grid(*read_time_point(lbl, args.time_point, series=False), volume, lbl, img)
+            for lbl, (_, volume), img in zip(args.labels, reads, args.image)
+        ]
         pairs = [  # (image, labels, axes, a NIfTI volume's voxel size for a 3D model, or None)
             (data, lbl, ax, None if volume is None or model.config.spatial_dims != 3 else volume.spacing)
             for (data, volume), lbl, ax in zip(reads, labels, axes)

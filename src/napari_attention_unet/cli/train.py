@@ -66,18 +66,7 @@ def _load_pairs(args: argparse.Namespace) -> tuple[list[tuple], str | None]:
     for image_path, labels_path in zip(args.image, args.labels):
         image, volume = _read(image_path, args.time_point)
         labels, labels_volume = _read(labels_path, args.time_point, series=False)
-        same_grid = np.shape(labels) == np.shape(image)  # else the shape check says what is wrong
-        if (
-            volume is not None
-            and labels_volume is not None
-            and same_grid
-            and not np.allclose(volume.affine, labels_volume.affine)
-        ):
-            print(
-                f"warning: {labels_path} and {image_path} have different affines (voxel-to-world grids): the "
-                "labels are taken voxel by voxel, as if they lay on the image's grid",
-                file=sys.stderr,
-            )
+        labels = _on_image_grid(labels, labels_volume, volume, labels_path, image_path)
         spacing = None if volume is None or volume.spacing is None else tuple(volume.spacing)
         if (conflict := spacing_conflict(Path(image_path).name, args.spacing, spacing)) is not None:
             print(conflict, file=sys.stderr)
@@ -88,6 +77,20 @@ def _load_pairs(args: argparse.Namespace) -> tuple[list[tuple], str | None]:
         pairs.append(_turned(pair, stored, orientation, Path(image_path).name))
         orientation = orientation or stored
     return pairs, orientation
+
+
+def _on_image_grid(labels, labels_volume, volume, labels_path, image_path):
+    """NIfTI labels turned onto their NIfTI image's grid when stored in another orientation, and said; a
+    warning when the grids still differ (the shape check says the rest)."""
+    from napari_attention_unet.core.orientation import labels_on_image_grid
+
+    if volume is None or labels_volume is None:
+        return labels
+    names = (str(labels_path), str(image_path))
+    labels, notes = labels_on_image_grid(labels, labels_volume.affine, volume.affine, np.shape(volume.data), names)
+    for note in notes:
+        print(note, file=sys.stderr)
+    return labels
 
 
 def _turned(pair: tuple, stored: str | None, orientation: str | None, name: str, whose: str = "the first volume"):

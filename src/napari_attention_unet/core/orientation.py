@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["axcodes", "reorient", "reorient_spacing", "valid_orientation"]
+__all__ = ["axcodes", "labels_on_image_grid", "reorient", "reorient_affine", "reorient_spacing", "valid_orientation"]
 
 #: Each world direction and its opposite; the first of each pair is the positive world axis (RAS+).
 _AXES = ("RL", "AP", "SI")
@@ -86,3 +86,39 @@ def reorient_spacing(spacing: Sequence[float] | None, source: str, target: str) 
         return None if spacing is None else tuple(spacing)
     order, _ = _plan(source, target)
     return tuple(float(spacing[a]) for a in order)
+
+
+def reorient_affine(affine, shape: Sequence[int], source: str, target: str) -> np.ndarray:
+    """The voxel-to-world affine of a volume (``shape`` in ``(z, y, x)`` order, orientation ``source``) once
+    :func:`reorient` has stored it as ``target``: every voxel keeps its place in the world."""
+    affine = np.asarray(affine, dtype=float)
+    if source == target:
+        return affine.copy()
+    order, flips = _plan(source, target)
+    out = affine.copy()
+    for t, (a, flip) in enumerate(zip(order, flips)):  # new array axis t is old axis a (file axes: 2 - t, 2 - a)
+        column = affine[:3, 2 - a]
+        out[:3, 2 - t] = -column if flip else column
+        if flip:
+            out[:3, 3] += (shape[a] - 1) * column
+    return out
+
+
+def labels_on_image_grid(
+    labels: np.ndarray, labels_affine, image_affine, image_shape: Sequence[int], names=("the labels", "the image")
+):
+    """Labels read from a scan file of their own, put on the image's voxel grid: turned when they are stored in
+    another orientation (the same head stored ``RAS`` and ``LAS``). Returns ``(labels, notes)``: what was done,
+    and a warning when the grids still differ (the labels are then taken voxel by voxel)."""
+    notes = []
+    stored, wanted = axcodes(labels_affine), axcodes(image_affine)
+    if np.ndim(labels) == 3 and stored and wanted and stored != wanted:
+        labels_affine = reorient_affine(labels_affine, np.shape(labels), stored, wanted)
+        labels = np.ascontiguousarray(reorient(np.asarray(labels), stored, wanted))
+        notes.append(f"{names[0]} stored {stored} and {names[1]} {wanted}: the labels are turned to the image's grid")
+    if tuple(np.shape(labels)) == tuple(image_shape) and not np.allclose(labels_affine, image_affine, atol=1e-3):
+        notes.append(
+            f"warning: {names[0]} and {names[1]} have different affines (voxel-to-world grids): the labels are "
+            "taken voxel by voxel, as if they lay on the image's grid"
+        )
+    return labels, notes

@@ -100,23 +100,17 @@ class FinetuneWidget(Container):
         self._cancel = PushButton(text="Cancel training", enabled=False)
         self._progress = ProgressBar(label="training", min=0, max=PROGRESS_STEPS, value=0)
         self._readout = Label(label="", value="")
-        super().__init__(
-            widgets=[
-                self._corrected,
-                self._start_from,
-                self._task,
-                self._class_names,
-                self._zero,
-                self._background,
-                self._region,
-                self._shapes,
-                self._minutes,
-                self._start,
-                self._cancel,
-                self._progress,
-                self._readout,
-            ]
-        )
+        controls = [self._corrected, self._start_from, self._task, self._class_names, self._zero, self._background]
+        controls += [
+            self._region,
+            self._shapes,
+            self._minutes,
+            self._start,
+            self._cancel,
+            self._progress,
+            self._readout,
+        ]
+        super().__init__(widgets=controls)
         wrap_text(self._readout, self._task)  # a long line would widen the dock and squeeze the canvas
         self.plot = TrainingPlot()
         self.native.layout().addWidget(self.plot)
@@ -231,6 +225,10 @@ class FinetuneWidget(Container):
         elif note := _new_model.channels_note(image, labels.shape):
             show_info(note + ".")
         stored, spacing = layer_orientation(image.metadata.get("nifti")), tuple(image.scale)
+        arrays, note = _new_model.labels_for_image(image, self._corrected.value, [labels, ignore, edited], data.shape)
+        if note:  # labels opened from another copy of the scan: put on its grid, or said to lie on another
+            (show_warning if "different affines" in note else show_info)(note)
+        labels, ignore, edited = arrays
         try:
             if self._start_from.value == NEW_MODEL:
                 names = [n.strip() for n in self._class_names.value.split(",") if n.strip()] or None

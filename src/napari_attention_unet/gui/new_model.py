@@ -16,7 +16,13 @@ from datetime import datetime
 import numpy as np
 
 from napari_attention_unet.core.images import ImageShapeError
-from napari_attention_unet.core.orientation import reorient, reorient_spacing, valid_orientation
+from napari_attention_unet.core.orientation import (
+    axcodes,
+    labels_on_image_grid,
+    reorient,
+    reorient_spacing,
+    valid_orientation,
+)
 from napari_attention_unet.core.train import StepReport, Trainer, TrainResult
 from napari_attention_unet.core.train.plan import TrainingPlan, infer_dims, plan_training
 from napari_attention_unet.core.train.start import infer_task
@@ -31,7 +37,15 @@ from napari_attention_unet.gui.session import Session
 from napari_attention_unet.models import registry as _registry
 from napari_attention_unet.models.versions import inherited_info, save_version
 
-__all__ = ["channels_note", "describe_labels", "final_scores", "save_new_model", "time_point_shown", "train_new_model"]
+__all__ = [
+    "channels_note",
+    "describe_labels",
+    "final_scores",
+    "labels_for_image",
+    "save_new_model",
+    "time_point_shown",
+    "train_new_model",
+]
 
 #: Labels larger than this are looked at through a strided subsample before the click.
 PREVIEW_PIXELS = 4_000_000
@@ -196,6 +210,24 @@ def plan_notes(session: Session) -> str:
     notes = [re.sub(r"\s*\([^()]*--[^()]*\)", "", note) for note in plan.notes if "(inferred" not in note]
     notes = [note for note in notes if "--" not in note]
     return " Note: " + "; ".join(notes) + "." if notes else ""
+
+
+def labels_for_image(image, labels_layer, arrays: Sequence, shape) -> tuple[list, str]:
+    """Labels opened from a scan file of their own (their layer's ``metadata["nifti"]``), with their masks
+    (``arrays``: labels, then masks or None), put on the grid of the image opened from another
+    (:func:`~napari_attention_unet.core.orientation.labels_on_image_grid`), and what was done: napari shows
+    each layer as stored, so labels saved from a RAS copy lie mirrored over a LAS scan."""
+    source = getattr(labels_layer, "metadata", {}).get("nifti") or {}
+    target = getattr(image, "metadata", {}).get("nifti") or {}
+    if "affine" not in source or "affine" not in target:
+        return list(arrays), ""
+    names = (f"'{labels_layer.name}'", f"'{image.name}'")
+    labels, notes = labels_on_image_grid(arrays[0], source["affine"], target["affine"], shape, names)
+    rest = list(arrays[1:])
+    if labels is not arrays[0]:  # turned: the masks painted with them too
+        turn = (axcodes(source["affine"]), axcodes(target["affine"]))
+        rest = [None if a is None else np.ascontiguousarray(reorient(a, *turn)) for a in rest]
+    return [labels, *rest], " ".join(note[0].upper() + note[1:] for note in notes) + ("." if notes else "")
 
 
 def in_model_orientation(session: Session, stored: str | None, arrays: Sequence, spacing: Sequence[float]):
