@@ -136,10 +136,17 @@ def test_cli_records_the_training_orientation_and_turns_volumes_stored_otherwise
     for codes in ("RAS", "LAS"):
         pairs += ["--image", write(tmp_path / f"{codes}.nii.gz", zyx, codes)]
         pairs += ["--labels", write(tmp_path / f"{codes}_seg.nii.gz", classes, codes)]
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "tiff_vol.tif", zyx)
+    tifffile.imwrite(tmp_path / "tiff_seg.tif", classes)
+    tiff = ["--image", str(tmp_path / "tiff_vol.tif"), "--labels", str(tmp_path / "tiff_seg.tif")]
     tiny = ["--base-width", "4", "--depth", "3", "--steps", "2", "--device", "cpu"]
     out = str(tmp_path / "mr")
-    assert main(["train", *pairs, "--out", out, "--task", "semantic", "--dims", "3", *tiny]) == 0
-    assert "LAS.nii.gz is stored LAS, the first volume RAS: it is turned to RAS" in capsys.readouterr().err
+    assert main(["train", *pairs, *tiff, "--out", out, "--task", "semantic", "--dims", "3", *tiny]) == 0
+    said = capsys.readouterr().err
+    assert "LAS.nii.gz is stored LAS, the first volume RAS: it is turned to RAS" in said
+    assert "tiff_vol.tif state(s) no orientation (not NIfTI): taken as stored, as if RAS" in said
     assert read_metadata(tmp_path / "mr.safetensors")[1]["orientation"] == "RAS"
 
     stored = write(tmp_path / "new_PSR.nii.gz", zyx, "PSR")
@@ -152,6 +159,11 @@ def test_cli_records_the_training_orientation_and_turns_volumes_stored_otherwise
     turned, plain = read(tmp_path / "pred" / "new_PSR_labels.nii.gz"), read(tmp_path / "pred" / "new_labels.nii.gz")
     assert turned.shape == read(stored).shape != plain.shape  # on the stored grid
     np.testing.assert_array_equal(reorient(turned, "PSR", "RAS"), plain)
+    tifffile.imwrite(tmp_path / "vol.tif", zyx)  # a TIFF volume: nothing says how it lies
+    assert main(["predict", str(tmp_path / "vol.tif"), "--model", out, "--out", str(tmp_path / "pred")]) == 0
+    assert "vol.tif states no orientation (it is not NIfTI): it is predicted as stored, as if it were RAS" in (
+        capsys.readouterr().err
+    )
     gates = nib.load(str(tmp_path / "pred" / "new_PSR_attention.nii.gz"))
     assert gates.shape[:3] == nib.load(stored).shape  # (x, y, z, gate) on the stored grid
 
@@ -211,6 +223,12 @@ def test_the_dock_predicts_a_scan_stored_otherwise_as_the_model_was_trained(qtbo
     gate = viewer.layers["scan attention gate1"].data
     np.testing.assert_allclose(gate, reorient(expected.gate_maps["gate1"], "RAS", "LAS"), atol=1e-5)
     assert "stored LAS and the model was trained on RAS scans: it was turned to RAS" in widget._status.value
+    widget._image.value = viewer.add_image(ras, name="plain", scale=(2.0, 1.0, 1.0))  # not from a NIfTI file
+    widget.predict()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=60_000)
+    assert "states no orientation (it was not opened from a NIfTI file): it was predicted as stored" in (
+        widget._status.value
+    )
 
     masks = [np.ones(layer.data.shape, bool), None]
     arrays, spacing, note = in_model_orientation(widget._session, "LAS", [layer.data, *masks], (2.0, 1.0, 1.0))
@@ -264,3 +282,24 @@ def test_the_dock_puts_labels_from_another_copy_of_the_scan_on_its_grid(make_nap
     assert note == "'scan_seg' stored RAS and 'scan' LAS: the labels are turned to the image's grid."
     drawn = viewer.add_labels(np.zeros(image.data.shape, np.uint8))  # napari's new labels: no file, as drawn
     assert labels_for_image(image, drawn, [drawn.data], image.data.shape) == ([drawn.data], "")
+
+
+def test_the_dock_says_when_a_2d_models_scan_is_not_turned():
+    from types import SimpleNamespace
+
+    from napari_attention_unet.gui.block_prediction import layer_settings
+
+    las = np.diag([-1.0, 1.0, 1.0, 1.0])
+    placement = SimpleNamespace(
+        scale=(1.0, 1.0, 1.0), shape=(4, 5, 6), nifti={"affine": las.tolist(), "shape": [6, 5, 4]}
+    )
+    session2d = SimpleNamespace(model_info={"orientation": "RAS"}, spatial_dims=2)
+    settings, note = layer_settings(placement, (4, 5, 6), False, session2d)
+    assert "orientation" not in settings
+    assert "stored LAS and this 2D model was trained on RAS scans: it was predicted as stored, plane by plane" in note
+    session3d = SimpleNamespace(model_info={"orientation": "RAS"}, spatial_dims=3)
+    assert layer_settings(placement, (4, 5, 6), False, session3d)[0]["orientation"] == ("LAS", "RAS")
+    assert layer_settings(placement, (4, 5, 6), False, SimpleNamespace(model_info={}, spatial_dims=3)) == (
+        {"spacing": (1.0, 1.0, 1.0)},
+        "",
+    )

@@ -42,7 +42,7 @@ def _trained_spacing(args: argparse.Namespace, model, meta: dict) -> tuple[float
     return spacing
 
 
-def _orientation(paths, meta: dict) -> str | None:
+def _orientation(paths, meta: dict, dims: int = 3) -> str | None:
     """The orientation the model was trained on (its info's, e.g. ``RAS``), saying on stderr which NIfTI
     volumes are stored otherwise: they are turned to it for the model, their outputs written on their own grid."""
     from napari_attention_unet.core.orientation import valid_orientation
@@ -52,6 +52,12 @@ def _orientation(paths, meta: dict) -> str | None:
     if not valid_orientation(trained):
         return None
     for path in paths:
+        if not is_nifti_path(path) and dims == 3:  # a TIFF volume: no orientation to go by
+            tqdm.write(
+                f"{path.name} states no orientation (it is not NIfTI): it is predicted as stored, as if it were "
+                f"{trained} like the model's training volumes",
+                file=sys.stderr,
+            )
         stored = header_orientation(path) if is_nifti_path(path) else None
         if stored is not None and stored != trained:
             tqdm.write(
@@ -152,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                     inference_model=net,
                     time_point=args.time_point,
                     default_spacing=trained,
-                    orientation=_orientation([path], meta),
+                    orientation=_orientation([path], meta, model.config.spatial_dims),
                 )
             result = drive(steps, path.name, leave=leave)
             if getattr(result, "nan_values", 0):
@@ -239,7 +245,7 @@ def _run_on_dask(args: argparse.Namespace) -> int:
                     options,
                     time_point=args.time_point,
                     default_spacing=trained,
-                    orientation=_orientation(files, meta),
+                    orientation=_orientation(files, meta, model.config.spatial_dims),
                 )
                 failures += sum(not r.ok for r in results)
             for path in large:

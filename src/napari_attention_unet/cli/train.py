@@ -62,7 +62,7 @@ def _load_pairs(args: argparse.Namespace) -> tuple[list[tuple], str | None]:
     from napari_attention_unet.large_data.files import declared_axes, declared_voxel_size
     from napari_attention_unet.large_data.nifti import spacing_conflict
 
-    pairs, orientation = [], None
+    pairs, orientation, unoriented = [], None, []
     for image_path, labels_path in zip(args.image, args.labels):
         image, volume = _read(image_path, args.time_point)
         labels, labels_volume = _read(labels_path, args.time_point, series=False)
@@ -76,6 +76,13 @@ def _load_pairs(args: argparse.Namespace) -> tuple[list[tuple], str | None]:
         stored = volume.orientation if volume is not None and image.ndim == 3 and not axes else None
         pairs.append(_turned(pair, stored, orientation, Path(image_path).name))
         orientation = orientation or stored
+        unoriented += [Path(image_path).name] if volume is None and np.ndim(labels) == 3 else []
+    if orientation and unoriented:  # TIFF volumes among NIfTI scans: nothing says how they lie
+        print(
+            f"{', '.join(unoriented)} state(s) no orientation (not NIfTI): taken as stored, as if {orientation} like "
+            "the NIfTI volumes",
+            file=sys.stderr,
+        )
     return pairs, orientation
 
 

@@ -212,10 +212,22 @@ def layer_settings(placement, shape, rgb: bool, session: Session) -> tuple[dict,
     spacing, note = predict_spacing(placement.scale, info.get("spacing"), session.spatial_dims)
     settings: dict = {"spacing": spacing}
     stored, trained = _layers.layer_orientation(placement.nifti), info.get("orientation")
-    if session.spatial_dims == 3 and stored is not None and valid_orientation(trained) and stored != trained:
+    if not valid_orientation(trained) or stored == trained or len(placement.shape) < 3:
+        pass
+    elif session.spatial_dims == 3 and stored is not None:
         settings["orientation"] = (stored, trained)
         note += (
             f" The scan is stored {stored} and the model was trained on {trained} scans: it was turned to {trained} "
             "for the model, and the results put back on its grid."
+        )
+    elif session.spatial_dims == 3:
+        note += (
+            f" The layer states no orientation (it was not opened from a NIfTI file): it was predicted as stored, "
+            f"as if it were {trained} like the model's training scans."
+        )
+    elif stored is not None:  # a 2D model gets one plane at a time here: the scan is not turned
+        note += (
+            f" The scan is stored {stored} and this 2D model was trained on {trained} scans: it was predicted as "
+            f"stored, plane by plane; `attention-unet predict` turns it to {trained} first."
         )
     return settings, note + axes_note(shape, session.spatial_dims, rgb)
