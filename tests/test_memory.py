@@ -63,7 +63,7 @@ def test_the_command_line_and_the_dock_say_why(monkeypatch, tmp_path, model_home
     monkeypatch.setattr(memory, "available_memory", lambda: 10**6)
     model = str(tmp_path / "m3d.safetensors")
     assert main(["predict", str(tmp_path / "vol.tif"), "--model", model, "--out", str(tmp_path / "out")]) == 1
-    assert "skipping" in (err := capsys.readouterr().err) and "needs about" in err and "crop it" in err
+    assert "skipping" in (err := capsys.readouterr().err) and "needs about" in err and "close other programs" in err
     assert not (tmp_path / "out" / "vol_labels.tif").exists()
     try:
         check_volume_fits(10**11, (512, 2048, 2048), available=20 * 10**9)
@@ -90,3 +90,18 @@ def test_the_dock_refuses_a_lazy_volume_before_loading_it(monkeypatch):
     assert not computed  # nothing loaded
     monkeypatch.undo()
     assert run_to_end(session.predict(volume)).labels.shape == (8, 32, 32) and computed
+
+
+def test_when_the_network_alone_does_not_fit_no_crop_is_suggested():
+    with pytest.raises(NotEnoughMemoryError) as caught:
+        check_volume_fits(300 * 10**6, (64, 64, 64), available=200 * 10**6, fixed=226 * 10**6)
+    assert "the network alone needs about 226 MB on one tile: close other programs" in str(caught.value)
+    assert "crop" not in str(caught.value)
+
+
+def test_a_scan_turned_for_the_model_is_refused_in_its_own_axis_order(monkeypatch):
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(spatial_dims=3, in_channels=1, base_width=2, depth=3)).eval()
+    monkeypatch.setattr(memory, "available_memory", lambda: 10**6)
+    with pytest.raises(NotEnoughMemoryError, match="this 8x16x32 volume"):  # PSR stored: turned, it is 32x8x16
+        run_to_end(predict(model, np.zeros((8, 16, 32), np.float32), orientation=("PSR", "RAS"), device="cpu"))

@@ -64,19 +64,31 @@ def volume_prediction_bytes(
     return int(grid * per_grid + voxels * per_voxel + activations)
 
 
-def check_volume_fits(needed: int, spatial_shape: Sequence[int], available: int | None = None) -> None:
+def check_volume_fits(
+    needed: int, spatial_shape: Sequence[int], available: int | None = None, *, fixed: int = 0
+) -> None:
     """Raise :class:`NotEnoughMemoryError` when ``needed`` bytes are more than :data:`SHARE` of the memory
-    available (``available``, else :func:`available_memory`; no check when it cannot be told)."""
+    available (``available``, else :func:`available_memory`; no check when it cannot be told). ``fixed``: the
+    part of ``needed`` that a smaller region would need too (the network's activations on one tile)."""
     available = available_memory() if available is None else available
     if available is None or needed <= SHARE * available:
         return
-    scale = (SHARE * available / needed) ** (1 / len(spatial_shape))
-    fits = "x".join(str(max(1, int(n * scale))) for n in spatial_shape)
     shape = "x".join(str(int(n)) for n in spatial_shape)
-    raise NotEnoughMemoryError(
+    start = (
         f"predicting this {shape} volume whole with a 3D model needs about {_gb(needed)} of memory at its "
-        f"peak, and {_gb(available)} is available: crop it to a region of about {fits} "
-        "voxels (or several), close other programs, or predict it on a machine with more memory"
+        f"peak, and {_gb(available)} is available"
+    )
+    room = SHARE * available - fixed
+    if room <= 0:
+        raise NotEnoughMemoryError(
+            f"{start}; the network alone needs about {_gb(fixed)} on one tile: close other programs, or predict "
+            "on a machine with more memory"
+        )
+    scale = (room / max(needed - fixed, 1)) ** (1 / len(spatial_shape))
+    fits = "x".join(str(max(1, int(n * scale))) for n in spatial_shape)
+    raise NotEnoughMemoryError(
+        f"{start}: crop it to a region of about {fits} voxels (or several), close other programs, or predict it "
+        "on a machine with more memory"
     )
 
 

@@ -300,17 +300,12 @@ def check_volume_memory(config: ModelConfig, shape: tuple[int, ...], options: Pr
     zoom = grid_zoom(options.spacing, 3, config.voxel_size)
     grid_shape = tuple(shape) if zoom is None else isotropic_shape(tuple(shape), zoom)
     gates = len(config.gate_names if options.gates is None else options.gates)
+    sizes = {"channels": config.in_channels, "classes": config.out_channels, "gates": gates}
+    sizes |= {"base_width": config.base_width, "tile": options.tile_size or 96}
     needed = volume_prediction_bytes(
-        shape,
-        grid_shape,
-        channels=config.in_channels,
-        classes=config.out_channels,
-        gates=gates,
-        base_width=config.base_width,
-        tile=options.tile_size or 96,
-        instances=config.task != "semantic" and options.instances,
+        shape, grid_shape, instances=config.task != "semantic" and options.instances, **sizes
     )
-    check_volume_fits(needed, shape)
+    check_volume_fits(needed, shape, fixed=volume_prediction_bytes((0, 0, 0), (0, 0, 0), **sizes))
 
 
 def _turned(model, image, options: PredictOptions, device, inference_model) -> Generator[Progress, None, Prediction]:
@@ -322,6 +317,8 @@ def _turned(model, image, options: PredictOptions, device, inference_model) -> G
     options = replace(options, orientation=None)
     if source == target or spatial_axes != "ZYX":  # a 2D image has no orientation to turn
         return (yield from predict(model, image, options, device=device, inference_model=inference_model))
+    if model.config.spatial_dims == 3:  # said in the volume's own axis order, before it is turned
+        check_volume_memory(model.config, channels_first.shape[1:], options)
     turned = replace(options, axes="CZYX", spacing=reorient_spacing(options.spacing, source, target))
     result = yield from predict(
         model, reorient(channels_first, source, target), turned, device=device, inference_model=inference_model
