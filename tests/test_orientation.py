@@ -156,6 +156,7 @@ def test_cli_records_the_training_orientation_and_turns_volumes_stored_otherwise
     said = capsys.readouterr().err
     assert "new_PSR.nii.gz is stored PSR, the model was trained on RAS volumes: it is turned to RAS" in said
     assert "new.nii.gz is stored" not in said
+    assert "no --spacing" not in said  # each NIfTI file has its own voxel size: no note on the training one
     turned, plain = read(tmp_path / "pred" / "new_PSR_labels.nii.gz"), read(tmp_path / "pred" / "new_labels.nii.gz")
     assert turned.shape == read(stored).shape != plain.shape  # on the stored grid
     np.testing.assert_array_equal(reorient(turned, "PSR", "RAS"), plain)

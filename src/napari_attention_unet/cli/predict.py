@@ -34,6 +34,10 @@ def _trained_spacing(args: argparse.Namespace, model, meta: dict) -> tuple[float
     if args.spacing is not None or model.config.spatial_dims != 3 or not spacing or len(spacing) != 3:
         return None
     spacing = tuple(float(s) for s in spacing)
+    from napari_attention_unet.large_data.nifti import is_nifti_path
+
+    if all(is_nifti_path(path) for path in args.images):  # each has its header's voxel size: nothing to say
+        return spacing
     print(
         f"no --spacing: volumes without a voxel size are taken at the model's training spacing "
         f"{','.join(f'{v:g}' for v in spacing)} (NIfTI headers and ImageJ or OME-TIFF voxel sizes are used)",
