@@ -11,6 +11,7 @@ is refused before any of that is allocated, with the size that would. No torch.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 from napari_attention_unet.core.images import ImageShapeError
@@ -27,7 +28,8 @@ class NotEnoughMemoryError(ImageShapeError, MemoryError):
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation now (Linux ``MemAvailable``, else psutil's), or None."""
+    """Bytes of memory available to a new allocation now: Linux's ``MemAvailable``; elsewhere the free
+    physical pages where the system says (``sysconf``), else None (no check)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -36,10 +38,9 @@ def available_memory() -> int | None:
     except OSError:
         pass
     try:
-        import psutil
-    except ImportError:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name (macOS)
         return None
-    return int(psutil.virtual_memory().available)
 
 
 def volume_prediction_bytes(
