@@ -157,6 +157,28 @@ def test_cli_records_the_training_orientation_and_turns_volumes_stored_otherwise
     assert "new_PSR.nii.gz is stored PSR, the model was trained on RAS volumes: it is turned to RAS" in said
     assert "new.nii.gz is stored" not in said
     assert "no --spacing" not in said  # each NIfTI file has its own voxel size: no note on the training one
+    series = nib.load(stored)
+    series = nib.Nifti1Image(np.stack([np.asarray(series.dataobj)] * 2, axis=-1), series.affine)
+    nib.save(series, str(tmp_path / "series_PSR.nii.gz"))
+    assert main(["predict", str(tmp_path / "series_PSR.nii.gz"), "--model", out, "--out", str(tmp_path / "s")]) == 1
+    said = capsys.readouterr().err
+    assert "time series of 2 volumes" in said and "is stored PSR" not in said  # the error alone
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "series_PSR.nii.gz"),
+                "--model",
+                out,
+                "--out",
+                str(tmp_path / "s"),
+                "--time-point",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert "series_PSR.nii.gz is stored PSR" in capsys.readouterr().err
     turned, plain = read(tmp_path / "pred" / "new_PSR_labels.nii.gz"), read(tmp_path / "pred" / "new_labels.nii.gz")
     assert turned.shape == read(stored).shape != plain.shape  # on the stored grid
     np.testing.assert_array_equal(reorient(turned, "PSR", "RAS"), plain)

@@ -46,7 +46,7 @@ def _trained_spacing(args: argparse.Namespace, model, meta: dict) -> tuple[float
     return spacing
 
 
-def _orientation(paths, meta: dict, dims: int = 3) -> str | None:
+def _orientation(paths, meta: dict, dims: int = 3, time_point: int | None = None) -> str | None:
     """The orientation the model was trained on (its info's, e.g. ``RAS``), saying on stderr which NIfTI
     volumes are stored otherwise: they are turned to it for the model, their outputs written on their own grid."""
     from napari_attention_unet.core.orientation import valid_orientation
@@ -62,7 +62,7 @@ def _orientation(paths, meta: dict, dims: int = 3) -> str | None:
                 f"{trained} like the model's training volumes",
                 file=sys.stderr,
             )
-        stored = header_orientation(path) if is_nifti_path(path) else None
+        stored = header_orientation(path, time_point) if is_nifti_path(path) else None
         if stored is not None and stored != trained:
             tqdm.write(
                 f"{path.name} is stored {stored}, the model was trained on {trained} volumes: it is turned to "
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                     inference_model=net,
                     time_point=args.time_point,
                     default_spacing=trained,
-                    orientation=_orientation([path], meta, model.config.spatial_dims),
+                    orientation=_orientation([path], meta, model.config.spatial_dims, args.time_point),
                 )
             result = drive(steps, path.name, leave=leave)
             if getattr(result, "nan_values", 0):
@@ -249,7 +249,7 @@ def _run_on_dask(args: argparse.Namespace) -> int:
                     options,
                     time_point=args.time_point,
                     default_spacing=trained,
-                    orientation=_orientation(files, meta, model.config.spatial_dims),
+                    orientation=_orientation(files, meta, model.config.spatial_dims, args.time_point),
                 )
                 failures += sum(not r.ok for r in results)
             for path in large:

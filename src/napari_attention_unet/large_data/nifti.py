@@ -206,11 +206,13 @@ def header_spacing(path: str | Path) -> tuple[float, ...] | None:
         return None
 
 
-def header_orientation(path: str | Path) -> str | None:
+def header_orientation(path: str | Path, time_point: int | None = None) -> str | None:
     """The orientation of a NIfTI volume (``"RAS"``...) from its header, without reading its voxels (None for a
-    2D file, or one that cannot be read)."""
+    2D file, a time series without ``time_point`` (reading it says what to do), or one that cannot be read)."""
     try:
         image = _nibabel().load(str(path))
+        if len(image.shape) > 3 and image.shape[3] > 1 and time_point is None:
+            return None
         return axcodes(image.affine) if len([n for n in image.shape if n > 1]) >= 3 else None
     except Exception:  # noqa: BLE001 - the real read reports the problem
         return None
