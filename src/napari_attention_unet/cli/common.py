@@ -90,3 +90,39 @@ def drive_training(trainer) -> None:
     except KeyboardInterrupt:
         steps.close()
         print("interrupted: keeping the best model so far", file=sys.stderr)
+
+
+def labels_to_image_grid(labels, labels_volume, volume, labels_path, image_path):
+    """NIfTI labels turned onto their NIfTI image's grid when stored in another orientation, and said; a
+    warning when the grids still differ (the shape check says the rest). Other files: as they are."""
+    import numpy as np
+
+    from napari_attention_unet.core import orientation
+
+    if volume is None or labels_volume is None:
+        return labels
+    names = (str(labels_path), str(image_path))
+    labels, notes = orientation.labels_on_image_grid(
+        labels, labels_volume.affine, volume.affine, np.shape(volume.data), names
+    )
+    for note in notes:
+        print(note, file=sys.stderr)
+    return labels
+
+
+def turned_pair(pair: tuple, stored: str | None, orientation: str | None, name: str, whose: str = "the first volume"):
+    """A NIfTI volume and its labels, ``(image, labels, axes[, spacing])``, stored ``stored`` (``LAS``...) turned
+    to ``orientation`` and said: the first volume's, which the model is trained on and which predict turns new
+    volumes to (or, fine-tuning, the model's). A 2D label map (one plane for a 2D model) is left as it is."""
+    import numpy as np
+
+    from napari_attention_unet.core.orientation import reorient_spacing, reorient_volumes
+
+    if stored is None or orientation is None or stored == orientation:
+        return pair
+    image, labels, axes, *spacing = pair
+    print(f"{name} is stored {stored}, {whose} {orientation}: it is turned to {orientation}", file=sys.stderr)
+    [image] = reorient_volumes([image], stored, orientation)
+    if np.ndim(labels) == 3:
+        [labels] = reorient_volumes([labels], stored, orientation)
+    return (image, labels, axes, *(reorient_spacing(s, stored, orientation) for s in spacing))

@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_attention_unet.cli.common import drive_training, fail, model_target, use_it
+from napari_attention_unet.cli.common import (
+    drive_training,
+    fail,
+    labels_to_image_grid,
+    model_target,
+    turned_pair,
+    use_it,
+)
 
 __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_attention_unet.cli.train import _on_image_grid
     from napari_attention_unet.core.device import describe_device, pick_device
     from napari_attention_unet.core.images import ImageShapeError
     from napari_attention_unet.core.train import TrainConfig, Trainer
@@ -33,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         reads = [read_time_point(i, args.time_point) for i in args.image]  # (pixels, NIfTI volume or None)
         axes = [args.axes or declared_axes(i, args.time_point) for i in args.image]  # a hyperstack's channels
         labels = [  # one label map serves every time point; on the image's grid (NIfTI stored otherwise: turned)
-            _on_image_grid(*read_time_point(lbl, args.time_point, series=False), volume, lbl, img)
+            labels_to_image_grid(*read_time_point(lbl, args.time_point, series=False), volume, lbl, img)
             for lbl, (_, volume), img in zip(args.labels, reads, args.image)
         ]
         pairs = [  # (image, labels, axes, a NIfTI volume's voxel size for a 3D model, or None)
@@ -82,14 +88,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _in_model_orientation(pairs: list, volumes: list, meta: dict, paths: list) -> list:
     """NIfTI volumes stored otherwise than the model's training volumes (its info's ``orientation``) turned to it."""
-    from napari_attention_unet.cli.train import _turned
     from napari_attention_unet.core.orientation import valid_orientation
 
     trained = meta.get("orientation")
     if not valid_orientation(trained):
         return pairs
     return [
-        _turned(
+        turned_pair(
             pair,
             volume.orientation if volume is not None and pair[2] is None else None,
             trained,

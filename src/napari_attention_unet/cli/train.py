@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_attention_unet.cli.common import drive_training, fail, model_target, use_it
+from napari_attention_unet.cli.common import (
+    drive_training,
+    fail,
+    labels_to_image_grid,
+    model_target,
+    turned_pair,
+    use_it,
+)
 
 __all__ = ["run"]
 
@@ -58,7 +65,7 @@ def _spacing_note(plan, given) -> str:
 
 def _load_pairs(args: argparse.Namespace) -> tuple[list[tuple], str | None]:
     """Every (image, labels, axes, spacing) as read (one time point of a series with --time-point), NIfTI
-    volumes turned to the orientation of the first (:func:`_turned`), and that orientation (None without)."""
+    volumes turned to the orientation of the first (:func:`.common.turned_pair`), and that orientation (or None)."""
     from napari_attention_unet.large_data.files import declared_axes, declared_voxel_size
     from napari_attention_unet.large_data.nifti import spacing_conflict
 
@@ -66,7 +73,7 @@ def _load_pairs(args: argparse.Namespace) -> tuple[list[tuple], str | None]:
     for image_path, labels_path in zip(args.image, args.labels):
         image, volume = _read(image_path, args.time_point)
         labels, labels_volume = _read(labels_path, args.time_point, series=False)
-        labels = _on_image_grid(labels, labels_volume, volume, labels_path, image_path)
+        labels = labels_to_image_grid(labels, labels_volume, volume, labels_path, image_path)
         spacing = None if volume is None or volume.spacing is None else tuple(volume.spacing)
         if (conflict := spacing_conflict(Path(image_path).name, args.spacing, spacing)) is not None:
             print(conflict, file=sys.stderr)
@@ -74,7 +81,7 @@ def _load_pairs(args: argparse.Namespace) -> tuple[list[tuple], str | None]:
         spacing = spacing or (None if volume is not None else declared_voxel_size(image_path))  # ImageJ/OME-TIFF
         pair = (image, labels, axes, args.spacing or spacing)
         stored = volume.orientation if volume is not None and image.ndim == 3 and not axes else None
-        pairs.append(_turned(pair, stored, orientation, Path(image_path).name))
+        pairs.append(turned_pair(pair, stored, orientation, Path(image_path).name))
         orientation = orientation or stored
         unoriented += [Path(image_path).name] if volume is None and np.ndim(labels) == 3 else []
     if orientation and unoriented:  # TIFF volumes among NIfTI scans: nothing says how they lie
@@ -84,37 +91,6 @@ def _load_pairs(args: argparse.Namespace) -> tuple[list[tuple], str | None]:
             file=sys.stderr,
         )
     return pairs, orientation
-
-
-def _on_image_grid(labels, labels_volume, volume, labels_path, image_path):
-    """NIfTI labels turned onto their NIfTI image's grid when stored in another orientation, and said; a
-    warning when the grids still differ (the shape check says the rest)."""
-    from napari_attention_unet.core.orientation import labels_on_image_grid
-
-    if volume is None or labels_volume is None:
-        return labels
-    names = (str(labels_path), str(image_path))
-    labels, notes = labels_on_image_grid(labels, labels_volume.affine, volume.affine, np.shape(volume.data), names)
-    for note in notes:
-        print(note, file=sys.stderr)
-    return labels
-
-
-def _turned(pair: tuple, stored: str | None, orientation: str | None, name: str, whose: str = "the first volume"):
-    """A NIfTI volume and its labels stored ``stored`` (``LAS``...) turned to ``orientation``: the first volume's,
-    which the model is trained on and which predict turns new volumes to (or, fine-tuning, the model's)."""
-    from napari_attention_unet.core.orientation import reorient, reorient_spacing
-
-    if stored is None or orientation is None or stored == orientation:
-        return pair
-    image, labels, axes, *spacing = pair  # (image, labels, axes[, spacing])
-    print(f"{name} is stored {stored}, {whose} {orientation}: it is turned to {orientation}", file=sys.stderr)
-    return (
-        np.ascontiguousarray(reorient(image, stored, orientation)),
-        np.ascontiguousarray(reorient(labels, stored, orientation)) if np.ndim(labels) == 3 else labels,
-        axes,
-        *(reorient_spacing(s, stored, orientation) for s in spacing),
-    )
 
 
 def _start(args: argparse.Namespace, dims: int):

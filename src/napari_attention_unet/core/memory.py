@@ -16,7 +16,13 @@ from collections.abc import Sequence
 
 from napari_attention_unet.core.images import ImageShapeError
 
-__all__ = ["NotEnoughMemoryError", "available_memory", "check_volume_fits", "volume_prediction_bytes"]
+__all__ = [
+    "NotEnoughMemoryError",
+    "available_memory",
+    "check_volume_fits",
+    "tile_activation_bytes",
+    "volume_prediction_bytes",
+]
 
 #: Refuse when the estimate is more than this share of the memory available now.
 SHARE = 0.8
@@ -43,6 +49,11 @@ def available_memory() -> int | None:
         return None
 
 
+def tile_activation_bytes(base_width: int, tile: int = 96) -> int:
+    """The network's activations on one 3D tile: what a region of any size needs besides its own voxels."""
+    return 4 * tile**3 * base_width * 4
+
+
 def volume_prediction_bytes(
     spatial_shape: Sequence[int],
     grid_shape: Sequence[int],
@@ -61,8 +72,7 @@ def volume_prediction_bytes(
     voxels, grid = math.prod(spatial_shape), math.prod(grid_shape)
     per_grid = 4 * (channels + classes + gates + 4) + (24 if instances else 0)
     per_voxel = 4 * (channels + classes + gates + 1)
-    activations = 4 * tile**3 * base_width * 4
-    return int(grid * per_grid + voxels * per_voxel + activations)
+    return int(grid * per_grid + voxels * per_voxel + tile_activation_bytes(base_width, tile))
 
 
 def check_volume_fits(

@@ -19,7 +19,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["axcodes", "labels_on_image_grid", "reorient", "reorient_affine", "reorient_spacing", "valid_orientation"]
+__all__ = [
+    "axcodes",
+    "labels_on_image_grid",
+    "reorient",
+    "reorient_affine",
+    "reorient_spacing",
+    "reorient_volumes",
+    "valid_orientation",
+]
 
 #: Each world direction and its opposite; the first of each pair is the positive world axis (RAS+).
 _AXES = ("RL", "AP", "SI")
@@ -80,6 +88,12 @@ def reorient(array: np.ndarray, source: str, target: str) -> np.ndarray:
     return np.flip(turned, flip_axes) if flip_axes else turned
 
 
+def reorient_volumes(arrays: Sequence[np.ndarray | None], source: str, target: str) -> list[np.ndarray | None]:
+    """Several volumes of one scan (image, labels, masks) turned alike by :func:`reorient`, as contiguous
+    arrays (to train on); None stays None."""
+    return [None if a is None else np.ascontiguousarray(reorient(np.asarray(a), source, target)) for a in arrays]
+
+
 def reorient_spacing(spacing: Sequence[float] | None, source: str, target: str) -> tuple[float, ...] | None:
     """A voxel size ``(z, y, x)`` of orientation ``source`` in the axis order of orientation ``target``."""
     if spacing is None or source == target:
@@ -114,7 +128,7 @@ def labels_on_image_grid(
     stored, wanted = axcodes(labels_affine), axcodes(image_affine)
     if np.ndim(labels) == 3 and stored and wanted and stored != wanted:
         labels_affine = reorient_affine(labels_affine, np.shape(labels), stored, wanted)
-        labels = np.ascontiguousarray(reorient(np.asarray(labels), stored, wanted))
+        [labels] = reorient_volumes([labels], stored, wanted)
         notes.append(f"{names[0]} stored {stored} and {names[1]} {wanted}: the labels are turned to the image's grid")
     if tuple(np.shape(labels)) == tuple(image_shape) and not np.allclose(labels_affine, image_affine, atol=1e-3):
         notes.append(

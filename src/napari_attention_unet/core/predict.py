@@ -28,7 +28,7 @@ from napari_attention_unet.core.images import (
     to_channel_first,
 )
 from napari_attention_unet.core.instances import probabilities_to_instances
-from napari_attention_unet.core.memory import check_volume_fits, volume_prediction_bytes
+from napari_attention_unet.core.memory import check_volume_fits, tile_activation_bytes, volume_prediction_bytes
 from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 from napari_attention_unet.core.orientation import reorient, reorient_spacing
 from napari_attention_unet.core.progress import Progress, run_to_end
@@ -305,7 +305,7 @@ def check_volume_memory(config: ModelConfig, shape: tuple[int, ...], options: Pr
     needed = volume_prediction_bytes(
         shape, grid_shape, instances=config.task != "semantic" and options.instances, **sizes
     )
-    check_volume_fits(needed, shape, fixed=volume_prediction_bytes((0, 0, 0), (0, 0, 0), **sizes))
+    check_volume_fits(needed, shape, fixed=tile_activation_bytes(config.base_width, sizes["tile"]))
 
 
 def _turned(model, image, options: PredictOptions, device, inference_model) -> Generator[Progress, None, Prediction]:

@@ -19,8 +19,8 @@ from napari_attention_unet.core.images import ImageShapeError
 from napari_attention_unet.core.orientation import (
     axcodes,
     labels_on_image_grid,
-    reorient,
     reorient_spacing,
+    reorient_volumes,
     valid_orientation,
 )
 from napari_attention_unet.core.train import StepReport, Trainer, TrainResult
@@ -225,8 +225,7 @@ def labels_for_image(image, labels_layer, arrays: Sequence, shape) -> tuple[list
     labels, notes = labels_on_image_grid(arrays[0], source["affine"], target["affine"], shape, names)
     rest = list(arrays[1:])
     if labels is not arrays[0]:  # turned: the masks painted with them too
-        turn = (axcodes(source["affine"]), axcodes(target["affine"]))
-        rest = [None if a is None else np.ascontiguousarray(reorient(a, *turn)) for a in rest]
+        rest = reorient_volumes(rest, axcodes(source["affine"]), axcodes(target["affine"]))
     return [labels, *rest], " ".join(note[0].upper() + note[1:] for note in notes) + ("." if notes else "")
 
 
@@ -238,16 +237,9 @@ def in_model_orientation(session: Session, stored: str | None, arrays: Sequence,
         return arrays, spacing, ""
     if any(a is not None and np.ndim(a) != 3 for a in arrays):
         return arrays, spacing, ""
-
-    def turn(array):
-        return None if array is None else np.ascontiguousarray(reorient(array, stored, trained))
-
     spacing = reorient_spacing(tuple(spacing)[-3:], stored, trained)
-    return (
-        [turn(a) for a in arrays],
-        spacing,
-        f"The scan is stored {stored}: turned to {trained}, as the model was trained.",
-    )
+    note = f"The scan is stored {stored}: turned to {trained}, as the model was trained."
+    return reorient_volumes(arrays, stored, trained), spacing, note
 
 
 def save_new_model(result: TrainResult, plan: TrainingPlan, image_name: str) -> tuple[object, str]:
