@@ -358,3 +358,24 @@ def test_a_folder_given_as_an_image_is_said_to_be_a_folder(tmp_path, model_file,
     (tmp_path / "images").mkdir()
     done = run_cli("predict", tmp_path / "images", "--out", tmp_path / "o", "--model", model_file)
     assert done.returncode == 1 and "is a folder: give the image files in it" in done.stderr
+
+
+def test_only_the_program_itself_changes_how_freed_memory_is_reused(monkeypatch, home):
+    """`attention-unet` keeps freed arrays' memory for reuse (fewer page faults); a caller of
+    ``main([...])`` in its own process (a test, a notebook) keeps its allocator as it was."""
+    import napari_attention_unet.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "reuse_freed_memory", lambda: calls.append("set") or True)
+    monkeypatch.setattr(sys, "argv", ["attention-unet", "models"])
+    assert cli.main() == 0 and calls == ["set"]
+    assert cli.main(["models"]) == 0 and calls == ["set"]
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or __import__("platform").libc_ver()[0] != "glibc",
+    reason="the settings are glibc's (mallopt); other C libraries keep their own",
+)
+def test_glibc_takes_the_memory_settings():
+    code = "from napari_attention_unet.cli.common import reuse_freed_memory as r; raise SystemExit(0 if r() else 1)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0  # its own process
