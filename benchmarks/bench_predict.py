@@ -16,7 +16,8 @@ probabilities written), plain and CPU-tuned, in turns, after one warm-up turn.
 Each measurement is warmed up once, then the median of ``--repeats`` runs is shown.
 The ratio is our throughput over MONAI's (above 1 = we are faster). A second MONAI row is
 what a MONAI user who tunes for the CPU would run: channels-last, 512 px windows with overlap
-0.125, and bf16 autocast where the CPU runs bf16 natively (as our ``precision="auto"``).
+0.125, and bf16 autocast where the CPU runs bf16 natively (as our ``precision="auto"``). On CUDA, and
+on CPUs with native bf16, a second section runs ours in bf16 (on the CPU against plain MONAI in fp32).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ place) and NuInsSeg human-spleen H&E nuclei (ids > 0; train on 3 tiles, score on
     python benchmarks/bench_tasks.py [--part 3d|2d] [--minutes 8] [--n-train 20] [--threads 2] [--seed 0]
         [--only both|ours|monai] [--precision fp32|bf16|auto] [--monai-channels-last] [--monai-bf16] [--inner]
         [--patch ZxYxX]
-        [--batch N] [--last]
+        [--batch N] [--width W] [--last]
         [--slices K --zero-is background|slices] [--mark-background none|ends|all] [--steps N] [--monai-steps N]
 
 ``--steps N`` / ``--monai-steps N`` train ours / MONAI for N steps instead of ``--minutes`` (untimed,
@@ -102,12 +102,12 @@ def class_dice(predicted: np.ndarray, truth: np.ndarray) -> list[float]:
     return out
 
 
-def train_ours(train, minutes: float, seed: int, marks=None, **settings) -> tuple[torch.nn.Module, dict]:
+def train_ours(train, minutes: float, seed: int, marks=None, width=None, **settings) -> tuple[torch.nn.Module, dict]:
     """``settings``: TrainConfig fields that replace the defaults (e.g. ``patch_size``, ``batch_size``);
     ``marks``: per training volume, slices marked as background (``--mark-background``)."""
     torch.manual_seed(seed)
     classes = task_classes("semantic", 2, CLASSES)
-    model = new_model("semantic", classes, 3, 1, "scratch")
+    model = new_model("semantic", classes, 3, 1, "scratch", base_width=width)
     shapes = [image.shape for _, image, _ in train]
     config = default_train_config(
         "semantic", 3, shapes, from_scratch=True, minutes=minutes, depth=model.config.depth, seed=seed, **settings
@@ -293,6 +293,7 @@ def main() -> None:
     )
     parser.add_argument("--patch", type=_patch, default=None, metavar="ZxYxX", help="our 3D patch (default: fitted)")
     parser.add_argument("--batch", type=int, default=None, help="our batch size (default 4)")
+    parser.add_argument("--width", type=int, default=None, help="our network's base width (default: SCRATCH[3])")
     parser.add_argument("--patience", type=int, default=None, help="ours: evaluations without a better state")
     parser.add_argument(
         "--class-fraction", type=float, default=None, help="ours: share of patches centred on a class (TrainConfig)"
@@ -346,7 +347,7 @@ def main() -> None:
         settings["precision"] = args.precision
         if args.steps:  # step-matched: the same run on any machine, however loaded
             settings.update(max_steps=args.steps, time_budget=None)
-        model, info = train_ours(train, args.minutes, args.seed, marks, **settings)
+        model, info = train_ours(train, args.minutes, args.seed, marks, args.width, **settings)
         rows.append(("ours (attention-unet train)", info, score_ours(model, test)))
         if args.last:
             last = {**info, "note": info["note"].split(", best")[0] + ", the last state"}

@@ -21,8 +21,8 @@ def reuse_freed_memory() -> bool:
     that size is new memory, paid for again in page faults (kernel time). A prediction makes many
     such arrays (tiles, stitching, the instance step, the outputs): on a 2048² image,
     ``attention-unet predict`` spent 1.0-1.7 s of kernel time, 0.5 s with blocks up to 32 MB kept on
-    the heap and the heap never trimmed, 3.4-4.8 s -> 3.3 s in all (benchmarks/README.md, "Whole
-    processes"). The peak memory stays the same (the largest arrays are mapped and unmapped as before).
+    the heap and the heap never trimmed, 3.4-4.8 s -> 3.3 s in all (benchmarks/README.md, "Freed memory kept for
+    reuse"). The peak memory stays the same (the largest arrays are mapped and unmapped as before).
     Only for a process that runs one command and ends: the napari process keeps glibc's defaults.
     Returns whether glibc took both settings (False on other C libraries and systems).
     """
