@@ -79,9 +79,10 @@ def use_it(out: str) -> str:
 
 
 def bar_settings() -> dict:
-    """tqdm's settings: on stderr, redrawn at most every 10 s when it is no terminal (a log file, a pipe),
-    where each redraw is kept (257 of them for one image of 257 tiles)."""
-    return {"file": sys.stderr, **({} if sys.stderr.isatty() else {"mininterval": 10.0})}
+    """tqdm's settings: on stderr; when it is no terminal (a log file, a pipe), where each redraw is kept
+    (257 of them for one image of 257 tiles), drawn first after 10 s and then at most every 10 s, so a
+    short run leaves no bar in the log (it left an empty ``0tile [00:00, ?tile/s]`` drawn at the start)."""
+    return {"file": sys.stderr, **({} if sys.stderr.isatty() else {"mininterval": 10.0, "delay": 10.0})}
 
 
 def drive(generator: Generator[object, None, T], desc: str, *, leave: bool = True, unit: str = "tile") -> T:
