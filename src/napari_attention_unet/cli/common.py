@@ -79,23 +79,31 @@ def use_it(out: str) -> str:
 
 
 def bar_settings() -> dict:
-    """tqdm's settings: on stderr; when it is no terminal (a log file, a pipe), where each redraw is kept
-    (257 of them for one image of 257 tiles), drawn first after 10 s and then at most every 10 s, so a
-    short run leaves no bar in the log (it left an empty ``0tile [00:00, ?tile/s]`` drawn at the start)."""
-    return {"file": sys.stderr, **({} if sys.stderr.isatty() else {"mininterval": 10.0, "delay": 10.0})}
+    """tqdm's settings: on stderr, redrawn at most every 10 s when it is no terminal (a log file, a pipe),
+    where each redraw is kept (257 of them for one image of 257 tiles)."""
+    return {"file": sys.stderr, **({} if sys.stderr.isatty() else {"mininterval": 10.0})}
 
 
 def drive(generator: Generator[object, None, T], desc: str, *, leave: bool = True, unit: str = "tile") -> T:
-    """Run a progress generator to its end under a tqdm bar on stderr; returns its result."""
-    with tqdm(desc=desc, unit=unit, leave=leave, **bar_settings()) as bar:
+    """Run a progress generator to its end under a tqdm bar on stderr; returns its result.
+
+    The bar starts at the first report, with its total: made before, it drew an empty
+    ``0tile [00:00, ?tile/s]`` that stays in a log."""
+    bar = None
+    try:
         while True:
             try:
                 progress = next(generator)
             except StopIteration as stop:
                 return stop.value
+            if bar is None:
+                bar = tqdm(desc=desc, unit=unit, leave=leave, total=progress.total, **bar_settings())
             bar.total = progress.total
             bar.set_postfix_str(progress.stage, refresh=False)
             bar.update(progress.done - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def drive_training(trainer) -> None:
