@@ -94,6 +94,10 @@ def test_predict_anisotropic_volume_with_a_3d_model(tmp_path, home):
     yxz = ["predict", str(tmp_path / "yxz.tif"), "--model", str(model_path), "--device", "cpu", "--axes", "YXZ"]
     assert main([*yxz, "--out", str(out), "--spacing", "3,1,1"]) == 0
     np.testing.assert_array_equal(tifffile.imread(out / "yxz_labels.tif"), np.moveaxis(expected.labels, 0, -1))
+    with tifffile.TiffFile(out / "volume_labels.tif") as tif:  # ZYX: an ImageJ stack at the voxel size given
+        assert tif.is_imagej and tif.imagej_metadata["spacing"] == 3.0 and tif.series[0].axes == "ZYX"
+    with tifffile.TiffFile(out / "yxz_labels.tif") as tif:  # ImageJ has no Y, X, Z order: stated in tifffile's way
+        assert not tif.is_imagej and '"axes": "YXZ"' in (tif.pages[0].description or "")
     with tifffile.TiffFile(out / "yxz_attention.tif") as tif:
         assert tif.series[0].shape == (2, 64, 64, 4) and '"axes": "QYXZ"' in (tif.pages[0].description or "")
 
@@ -130,7 +134,13 @@ def test_a_tiff_volume_is_predicted_at_the_voxel_size_it_states(tmp_path, home):
         assert main([*args, "--out", str(tmp_path / "out")]) == 0
         maps = tifffile.imread(tmp_path / "out" / f"{name}_attention.tif")
         np.testing.assert_allclose(maps[0], expected.gate_maps["gate1"], atol=1e-5)
+        # the labels state the same voxel size, as Fiji writes it, so they lie on the image there too
+        assert declared_voxel_size(tmp_path / "out" / f"{name}_labels.tif") == (3.0, 0.5, 0.5)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "ome_labels.tif"), expected.labels)
     assert main([*args, "--out", str(tmp_path / "given"), "--spacing", "1,1,1"]) == 0
+    assert declared_voxel_size(tmp_path / "given" / "ome_labels.tif") == (1.0, 1.0, 1.0)
+    assert main(["predict", str(tmp_path / "plain.tif"), "--model", str(model_path), "--out", str(tmp_path / "p")]) == 0
+    assert declared_voxel_size(tmp_path / "p" / "plain_labels.tif") is None  # none stated, none claimed
     # train reads it too, and stores it with the model
     from napari_attention_unet.core.weights import read_metadata
 

@@ -188,11 +188,21 @@ def labels_dtype(max_label: int) -> type:
     return np.uint16 if max_label < 2**16 else np.uint32
 
 
-def write_labels(path: str | Path, labels: np.ndarray, axes: str | None = None) -> Path:
+def write_labels(
+    path: str | Path, labels: np.ndarray, axes: str | None = None, voxel_size: tuple[float, ...] | None = None
+) -> Path:
     """Integer labels as a TIFF; ``axes`` (e.g. ``ZYX``) stated in its metadata, as for the attention maps
-    (without, tifffile read a volume's labels back as ``QYX``)."""
+    (without, tifffile read a volume's labels back as ``QYX``). A ZYX volume with its ``voxel_size``
+    (z, y, x) is written as an ImageJ stack with that calibration (as Fiji writes one, and as
+    :func:`declared_voxel_size` reads it back), so the labels lie on the image in Fiji and in the
+    commands; ImageJ stacks hold up to 16 bits, so labels of more objects are written without it."""
     path = Path(path)
     labels = labels.astype(labels_dtype(int(labels.max(initial=0))), copy=False)
+    if axes == "ZYX" and voxel_size is not None and len(voxel_size) == 3 and labels.dtype.itemsize <= 2:
+        z, y, x = (float(v) for v in voxel_size)
+        calibration = {"imagej": True, "resolution": (1.0 / x, 1.0 / y), "metadata": {"axes": "ZYX", "spacing": z}}
+        tifffile.imwrite(path, labels, **TIFF_COMPRESSION, **calibration)
+        return path
     tifffile.imwrite(path, labels, **TIFF_COMPRESSION, **({"metadata": {"axes": axes}} if axes else {}))
     return path
 

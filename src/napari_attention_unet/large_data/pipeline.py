@@ -121,7 +121,8 @@ def predict_file_steps(
             options = PredictOptions.of(options, orientation=(volume.orientation, orientation))
     elif options.spacing is None and (stated := declared_voxel_size(image_path)) is not None:
         options = PredictOptions.of(options, spacing=stated)  # an ImageJ or OME-TIFF volume's own voxel size
-    elif options.spacing is None and default_spacing is not None:
+    stated_spacing = options.spacing  # the user's or the file's, not the model's assumption below
+    if volume is None and options.spacing is None and default_spacing is not None:
         options = PredictOptions.of(options, spacing=tuple(default_spacing))
     if volume is None and options.axes is None and (axes := declared_axes(image_path, time_point)):
         options = PredictOptions.of(options, axes=axes)  # a hyperstack's channels are channels, not planes
@@ -131,7 +132,7 @@ def predict_file_steps(
     if volume is None:  # on the image's grid: its spatial axes in the order the file has them (--axes YXZ)
         given = "".join(a for a in (options.axes or result.spatial_axes).upper() if a in "ZYX")
         order = [result.spatial_axes.index(a) for a in given]
-        write_labels(labels_path, np.transpose(result.labels, order), given)
+        write_labels(labels_path, np.transpose(result.labels, order), given, stated_spacing)  # calibrated if stated
         maps = {n: np.transpose(m, order) for n, m in result.gate_maps.items()}
         write_attention(attention_path, maps, given)
         return result
