@@ -73,3 +73,12 @@ def restore_checkpoint(
     }
     rng.bit_generator.state = state["rng"]
     return progress
+
+
+def weights_between(start: torch.nn.Module, end: torch.nn.Module, share: float) -> dict:
+    """The state ``share`` of the way from ``start``'s weights to ``end``'s (other tensors, e.g. counts: ``end``'s)."""
+    first = start.state_dict()
+    return {
+        k: torch.lerp(first[k].to(v.device, v.dtype), v, share) if v.is_floating_point() else v
+        for k, v in end.state_dict().items()
+    }

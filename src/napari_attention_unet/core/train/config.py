@@ -84,8 +84,17 @@ class TrainConfig:
     # cubic voxels (labels nearest) as core.predict does, so training and prediction agree. A
     # pair's own spacing (its fourth element) wins.
     spacing: tuple[float, ...] | None = None
+    # The share of its change in weights a run keeps: the model it gives is start + share x (trained -
+    # start). None: half when fine-tuning a 3D semantic model (not from_scratch), all otherwise (new models
+    # set 1). Fine-tuned on one corrected MR volume for a minute, such a model gained 0.06-0.11 Dice on that
+    # volume and lost 0.05-0.14 on others; halfway it gains 0.06-0.07 there and keeps the others within
+    # 0.02 (benchmarks/README.md, bench_finetune_3d.py). Batch norm is frozen while fine-tuning, so both
+    # ends share its statistics.
+    keep_share: float | None = None
 
     def __post_init__(self) -> None:
+        if self.keep_share is not None and not 0.0 < self.keep_share <= 1.0:
+            raise ValueError(f"keep_share is a share of the change in weights, in (0, 1], not {self.keep_share}")
         if self.max_steps is None and self.time_budget is None:
             raise ValueError("give max_steps or time_budget (or both), so that training ends")
         if self.zero_is not in ZERO_IS:
@@ -96,8 +105,13 @@ class TrainConfig:
     def for_model(self, config: ModelConfig) -> TrainConfig:
         """These settings for training a model of ``config``: one trained on strokes (``unlabelled_channel``)
         learns from painted pixels only, balanced by class, each time it trains; fine-tuned with 0 taken as a
-        class, the membrane class of an EM model fell from Dice 0.64 to 0.03 on its held-out strip."""
-        return replace(self, zero_is="unlabelled") if config.unlabelled_channel else self
+        class, the membrane class of an EM model fell from Dice 0.64 to 0.03 on its held-out strip. An
+        unset ``keep_share`` is settled for the model's kind."""
+        settings = replace(self, zero_is="unlabelled") if config.unlabelled_channel else self
+        if settings.keep_share is None:  # see keep_share: half for fine-tuning a 3D semantic model
+            fine_tuned_3d = config.spatial_dims == 3 and config.task == "semantic" and not self.from_scratch
+            settings = replace(settings, keep_share=0.5 if fine_tuned_3d else 1.0)
+        return settings
 
 
 @dataclass(frozen=True)

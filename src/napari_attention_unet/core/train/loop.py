@@ -24,7 +24,7 @@ import torch
 
 from napari_attention_unet.core.device import autocast_dtype, channels_last_format, pick_device
 from napari_attention_unet.core.model import AttentionUNet
-from napari_attention_unet.core.train.checkpoints import PROGRESS, make_checkpoint, restore_checkpoint
+from napari_attention_unet.core.train.checkpoints import PROGRESS, make_checkpoint, restore_checkpoint, weights_between
 from napari_attention_unet.core.train.config import (
     INSTANCE_CLASSES,
     StepReport,
@@ -318,6 +318,8 @@ class Trainer:
         model = copy.deepcopy(self.model).cpu()
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
+        if self.config.keep_share < 1.0:  # a fine-tune keeps part of its change (TrainConfig.keep_share)
+            model.load_state_dict(weights_between(self.original_model, model, self.config.keep_share))
         return model.eval()
 
     def result(self) -> TrainResult:
@@ -329,6 +331,8 @@ class Trainer:
             accepted, message = False, not_better_message(self.step, self.start_scores)
         else:
             accepted, message = self._sanity_check(trained)
+        if accepted and self.config.keep_share < 1.0:
+            message += f"; it keeps {self.config.keep_share:.0%} of the change in weights (holds up better elsewhere)"
         return TrainResult(
             model=trained if accepted else self.original_model,
             trained_model=trained,

@@ -228,6 +228,7 @@ def default_train_config(
         from_scratch=from_scratch,
         must_beat_start=False,
         keep_within=KEEP_WITHIN_SEMANTIC if task == "semantic" else 0.0,
+        keep_share=1.0,  # a new model: all of it (its start is random, or a head of zeros)
     )
     return TrainConfig(**{**base, **settings})
 
