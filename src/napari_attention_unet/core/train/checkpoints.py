@@ -75,10 +75,21 @@ def restore_checkpoint(
     return progress
 
 
-def weights_between(start: torch.nn.Module, end: torch.nn.Module, share: float) -> dict:
-    """The state ``share`` of the way from ``start``'s weights to ``end``'s (other tensors, e.g. counts: ``end``'s)."""
+def part_of_the_change(start: torch.nn.Module, end: torch.nn.Module, share: float) -> torch.nn.Module:
+    """``end`` with its weights ``share`` of the way from ``start``'s to its own (other tensors, e.g. counts:
+    ``end``'s); ``end`` as it is for a share of 1 (``TrainConfig.keep_share``)."""
+    if share >= 1.0:
+        return end
     first = start.state_dict()
-    return {
-        k: torch.lerp(first[k].to(v.device, v.dtype), v, share) if v.is_floating_point() else v
-        for k, v in end.state_dict().items()
-    }
+    end.load_state_dict(
+        {
+            k: torch.lerp(first[k].to(v.device, v.dtype), v, share) if v.is_floating_point() else v
+            for k, v in end.state_dict().items()
+        }
+    )
+    return end
+
+
+def share_note(share: float) -> str:
+    """What a result's message adds when the model keeps part of its change (empty when all of it)."""
+    return "" if share >= 1.0 else f"; it keeps {share:.0%} of the change in weights (holds up better elsewhere)"

@@ -24,7 +24,7 @@ import torch
 
 from napari_attention_unet.core.device import autocast_dtype, channels_last_format, pick_device
 from napari_attention_unet.core.model import AttentionUNet
-from napari_attention_unet.core.train.checkpoints import PROGRESS, make_checkpoint, restore_checkpoint, weights_between
+from napari_attention_unet.core.train import checkpoints
 from napari_attention_unet.core.train.config import (
     INSTANCE_CLASSES,
     StepReport,
@@ -314,13 +314,11 @@ class Trainer:
     # -- results ----------------------------------------------------------------------
 
     def best_model(self) -> AttentionUNet:
-        """A CPU copy of the best model so far (the current one if never evaluated), in eval mode."""
+        """A CPU copy of the best model so far (the current one if never evaluated; keep_share of its change)."""
         model = copy.deepcopy(self.model).cpu()
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
-        if self.config.keep_share < 1.0:  # a fine-tune keeps part of its change (TrainConfig.keep_share)
-            model.load_state_dict(weights_between(self.original_model, model, self.config.keep_share))
-        return model.eval()
+        return checkpoints.part_of_the_change(self.original_model, model, self.config.keep_share).eval()
 
     def result(self) -> TrainResult:
         """The run's outcome so far, with the sanity check; safe to call after cancelling."""
@@ -331,13 +329,11 @@ class Trainer:
             accepted, message = False, not_better_message(self.step, self.start_scores)
         else:
             accepted, message = self._sanity_check(trained)
-        if accepted and self.config.keep_share < 1.0:
-            message += f"; it keeps {self.config.keep_share:.0%} of the change in weights (holds up better elsewhere)"
         return TrainResult(
             model=trained if accepted else self.original_model,
             trained_model=trained,
             accepted=accepted,
-            message=message,
+            message=message + (checkpoints.share_note(self.config.keep_share) if accepted else ""),
             steps=self.step,
             # the step of ``trained_model``: the last one when no state was kept (nothing evaluated)
             best_step=self.best_step if self.best_state is not None or self.must_beat_start else self.step,
@@ -374,12 +370,13 @@ class Trainer:
 
     def checkpoint(self) -> dict:
         """Everything needed to resume: tensors, numbers and strings only (loads with weights_only=True)."""
-        progress = {name: getattr(self, name) for name in PROGRESS}
-        return make_checkpoint(self.model, self.optimizer, self.scaler, self.rng, progress)
+        progress = {name: getattr(self, name) for name in checkpoints.PROGRESS}
+        return checkpoints.make_checkpoint(self.model, self.optimizer, self.scaler, self.rng, progress)
 
     def load_checkpoint(self, state: dict) -> None:
         """Resume from a :meth:`checkpoint`: weights, optimiser, RNG, progress and best state so far."""
-        for name, value in restore_checkpoint(state, self.model, self.optimizer, self.scaler, self.rng).items():
+        restored = checkpoints.restore_checkpoint(state, self.model, self.optimizer, self.scaler, self.rng)
+        for name, value in restored.items():
             setattr(self, name, value)
 
 
