@@ -751,3 +751,13 @@ def test_new_models_and_other_kinds_keep_all_of_their_training():
     for share in (0, 1.5):
         with pytest.raises(ValueError, match="share of the change in weights"):
             TrainConfig(keep_share=share)
+
+
+def test_many_classes_are_summed_up_in_messages_not_listed_one_by_one():
+    from napari_attention_unet.core.train.config import class_scores, step_message
+
+    assert class_scores({"anterior": 0.861, "posterior": 0.828}) == "anterior 0.861, posterior 0.828"
+    many = {f"class {k}": 0.5 + k / 100 for k in range(1, 31)} | {"synapse": 0.12}
+    text = step_message(100, 0.5, 0.6, None, 0.6, None, many)  # 31 classes: the lowest five, then a count
+    assert "lowest: synapse 0.120, class 1 0.510, class 2 0.520" in text and "; 26 more classes" in text
+    assert "class 30" not in text and len(text) < 200

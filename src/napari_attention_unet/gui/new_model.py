@@ -24,6 +24,7 @@ from napari_attention_unet.core.orientation import (
     valid_orientation,
 )
 from napari_attention_unet.core.train import StepReport, Trainer, TrainResult
+from napari_attention_unet.core.train.config import class_scores
 from napari_attention_unet.core.train.plan import TrainingPlan, infer_dims, plan_training
 from napari_attention_unet.core.train.start import infer_task
 from napari_attention_unet.core.train.targets import (
@@ -294,7 +295,7 @@ def final_scores(result: TrainResult) -> str:
     mean = "mean Dice" if result.best_val_class_dice else "Dice"
     parts = [f"{mean} {result.best_val_dice:.2f}"]
     if result.best_val_class_dice and len(result.best_val_class_dice) > 1:
-        parts[0] += " (" + ", ".join(f"{k} {v:.2f}" for k, v in result.best_val_class_dice.items()) + ")"
+        parts[0] += f" ({class_scores(result.best_val_class_dice, digits=2)})"
     if result.best_val_ap is not None:
         parts.append(f"AP@0.5 {result.best_val_ap:.2f}")
     return f" Kept step {result.best_step}: " + ", ".join(parts) + " on the held-out part."

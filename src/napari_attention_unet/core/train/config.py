@@ -139,6 +139,21 @@ def counted(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
+#: Classes named one by one in a message; past this, the lowest scores are named and the rest counted.
+CLASSES_NAMED = 6
+
+
+def class_scores(class_dice: dict[str, float], digits: int = 3) -> str:
+    """ "anterior 0.861, posterior 0.828"; with more than :data:`CLASSES_NAMED` classes, the lowest of them
+    and how many more ("lowest: synapse 0.120, glia 0.300, ...; 24 more classes"), not a wall of numbers."""
+    items = list(class_dice.items())
+    if len(items) > CLASSES_NAMED:
+        items = sorted(items, key=lambda item: item[1])
+        shown = ", ".join(f"{name} {value:.{digits}f}" for name, value in items[: CLASSES_NAMED - 1])
+        return f"lowest: {shown}; {len(items) - CLASSES_NAMED + 1} more classes"
+    return ", ".join(f"{name} {value:.{digits}f}" for name, value in items)
+
+
 def step_message(
     step: int,
     loss: float,
@@ -153,8 +168,7 @@ def step_message(
     if val_ap is not None:
         message += f", validation AP@0.5 {val_ap:.3f} (kept {best_ap:.3f}), Dice {val_dice:.3f}"
     elif class_dice is not None:
-        per_class = ", ".join(f"{name} {value:.3f}" for name, value in class_dice.items())
-        message += f", validation mean class Dice {val_dice:.3f} (kept {best_dice:.3f}; {per_class})"
+        message += f", validation mean class Dice {val_dice:.3f} (kept {best_dice:.3f}; {class_scores(class_dice)})"
     elif val_dice is not None:
         message += f", validation Dice {val_dice:.3f} (kept {best_dice:.3f})"
     return message

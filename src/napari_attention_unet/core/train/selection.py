@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from napari_attention_unet.core.model import AttentionUNet
-from napari_attention_unet.core.train.config import INSTANCE_CLASSES, counted
+from napari_attention_unet.core.train.config import INSTANCE_CLASSES, class_scores, counted
 from napari_attention_unet.core.train.samples import TrainingSample
 
 
@@ -145,7 +145,7 @@ def semantic_verdict(scores: dict, *, step: int, stopped: str, best_step: int) -
             f"the trained model matches none of the labelled classes in the held-out region (mean class Dice "
             f"{scores['dice']:.3f}). Train longer, or label more."
         )
-    per_class = ", ".join(f"{name} {value:.3f}" for name, value in scores["class_dice"].items())
+    per_class = class_scores(scores["class_dice"])
     return True, (
         f"trained {counted(step, 'step', 'steps')} ({stopped}); kept the state of step {best_step}: "
         f"validation mean class Dice {scores['dice']:.3f}" + (f" ({per_class})" if per_class else "")
