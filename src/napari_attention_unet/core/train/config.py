@@ -144,8 +144,8 @@ CLASSES_NAMED = 6
 
 
 def class_scores(class_dice: dict[str, float], digits: int = 3) -> str:
-    """ "anterior 0.861, posterior 0.828"; with more than :data:`CLASSES_NAMED` classes, the lowest of them
-    and how many more ("lowest: synapse 0.120, glia 0.300, ...; 24 more classes"), not a wall of numbers."""
+    """Each class's score, as in "anterior 0.861, posterior 0.828"; with more than :data:`CLASSES_NAMED`
+    classes, the lowest and how many more ("lowest: synapse 0.120, glia 0.300, ...; 24 more classes")."""
     items = list(class_dice.items())
     if len(items) > CLASSES_NAMED:
         items = sorted(items, key=lambda item: item[1])
