@@ -34,6 +34,7 @@ from bench_tasks import HIPPOCAMPUS, class_dice, load_cases, train_ours  # noqa:
 
 from napari_attention_unet.core.predict import predict, run_to_end  # noqa: E402
 from napari_attention_unet.core.train import TrainConfig, Trainer  # noqa: E402
+from napari_attention_unet.core.train.checkpoints import part_of_the_change  # noqa: E402
 from napari_attention_unet.core.train.start import patch_as_predicted  # noqa: E402
 
 CHOOSE, REPORT = slice(30, 45), slice(45, 60)
@@ -49,15 +50,6 @@ def fine_tune(start: torch.nn.Module, image: np.ndarray, labels: np.ndarray, min
     run_to_end(trainer.run())
     result = trainer.result()
     return result.trained_model.cpu().eval(), result.accepted, result.message
-
-
-def between(start: torch.nn.Module, tuned: torch.nn.Module, share: float) -> torch.nn.Module:
-    """The weights ``share`` of the way from the start's to the fine-tuned ones (buffers: the fine-tuned)."""
-    mixed = copy.deepcopy(tuned)
-    first, last = start.state_dict(), tuned.state_dict()
-    state = {k: (1 - share) * first[k] + share * v if v.is_floating_point() else v for k, v in last.items()}
-    mixed.load_state_dict(state)
-    return mixed.eval()
 
 
 def mean_dice(model: torch.nn.Module, cases) -> float:
@@ -91,7 +83,7 @@ def main() -> None:
         tuned, accepted, message = fine_tune(start, image, labels, args.minutes, args.seed)
         verdict = "accepted" if accepted else "refused"
         for share in shares:
-            model = between(start, tuned, share)
+            model = part_of_the_change(start, copy.deepcopy(tuned), share).eval()  # what keep_share keeps
             row = [mean_dice(model, s) for s in ([(name, image, labels)], cases[CHOOSE], cases[REPORT])]
             print(f"| {name} | {verdict} | {share:g} | " + " | ".join(f"{v:.3f}" for v in row) + " |", flush=True)
         print(f"<!-- {name}: {message} -->")

@@ -198,12 +198,11 @@ def write_labels(
     commands; ImageJ stacks hold up to 16 bits, so labels of more objects are written without it."""
     path = Path(path)
     labels = labels.astype(labels_dtype(int(labels.max(initial=0))), copy=False)
+    stated = {"metadata": {"axes": axes}} if axes else {}
     if axes == "ZYX" and voxel_size is not None and len(voxel_size) == 3 and labels.dtype.itemsize <= 2:
         z, y, x = (float(v) for v in voxel_size)
-        calibration = {"imagej": True, "resolution": (1.0 / x, 1.0 / y), "metadata": {"axes": "ZYX", "spacing": z}}
-        tifffile.imwrite(path, labels, **TIFF_COMPRESSION, **calibration)
-        return path
-    tifffile.imwrite(path, labels, **TIFF_COMPRESSION, **({"metadata": {"axes": axes}} if axes else {}))
+        stated = {"imagej": True, "resolution": (1.0 / x, 1.0 / y), "metadata": {"axes": "ZYX", "spacing": z}}
+    tifffile.imwrite(path, labels, **TIFF_COMPRESSION, **stated)
     return path
 
 
