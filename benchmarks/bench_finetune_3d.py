@@ -44,12 +44,16 @@ def fine_tune(start: torch.nn.Module, image: np.ndarray, labels: np.ndarray, min
     """What ``attention-unet finetune`` does with one TIFF volume: (trained state, accepted, message)."""
     model = copy.deepcopy(start)
     patch = patch_as_predicted(model.config, [labels.shape], [None])
-    # keep_share=1: the whole fine-tuned state, which the shares below mix with the start ("finetune" keeps 0.5)
-    config = TrainConfig(max_steps=None, time_budget=60.0 * minutes, seed=seed, patch_size=patch, keep_share=1.0)
+    config = TrainConfig(max_steps=None, time_budget=60.0 * minutes, seed=seed, patch_size=patch)
     trainer = Trainer(model, [(image, labels, "ZYX", None)], config=config, device="cpu")
     run_to_end(trainer.run())
-    result = trainer.result()
-    return result.trained_model.cpu().eval(), result.accepted, result.message
+    result = trainer.result()  # judged as finetune judges it: the kept share of each state's change
+    # The whole state kept (the live one when none was), which the shares below mix with the start.
+    if trainer.best_state is not None:
+        model.load_state_dict(trainer.best_state)
+    else:
+        model.load_state_dict(trainer.model.state_dict())
+    return model.cpu().eval(), result.accepted, result.message
 
 
 def mean_dice(model: torch.nn.Module, cases) -> float:

@@ -308,7 +308,8 @@ def test_strokes_hold_out_a_strip_that_leaves_each_class_most_of_its_pixels():
 
 def test_dense_class_labels_hold_out_a_strip_where_the_classes_are():
     """A scan whose classes sit in its middle (background margins, as MR crops): the held-out strip
-    of dense semantic labels lies in the classes' columns and holds both, not the background margin."""
+    of dense semantic labels lies in the classes' columns and holds a fair share of each, not the background
+    margin nor a sliver of one class (whose Dice would be noise: MR hippocampi, bench_finetune_3d.py)."""
     from napari_attention_unet.core.train.samples import prepare_sample
 
     labels = np.zeros((12, 20, 40), np.uint8)
@@ -320,12 +321,19 @@ def test_dense_class_labels_hold_out_a_strip_where_the_classes_are():
     columns = np.flatnonzero(held.any(axis=(0, 1)))
     assert columns.min() >= 8 and columns.max() <= 25  # inside the classes' columns, not the margin
     assert {1, 2} <= set(np.unique(sample.val_target[held]).tolist())
+    for c in (1, 2):  # each class in proportion: the right-most strip holding both held 1 of class 1's 12 columns
+        share = (held & (labels == c)).sum() / (labels == c).sum()
+        assert 0.15 < share < 0.5, (c, share)
     assert (sample.target[held] == IGNORE).all()  # never trained on
     # a class found in one spot only is never held out whole: the model could not learn it
     rare = labels.copy()
     rare[5, 10, 30:32] = 3
     sample = prepare_sample(image, rare, axes="ZYX", in_channels=1, val_fraction=0.3, task="semantic")
     assert (sample.target == 3).any()
+    between = labels.copy()  # nor when every strip holding all classes would take it whole
+    between[5, 10, 20] = 3
+    sample = prepare_sample(image, between, axes="ZYX", in_channels=1, val_fraction=0.3, task="semantic")
+    assert (sample.target == 3).any() and (sample.val_target != IGNORE).any()
     # instance labels keep the right-hand strip of the image
     instances = prepare_sample(image, labels, axes="ZYX", in_channels=1, val_fraction=0.3)
     assert np.flatnonzero((instances.val_target != IGNORE).any(axis=(0, 1))).max() == 39

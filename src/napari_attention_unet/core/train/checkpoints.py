@@ -7,6 +7,8 @@ state kept so far (see :data:`PROGRESS`), and the model's configuration.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -88,6 +90,12 @@ def part_of_the_change(start: torch.nn.Module, end: torch.nn.Module, share: floa
         }
     )
     return end
+
+
+def kept_form(start: torch.nn.Module, model: torch.nn.Module, share: float) -> torch.nn.Module:
+    """``model`` as a run hands it back: itself for a share of 1, else a copy with ``share`` of its change
+    from ``start`` (:func:`part_of_the_change`), so that a state is judged in the form it would be kept."""
+    return model if share >= 1.0 else part_of_the_change(start, copy.deepcopy(model), share)
 
 
 def share_note(share: float) -> str:

@@ -33,7 +33,6 @@ def held_out_region(
     edited: np.ndarray | None,
     fraction: float,
     classes: np.ndarray | None = None,
-    balanced: bool = False,
 ) -> tuple[slice, ...] | None:
     """The held-out validation box: the right-most ``fraction`` of the columns of the
     bounding box of the labelled pixels, or of the painted ones when there are any and that strip
@@ -42,11 +41,10 @@ def held_out_region(
     Without an ignore mask or edits that is the right-hand strip of the whole image. When
     the user trains on part of an image (only what they painted, or inside a shape), or
     corrected one corner of it, the strip lies where their labels are, not in a part of
-    the image that holds no labels or only the model's own prediction. With ``classes``
-    (class values of dense labels), the strip is the right-most one among those holding the
-    most classes, so that it can score each of them, without taking any class whole. ``balanced``
-    (strokes: every painted pixel is precious) takes instead the strip holding each class's painted
-    pixels nearest in proportion (``fraction`` of each, as far as the strokes allow).
+    the image that holds no labels or only the model's own prediction. With ``classes`` (class
+    values of semantic labels, dense or strokes), the strip is the one holding each class's labelled
+    pixels nearest in proportion (``fraction`` of each, as far as the labels allow; see
+    :func:`_balanced_window`), so that it scores every class on more than a sliver of it.
     """
     region = labelled if edited is None or not edited.any() else edited
     if not region.any():
@@ -67,45 +65,31 @@ def held_out_region(
         )
     start = columns.stop - n_val
     if classes is not None:
-        window = _balanced_window if balanced else _richest_window
-        start = window(classes[tuple(box)], region[tuple(box)], n_val) + columns.start
+        start = _balanced_window(classes[tuple(box)], region[tuple(box)], n_val) + columns.start
     box[-1] = slice(start, start + n_val)
     return tuple(box)
-
-
-def _richest_window(classes: np.ndarray, region: np.ndarray, width: int) -> int:
-    """The right-most start of ``width`` columns (last axis) that hold the most class values above 0,
-    among the windows that leave every class some labelled columns to train on (a class found in
-    one spot only is not held out whole); the right-most window when every window would."""
-    columns = classes.shape[-1]
-    held = np.zeros(columns - width + 1, np.int64)
-    takes_all = np.zeros(columns - width + 1, bool)
-    others = tuple(range(classes.ndim - 1))
-    for value in np.unique(classes[region & (classes > 0)]):
-        present = np.concatenate([[0], np.cumsum(((classes == value) & region).any(axis=others))])
-        inside = present[width:] - present[:-width]
-        held += (inside > 0) & (inside < present[-1])
-        takes_all |= inside == present[-1]
-    if takes_all.all():
-        return columns - width
-    held[takes_all] = -1
-    return int(np.flatnonzero(held == held.max())[-1])
 
 
 def _balanced_window(classes: np.ndarray, region: np.ndarray, width: int) -> int:
     """The start of ``width`` columns (last axis) whose share of each class's pixels in ``region``
     is nearest the strip's share of the columns (the largest gap over the classes is the smallest),
-    among the windows holding every class (all windows when none does); the right-most of equals.
-    A long stroke of a rare class then mostly trains, and the strip still has each class to score."""
+    the right-most of equals, among the windows that hold every class and take none whole; failing
+    those, the windows that take no class whole (a class found in one spot only trains); failing
+    those, all. A long stroke of a rare class then mostly trains, and the strip still scores each class.
+    """
     columns = classes.shape[-1]
     worst = np.zeros(columns - width + 1)
     holds_all = np.ones(columns - width + 1, bool)
+    takes_one_whole = np.zeros(columns - width + 1, bool)
     others = tuple(range(classes.ndim - 1))
     for value in np.unique(classes[region]):
         present = np.concatenate([[0], np.cumsum(((classes == value) & region).sum(axis=others))])
         inside = present[width:] - present[:-width]
         worst = np.maximum(worst, np.abs(inside / present[-1] - width / columns))
         holds_all &= inside > 0
-    candidates = holds_all if holds_all.any() else np.ones_like(holds_all)
+        takes_one_whole |= inside == present[-1]
+    for candidates in (holds_all & ~takes_one_whole, ~takes_one_whole, np.ones_like(holds_all)):
+        if candidates.any():
+            break
     best = worst[candidates].min()
     return int(np.flatnonzero(candidates & (worst <= best + 1e-12))[-1])

@@ -269,7 +269,7 @@ class Trainer:
         return scores["dice"] >= self.top_dice - within
 
     def _evaluate_and_keep_best(self) -> dict:
-        scores = self.validation_scores()
+        scores = self.validation_scores(checkpoints.kept_form(self.original_model, self.model, self.config.keep_share))
         self.last_eval_step = self.step
         improved = self._beats_best(scores)
         if improved or self._near_top(scores):

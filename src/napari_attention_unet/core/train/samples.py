@@ -125,9 +125,11 @@ def prepare_sample(
         # scan is often background alone (MR hippocampi: class Dice 0.002 there while the model
         # reached 0.7 on other volumes), and a strip without the classes cannot choose a state.
         region, classes = region & (target > 0), target
-    strokes = task == "semantic" and zero_is == "unlabelled"  # a strip holding each class in proportion
-    classes = target if strokes else classes
-    box = held_out_region(region, edited_mask, val_fraction, classes, strokes) if val_fraction > 0 else None
+    if task == "semantic" and zero_is == "unlabelled":
+        classes = target  # strokes: the painted classes
+    # Semantic labels: a strip holding each class in proportion. The right-most strip holding every class
+    # held a sliver of one (under 5 % of its voxels in 56 of the 60 MR hippocampi), whose Dice is noise.
+    box = held_out_region(region, edited_mask, val_fraction, classes) if val_fraction > 0 else None
     if box is not None:
         val_target = np.full_like(target, IGNORE)
         val_target[box] = target[box]
