@@ -54,6 +54,11 @@ def test_a_nuclei_file_in_the_current_folder_does_not_stand_in_for_the_bundled_m
     for out in ("nuclei", "nuclei.safetensors"):  # the writers no longer make such a file
         assert main(["train", "--image", "img.tif", "--labels", "lbl.tif", "--out", out, "--steps", "1"]) == 2
         assert "'nuclei' is the bundled model's name: give the new model a name of its own" in capsys.readouterr().err
+    # nor in other letters: on macOS and Windows Nuclei.safetensors is nuclei.safetensors
+    assert main(["train", "--image", "img.tif", "--labels", "lbl.tif", "--out", "Nuclei", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "'Nuclei' is the bundled model's name (letter case aside)" in err and "--out my-nuclei" in err, err
+    assert not Path("Nuclei.safetensors").exists()
 
 
 def test_bundled_model_is_the_default_and_described_by_its_card(bundled):

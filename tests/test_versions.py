@@ -27,6 +27,10 @@ def test_versions_round_trip(tiny_model_path, tmp_path):
     assert saved.name not in [m.name for m in _registry.all_models()]
     with pytest.raises(FileExistsError):
         _versions.rename_version("my-nuclei", "tiny")
+    with pytest.raises(FileExistsError, match="'tiny' already exists"):  # one file on macOS and Windows
+        _versions.rename_version("my-nuclei", "Tiny")
+    assert _versions.rename_version("my-nuclei", "My-Nuclei").name == "My-Nuclei"  # its own name in other letters
+    _versions.rename_version("My-Nuclei", "my-nuclei")
 
     exported = _versions.export_version("my-nuclei", tmp_path / "out" / "shared")
     assert exported.name == "shared.safetensors" and exported.is_file()

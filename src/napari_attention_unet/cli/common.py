@@ -53,10 +53,14 @@ def model_target(out: str) -> tuple[Path, str]:
     from napari_attention_unet.models.registry import FOLDER_MODEL, SUFFIX, bundled_models, model_out_path
 
     bare = out.removesuffix(SUFFIX)
-    if bare in {m.name for m in bundled_models()} and "/" not in out and os.sep not in out:
-        # --model nuclei would then mean this file in this folder and the bundled model anywhere else
+    bundled = {m.name.casefold(): m.name for m in bundled_models()}
+    if bare.casefold() in bundled and "/" not in out and os.sep not in out:
+        # --model nuclei would then mean this file in this folder and the bundled model anywhere else; on a
+        # case-insensitive file system (macOS, Windows) Nuclei.safetensors is nuclei.safetensors too
+        name = bundled[bare.casefold()]
+        case = "" if bare == name else " (letter case aside)"
         raise ValueError(
-            f"'{bare}' is the bundled model's name: give the new model a name of its own (--out my-{bare})"
+            f"'{bare}' is the bundled model's name{case}: give the new model a name of its own (--out my-{name})"
         )
     path = model_out_path(out)
     return path, (path.parent.resolve().name if path.name == FOLDER_MODEL else path.stem) or "model"

@@ -110,8 +110,10 @@ def rename_version(name: str, new_name: str) -> ModelInfo:
     source = _existing(name)
     new_name = _registry.safe_model_name(new_name)
     target = _path(new_name)
-    if target.exists() or any(m.name == new_name for m in _registry.all_models()):
-        raise FileExistsError(f"a model named {new_name!r} already exists")
+    # letter case aside: two names that differ only in it are one file on macOS and Windows, and hard to tell apart
+    taken = [m.name for m in _registry.all_models() if m.name.casefold() == new_name.casefold() and m.name != name]
+    if taken or (target.exists() and new_name.casefold() != name.casefold()):
+        raise FileExistsError(f"a model named {(taken or [new_name])[0]!r} already exists")
     source.rename(target)
     return ModelInfo(new_name, target, False)
 
