@@ -729,6 +729,7 @@ def test_a_fine_tuned_3d_semantic_model_lies_halfway_between_its_start_and_the_t
     run_to_end(halfway.run())
     half = halfway.result()
     assert half.accepted and "keeps 50% of the change in weights" in half.message, half.message
+    assert f"starting model {half.start_scores['dice']:.3f})" in half.message  # the bar it cleared, said
     whole = copy.deepcopy(start)
     whole.load_state_dict(halfway.best_state)  # the whole trained state of the step kept
     first, last, kept = start.state_dict(), whole.state_dict(), half.trained_model.state_dict()

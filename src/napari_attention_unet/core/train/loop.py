@@ -354,17 +354,11 @@ class Trainer:
         trained = trained.to(self.device)
         scores = self.validation_scores(trained)
         trained.cpu()
+        run = {"step": self.step, "stopped": self.stopped, "best_step": self.best_step}
+        start = {"start_scores": self.start_scores, "judged": self.must_beat_start}
         if self.task == "semantic":
-            return semantic_verdict(scores, step=self.step, stopped=self.stopped, best_step=self.best_step)
-        best = {"best_step": self.best_step, "best_dice": self.best_dice, "best_ap": self.best_ap}
-        return sanity_verdict(
-            scores,
-            step=self.step,
-            stopped=self.stopped,
-            **best,
-            start_scores=self.start_scores,
-            judged=self.must_beat_start,
-        )
+            return semantic_verdict(scores, **run, **start)
+        return sanity_verdict(scores, **run, best_dice=self.best_dice, best_ap=self.best_ap, **start)
 
     # -- long runs --------------------------------------------------------------------
 

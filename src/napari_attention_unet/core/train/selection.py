@@ -130,11 +130,20 @@ def sanity_verdict(
     return True, message
 
 
-def semantic_verdict(scores: dict, *, step: int, stopped: str, best_step: int) -> tuple[bool, str]:
+def semantic_verdict(
+    scores: dict,
+    *,
+    step: int,
+    stopped: str,
+    best_step: int,
+    start_scores: dict | None = None,
+    judged: bool = True,
+) -> tuple[bool, str]:
     """``(accepted, message)`` for a trained semantic model from its validation ``scores``
     (:func:`~.validation.semantic_scores`): refused when it predicts one class everywhere in the
     held-out region though the labels there hold several, or matches none of the classes labelled there
-    (mean class Dice under :data:`NOTHING_MATCHED`), else accepted with its class Dice."""
+    (mean class Dice under :data:`NOTHING_MATCHED`), else accepted with its class Dice and, when the
+    starting model was scored (``start_scores``), its score beside them (``judged``: whether it was a bar)."""
     if scores["classes_predicted"] <= 1 < scores["classes_labelled"]:
         return False, (
             "the trained model predicts one class everywhere in the held-out region. "
@@ -145,8 +154,11 @@ def semantic_verdict(scores: dict, *, step: int, stopped: str, best_step: int) -
             f"the trained model matches none of the labelled classes in the held-out region (mean class Dice "
             f"{scores['dice']:.3f}). Train longer, or label more."
         )
-    per_class = class_scores(scores["class_dice"])
+    said = [class_scores(scores["class_dice"])]
+    if start_scores is not None:
+        said.append(f"starting model {start_scores['dice']:.3f}" + ("" if judged else NOT_A_BAR))
+    said = "; ".join(part for part in said if part)
     return True, (
         f"trained {counted(step, 'step', 'steps')} ({stopped}); kept the state of step {best_step}: "
-        f"validation mean class Dice {scores['dice']:.3f}" + (f" ({per_class})" if per_class else "")
+        f"validation mean class Dice {scores['dice']:.3f}" + (f" ({said})" if said else "")
     )
