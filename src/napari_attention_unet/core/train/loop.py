@@ -164,9 +164,11 @@ class Trainer:
                     self.scaler.scale(loss).backward()
                 # Clip after unscaling: one bad patch (e.g. a mislabelled blob) must not blow up the weights.
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                # Step the optimiser; the scaler skips steps whose float16 gradients overflowed.
-                self.scaler.step(self.optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                # Step the optimiser, unless its gradients are not numbers (the scaler skips float16 overflows itself):
+                # bf16 on a CPU gave such a step now and then (a tiny 3D net), and one step made every weight NaN.
+                if torch.isfinite(norm) or self.scaler.is_enabled():
+                    self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.step += 1
                 self.elapsed = time.perf_counter() - t0
