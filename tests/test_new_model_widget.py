@@ -46,6 +46,18 @@ def wait_idle(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: not widget.finetune.is_running and not widget.is_running, timeout=TIMEOUT_MS)
 
 
+def train_in_dock(qtbot, viewer, widget, name: str, image, labels, start_from: str, steps: int) -> None:
+    """Add ``image`` as layer ``name`` and its ``labels`` as ``name labels``, choose both in the dock, and train
+    (``start_from``: a new model or the current one) for ``steps``, to the end."""
+    viewer.add_image(image, name=name)
+    panel = widget.finetune
+    panel._corrected.value = viewer.add_labels(labels, name=f"{name} labels")
+    widget._image.value = viewer.layers[name]
+    panel._start_from.value = start_from
+    panel.start(steps=steps)
+    wait_idle(qtbot, widget)
+
+
 def discs_to_train_on(viewer, widget):
     """The discs image and its class labels in the viewer, chosen in the dock; returns the training panel."""
     image, labels = three_classes_2d()
@@ -157,13 +169,7 @@ def test_a_two_channel_layer_trains_and_predicts_as_channels(plugin_widget, qtbo
     viewer, widget = plugin_widget
     image, labels = three_classes_2d()
     two = np.stack([image, np.where(labels == 2, 150.0, 20.0).astype(np.float32)])  # class 2 shows in both
-    viewer.add_image(two, name="two")
-    panel = widget.finetune
-    panel._corrected.value = viewer.add_labels(labels, name="classes")
-    widget._image.value = viewer.layers["two"]
-    panel._start_from.value = _finetune_widget.NEW_MODEL
-    panel.start(steps=4)
-    wait_idle(qtbot, widget)
+    train_in_dock(qtbot, viewer, widget, "two", two, labels, _finetune_widget.NEW_MODEL, steps=4)
     assert not notes["error"], notes["error"]
     assert widget.session.model.config.in_channels == 2
     masks = viewer.layers["two masks"]
@@ -413,25 +419,14 @@ def test_fine_tuning_a_new_3d_semantic_model_in_the_dock_keeps_half_of_its_chang
 
     torch.manual_seed(0)  # the new model's random start: the same in every run
     viewer, widget = plugin_widget
-    volume, labels = two_blobs_3d()
-    viewer.add_image(volume, name="vol")
     panel = widget.finetune
-    panel._corrected.value = viewer.add_labels(labels, name="vol labels")
-    widget._image.value = viewer.layers["vol"]
-    panel._start_from.value = _finetune_widget.NEW_MODEL
-    panel.start(steps=3)
-    wait_idle(qtbot, widget)
+    train_in_dock(qtbot, viewer, widget, "vol", *two_blobs_3d(), _finetune_widget.NEW_MODEL, steps=3)
     start = {k: v.clone() for k, v in widget.session.model.state_dict().items()}
 
-    other, corrected = two_blobs_3d(z_radii=(6, 3))  # another volume, corrected by the user
-    viewer.add_image(other, name="next")
-    panel._corrected.value = viewer.add_labels(corrected, name="next labels")
-    widget._image.value = viewer.layers["next"]
-    panel._start_from.value = _finetune_widget.FINE_TUNE
-    # a tiny net 3 steps old seldom beats itself on the strip in 4 steps: the verdict has its own tests
+    # another volume, corrected by the user; a tiny net 3 steps old seldom beats itself on the strip in 4 steps
+    # (the verdict has its own tests)
     monkeypatch.setattr(Trainer, "_beats_best", lambda self, scores: True)
-    panel.start(steps=4)
-    wait_idle(qtbot, widget)
+    train_in_dock(qtbot, viewer, widget, "next", *two_blobs_3d(z_radii=(6, 3)), _finetune_widget.FINE_TUNE, steps=4)
 
     assert not notes["error"], notes["error"]
     assert "keeps 50% of the change in weights" in panel._readout.value, panel._readout.value
