@@ -49,10 +49,7 @@ def fine_tune(start: torch.nn.Module, image: np.ndarray, labels: np.ndarray, min
     run_to_end(trainer.run())
     result = trainer.result()  # judged as finetune judges it: the kept share of each state's change
     # The whole state kept (the live one when none was), which the shares below mix with the start.
-    if trainer.best_state is not None:
-        model.load_state_dict(trainer.best_state)
-    else:
-        model.load_state_dict(trainer.model.state_dict())
+    model.load_state_dict(trainer.best_state or trainer.model.state_dict())
     return model.cpu().eval(), result.accepted, result.message
 
 

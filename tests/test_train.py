@@ -71,13 +71,18 @@ def test_a_step_whose_gradients_are_not_numbers_is_skipped(tiny_model, pair):
     weights as they were, instead of making every one of them NaN, and training goes on."""
     trainer = Trainer(tiny_model, [pair], config=_config(max_steps=3, eval_every=100, precision="fp32"))
     weight = next(trainer.model.parameters())
-    seen, before = [], {}
+    seen, before, after = [], {}, {}
+
+    def weights() -> dict:
+        return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
 
     def poison(grad):  # the second step's gradient is not a number
         seen.append(trainer.step)
         if trainer.step == 1:
-            before.update({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+            before.update(weights())
             return grad * float("nan")
+        if trainer.step == 2:
+            after.update(weights())  # the weights the poisoned step left
         return grad
 
     weight.register_hook(poison)
@@ -85,6 +90,7 @@ def test_a_step_whose_gradients_are_not_numbers_is_skipped(tiny_model, pair):
     assert seen == [0, 1, 2] and len(reports) == 3 and trainer.stopped == "budget"
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
     assert all(np.isfinite(r.loss) for r in reports)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the poisoned step changed nothing
     assert not torch.equal(before[next(iter(before))], tiny_model.state_dict()[next(iter(before))])  # it trained
 
 

@@ -167,7 +167,7 @@ class Trainer:
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 # Step the optimiser, unless its gradients are not numbers (the scaler skips float16 overflows itself):
                 # bf16 on a CPU gave such a step now and then (a tiny 3D net), and one step made every weight NaN.
-                if torch.isfinite(norm) or self.scaler.is_enabled():
+                if self.scaler.is_enabled() or torch.isfinite(norm):
                     self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.step += 1
