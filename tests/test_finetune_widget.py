@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from napari_attention_unet.gui import finetune_widget as _finetune_widget
 from napari_attention_unet.gui import layers as _layers
@@ -64,9 +65,14 @@ def test_refused_finetune_keeps_the_model(qtbot, corrected, notes, monkeypatch):
     assert widget.finetune._start.enabled and not widget.finetune._cancel.enabled
 
 
-def test_finetune_saves_a_version_and_repredicts(qtbot, corrected, notes, accept_all):
+def test_finetune_saves_a_version_and_repredicts(qtbot, corrected, notes, accept_all, monkeypatch):
+    from napari_attention_unet.core.weights import load_model
+    from napari_attention_unet.models import registry
+
     viewer, widget, layer = corrected
     before = layer.data.copy()
+    opened = []  # the new version is in memory: reading it back on the main thread froze the viewer 90 ms
+    monkeypatch.setattr(registry, "open_model", lambda *a, **k: opened.append(a) or pytest.fail("read back"))
     widget.finetune.start(steps=5)
     assert widget.finetune.is_running and not widget.finetune._start.enabled
     wait_idle(qtbot, widget)
@@ -77,7 +83,11 @@ def test_finetune_saves_a_version_and_repredicts(qtbot, corrected, notes, accept
     versions = [m.name for m in _versions.list_versions() if m.name.startswith("tiny-ft-")]
     assert len(versions) == 1, notes["warning"]
     name = versions[0]
-    assert widget._model.value == name and widget.session.model_info.name == name
+    assert widget._model.value == name and widget.session.model_info.name == name and not opened
+    assert name in widget._model_info.value  # the dock describes the model now in use
+    saved, _ = load_model(widget.session.model_info.path)  # what is in use is what a restart would load
+    in_use = widget.session.model.state_dict()
+    assert all(torch.equal(in_use[k], v) for k, v in saved.state_dict().items())
     info = _versions.version_info(name)
     assert info["parent"] == "tiny" and info["steps"] == 5 and info["image"] == "nuclei"
     assert 1 <= info["kept_step"] <= 5  # the state kept, not only the steps trained

@@ -170,8 +170,10 @@ class AttentionUNetWidget(Container):
     def _on_new_model(self, info, use: bool = True) -> None:
         """A model was saved: list it; unless it is only listed (``use``), pick it and show what it predicts."""
         self._model.reset_choices()
-        if use:
-            self._model.value = info.name
+        if use:  # the session holds it already (set_model): reading it back from disk cost the viewer 90 ms
+            with self._model.changed.blocked():
+                self._model.value = info.name
+            self._show_model(info.name)
         if use and self._image.value is self._finetune.trained_on is not None and not self.is_running:
             self.predict()  # on the image trained on only (not another the picker fell back to)
 
@@ -215,6 +217,10 @@ class AttentionUNetWidget(Container):
         except Exception as exc:  # noqa: BLE001 - any failure becomes a notification; the widget stays usable
             show_error(explain_error(exc))
             return False
+        return self._show_model(name_or_path)
+
+    def _show_model(self, name_or_path: str) -> bool:
+        """Show the session's model (``name_or_path``) in the dock: what it is, and what it can output."""
         self._loaded = name_or_path
         self._model_info.value = self._session.describe_model()
         missing = self._session.bundled_model_missing()
@@ -279,18 +285,9 @@ class AttentionUNetWidget(Container):
 
     def _start_worker(self, func, *args, returned, message: str) -> None:
         """Run ``func(*args)`` (a generator of progress) in a napari worker, the dock showing it runs."""
-        self._worker = create_worker(
-            func,
-            *args,
-            _start_thread=False,
-            _connect={
-                "yielded": self._on_progress,
-                "returned": returned,
-                "errored": self._on_error,
-                "aborted": self._on_aborted,
-                "finished": self._on_finished,
-            },
-        )
+        connect = {"yielded": self._on_progress, "returned": returned, "errored": self._on_error}
+        connect.update(aborted=self._on_aborted, finished=self._on_finished)
+        self._worker = create_worker(func, *args, _start_thread=False, _connect=connect)
         self._set_running(True, message)
         self._worker.start()
 
