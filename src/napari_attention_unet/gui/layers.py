@@ -260,7 +260,9 @@ def _update(layer: napari.layers.Layer, result: ResultLayer, placement: Placemen
         layer.refresh()
     else:
         layer.data = result.data
-    layer.scale, layer.translate = placement.scale, placement.translate
+    for name in ("scale", "translate"):  # napari redraws the layer and re-measures the scene on every set
+        if not np.array_equal(getattr(layer, name), getattr(placement, name)):
+            setattr(layer, name, getattr(placement, name))
     # The layer now shows this run's result: say which model made it (and, on zarr, which store).
     layer.metadata[MARKER].pop("store", None)
     layer.metadata[MARKER].update(result.kwargs["metadata"][MARKER])
