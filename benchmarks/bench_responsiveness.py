@@ -105,10 +105,10 @@ def main() -> None:
             viewer.dims.set_point(0, args.planes // 2)
         runs.append(("again (layers updated)", click_and_measure(app, widget)))
     if args.finetune:
-        masks = next(layer for layer in viewer.layers if layer.name.endswith("masks"))
-        panel = widget.finetune
         from scipy import ndimage
 
+        masks = next(layer for layer in viewer.layers if layer.name.endswith("masks"))
+        panel = widget.finetune
         wider = ndimage.grey_dilation(np.asarray(masks.data), size=5)  # every object 2 px wider (ids kept)
         panel._corrected.value = viewer.add_labels(np.where(masks.data > 0, masks.data, wider), name="corrections")
         panel._minutes.value = max(args.finetune / 60, panel._minutes.min)

@@ -217,9 +217,10 @@ class AttentionUNetWidget(Container):
         except Exception as exc:  # noqa: BLE001 - any failure becomes a notification; the widget stays usable
             show_error(explain_error(exc))
             return False
-        return self._show_model(name_or_path)
+        self._show_model(name_or_path)
+        return True
 
-    def _show_model(self, name_or_path: str) -> bool:
+    def _show_model(self, name_or_path: str) -> None:
         """Show the session's model (``name_or_path``) in the dock: what it is, and what it can output."""
         self._loaded = name_or_path
         self._model_info.value = self._session.describe_model()
@@ -230,7 +231,6 @@ class AttentionUNetWidget(Container):
         self._current_slice.text = CURRENT_SLICE[config.spatial_dims]  # a 3D model takes whole volumes
         self._gates.reset_choices()
         self._gates.value = list(self._session.gate_names)
-        return True
 
     def _on_device_changed(self) -> None:
         try:
