@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -106,6 +107,29 @@ def test_predict_adds_masks_and_attention_layers(qtbot, with_nuclei, monkeypatch
     widget._image.value = gate
     widget.predict()
     assert "is a result of this plugin: choose an image to segment" in notes["error"][-1] and not widget.is_running
+
+
+def test_the_viewer_runs_its_timers_between_two_layer_adds(qtbot, with_nuclei, monkeypatch):
+    """One result layer per event-loop turn: timers (a draw, a tick) run between two adds, not after all of them."""
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = with_nuclei
+    ticks, seen = [0], []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(ticks.pop() + 1))
+    timer.start(10)
+    apply = _layers.apply_results
+
+    def slow_apply(*args):  # each add takes longer than the timer's period, as a large layer's does
+        seen.append(ticks[0])
+        time.sleep(0.02)
+        return apply(*args)
+
+    monkeypatch.setattr(_layers, "apply_results", slow_apply)
+    run_prediction(qtbot, widget)
+    timer.stop()
+    assert len(seen) == 3 and "nuclei attention gate2" in viewer.layers  # the masks and two maps (tiny model)
+    assert all(later > earlier for earlier, later in zip(seen, seen[1:]))
 
 
 def test_results_follow_scale_and_translate(qtbot, plugin_widget, nuclei_image):

@@ -30,6 +30,7 @@ from napari_attention_unet.core.predict import PredictOptions
 from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
 from napari_attention_unet.gui.block_prediction import BlockPrediction, done_message, layer_settings, outcome_message
+from napari_attention_unet.gui.collector import RunFreeze
 from napari_attention_unet.gui.finetune_widget import FinetuneWidget
 from napari_attention_unet.gui.scroll import in_scroll_area, wrap_text
 from napari_attention_unet.gui.session import (
@@ -65,6 +66,7 @@ class AttentionUNetWidget(Container):
         self._worker: GeneratorWorker | None = None
         self._blocks = BlockPrediction(viewer, self._session)  # large and lazy images
         self._to_add: list = []  # result layers still to put in the viewer, one per event-loop turn
+        self._freeze = RunFreeze()  # napari's full garbage collections stalled the viewer for 0.3-0.4 s
         #: Block edge (px) for large and lazy images; smaller blocks show the first results sooner.
         self.block_size = _lazy.LAZY_BLOCK_SIZE
         self._picked: str | None = None  # a model file picked below, listed with the models while in use
@@ -185,9 +187,14 @@ class AttentionUNetWidget(Container):
         self._on_model_changed()
 
     def _on_finetune_busy(self, running: bool) -> None:  # nor is the model trained on renamed or deleted meanwhile
+        self._lock(running)
+        self._versions.enabled = not running
+
+    def _lock(self, running: bool) -> None:
+        """While a run goes on: the controls that would change it off, old objects out of full collections."""
+        self._freeze.hold(running)
         for widget in (self._predict, self._image, self._model, self._refresh, self._model_file, self._device):
             widget.enabled = not running
-        self._versions.enabled = not running
 
     def _on_model_file(self) -> None:
         path = self._model_file.value
@@ -300,11 +307,7 @@ class AttentionUNetWidget(Container):
     def _predict_blocks(self, layer: Image, options: PredictOptions) -> None:
         """A large or lazy image: layers on empty zarr arrays now, filled block by block by the worker."""
         started = self._blocks.start(
-            layer,
-            options,
-            current_slice=self._current_slice.value,
-            block_size=self.block_size,
-            on_error=lambda exc: show_error(explain_error(exc)),
+            layer, options, current_slice=self._current_slice.value, block_size=self.block_size, on_error=self._on_error
         )
         if started is None:
             return
@@ -344,8 +347,9 @@ class AttentionUNetWidget(Container):
             show_info(note)
 
     def _on_returned(self, outcome, placement: _layers.Placement, note: str = "") -> None:
-        # napari takes 0.1-0.4 s to add one large layer: one layer per event-loop turn keeps the
-        # viewer answering between them instead of freezing for the sum.
+        # napari takes 0.1-0.4 s to add one large layer: one layer per event-loop turn keeps the viewer answering
+        # between them instead of freezing for the sum. (The turns are 1 ms timers: Qt 6 runs a 0 ms one as a posted
+        # event in the same turn, so two layers went in back to back before the viewer drew or answered.)
         result, self._to_add = outcome
         self._device_info.value = result.device
         done = done_message(result, placement) + note
@@ -361,7 +365,7 @@ class AttentionUNetWidget(Container):
             self._to_add, done = [], f"Not all result layers could be added: {exc}"
         if self._to_add:
             self._status.value = "Adding the result layers…"
-            QTimer.singleShot(0, lambda: self._add_next_layer(placement, done))
+            QTimer.singleShot(1, lambda: self._add_next_layer(placement, done))
             return
         _layers.select_masks(self._viewer.layers, placement)
         self._status.value = done
@@ -387,8 +391,7 @@ class AttentionUNetWidget(Container):
             self._set_running(False)
 
     def _set_running(self, running: bool, message: str | None = None) -> None:
-        for widget in (self._predict, self._image, self._model, self._refresh, self._model_file, self._device):
-            widget.enabled = not running
+        self._lock(running)
         self._cancel.enabled = running
         self._finetune.set_enabled(not running)
         if running:
