@@ -348,8 +348,8 @@ class AttentionUNetWidget(Container):
 
     def _on_returned(self, outcome, placement: _layers.Placement, note: str = "") -> None:
         # napari takes 0.1-0.4 s to add one large layer: one layer per event-loop turn keeps the viewer answering
-        # between them instead of freezing for the sum. (The turns are 1 ms timers: Qt 6 runs a 0 ms one as a posted
-        # event in the same turn, so two layers went in back to back before the viewer drew or answered.)
+        # between them instead of freezing for the sum. (1 ms timers: with 0 ms ones, which Qt 6 delivers as posted
+        # events, two layers went in back to back before the viewer's own timers and drawing ran.)
         result, self._to_add = outcome
         self._device_info.value = result.device
         done = done_message(result, placement) + note
