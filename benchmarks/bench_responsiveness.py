@@ -22,6 +22,8 @@ measurement goes on for a second after the last layer is added, for their first 
 from __future__ import annotations
 
 import argparse
+import gc
+import threading
 import time
 
 import numpy as np
@@ -127,15 +129,20 @@ def main() -> None:
     print(f"{'':28s}{'longest gap':>14s}{'99th pct':>12s}{'median':>10s}")
     for name, gaps in (("viewer idle (reference)", idle), *((name, run[0]) for name, run in runs)):
         print(f"{name:28s}{gaps.max():11.1f} ms{np.percentile(gaps, 99):9.1f} ms{np.median(gaps):7.1f} ms")
-    for name, (busy, when, _) in runs:
+    for name, (busy, when, _, full) in runs:
         print(f"longest gaps {name} (time after the click): {when}")
         print(f"longest gap {name} / idle: {busy.max() / max(idle.max(), 1e-9):.2f}x  (bar: under ~100 ms)")
+        print(f"full garbage collections {name}: {full or 'none'}")
 
 
-def click_and_measure(app, widget, panel=None) -> tuple[np.ndarray, str, float]:
+def click_and_measure(app, widget, panel=None) -> tuple[np.ndarray, str, float, str]:
     """Press Predict (or ``panel``'s Fine-tune) and tick until the layers are drawn: (gaps in ms, the longest
-    three and when, seconds). A fine-tune ends with the new version's prediction and its layers."""
+    three and when, seconds, the full garbage collections that ran: when, how long, on which thread). A fine-tune
+    ends with the new version's prediction and its layers. A full collection holds the GIL for as long as it
+    walks the process's objects (280-410 ms in a napari process, benchmarks/README.md), whichever thread runs it."""
+    full = []
     t0 = time.perf_counter()
+    gc.callbacks.append(collections := _full_collections(full))
     widget.predict() if panel is None else panel.start()
     ended: list[float] = []
 
@@ -147,10 +154,29 @@ def click_and_measure(app, widget, panel=None) -> tuple[np.ndarray, str, float]:
         return bool(ended) and time.perf_counter() - ended[0] > DRAW_TAIL_S
 
     ticks: list[float] = []
-    busy = measure_gaps(app, until=drawn, ticks=ticks)
+    try:
+        busy = measure_gaps(app, until=drawn, ticks=ticks)
+    finally:
+        gc.callbacks.remove(collections)
     worst = np.argsort(busy)[::-1][:3]
     when = ", ".join(f"{busy[i]:.0f} ms at {ticks[i] - t0:.2f} s" for i in sorted(worst))
-    return busy, when, ended[0] - t0
+    full_text = ", ".join(f"{1000 * took:.0f} ms at {start - t0:.2f} s ({thread})" for start, took, thread in full)
+    return busy, when, ended[0] - t0, full_text
+
+
+def _full_collections(found: list):
+    """A ``gc.callbacks`` entry that appends (start, seconds, thread name) of each full collection to ``found``."""
+    started = {}
+
+    def callback(phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started["t"] = time.perf_counter()
+        elif "t" in started:
+            found.append((started["t"], time.perf_counter() - started.pop("t"), threading.current_thread().name))
+
+    return callback
 
 
 if __name__ == "__main__":
