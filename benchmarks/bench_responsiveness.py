@@ -153,7 +153,7 @@ def click_and_measure(app, widget, panel=None) -> tuple[np.ndarray, str, float, 
             ended.append(time.perf_counter())
         return bool(ended) and time.perf_counter() - ended[0] > DRAW_TAIL_S
 
-    ticks: list[float] = []
+    ticks = [t0]  # what the click itself runs on the main thread (a large image's layers are added there) counts
     try:
         busy = measure_gaps(app, until=drawn, ticks=ticks)
     finally:

@@ -372,7 +372,9 @@ def test_dask_layer_predicted_view_first_into_zarr_layers(
     viewer.add_image(da.from_array(source, chunks=mosaic.shape), name="lazy")
     look_at_block_2_0(viewer)
     widget.predict()
-    masks, gate = our_layers(viewer, "lazy")  # made at once, on empty zarr arrays
+    assert widget.is_running and widget._worker is None  # the layers go in one per event-loop turn, then the worker
+    qtbot.waitUntil(lambda: widget._worker is not None or not widget.is_running, timeout=TIMEOUT_MS)
+    masks, gate = our_layers(viewer, "lazy")  # made before the worker starts, on empty zarr arrays
     assert not isinstance(masks.data, np.ndarray) and masks.data.shape == mosaic.shape and not masks.editable
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
 
@@ -397,6 +399,30 @@ def test_dask_layer_predicted_view_first_into_zarr_layers(
     for layer in [layer for layer in viewer.layers if layer.name.startswith("lazy ")]:
         viewer.layers.remove(layer)
     assert not store.exists()  # no layer reads it any more
+
+
+def test_block_layers_go_in_one_per_turn_then_the_worker_starts(qtbot, lazy_widget, mosaic, notes, monkeypatch):
+    """napari takes 0.1-0.2 s to add each layer of a large image: five in the click's turn held the viewer 0.86 s."""
+    import dask.array as da
+    from qtpy.QtCore import QTimer
+
+    from napari_attention_unet.gui import layers as _layers
+
+    viewer, widget = lazy_widget
+    viewer.add_image(da.from_array(mosaic, chunks=mosaic.shape), name="lazy")
+    ticks, seen = [0], []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(ticks.pop() + 1))
+    timer.start(0)
+    apply = _layers.apply_results
+    monkeypatch.setattr(_layers, "apply_results", lambda *a: seen.append((ticks[0], widget._worker)) or apply(*a))
+    widget.predict()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    timer.stop()
+    assert not notes["error"] and len(seen) == 3  # the masks and the tiny model's two maps
+    assert all(later > earlier for (earlier, _), (later, _) in zip(seen, seen[1:]))  # the viewer ran between
+    assert all(worker is None for _, worker in seen)  # and the worker started after the last
+    assert our_layers(viewer, "lazy")[0].editable  # paintable again once the run is over
 
 
 def test_multiscale_layer_gets_pyramid_results(qtbot, lazy_widget, mosaic, reference, notes, monkeypatch):

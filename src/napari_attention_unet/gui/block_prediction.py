@@ -1,4 +1,4 @@
-"""The layers of a block-by-block prediction (large and lazy images) in the dock widget; no Qt widgets.
+"""The layers of a block-by-block prediction (large and lazy images) in the dock widget; no Qt widgets (a timer).
 
 :class:`BlockPrediction` sets up a :class:`~napari_attention_unet.gui.lazy.LazyRun` and its
 result layers on empty zarr arrays (``gui.scratch``), keeps them from being painted while the
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
+from qtpy.QtCore import QTimer
 
 from napari_attention_unet.core.images import NOT_NUMBERS
 from napari_attention_unet.core.orientation import valid_orientation
@@ -66,11 +67,11 @@ class BlockPrediction:
         current_slice: bool,
         block_size: int,
         on_error: Callable[[BaseException], None],
-    ) -> tuple[_lazy.LazyRun, _layers.Placement] | None:
-        """Layers on empty zarr arrays now, for the worker to fill through ``run.steps``.
+    ) -> tuple[_lazy.LazyRun, _layers.Placement, list] | None:
+        """Set up the run whose worker fills layers on empty zarr arrays through ``run.steps``.
 
-        Returns the run and the placement of ``layer``; None (after ``on_error``) when the run
-        cannot be set up.
+        Returns the run, the placement of ``layer`` and its result layers, to put in the viewer with
+        :meth:`add_layers` before the worker starts; None (after ``on_error``) when the run cannot be set up.
         """
         placement = _layers.placement_from_layer(layer)
         image = _lazy.LazyImage.from_layer(layer)
@@ -92,14 +93,35 @@ class BlockPrediction:
         classes = config.classes if config.task == "semantic" else None
         results = _layers.lazy_result_layers(run.outputs, placement, run.model_name, classes=classes)
         self.run, self._next_refresh, self._source_id = run, 0.0, placement.source_id
-        self._layers = _layers.apply_results(self._viewer.layers, results, placement)
+        self._layers, self._editable, self._limits = [], [], {}
+        return run, placement, results
+
+    def add_layers(self, results: list, placement: _layers.Placement, then: Callable[[], None], on_error) -> None:
+        """Put the run's result layers in the viewer one per event-loop turn, then call ``then`` (start the worker).
+
+        napari takes 0.1-0.3 s to add one of these layers: all five in the click's turn held the viewer for 0.83-1.14 s
+        at 4096² (benchmarks/README.md). A layer napari refuses ends the run, after ``on_error``.
+        """
+        QTimer.singleShot(1, lambda: self._add_next_layer(results, placement, then, on_error))
+
+    def _add_next_layer(self, results: list, placement: _layers.Placement, then, on_error) -> None:
+        try:
+            for shown in _layers.apply_results(self._viewer.layers, results[:1], placement):
+                self._layers.append(shown)
+                self._editable.append((shown, shown.editable))
+                if _gate(shown):
+                    self._limits[id(shown)] = tuple(shown.contrast_limits)
+                shown.editable = False  # no painting while blocks are written into the layer
+        except Exception as exc:  # noqa: BLE001 - a layer napari refused: say so, keep the widget usable
+            self.end()
+            on_error(exc)
+            return
+        if results[1:]:
+            QTimer.singleShot(1, lambda: self._add_next_layer(results[1:], placement, then, on_error))
+            return
         _layers.select_masks(self._viewer.layers, placement)  # the masks, on top, ready once the run ends
         self.release_stores()  # the stores of an earlier run whose layers now read this one
-        self._editable = [(shown, shown.editable) for shown in self._layers]
-        self._limits = {id(shown): tuple(shown.contrast_limits) for shown in self._layers if _gate(shown)}
-        for shown in self._layers:
-            shown.editable = False  # no painting while blocks are written into the layer
-        return run, placement
+        then()
 
     def refresh(self, force: bool = False) -> None:
         """Show the blocks written so far, unless the last refresh was too recent (``force``: now)."""

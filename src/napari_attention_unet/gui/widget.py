@@ -7,6 +7,7 @@ block through ``_lazy`` into layers on zarr stores that ``gui.block_prediction``
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -311,14 +312,13 @@ class AttentionUNetWidget(Container):
         )
         if started is None:
             return
-        run, placement = started
-        n = len(run.order) * len(run.planes)
-        self._start_worker(
-            run.steps,
-            returned=lambda outcome: self._on_blocks_returned(outcome, placement),
-            message=f"Predicting {layer.name} in {n} block(s) of {run.plan.block_size} px on "
-            f"{self._session.describe_device()}, the region on screen first…",
-        )
+        run, placement, results = started
+        n, returned = len(run.order) * len(run.planes), lambda outcome: self._on_blocks_returned(outcome, placement)
+        message = f"Predicting {layer.name} in {n} block(s) of {run.plan.block_size} px on "
+        message += f"{self._session.describe_device()}, the region on screen first…"
+        start = partial(self._start_worker, run.steps, returned=returned, message=message)  # once the layers are in
+        self._status.value = "Adding the result layers…"
+        self._blocks.add_layers(results, placement, then=start, on_error=self._on_error)
 
     def _on_cancel(self) -> None:
         if self._blocks.run is not None:
