@@ -425,6 +425,31 @@ def test_block_layers_go_in_one_per_turn_then_the_worker_starts(qtbot, lazy_widg
     assert our_layers(viewer, "lazy")[0].editable  # paintable again once the run is over
 
 
+def test_cancel_while_the_block_layers_go_in_stops_before_any_block(qtbot, lazy_widget, mosaic, notes, monkeypatch):
+    """The layers take 0.5-1 s to go in: Cancel works from the click, and the run then ends with no block done."""
+    import dask.array as da
+
+    from napari_attention_unet.gui import layers as _layers
+
+    viewer, widget = lazy_widget
+    viewer.add_image(da.from_array(mosaic, chunks=mosaic.shape), name="lazy")
+    apply, states = _layers.apply_results, []
+
+    def apply_then_cancel(*args):
+        states.append((widget._cancel.enabled, widget._predict.enabled, widget._worker))
+        if len(states) == 1:
+            widget._cancel.changed.emit(True)  # as a click does, between two layers
+        return apply(*args)
+
+    monkeypatch.setattr(_layers, "apply_results", apply_then_cancel)
+    widget.predict()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert not notes["error"] and len(states) == 3
+    assert all(cancel and not predict and worker is None for cancel, predict, worker in states)
+    assert "Cancelled after 0 of" in widget._status.value and widget._predict.enabled and not widget._cancel.enabled
+    assert not np.asarray(our_layers(viewer, "lazy")[0].data).any()
+
+
 def test_multiscale_layer_gets_pyramid_results(qtbot, lazy_widget, mosaic, reference, notes, monkeypatch):
     monkeypatch.setattr(_scratch, "PYRAMID_ABOVE", 256)  # as a whole slide would: results as pyramids too
     monkeypatch.setattr(_scratch, "PYRAMID_TOP", 100)

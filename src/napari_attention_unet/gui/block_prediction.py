@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QTimer
 
 from napari_attention_unet.core.images import NOT_NUMBERS
 from napari_attention_unet.core.orientation import valid_orientation
@@ -99,29 +98,26 @@ class BlockPrediction:
     def add_layers(self, results: list, placement: _layers.Placement, then: Callable[[], None], on_error) -> None:
         """Put the run's result layers in the viewer one per event-loop turn, then call ``then`` (start the worker).
 
-        napari takes 0.1-0.3 s to add one of these layers: all five in the click's turn held the viewer for 0.83-1.14 s
-        at 4096² (benchmarks/README.md). A layer napari refuses ends the run, after ``on_error``.
+        All five in the click's turn held the viewer for 0.83-1.14 s at 4096² (benchmarks/README.md). A layer napari
+        refuses ends the run, after ``on_error``.
         """
-        QTimer.singleShot(1, lambda: self._add_next_layer(results, placement, then, on_error))
 
-    def _add_next_layer(self, results: list, placement: _layers.Placement, then, on_error) -> None:
-        try:
-            for shown in _layers.apply_results(self._viewer.layers, results[:1], placement):
-                self._layers.append(shown)
-                self._editable.append((shown, shown.editable))
-                if _gate(shown):
-                    self._limits[id(shown)] = tuple(shown.contrast_limits)
-                shown.editable = False  # no painting while blocks are written into the layer
-        except Exception as exc:  # noqa: BLE001 - a layer napari refused: say so, keep the widget usable
+        def added(shown) -> None:
+            self._layers.append(shown)
+            self._editable.append((shown, shown.editable))
+            if _gate(shown):
+                self._limits[id(shown)] = tuple(shown.contrast_limits)
+            shown.editable = False  # no painting while blocks are written into the layer
+
+        def done() -> None:
+            self.release_stores()  # the stores of an earlier run whose layers now read this one
+            then()
+
+        def failed(exc: BaseException) -> None:
             self.end()
             on_error(exc)
-            return
-        if results[1:]:
-            QTimer.singleShot(1, lambda: self._add_next_layer(results[1:], placement, then, on_error))
-            return
-        _layers.select_masks(self._viewer.layers, placement)  # the masks, on top, ready once the run ends
-        self.release_stores()  # the stores of an earlier run whose layers now read this one
-        then()
+
+        _layers.add_one_per_turn(self._viewer.layers, results, placement, added=added, done=done, failed=failed)
 
     def refresh(self, force: bool = False) -> None:
         """Show the blocks written so far, unless the last refresh was too recent (``force``: now)."""

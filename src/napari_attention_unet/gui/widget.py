@@ -25,7 +25,6 @@ from magicgui.widgets import (
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
 
 from napari_attention_unet.core.predict import PredictOptions
 from napari_attention_unet.gui import layers as _layers
@@ -66,7 +65,7 @@ class AttentionUNetWidget(Container):
         self._session = Session()
         self._worker: GeneratorWorker | None = None
         self._blocks = BlockPrediction(viewer, self._session)  # large and lazy images
-        self._to_add: list = []  # result layers still to put in the viewer, one per event-loop turn
+        self._adding = False  # result layers are going in, one per event-loop turn (gui.layers.add_one_per_turn)
         self._freeze = RunFreeze()  # napari's full garbage collections stalled the viewer for 0.3-0.4 s
         #: Block edge (px) for large and lazy images; smaller blocks show the first results sooner.
         self.block_size = _lazy.LAZY_BLOCK_SIZE
@@ -130,7 +129,7 @@ class AttentionUNetWidget(Container):
 
     @property
     def is_running(self) -> bool:
-        return self._worker is not None or self._blocks.run is not None or bool(self._to_add)
+        return self._worker is not None or self._blocks.run is not None or self._adding
 
     def use_model(self, name_or_path: str) -> None:
         """Choose a model by name (bundled or saved) or by file path, as the pickers do."""
@@ -317,8 +316,13 @@ class AttentionUNetWidget(Container):
         message = f"Predicting {layer.name} in {n} block(s) of {run.plan.block_size} px on "
         message += f"{self._session.describe_device()}, the region on screen first…"
         start = partial(self._start_worker, run.steps, returned=returned, message=message)  # once the layers are in
-        self._status.value = "Adding the result layers…"
-        self._blocks.add_layers(results, placement, then=start, on_error=self._on_error)
+        self._set_running(True, "Adding the result layers…")  # Cancel works from here: the worker then stops at once
+
+        def failed(exc: BaseException) -> None:
+            self._on_error(exc)
+            self._set_running(False)
+
+        self._blocks.add_layers(results, placement, then=start, on_error=failed)
 
     def _on_cancel(self) -> None:
         if self._blocks.run is not None:
@@ -347,30 +351,22 @@ class AttentionUNetWidget(Container):
             show_info(note)
 
     def _on_returned(self, outcome, placement: _layers.Placement, note: str = "") -> None:
-        # napari takes 0.1-0.4 s to add one large layer: one layer per event-loop turn keeps the viewer answering
-        # between them instead of freezing for the sum. (1 ms timers: with 0 ms ones, which Qt 6 delivers as posted
-        # events, two layers went in back to back before the viewer's own timers and drawing ran.)
-        result, self._to_add = outcome
+        result, results = outcome
         self._device_info.value = result.device
         done = done_message(result, placement) + note
         if not _layers.source_is_open(self._viewer.layers, placement):  # closed while it was predicted
-            self._to_add, done = [], f"{placement.source_name} was closed while it was predicted: no layers added."
-        self._add_next_layer(placement, done)
+            results, done = [], f"{placement.source_name} was closed while it was predicted: no layers added."
+        self._adding = True  # still listed while they are added: the picker must not follow a new layer (is_running)
+        self._status.value = "Adding the result layers…"
 
-    def _add_next_layer(self, placement: _layers.Placement, done: str) -> None:
-        try:  # still listed while it is added: the picker must not follow the new layer (is_running)
-            _layers.apply_results(self._viewer.layers, self._to_add[:1], placement)
-            self._to_add = self._to_add[1:]
-        except Exception as exc:  # noqa: BLE001 - a layer napari refused: say so, keep the widget usable
-            self._to_add, done = [], f"Not all result layers could be added: {exc}"
-        if self._to_add:
-            self._status.value = "Adding the result layers…"
-            QTimer.singleShot(1, lambda: self._add_next_layer(placement, done))
-            return
-        _layers.select_masks(self._viewer.layers, placement)
-        self._status.value = done
-        if self._worker is None:  # the worker finished while the layers were being added
-            self._set_running(False)
+        def finish(message: str = done) -> None:
+            self._adding = False
+            self._status.value = message
+            if self._worker is None:  # the worker finished while the layers were being added
+                self._set_running(False)
+
+        failed = lambda exc: finish(f"Not all result layers could be added: {exc}")  # noqa: E731
+        _layers.add_one_per_turn(self._viewer.layers, results, placement, done=finish, failed=failed)
 
     def _on_error(self, exc: BaseException) -> None:
         show_error(explain_error(exc))
@@ -387,7 +383,7 @@ class AttentionUNetWidget(Container):
     def _on_finished(self) -> None:
         self._worker = None
         self._blocks.end()  # block by block: the layers can be painted again
-        if not self._to_add:
+        if not self._adding:
             self._set_running(False)
 
     def _set_running(self, running: bool, message: str | None = None) -> None:
