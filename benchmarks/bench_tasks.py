@@ -62,6 +62,7 @@ from napari_attention_unet.core.images import normalize  # noqa: E402
 from napari_attention_unet.core.model import count_parameters  # noqa: E402
 from napari_attention_unet.core.predict import predict, run_to_end  # noqa: E402
 from napari_attention_unet.core.train import Trainer  # noqa: E402
+from napari_attention_unet.core.train.folds import Members, default_members  # noqa: E402
 from napari_attention_unet.core.train.start import (  # noqa: E402
     default_train_config,
     new_model,
@@ -102,9 +103,12 @@ def class_dice(predicted: np.ndarray, truth: np.ndarray) -> list[float]:
     return out
 
 
-def train_ours(train, minutes: float, seed: int, marks=None, width=None, **settings) -> tuple[torch.nn.Module, dict]:
+def train_ours(
+    train, minutes: float, seed: int, marks=None, width=None, members=None, **settings
+) -> tuple[torch.nn.Module, dict]:
     """``settings``: TrainConfig fields that replace the defaults (e.g. ``patch_size``, ``batch_size``);
-    ``marks``: per training volume, slices marked as background (``--mark-background``)."""
+    ``marks``: per training volume, slices marked as background (``--mark-background``); ``members``: networks the
+    model averages (None: as ``train`` decides, ``core.train.folds.default_members``)."""
     torch.manual_seed(seed)
     classes = task_classes("semantic", 2, CLASSES)
     model = new_model("semantic", classes, 3, 1, "scratch", base_width=width)
@@ -113,18 +117,24 @@ def train_ours(train, minutes: float, seed: int, marks=None, width=None, **setti
         "semantic", 3, shapes, from_scratch=True, minutes=minutes, depth=model.config.depth, seed=seed, **settings
     )
     pairs = [(image, labels, "ZYX") for _, image, labels in train]
-    samples, validation = split_samples(model.config, config, pairs, marks)
-    trainer = Trainer(model, config=config, device=DEVICE, samples=samples, validation=validation)
-    run_to_end(trainer.run())
-    result = trainer.result()
+    count = members or default_members(3, True, len(pairs), config.time_budget is not None)
+    run = Members(model, config, pairs, marks, DEVICE, count)
+    start, trainers = time.perf_counter(), []
+    for _, trainer in run.trainers():
+        run_to_end(trainer.run())
+        trainers.append(trainer)
+    joined = run.result()
+    kept = ", ".join(f"{r.best_step} of {r.steps}" for r in joined.results)
     info = {
-        "steps": result.steps,
-        "seconds": trainer.elapsed,
-        "params": count_parameters(model),
-        "note": f"patch {'x'.join(map(str, trainer.patch))} x{config.batch_size}, best step {result.best_step}",
-        "last": copy.deepcopy(trainer.model).cpu().eval(),  # the state at the end, for --last
+        "steps": joined.steps,
+        "seconds": time.perf_counter() - start,
+        "params": count_parameters(model) * len(joined.results),
+        "note": f"patch {'x'.join(map(str, trainers[0].patch))} x{config.batch_size}, "
+        f"{len(joined.results)} member(s), best steps {kept}",
+        "last": copy.deepcopy(trainers[0].model).cpu().eval(),  # the first member's state at the end, for --last
+        "members": [r.trained_model for r in joined.results],  # for --each
     }
-    return result.trained_model, info
+    return joined.model, info
 
 
 def score_ours(model, test) -> np.ndarray:
@@ -299,6 +309,8 @@ def main() -> None:
         "--class-fraction", type=float, default=None, help="ours: share of patches centred on a class (TrainConfig)"
     )
     parser.add_argument("--last", action="store_true", help="also score our last state, not only the best one")
+    parser.add_argument("--members", type=int, default=None, help="ours: networks averaged (default: as train)")
+    parser.add_argument("--each", action="store_true", help="also score each of our members alone")
     parser.add_argument(
         "--slices",
         type=int,
@@ -347,8 +359,16 @@ def main() -> None:
         settings["precision"] = args.precision
         if args.steps:  # step-matched: the same run on any machine, however loaded
             settings.update(max_steps=args.steps, time_budget=None)
-        model, info = train_ours(train, args.minutes, args.seed, marks, args.width, **settings)
+        model, info = train_ours(train, args.minutes, args.seed, marks, args.width, args.members, **settings)
         rows.append(("ours (attention-unet train)", info, score_ours(model, test)))
+        for k, member in enumerate(info["members"] if args.each and len(info["members"]) > 1 else [], start=1):
+            rows.append(
+                (
+                    f"ours, member {k} alone",
+                    {**info, "params": info["params"] / len(info["members"])},
+                    score_ours(member, test),
+                )
+            )
         if args.last:
             last = {**info, "note": info["note"].split(", best")[0] + ", the last state"}
             rows.append(("ours, last state", last, score_ours(info["last"], test)))

@@ -110,9 +110,9 @@ def drive(generator: Generator[object, None, T], desc: str, *, leave: bool = Tru
             bar.close()
 
 
-def drive_training(trainer) -> None:
+def drive_training(trainer) -> bool:
     """Run ``trainer`` under a tqdm bar on stderr (steps, or open-ended under a time budget), each
-    validation on its own line; Ctrl-C stops it and keeps the best model so far."""
+    validation on its own line; Ctrl-C stops it and keeps the best model so far (then False)."""
     config = trainer.config
     total = config.max_steps if config.time_budget is None else None
     steps = trainer.run()
@@ -130,6 +130,8 @@ def drive_training(trainer) -> None:
     except KeyboardInterrupt:
         steps.close()
         print("interrupted: keeping the best model so far", file=sys.stderr)
+        return False
+    return True
 
 
 def labels_to_image_grid(labels, labels_volume, volume, labels_path, image_path):

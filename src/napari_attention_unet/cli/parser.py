@@ -281,6 +281,13 @@ def _add_train(sub) -> None:
     t.add_argument("--base-width", type=int, default=None, help="from scratch: channels of the first level")
     t.add_argument("--depth", type=int, default=None, help="from scratch: levels of the network")
     t.add_argument("--seed", type=int, default=0, help="random seed of the new weights and patches (default 0)")
+    t.add_argument(
+        "--members",
+        type=_positive(int),
+        default=None,
+        help="networks the model averages, each trained holding out other images, while the time budget has room "
+        "(default: 5 for a new 3D model with 5 or more volumes and a time budget, else 1; at most 8)",
+    )
     t.set_defaults(func=train.run)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +116,9 @@ def _start(args: argparse.Namespace, dims: int):
 def run(args: argparse.Namespace) -> int:
     from napari_attention_unet.core.device import describe_device, pick_device
     from napari_attention_unet.core.images import ImageShapeError
-    from napari_attention_unet.core.model import count_parameters
-    from napari_attention_unet.core.train import Trainer
+    from napari_attention_unet.core.model import MAX_MEMBERS, count_parameters
+    from napari_attention_unet.core.train.folds import Members, default_members
     from napari_attention_unet.core.train.plan import infer_dims, plan_training
-    from napari_attention_unet.core.train.start import split_samples
     from napari_attention_unet.core.weights import save_model
     from napari_attention_unet.large_data.files import ImageReadError
     from napari_attention_unet.models.registry import ModelFileError, ModelNotFoundError
@@ -152,8 +152,13 @@ def run(args: argparse.Namespace) -> int:
         )
         for note in plan.notes:
             print(note, file=sys.stderr)
-        samples, validation = split_samples(plan.model.config, plan.config, plan.pairs, plan.background_slices)
-        trainer = Trainer(plan.model, config=plan.config, device=device, samples=samples, validation=validation)
+        timed = plan.config.time_budget is not None
+        count = args.members or default_members(plan.dims, plan.scratch, len(plan.pairs), timed)
+        if count > MAX_MEMBERS:
+            raise ValueError(f"--members is at most {MAX_MEMBERS}, not {count}")
+        members = Members(plan.model, plan.config, plan.pairs, plan.background_slices, device, count)
+        member_trainers = members.trainers()
+        _, first = next(member_trainers)  # the first member: built now, so that bad input fails before training
     except (ModelNotFoundError, ModelFileError, ImageReadError, ImageShapeError, RuntimeError, ValueError) as exc:
         return fail(str(exc))
     model, task, dims, classes = plan.model, plan.task, plan.dims, plan.classes
@@ -162,17 +167,28 @@ def run(args: argparse.Namespace) -> int:
     what = f"{task} ({', '.join(named)})" if task == "semantic" else task
     print(
         f"training a {dims}D {what} model ({count_parameters(model) / 1e6:.2f} M parameters, from {start_name}) "
-        f"on {len(samples)} image(s) (validation: {_validation(validation)}), "
-        f"patches {'x'.join(map(str, trainer.patch))}, {describe_device(device, args.precision)}",
+        f"on {len(first.samples)} image(s) (validation: {_validation(first.validation)}), "
+        f"patches {'x'.join(map(str, first.patch))}, {describe_device(device, args.precision)}",
         file=sys.stderr,
     )
     if dims == 3:  # where the voxel size came from, and what the model will expect of new volumes
         print(_spacing_note(plan, args.spacing), file=sys.stderr)
     elif args.spacing:
         print("--spacing is the voxel size of volumes for a 3D model: a 2D model does not use it", file=sys.stderr)
-    drive_training(trainer)
-    result = trainer.result()
-    if result.steps == 0:  # nothing learnt: writing random weights would only mislead
+    if count > 1:
+        print(
+            f"up to {count} members, each holding out other images, while the time budget has room (--members 1: one)",
+            file=sys.stderr,
+        )
+    for k, trainer in chain([(0, first)], member_trainers):
+        if k:
+            print(
+                f"member {k + 1} (of up to {count}): holding out images {_images(members.held_out(k))}", file=sys.stderr
+            )
+        members.interrupted = not drive_training(trainer)
+    joined = members.result()
+    result = joined.results[0]
+    if joined.steps == 0:  # nothing learnt: writing random weights would only mislead
         return fail(
             f"no training step was done ({trainer.elapsed:.0f} s went on preparing and scoring), so no model was "
             "written: give more --minutes, or --steps N"
@@ -187,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if few := plan.few_steps(result.steps):
         print(f"note: {few}", file=sys.stderr)
+    if len(joined.results) > 1:
+        print(_members_note(joined, plan.pairs), file=sys.stderr)
     meta = {
         "name": out_name,
         "task": task,
@@ -196,16 +214,40 @@ def run(args: argparse.Namespace) -> int:
         "start": start_name,
         "spacing": _spacing(plan),
         **({"orientation": orientation} if orientation else {}),
-        "steps": result.steps,
+        "steps": joined.steps,
         "kept_step": result.best_step,
-        "best_val_dice": result.best_val_dice,
-        "best_val_ap": result.best_val_ap,
-        "best_val_class_dice": result.best_val_class_dice,
+        "best_val_dice": joined.mean_score("best_val_dice"),
+        "best_val_ap": joined.mean_score("best_val_ap"),
+        "best_val_class_dice": joined.mean_class_dice(),
         "trained_on": [str(p) for p in args.image],
     }
-    path = save_model(result.trained_model, out_path, info=meta)
+    if len(joined.results) > 1:  # each member's own figures, on the images it held out
+        meta["members"] = [
+            {"steps": r.steps, "kept_step": r.best_step, "val_dice": r.best_val_dice, "held_out": held}
+            for r, held in zip(joined.results, joined.held_out)
+        ]
+    path = save_model(joined.model, out_path, info=meta)
     print(f"wrote {path} {use_it(args.out)}", file=sys.stderr)
     return 0
+
+
+def _images(indices: list[int]) -> str:
+    return ", ".join(str(i + 1) for i in indices)
+
+
+def _members_note(joined, pairs) -> str:
+    """What the members did, and the held-out figure of the model: each member scored on images it did not train on."""
+    lines = [f"the model averages {len(joined.results)} members:"]
+    for k, (r, held) in enumerate(zip(joined.results, joined.held_out), start=1):
+        score = "-" if r.best_val_dice is None else f"{r.best_val_dice:.3f}"
+        lines.append(f"  member {k}: kept step {r.best_step} of {r.steps}, Dice {score} on images {_images(held)}")
+    mean = joined.mean_score("best_val_dice")
+    if mean is not None:
+        lines.append(
+            f"  mean {mean:.3f}: each member on images it did not train on (every image trained some member, so "
+            "the averaged model has none left to score)"
+        )
+    return "\n".join(lines)
 
 
 def _background_slices(texts: list[str] | None, pairs: list[tuple]) -> list[list[int]] | None:

@@ -12,16 +12,27 @@ Gate names are ``gate1`` (finest level, full resolution) to ``gate{depth-1}``
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["AttentionGate", "AttentionUNet", "JoinConv", "ModelConfig", "PRESETS", "TASKS"]
+__all__ = [
+    "AttentionGate",
+    "AttentionUNet",
+    "JoinConv",
+    "MAX_MEMBERS",
+    "ModelConfig",
+    "PRESETS",
+    "TASKS",
+    "join_members",
+]
 
 #: What a network's output channels mean (see :class:`ModelConfig`).
 TASKS = ("instances", "semantic")
+#: The most networks one model may average (:attr:`ModelConfig.members`).
+MAX_MEMBERS = 8
 
 
 @dataclass(frozen=True)
@@ -36,9 +47,11 @@ class ModelConfig:
       trained on strokes with ``zero_is="unlabelled"``, a channel never trained) and 1..K the
       user's classes; prediction is the arg-max class value.
 
-    ``to_dict`` writes ``task`` only when it is not ``"instances"``, so the description of an
-    instance model (saved files, the bundled model's card) is what it was before tasks existed;
-    ``from_dict`` reads a missing ``task`` as ``"instances"``.
+    ``members`` > 1: the network is that many networks of this description, trained apart (each on
+    another part of the images, see ``core.train.folds``), whose class probabilities and gate maps are
+    averaged. ``to_dict`` writes ``task`` only when it is not ``"instances"`` and ``members`` only
+    when it is not 1, so the description of an instance model (saved files, the bundled model's card)
+    is what it was before they existed; ``from_dict`` reads them missing as the defaults.
     """
 
     spatial_dims: int = 2
@@ -48,6 +61,7 @@ class ModelConfig:
     depth: int = 5
     extra: dict = field(default_factory=dict, compare=False)
     task: str = "instances"
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -60,6 +74,8 @@ class ModelConfig:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if len(self.classes) < 2:
             raise ValueError("a network needs at least two classes (background and foreground)")
+        if not isinstance(self.members, int) or not 1 <= self.members <= MAX_MEMBERS:
+            raise ValueError(f"members must be a whole number from 1 to {MAX_MEMBERS}, got {self.members!r}")
         object.__setattr__(self, "classes", tuple(self.classes))
 
     @property
@@ -98,11 +114,13 @@ class ModelConfig:
         d["classes"] = list(self.classes)
         if self.task == "instances":
             del d["task"]  # the default: instance models are described as before tasks existed
+        if self.members == 1:
+            del d["members"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        keys = ("spatial_dims", "in_channels", "classes", "base_width", "depth", "task")
+        keys = ("spatial_dims", "in_channels", "classes", "base_width", "depth", "task", "members")
         known = {k: d[k] for k in keys if k in d}
         return cls(**known, extra=dict(d.get("extra", {})))
 
@@ -207,6 +225,11 @@ class AttentionUNet(nn.Module):
         elif kwargs:
             raise TypeError("pass either a ModelConfig or keyword arguments, not both")
         self.config = config
+        if config.members > 1:  # an ensemble: its members are the networks, nothing else here
+            member = replace(config, members=1, extra=dict(config.extra))
+            self.members = nn.ModuleList([AttentionUNet(member) for _ in range(config.members)])
+            return
+        self.members = None
         dims, widths = config.spatial_dims, config.widths
         pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
 
@@ -228,6 +251,8 @@ class AttentionUNet(nn.Module):
         self._skip_levels = skip_levels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.members is not None:
+            return self._average(x)
         multiple = self.config.size_multiple
         if any(s % multiple for s in x.shape[2:]):
             raise ValueError(
@@ -247,6 +272,14 @@ class AttentionUNet(nn.Module):
             g = decode((gated, up(g))) if joined else decode(torch.cat([gated, up(g)], dim=1))
         return self.head(g), gate_maps
 
+    def _average(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The members' mean class probabilities, as logits (their log: softmax gives the mean back), and their mean
+        gate maps."""
+        outputs = [member(x) for member in self.members]
+        probabilities = torch.stack([F.softmax(logits.float(), dim=1) for logits, _ in outputs]).mean(dim=0)
+        gates = {name: torch.stack([maps[name] for _, maps in outputs]).mean(dim=0) for name in outputs[0][1]}
+        return torch.log(probabilities.clamp_min(1e-12)), gates
+
     def fused_for_inference(self) -> AttentionUNet:
         """A copy in eval mode with each batch norm folded into the conv before it.
 
@@ -255,6 +288,10 @@ class AttentionUNet(nn.Module):
         """
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+        if self.members is not None:
+            fused = copy.deepcopy(self)
+            fused.members = nn.ModuleList([member.fused_for_inference() for member in fused.members])
+            return fused.eval()
         fused = copy.deepcopy(self).eval()
         blocks = list(fused.encoder) + list(fused.decoder) + [gate.out for gate in fused.gates.values()]
         for block in blocks:
@@ -271,10 +308,27 @@ class AttentionUNet(nn.Module):
         :class:`JoinConv`: the skip and the upsampled features are never joined into one tensor.
         Same outputs to float precision; 3-4 % less time per 544² tile on the CPU
         (benchmarks/README.md). For inference only, not for export."""
+        if self.members is not None:
+            for member in self.members:
+                member.joined_for_cpu()
+            return self
         for decode, level in zip(self.decoder, self._skip_levels):
             if not isinstance(decode[0], JoinConv):
                 decode[0] = JoinConv(decode[0], self.config.widths[level])
         return self
+
+
+def join_members(models: list[AttentionUNet]) -> AttentionUNet:
+    """One model averaging ``models`` (networks of one description, each a single network), their weights copied."""
+    config = models[0].config
+    if any(m.config != config or m.members is not None for m in models):
+        raise ValueError("only single networks of the same description can be joined")
+    if len(models) == 1:
+        return copy.deepcopy(models[0])
+    joined = AttentionUNet(replace(config, members=len(models), extra=dict(config.extra)))
+    for own, model in zip(joined.members, models):
+        own.load_state_dict(model.state_dict())
+    return joined
 
 
 def count_parameters(model: nn.Module) -> int:

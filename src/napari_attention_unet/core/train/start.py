@@ -257,10 +257,12 @@ def split_samples(
     train: TrainConfig,
     pairs: Sequence[tuple],
     background_slices: Sequence[Sequence[int] | None] | None = None,
+    fold: int = 0,
 ) -> tuple[list[TrainingSample], list[TrainingSample]]:
     """``(samples, validation)`` for ``attention-unet train``: from :data:`WHOLE_IMAGE_VALIDATION`
     images on, every fifth image is held out whole (a strip of dense labels often sits at the
-    image's edge, in the background); with fewer, a strip of each (``train.val_fraction``).
+    image's edge, in the background): images 4, 9, 14, ... for ``fold`` 0, 3, 8, 13, ... for fold 1, and
+    so on (the members of :mod:`.folds`); with fewer, a strip of each (``train.val_fraction``).
     ``background_slices``: per pair, slices marked as labelled background (see :mod:`.targets`)."""
     settings = dict(
         in_channels=config.in_channels,
@@ -273,7 +275,7 @@ def split_samples(
     if len(pairs) < WHOLE_IMAGE_VALIDATION or not train.val_fraction:
         samples = prepare_samples(pairs, val_fraction=train.val_fraction, background_slices=marks, **settings)
         return samples, [s for s in samples if s.val_target is not None]
-    held = set(range(4, len(pairs), WHOLE_IMAGE_VALIDATION))
+    held = set(range((4 - fold) % WHOLE_IMAGE_VALIDATION, len(pairs), WHOLE_IMAGE_VALIDATION))
 
     def part(keep: bool) -> list[TrainingSample]:
         chosen = [i for i in range(len(pairs)) if (i in held) != keep]
