@@ -274,11 +274,17 @@ class AttentionUNet(nn.Module):
 
     def _average(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The members' mean class probabilities, as logits (their log: softmax gives the mean back), and their mean
-        gate maps."""
-        outputs = [member(x) for member in self.members]
-        probabilities = torch.stack([F.softmax(logits.float(), dim=1) for logits, _ in outputs]).mean(dim=0)
-        gates = {name: torch.stack([maps[name] for _, maps in outputs]).mean(dim=0) for name in outputs[0][1]}
-        return torch.log(probabilities.clamp_min(1e-12)), gates
+        gate maps; summed member by member, so that one member's outputs are held at a time besides the sums."""
+        total: torch.Tensor | None = None
+        gates: dict[str, torch.Tensor] = {}
+        for member in self.members:
+            logits, maps = member(x)
+            probabilities = F.softmax(logits.float(), dim=1)
+            total = probabilities if total is None else total + probabilities
+            for name, alpha in maps.items():
+                gates[name] = alpha if name not in gates else gates[name] + alpha
+        n = len(self.members)
+        return torch.log((total / n).clamp_min(1e-12)), {name: alpha / n for name, alpha in gates.items()}
 
     def fused_for_inference(self) -> AttentionUNet:
         """A copy in eval mode with each batch norm folded into the conv before it.

@@ -26,6 +26,8 @@ model outlives a cancelled generator. What each module holds:
 - :mod:`.start`: a new model for a task (its classes, from scratch or another model's weights),
   the task inferred from labels, the settings and validation split of ``attention-unet train``.
 - :mod:`.plan`: a new model's run planned from labelled images, for the CLI and the dock.
+- :mod:`.folds`: members of a new model, each holding out another fifth of the images, while the
+  time budget has room; joined into one model that averages them.
 
 Modules of this package import each other from the module that defines a name, never from
 the package itself.
