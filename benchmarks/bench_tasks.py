@@ -8,8 +8,9 @@ normalised on its own with percentiles (``core.images.normalize``, 1 / 99.8), fo
 
 1. **ours**: what ``attention-unet train --task semantic --dims 3`` does (``core.train.start``:
    a new 3D model sized by ``SCRATCH[3]``, ``default_train_config``: fitted patches, held-out
-   strips for choosing the best state), for ``--minutes`` of wall time; prediction with
-   ``core.predict.predict``.
+   strips for choosing the best state; members while the budget has room, ``core.train.folds``), for
+   ``--minutes`` of wall time; prediction with ``core.predict.predict``. ``--members N`` sets the most
+   members, ``--each`` also scores each member alone.
 2. **MONAI**: ``monai.networks.nets.AttentionUnet`` (spatial_dims 3, channels (16, 32, 64, 128),
    strides (2, 2, 2)), ``DiceCELoss`` (softmax, one-hot), Adam (lr 1e-3), random crops of
    32x48x32 (volumes padded to that first), batch 4, for the same wall time, then
@@ -28,7 +29,7 @@ place) and NuInsSeg human-spleen H&E nuclei (ids > 0; train on 3 tiles, score on
     python benchmarks/bench_tasks.py [--part 3d|2d] [--minutes 8] [--n-train 20] [--threads 2] [--seed 0]
         [--only both|ours|monai] [--precision fp32|bf16|auto] [--monai-channels-last] [--monai-bf16] [--inner]
         [--patch ZxYxX]
-        [--batch N] [--width W] [--last]
+        [--batch N] [--width W] [--last] [--members N] [--each]
         [--slices K --zero-is background|slices] [--mark-background none|ends|all] [--steps N] [--monai-steps N]
 
 ``--steps N`` / ``--monai-steps N`` train ours / MONAI for N steps instead of ``--minutes`` (untimed,

@@ -13,7 +13,7 @@ benchmarks/README.md (bench_tasks) has the figures.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -74,14 +74,12 @@ class Members:
         background_slices,
         device: torch.device | str,
         count: int,
-        samples_of: Callable = split_samples,
     ) -> None:
         self.count = max(1, count)
         self.first, self.pairs, self.marks, self.device = first, list(pairs), background_slices, device
         self.budget = config.time_budget
         steps = config.max_steps or (MEMBER_STEPS if self.count > 1 else None)
         self.config = replace(config, max_steps=steps)
-        self._samples_of = samples_of
         self.done: list[Trainer] = []
         self.interrupted = False
 
@@ -98,7 +96,7 @@ class Members:
                 config = replace(config, time_budget=left)
             config = replace(config, seed=config.seed + k)
             model = self.first if k == 0 else self._new_member(config.seed)
-            samples, validation = self._samples_of(model.config, config, self.pairs, self.marks, fold=k)
+            samples, validation = split_samples(model.config, config, self.pairs, self.marks, fold=k)
             trainer = Trainer(model, config=config, device=self.device, samples=samples, validation=validation)
             yield k, trainer
             if self.interrupted and k:  # stopped half-way: the members that finished make the model
