@@ -57,6 +57,16 @@ def test_a_joined_model_averages_its_members_probabilities_and_gate_maps(tmp_pat
     assert "members" not in CONFIG.to_dict()  # single networks are described as before members existed
 
 
+def test_the_dock_says_a_model_averages_members(tmp_path):
+    from napari_attention_unet.gui.session import Session
+
+    session = Session(device="cpu")
+    session.load_model(save_model(join_members(networks(3)), tmp_path / "hippocampus.safetensors"))
+    assert "3D semantic: a, b" in session.describe_model() and "3 networks averaged" in session.describe_model()
+    session.load_model(save_model(networks(1)[0], tmp_path / "one.safetensors"))
+    assert "averaged" not in session.describe_model()
+
+
 @pytest.mark.parametrize("members", [0, 9, 2.5])
 def test_a_member_count_out_of_range_is_refused_and_a_file_claiming_one_is_damaged(tmp_path, members):
     with pytest.raises(ValueError, match="members must be a whole number from 1 to 8"):

@@ -105,7 +105,8 @@ class Session:
         saved = "saved" if self.model_info.path.parent == _registry.saved_models_dir() else "file"
         origin = "bundled" if self.model_info.bundled else saved
         task = f"semantic: {', '.join(cfg.classes[1:])}" if cfg.task == "semantic" else "instances"
-        shape = f"{cfg.spatial_dims}D {task}, {cfg.in_channels} channel(s), {len(cfg.gate_names)} gates"
+        averaged = f", {cfg.members} networks averaged" if cfg.members > 1 else ""  # core.train.folds
+        shape = f"{cfg.spatial_dims}D {task}, {cfg.in_channels} channel(s), {len(cfg.gate_names)} gates{averaged}"
         return f"{self.model_info.name} ({origin}; {shape})"
 
     # -- device -------------------------------------------------------------------------
