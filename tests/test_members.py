@@ -156,6 +156,15 @@ def test_new_3d_models_from_scratch_on_five_volumes_get_members_by_default():
     assert default_members(3, True, 20, timed=False) == 1  # a step count asks for one network of that many
 
 
+def test_a_new_model_started_from_a_joined_one_takes_its_first_members_weights():
+    from napari_attention_unet.core.train.start import new_model
+
+    joined = join_members(networks(2))
+    model = new_model("semantic", ("background", "x"), 3, 1, joined)
+    assert model.members is None
+    torch.testing.assert_close(model.encoder[0][0].weight, joined.members[0].encoder[0][0].weight)
+
+
 def test_a_joined_model_fine_tunes_every_member():
     image, labels = three_classes((12, 24, 24))
     joined = join_members(networks(2)).train()

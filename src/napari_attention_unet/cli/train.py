@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     if few := plan.few_steps(result.steps):
         print(f"note: {few}", file=sys.stderr)
     if len(joined.results) > 1:
-        print(_members_note(joined, plan.pairs), file=sys.stderr)
+        print(_members_note(joined), file=sys.stderr)
     meta = {
         "name": out_name,
         "task": task,
@@ -235,7 +235,7 @@ def _images(indices: list[int]) -> str:
     return ", ".join(str(i + 1) for i in indices)
 
 
-def _members_note(joined, pairs) -> str:
+def _members_note(joined) -> str:
     """What the members did, and the held-out figure of the model: each member scored on images it did not train on."""
     lines = [f"the model averages {len(joined.results)} members:"]
     for k, (r, held) in enumerate(zip(joined.results, joined.held_out), start=1):

@@ -117,6 +117,8 @@ def new_model(
             raise ValueError(f"start must be 'scratch' or a model, not {start!r}")
         size = {**SCRATCH[spatial_dims], **{k: v for k, v in (("base_width", base_width), ("depth", depth)) if v}}
         return AttentionUNet(ModelConfig(spatial_dims, in_channels, classes, task=task, **size)).train()
+    if start.members is not None:  # a model that averages members (core.train.folds): its first one's weights
+        start = start.members[0]
     source = start.config
     if source.spatial_dims != spatial_dims:
         raise ValueError(
