@@ -186,6 +186,7 @@ def test_train_members_then_predict_with_the_path_as_typed(tmp_path):
     done = run_cli("train", *args, "--out", "ens", "--dims", "3", "--steps", "4", "--members", "2", *TINY, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "member 2 (of up to 2): holding out images 4" in done.stderr
+    assert "\nmember 1: " in done.stderr and "\nmember 2: " in done.stderr  # each one's outcome, as it ends
     assert "the model averages 2 members" in done.stderr
     config, info = read_metadata(tmp_path / "ens.safetensors")
     assert config.members == 2 and [m["held_out"] for m in info["members"]] == [[4], [3]]

@@ -186,20 +186,14 @@ def run(args: argparse.Namespace) -> int:
                 f"member {k + 1} (of up to {count}): holding out images {_images(members.held_out(k))}", file=sys.stderr
             )
         members.interrupted = not drive_training(trainer)
+        if trainer.step:  # each member's outcome as it ends (members: "member 2: trained 1100 steps ...")
+            print(_outcome(trainer.result(), f"member {k + 1}: " if count > 1 else ""), file=sys.stderr)
     joined = members.result()
     result = joined.results[0]
     if joined.steps == 0:  # nothing learnt: writing random weights would only mislead
         return fail(
             f"no training step was done ({trainer.elapsed:.0f} s went on preparing and scoring), so no model was "
             "written: give more --minutes, or --steps N"
-        )
-    if result.accepted:
-        print(result.message, file=sys.stderr)
-    else:  # a new model has no previous one to fall back on: write the best state, and say why to doubt it
-        print(
-            f"warning: {result.message.rstrip('.')}. A new model has no earlier one to fall back on, so it is written: "
-            "check its predictions before relying on it.",
-            file=sys.stderr,
         )
     if few := plan.few_steps(result.steps):
         print(f"note: {few}", file=sys.stderr)
@@ -229,6 +223,16 @@ def run(args: argparse.Namespace) -> int:
     path = save_model(joined.model, out_path, info=meta)
     print(f"wrote {path} {use_it(args.out)}", file=sys.stderr)
     return 0
+
+
+def _outcome(result, prefix: str) -> str:
+    if result.accepted:
+        return prefix + result.message
+    # a new model has no previous one to fall back on: the best state is written, with why to doubt it
+    return (
+        f"{prefix}warning: {result.message.rstrip('.')}. A new model has no earlier one to fall back on, so it is "
+        "written: check its predictions before relying on it."
+    )
 
 
 def _images(indices: list[int]) -> str:
