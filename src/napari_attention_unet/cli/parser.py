@@ -286,7 +286,7 @@ def _add_train(sub) -> None:
         type=_positive(int),
         default=None,
         help="networks the model averages, each trained holding out other images, while the time budget has room "
-        "(default: 5 for a new 3D model with 5 or more volumes and a time budget, else 1; at most 8)",
+        "(default: 5 for a new 3D semantic model with 5 or more volumes and a time budget, else 1; at most 8)",
     )
     t.set_defaults(func=train.run)
 

@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         for note in plan.notes:
             print(note, file=sys.stderr)
         timed = plan.config.time_budget is not None
-        count = args.members or default_members(plan.dims, plan.scratch, len(plan.pairs), timed)
+        count = args.members or default_members(plan.dims, plan.scratch, len(plan.pairs), timed, plan.task)
         if count > MAX_MEMBERS:
             raise ValueError(f"--members is at most {MAX_MEMBERS}, not {count}")
         members = Members(plan.model, plan.config, plan.pairs, plan.background_slices, device, count)

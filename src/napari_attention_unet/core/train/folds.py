@@ -32,11 +32,12 @@ MEMBER_STEPS = 1500
 ROOM = 1.1
 
 
-def default_members(dims: int, scratch: bool, n_images: int, timed: bool) -> int:
-    """As many members as folds for a new 3D model from scratch, timed, on enough images for whole-image folds;
-    else one (a 2D model of a large image would predict that many times slower; a step count asks for one model)."""
+def default_members(dims: int, scratch: bool, n_images: int, timed: bool, task: str = "semantic") -> int:
+    """As many members as folds for a new 3D semantic model from scratch, timed, on enough images for whole-image
+    folds (what was measured); else one: a 2D model of a large image would predict that many times slower, a step
+    count asks for one model, and for 3D instances it is not measured (``--members`` asks for them)."""
     whole = n_images >= WHOLE_IMAGE_VALIDATION
-    return WHOLE_IMAGE_VALIDATION if dims == 3 and scratch and whole and timed else 1
+    return WHOLE_IMAGE_VALIDATION if dims == 3 and task == "semantic" and scratch and whole and timed else 1
 
 
 @dataclass
