@@ -115,3 +115,24 @@ def test_cuda_checkpoint_resumes_on_cuda(pair, tmp_path):
     assert again.step == 10 and again.scaler.get_scale() == trainer.scaler.get_scale()
     list(again.run())
     assert again.step == 15
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp16"])
+def test_a_model_with_members_predicts_on_cuda_as_on_the_cpu(precision):
+    """Members (core.train.folds): the average of their probabilities in half precision on the GPU."""
+    from napari_attention_unet.core.model import join_members
+
+    config = ModelConfig(spatial_dims=3, in_channels=1, classes=("background", "a", "b"), task="semantic", depth=4)
+    singles = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        singles.append(AttentionUNet(config).eval())
+    joined = join_members(singles)
+    volume = np.random.default_rng(0).normal(size=(24, 40, 40)).astype(np.float32)
+    options = dict(axes="ZYX", keep_class_probabilities=True)
+    cpu = run_to_end(predict(joined, volume, device="cpu", precision="fp32", **options))
+    gpu = run_to_end(predict(joined, volume, device="cuda", precision=precision, **options))
+    assert gpu.device == "cuda" and gpu.labels.shape == volume.shape
+    assert np.abs(gpu.class_probabilities - cpu.class_probabilities).mean() < 0.01
+    for name, gate in gpu.gate_maps.items():
+        assert np.abs(gate - cpu.gate_maps[name]).mean() < 0.01, name
