@@ -196,5 +196,8 @@ def test_train_members_then_predict_with_the_path_as_typed(tmp_path):
     assert done.returncode == 0, done.stderr
     labels = tifffile.imread(tmp_path / "out" / "v0_labels.tif")
     assert labels.shape == (12, 24, 24) and set(np.unique(labels)) <= {0, 1, 2}
+    two = args[:8]  # two volumes: each member holds out a strip of each (the same), and differs by its seed
+    done = run_cli("train", *two, "--out", "two", "--dims", "3", "--steps", "2", "--members", "2", *TINY, cwd=tmp_path)
+    assert done.returncode == 0 and "member 2 (of up to 2): holding out a strip of each image" in done.stderr
     done = run_cli("train", *args, "--out", "x", "--dims", "3", "--steps", "4", "--members", "9", *TINY, cwd=tmp_path)
     assert done.returncode == 2 and "--members is at most 8" in done.stderr and "Traceback" not in done.stderr

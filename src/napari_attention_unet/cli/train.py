@@ -182,9 +182,7 @@ def run(args: argparse.Namespace) -> int:
         )
     for k, trainer in chain([(0, first)], member_trainers):
         if k:
-            print(
-                f"member {k + 1} (of up to {count}): holding out images {_images(members.held_out(k))}", file=sys.stderr
-            )
+            print(f"member {k + 1} (of up to {count}): holding out {_images(members.held_out(k))}", file=sys.stderr)
         members.interrupted = not drive_training(trainer)
         if trainer.step:  # each member's outcome as it ends (members: "member 2: trained 1100 steps ...")
             print(_outcome(trainer.result(), f"member {k + 1}: " if count > 1 else ""), file=sys.stderr)
@@ -236,7 +234,8 @@ def _outcome(result, prefix: str) -> str:
 
 
 def _images(indices: list[int]) -> str:
-    return ", ".join(str(i + 1) for i in indices)
+    """The images a member held out, as the user numbers them (fewer than five: a strip of each, the same for all)."""
+    return "images " + ", ".join(str(i + 1) for i in indices) if indices else "a strip of each image"
 
 
 def _members_note(joined) -> str:
@@ -244,7 +243,7 @@ def _members_note(joined) -> str:
     lines = [f"the model averages {len(joined.results)} members:"]
     for k, (r, held) in enumerate(zip(joined.results, joined.held_out), start=1):
         score = "-" if r.best_val_dice is None else f"{r.best_val_dice:.3f}"
-        lines.append(f"  member {k}: kept step {r.best_step} of {r.steps}, Dice {score} on images {_images(held)}")
+        lines.append(f"  member {k}: kept step {r.best_step} of {r.steps}, Dice {score} on {_images(held)}")
     mean = joined.mean_score("best_val_dice")
     if mean is not None:
         lines.append(
