@@ -294,19 +294,16 @@ class AttentionUNet(nn.Module):
         """
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-        if self.members is not None:
-            fused = copy.deepcopy(self)
-            fused.members = nn.ModuleList([member.fused_for_inference() for member in fused.members])
-            return fused.eval()
-        fused = copy.deepcopy(self).eval()
-        blocks = list(fused.encoder) + list(fused.decoder) + [gate.out for gate in fused.gates.values()]
-        for block in blocks:
-            for i in range(len(block) - 1):
-                if isinstance(block[i], nn.Conv2d | nn.Conv3d) and isinstance(
-                    block[i + 1], nn.BatchNorm2d | nn.BatchNorm3d
-                ):
-                    block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
-                    block[i + 1] = nn.Identity()
+        fused = copy.deepcopy(self).eval()  # one copy, members and all; each network folded in place
+        for net in fused.members if fused.members is not None else (fused,):
+            blocks = list(net.encoder) + list(net.decoder) + [gate.out for gate in net.gates.values()]
+            for block in blocks:
+                for i in range(len(block) - 1):
+                    if isinstance(block[i], nn.Conv2d | nn.Conv3d) and isinstance(
+                        block[i + 1], nn.BatchNorm2d | nn.BatchNorm3d
+                    ):
+                        block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
+                        block[i + 1] = nn.Identity()
         return fused
 
     def joined_for_cpu(self) -> AttentionUNet:

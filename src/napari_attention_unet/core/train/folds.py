@@ -21,7 +21,7 @@ import torch
 from napari_attention_unet.core.model import AttentionUNet, join_members
 from napari_attention_unet.core.train.config import TrainConfig, TrainResult
 from napari_attention_unet.core.train.loop import Trainer
-from napari_attention_unet.core.train.start import WHOLE_IMAGE_VALIDATION, split_samples
+from napari_attention_unet.core.train.start import WHOLE_IMAGE_VALIDATION, split_samples, whole_images_held_out
 
 __all__ = ["MEMBER_STEPS", "Members", "MembersResult", "default_members"]
 
@@ -78,7 +78,6 @@ class Members:
     ) -> None:
         self.count = max(1, count)
         self.first, self.pairs, self.marks, self.device = first, list(pairs), background_slices, device
-        self.budget = config.time_budget
         steps = config.max_steps or (MEMBER_STEPS if self.count > 1 else None)
         self.config = replace(config, max_steps=steps)
         self.done: list[Trainer] = []
@@ -90,8 +89,8 @@ class Members:
         start = time.perf_counter()
         for k in range(self.count):
             config = self.config
-            if k and self.budget is not None:  # the budget counts preparing each member's images too
-                left = self.budget - (time.perf_counter() - start)
+            if k and config.time_budget is not None:  # the budget counts preparing each member's images too
+                left = self.config.time_budget - (time.perf_counter() - start)
                 if left < ROOM * max(t.elapsed for t in self.done):
                     return
                 config = replace(config, time_budget=left)
@@ -100,9 +99,8 @@ class Members:
             samples, validation = split_samples(model.config, config, self.pairs, self.marks, fold=k)
             trainer = Trainer(model, config=config, device=self.device, samples=samples, validation=validation)
             yield k, trainer
-            if self.interrupted and k:  # stopped half-way: the members that finished make the model
-                return
-            self.done.append(trainer)
+            if not (self.interrupted and k):  # a later member stopped half-way is left out; the first is kept
+                self.done.append(trainer)
             if self.interrupted:
                 return
 
@@ -113,9 +111,7 @@ class Members:
 
     def held_out(self, k: int) -> list[int]:
         """The images member ``k`` held out whole (none when a strip of each was held out)."""
-        if len(self.pairs) < WHOLE_IMAGE_VALIDATION or not self.config.val_fraction:
-            return []
-        return list(range((4 - k) % WHOLE_IMAGE_VALIDATION, len(self.pairs), WHOLE_IMAGE_VALIDATION))
+        return whole_images_held_out(len(self.pairs), self.config.val_fraction, k)
 
     def result(self) -> MembersResult:
         """The members that trained, joined (members that did no step are left out; the first stays if alone)."""

@@ -37,6 +37,7 @@ __all__ = [
     "patch_as_predicted",
     "split_samples",
     "task_classes",
+    "whole_images_held_out",
 ]
 
 #: Network sizes of a model trained from scratch, per spatial dimension. 3D: base width 16 and
@@ -254,6 +255,13 @@ def patch_as_predicted(
     return patch_3d(sized, config.size_multiple)
 
 
+def whole_images_held_out(n_images: int, val_fraction: float, fold: int = 0) -> list[int]:
+    """The images :func:`split_samples` holds out whole for ``fold`` (none: a strip of each is held out)."""
+    if n_images < WHOLE_IMAGE_VALIDATION or not val_fraction:
+        return []
+    return list(range((4 - fold) % WHOLE_IMAGE_VALIDATION, n_images, WHOLE_IMAGE_VALIDATION))
+
+
 def split_samples(
     config: ModelConfig,
     train: TrainConfig,
@@ -274,10 +282,10 @@ def split_samples(
         voxel=config.voxel_size,
     )
     marks = list(background_slices or [None] * len(pairs))
-    if len(pairs) < WHOLE_IMAGE_VALIDATION or not train.val_fraction:
+    held = set(whole_images_held_out(len(pairs), train.val_fraction, fold))
+    if not held:
         samples = prepare_samples(pairs, val_fraction=train.val_fraction, background_slices=marks, **settings)
         return samples, [s for s in samples if s.val_target is not None]
-    held = set(range((4 - fold) % WHOLE_IMAGE_VALIDATION, len(pairs), WHOLE_IMAGE_VALIDATION))
 
     def part(keep: bool) -> list[TrainingSample]:
         chosen = [i for i in range(len(pairs)) if (i in held) != keep]
