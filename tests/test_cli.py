@@ -51,6 +51,11 @@ def test_predict_writes_labels_and_attention(tmp_path, model_file, home):
         assert labels.shape == image.shape[:2] and np.issubdtype(labels.dtype, np.integer)
         assert attention.shape == (2, *image.shape[:2]) and attention.dtype == np.float32
         assert attention.min() >= 0 and attention.max() <= 1
+        # float maps are written raw (compressing them was 0.2 s of a 2048² image's 3.3 s); labels compressed
+        with tifffile.TiffFile(out / f"{image_path.stem}_attention.tif") as maps:
+            assert maps.pages[0].compression == tifffile.COMPRESSION.NONE
+        with tifffile.TiffFile(out / f"{image_path.stem}_labels.tif") as written:
+            assert written.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
         found = int(labels.max())  # what it found, and where it went, said per image
         said = f"{image_path.name}: {found} objects -> {out / f'{image_path.stem}_labels.tif'} (+ attention maps, "
         assert said in done.stderr, done.stderr
@@ -381,6 +386,25 @@ def test_only_the_program_itself_changes_how_freed_memory_is_reused(monkeypatch,
     monkeypatch.setattr(sys, "argv", ["attention-unet", "models"])
     assert cli.main() == 0 and calls == ["set"]
     assert cli.main(["models"]) == 0 and calls == ["set"]
+
+
+def test_only_the_program_itself_collects_garbage_less(home):
+    """`attention-unet` collects less often while it runs and leaves what lives to its end out of the collections
+    of its exit (0.1-0.15 s and 0.3 s of a 2048² prediction); ``main([...])`` in a caller's process changes neither."""
+    code = (
+        "import gc, sys; from napari_attention_unet.cli import main; sys.argv = ['attention-unet', 'models']; "
+        "code = main(); print(gc.get_threshold(), gc.get_freeze_count() > 1000); raise SystemExit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "(50000, 20, 20) True"
+    import gc
+
+    import napari_attention_unet.cli as cli
+
+    before = gc.get_threshold(), gc.get_freeze_count()
+    assert cli.main(["models"]) == 0
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
 @pytest.mark.skipif(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from napari_attention_unet.cli.common import reuse_freed_memory
+from napari_attention_unet.cli.common import collect_less, reuse_freed_memory, skip_collection_at_exit
 from napari_attention_unet.cli.parser import build_parser
 
 __all__ = ["build_parser", "main"]
@@ -21,6 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (None: this program's own arguments, ``sys.argv``)."""
     if argv is None:  # run as a program: this process is ours alone (not a test's, not napari's)
         reuse_freed_memory()
+        collect_less()
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    code = args.func(args)
+    if argv is None:
+        skip_collection_at_exit()
+    return code
