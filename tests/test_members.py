@@ -201,3 +201,24 @@ def test_train_members_then_predict_with_the_path_as_typed(tmp_path):
     assert done.returncode == 0 and "member 2 (of up to 2): holding out a strip of each image" in done.stderr
     done = run_cli("train", *args, "--out", "x", "--dims", "3", "--steps", "4", "--members", "9", *TINY, cwd=tmp_path)
     assert done.returncode == 2 and "--members is at most 8" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_each_members_outcome_is_worked_out_once(monkeypatch):
+    """The CLI prints each member's outcome as it ends and then joins them: the held-out images are scored for
+    each member once, not again by :meth:`Members.result`."""
+    from napari_attention_unet.core.train.loop import Trainer
+
+    calls = []
+    real = Trainer.result
+    monkeypatch.setattr(Trainer, "result", lambda self: calls.append(self) or real(self))
+    pairs = volumes(5)
+    config = default_train_config("semantic", 3, [p[0].shape for p in pairs], from_scratch=True, steps=2)
+    run = Members(AttentionUNet(CONFIG).train(), config, pairs, None, "cpu", 2)
+    outcomes = []
+    for _, trainer in run.trainers():
+        for _report in trainer.run():  # as the CLI drives it: the generator's own result is not kept
+            pass
+        outcomes.append(run.outcome(trainer))
+    joined = run.result()
+    assert joined.results == outcomes and run.outcome(run.done[1]) is outcomes[1]
+    assert [calls.count(t) for t in run.done] == [2, 2]  # the end of run(), then once for both uses

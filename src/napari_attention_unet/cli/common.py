@@ -48,7 +48,7 @@ def collect_less() -> None:
     Importing torch makes hundreds of thousands of objects that live until the exit, and with the default
     thresholds the collector walked them again and again: three full collections during the imports of
     ``attention-unet predict``, 0.13 s. Collecting less often saves 0.1-0.15 s of its 1.1-1.2 s of imports
-    (benchmarks/README.md, "Whole processes, and the rest of the path"); most objects are freed by reference
+    (benchmarks/README.md, "The exit, the collector and the gate maps"); most objects are freed by reference
     counting anyway, and cycles wait a little longer. Only for a process that runs one command and ends.
     """
     gc.set_threshold(50_000, 20, 20)
@@ -60,7 +60,7 @@ def skip_collection_at_exit() -> None:
     Once a command is done, everything it imported lives until the exit, and the collections of the
     interpreter's shutdown walk all of it (torch alone makes hundreds of thousands of objects): 0.35-0.45 s
     of the 3.3 s that ``attention-unet predict`` took on a 2048² image, 0.1-0.15 s with them frozen
-    (``gc.freeze``; benchmarks/README.md, "Whole processes, and the rest of the path"). Frozen objects are still
+    (``gc.freeze``; benchmarks/README.md, "The exit, the collector and the gate maps"). Frozen objects are still
     freed when nothing refers to them, and files are closed by then; a reference cycle among them is left to
     the system, as at any exit. Only for a process that runs one command and ends, as :func:`reuse_freed_memory`.
     """

@@ -177,7 +177,7 @@ def read_image(path: str | Path) -> np.ndarray:
 #: threads. Attention maps are written uncompressed: float maps compress little (the four gate maps
 #: of a 2048² nuclei image: 67 MB raw, 40 MB at level 1), and compressing them took 0.21 s of the
 #: 3.3 s that ``attention-unet predict`` took on that image, against 0.01-0.05 s raw (2-core CPU;
-#: benchmarks/README.md, "Whole processes, and the rest of the path").
+#: benchmarks/README.md, "The exit, the collector and the gate maps").
 TIFF_COMPRESSION = {
     "compression": "zlib",
     "compressionargs": {"level": 1},

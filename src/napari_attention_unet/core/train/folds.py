@@ -82,6 +82,7 @@ class Members:
         self.config = replace(config, max_steps=steps)
         self.done: list[Trainer] = []
         self.interrupted = False
+        self._outcomes: dict[Trainer, TrainResult] = {}
 
     def trainers(self) -> Iterator[tuple[int, Trainer]]:
         """``(k, trainer)`` for each member that has room in the budget; the caller runs each to its end (or
@@ -90,7 +91,7 @@ class Members:
         for k in range(self.count):
             config = self.config
             if k and config.time_budget is not None:  # the budget counts preparing each member's images too
-                left = self.config.time_budget - (time.perf_counter() - start)
+                left = config.time_budget - (time.perf_counter() - start)
                 if left < ROOM * max(t.elapsed for t in self.done):
                     return
                 config = replace(config, time_budget=left)
@@ -109,13 +110,21 @@ class Members:
             torch.manual_seed(seed)
             return AttentionUNet(self.first.config).train()
 
+    def outcome(self, trainer: Trainer) -> TrainResult:
+        """``trainer``'s result once it has ended, worked out once: ``Trainer.result`` copies the model and scores
+        the held-out images again on every call, and both the caller (each member's outcome as it ends) and
+        :meth:`result` need it."""
+        if trainer not in self._outcomes:
+            self._outcomes[trainer] = trainer.result()
+        return self._outcomes[trainer]
+
     def held_out(self, k: int) -> list[int]:
         """The images member ``k`` held out whole (none when a strip of each was held out)."""
         return whole_images_held_out(len(self.pairs), self.config.val_fraction, k)
 
     def result(self) -> MembersResult:
         """The members that trained, joined (members that did no step are left out; the first stays if alone)."""
-        results = [t.result() for t in self.done]
+        results = [self.outcome(t) for t in self.done]
         kept = [k for k, r in enumerate(results) if r.steps > 0 and r.stopped != "diverged"] or [0]
         model = join_members([results[k].trained_model for k in kept])
         return MembersResult(model, [results[k] for k in kept], [self.held_out(k) for k in kept])
