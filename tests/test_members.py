@@ -205,7 +205,8 @@ def test_train_members_then_predict_with_the_path_as_typed(tmp_path):
 
 def test_each_members_outcome_is_worked_out_once(monkeypatch):
     """The CLI prints each member's outcome as it ends and then joins them: the held-out images are scored for
-    each member once, not again by :meth:`Members.result`."""
+    each member once (at the end of its run), not again for the note or by :meth:`Members.result`."""
+    from napari_attention_unet.cli.common import drive_training
     from napari_attention_unet.core.train.loop import Trainer
 
     calls = []
@@ -216,9 +217,32 @@ def test_each_members_outcome_is_worked_out_once(monkeypatch):
     run = Members(AttentionUNet(CONFIG).train(), config, pairs, None, "cpu", 2)
     outcomes = []
     for _, trainer in run.trainers():
-        for _report in trainer.run():  # as the CLI drives it: the generator's own result is not kept
-            pass
+        finished, outcome = drive_training(trainer)  # as the CLI drives it
+        assert finished and outcome.steps == 2
+        run.record(trainer, outcome)
         outcomes.append(run.outcome(trainer))
     joined = run.result()
     assert joined.results == outcomes and run.outcome(run.done[1]) is outcomes[1]
-    assert [calls.count(t) for t in run.done] == [2, 2]  # the end of run(), then once for both uses
+    assert [calls.count(t) for t in run.done] == [1, 1]  # the end of run(), and no more
+
+
+def test_finetune_scores_its_held_out_images_once(tmp_path, tiny_model_path, monkeypatch):
+    """`finetune` takes the result its run returned: the held-out images are not scored a second time."""
+    import tifffile
+
+    from napari_attention_unet.cli import main
+    from napari_attention_unet.core.train.loop import Trainer
+
+    calls = []
+    real = Trainer.result
+    monkeypatch.setattr(Trainer, "result", lambda self: calls.append(self) or real(self))
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64, 3)).astype(np.float32)
+    labels = np.zeros((64, 64), np.uint16)
+    labels[8:20, 8:20], labels[30:44, 30:40] = 1, 2
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    tifffile.imwrite(tmp_path / "cells_labels.tif", labels)
+    args = ["finetune", "--image", tmp_path / "cells.tif", "--labels", tmp_path / "cells_labels.tif"]
+    main([*map(str, args), "--out", str(tmp_path / "tuned"), "--model", str(tiny_model_path), "--steps", "2",
+          "--device", "cpu"])  # fmt: skip
+    assert len(calls) == 1

@@ -136,15 +136,23 @@ def drive(generator: Generator[object, None, T], desc: str, *, leave: bool = Tru
             bar.close()
 
 
-def drive_training(trainer) -> bool:
+def drive_training(trainer):
     """Run ``trainer`` under a tqdm bar on stderr (steps, or open-ended under a time budget), each
-    validation on its own line; Ctrl-C stops it and keeps the best model so far (then False)."""
+    validation on its own line. Returns ``(True, the run's TrainResult)``; Ctrl-C stops it and keeps the
+    best model so far: ``(False, None)``, and ``trainer.result()`` then says what it kept.
+
+    The result is the one ``Trainer.run`` returns: asking ``trainer.result()`` again would score the
+    held-out images once more (a second sanity check)."""
     config = trainer.config
     total = config.max_steps if config.time_budget is None else None
     steps = trainer.run()
     try:
         with tqdm(total=total, unit="step", **bar_settings()) as bar:
-            for report in steps:
+            while True:
+                try:
+                    report = next(steps)
+                except StopIteration as end:
+                    return True, end.value
                 bar.update(report.step - bar.n)
                 if report.best_val_ap is not None:
                     best = f"kept val AP@0.5 {report.best_val_ap:.3f}"
@@ -156,8 +164,7 @@ def drive_training(trainer) -> bool:
     except KeyboardInterrupt:
         steps.close()
         print("interrupted: keeping the best model so far", file=sys.stderr)
-        return False
-    return True
+        return False, None
 
 
 def labels_to_image_grid(labels, labels_volume, volume, labels_path, image_path):

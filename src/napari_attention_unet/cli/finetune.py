@@ -66,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"fine-tuning {info.name} on {len(pairs)} image(s), {describe_device(device, args.precision)}", file=sys.stderr
     )
-    drive_training(trainer)
-    result = trainer.result()
+    result = drive_training(trainer)[1] or trainer.result()
     if not result.accepted:
         return fail(f"the fine-tuned model was not written (the starting model stays as it was): {result.message}")
     print(result.message, file=sys.stderr)

@@ -183,7 +183,10 @@ def run(args: argparse.Namespace) -> int:
     for k, trainer in chain([(0, first)], member_trainers):
         if k:
             print(f"member {k + 1} (of up to {count}): holding out {_images(members.held_out(k))}", file=sys.stderr)
-        members.interrupted = not drive_training(trainer)
+        finished, outcome = drive_training(trainer)
+        members.interrupted = not finished
+        if outcome is not None:
+            members.record(trainer, outcome)
         if trainer.step:  # each member's outcome as it ends (members: "member 2: trained 1100 steps ...")
             print(_outcome(members.outcome(trainer), f"member {k + 1}: " if count > 1 else ""), file=sys.stderr)
     joined = members.result()

@@ -118,6 +118,10 @@ class Members:
             self._outcomes[trainer] = trainer.result()
         return self._outcomes[trainer]
 
+    def record(self, trainer: Trainer, result: TrainResult) -> None:
+        """Keep the result ``trainer.run()`` returned as its outcome, so that it is not worked out again."""
+        self._outcomes[trainer] = result
+
     def held_out(self, k: int) -> list[int]:
         """The images member ``k`` held out whole (none when a strip of each was held out)."""
         return whole_images_held_out(len(self.pairs), self.config.val_fraction, k)
