@@ -246,3 +246,35 @@ def test_finetune_scores_its_held_out_images_once(tmp_path, tiny_model_path, mon
     main([*map(str, args), "--out", str(tmp_path / "tuned"), "--model", str(tiny_model_path), "--steps", "2",
           "--device", "cpu"])  # fmt: skip
     assert len(calls) == 1
+
+
+def test_finetune_stopped_with_ctrl_c_works_out_what_it_kept(tmp_path, tiny_model_path, monkeypatch, capsys):
+    """Ctrl-C during `finetune`: the run returns nothing, so the best state so far is worked out once, after it."""
+    import tifffile
+
+    from napari_attention_unet.cli import main
+    from napari_attention_unet.core.train.loop import Trainer
+
+    calls, batches = [], []
+    real_result, real_batch = Trainer.result, Trainer._batch
+    monkeypatch.setattr(Trainer, "result", lambda self: calls.append(self) or real_result(self))
+
+    def batch(self):
+        batches.append(1)
+        if len(batches) == 4:
+            raise KeyboardInterrupt
+        return real_batch(self)
+
+    monkeypatch.setattr(Trainer, "_batch", batch)
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "cells.tif", rng.random((64, 64, 3)).astype(np.float32))
+    labels = np.zeros((64, 64), np.uint16)
+    labels[8:20, 8:20], labels[30:44, 30:40] = 1, 2
+    tifffile.imwrite(tmp_path / "cells_labels.tif", labels)
+    args = ["finetune", "--image", tmp_path / "cells.tif", "--labels", tmp_path / "cells_labels.tif"]
+    code = main([*map(str, args), "--out", str(tmp_path / "tuned"), "--model", str(tiny_model_path), "--steps", "10",
+                 "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "interrupted: keeping the best model so far" in err and "Traceback" not in err
+    assert len(calls) == 1 and calls[0].step == 3
+    assert code == 0 and (tmp_path / "tuned.safetensors").is_file() or code == 2 and "was not written" in err
