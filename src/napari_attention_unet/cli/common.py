@@ -138,11 +138,11 @@ def drive(generator: Generator[object, None, T], desc: str, *, leave: bool = Tru
 
 def drive_training(trainer):
     """Run ``trainer`` under a tqdm bar on stderr (steps, or open-ended under a time budget), each
-    validation on its own line. Returns ``(True, the run's TrainResult)``; Ctrl-C stops it and keeps the
-    best model so far: ``(False, None)``, and ``trainer.result()`` then says what it kept.
+    validation on its own line. Returns ``(finished, result)``: ``(True, the TrainResult the run returned)``;
+    Ctrl-C stops it and keeps the best model so far: ``(False, trainer.result())``.
 
-    The result is the one ``Trainer.run`` returns: asking ``trainer.result()`` again would score the
-    held-out images once more (a second sanity check)."""
+    Callers use this result: asking ``trainer.result()`` again would score the held-out images once
+    more (a second sanity check)."""
     config = trainer.config
     total = config.max_steps if config.time_budget is None else None
     steps = trainer.run()
@@ -164,7 +164,7 @@ def drive_training(trainer):
     except KeyboardInterrupt:
         steps.close()
         print("interrupted: keeping the best model so far", file=sys.stderr)
-        return False, None
+        return False, trainer.result()
 
 
 def labels_to_image_grid(labels, labels_volume, volume, labels_path, image_path):

@@ -67,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
         f"fine-tuning {info.name} on {len(pairs)} image(s), {describe_device(device, args.precision)}", file=sys.stderr
     )
     _, result = drive_training(trainer)
-    if result is None:  # interrupted: the best state so far
-        result = trainer.result()
     if not result.accepted:
         return fail(f"the fine-tuned model was not written (the starting model stays as it was): {result.message}")
     print(result.message, file=sys.stderr)

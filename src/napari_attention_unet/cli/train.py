@@ -185,10 +185,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"member {k + 1} (of up to {count}): holding out {_images(members.held_out(k))}", file=sys.stderr)
         finished, outcome = drive_training(trainer)
         members.interrupted = not finished
-        if outcome is not None:
-            members.record(trainer, outcome)
+        members.record(trainer, outcome)
         if trainer.step:  # each member's outcome as it ends (members: "member 2: trained 1100 steps ...")
-            print(_outcome(members.outcome(trainer), f"member {k + 1}: " if count > 1 else ""), file=sys.stderr)
+            print(_outcome(outcome, f"member {k + 1}: " if count > 1 else ""), file=sys.stderr)
     joined = members.result()
     result = joined.results[0]
     if joined.steps == 0:  # nothing learnt: writing random weights would only mislead

@@ -111,9 +111,8 @@ class Members:
             return AttentionUNet(self.first.config).train()
 
     def outcome(self, trainer: Trainer) -> TrainResult:
-        """``trainer``'s result once it has ended, worked out once: ``Trainer.result`` copies the model and scores
-        the held-out images again on every call, and both the caller (each member's outcome as it ends) and
-        :meth:`result` need it."""
+        """``trainer``'s result once it has ended: the one :meth:`record` kept, else worked out once
+        (``Trainer.result`` copies the model and scores the held-out images again on every call)."""
         if trainer not in self._outcomes:
             self._outcomes[trainer] = trainer.result()
         return self._outcomes[trainer]
