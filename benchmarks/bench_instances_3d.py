@@ -12,8 +12,9 @@ seeds 1..``--n-test``.
 1. **ours**: what ``attention-unet train --task instances --dims 3 --spacing 2,1,1`` does with
    default settings (``core.train.plan.plan_training``: a new 3D model from scratch,
    ``default_train_config`` on the network's cubic-voxel shape, ``split_samples``: a held-out
-   strip of the one volume), on the one labelled volume for ``--minutes`` of wall time;
-   prediction with ``core.predict.predict`` (instances, ``spacing``, no gates, fp32, CPU).
+   strip of the one volume; ``core.train.folds.Members``: three members, each trained to the end
+   of a third of the time and kept in its last state), on the one labelled volume for ``--minutes``
+   of wall time; prediction with ``core.predict.predict`` (instances, ``spacing``, no gates, fp32, CPU).
 2. **classic**: what a user would write with scikit-image: Gaussian smoothing (1 unit), Otsu
    threshold, holes filled, Euclidean distance transform with the voxel spacing, its peaks
    (``peak_local_max``, ``--min-distance`` voxels apart, inside the mask) as markers, watershed
@@ -26,7 +27,7 @@ TP / (TP + FP + FN)), its mean, and the objects missed (FN) and false (FP) over 
     python benchmarks/bench_instances_3d.py [--minutes 5] [--n-test 3] [--threads 2] [--seed 0]
         [--shape 48,128,128] [--only both|ours|classic] [--min-distance 4]
         [--irregular A] [--first-test 1] [--split-depths D,D,...] [--last] [--finer F]
-        [--steps N] [--slices N [--zero-is background|slices]]
+        [--steps N] [--slices N [--zero-is background|slices]] [--members N] [--keep best|last]
 
 ``--irregular A`` makes the nuclei lumpy (radii vary with the direction by about A);
 ``--first-test 4`` scores volumes 4.. (those the split depth was chosen on) instead of 1..;
@@ -34,7 +35,9 @@ TP / (TP + FP + FN)), its mean, and the objects missed (FN) and false (FP) over 
 ``--finer F`` samples the same scenes F times finer (voxels F times smaller, as many objects);
 ``--steps N`` trains ours for N steps instead of minutes (step-matched runs on a loaded machine);
 ``--slices N`` outlines the nuclei of only N evenly spread slices of the training volume, the
-others left 0, as ``--zero-is slices`` reads them (or ``--zero-is background``, the dense reading).
+others left 0, as ``--zero-is slices`` reads them (or ``--zero-is background``, the dense reading);
+``--members 1 --keep best`` trains what ``train`` did before session 32: one network, its best state on the
+held-out strip, stopped early.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -49,11 +53,10 @@ from scipy import ndimage
 
 from napari_attention_unet.core import instances
 from napari_attention_unet.core.metrics import match_counts
-from napari_attention_unet.core.model import count_parameters
+from napari_attention_unet.core.model import count_parameters, join_members
 from napari_attention_unet.core.predict import predict, run_to_end
-from napari_attention_unet.core.train import Trainer
+from napari_attention_unet.core.train.folds import Members, default_members
 from napari_attention_unet.core.train.plan import plan_training
-from napari_attention_unet.core.train.start import split_samples
 
 SHAPE = (48, 128, 128)
 SPACING = (2.0, 1.0, 1.0)
@@ -171,27 +174,44 @@ def classic_watershed(image: np.ndarray, spacing=SPACING, min_distance: int = 4,
 
 
 def train_ours(
-    volume, minutes: float, seed: int, spacing=SPACING, steps: int | None = None, zero_is: str = "background"
+    volume,
+    minutes: float,
+    seed: int,
+    spacing=SPACING,
+    steps: int | None = None,
+    zero_is: str = "background",
+    members: int | None = None,
+    keep: str | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """As ``attention-unet train --task instances --dims 3 --spacing 2,1,1 --minutes M`` (CPU);
-    ``steps``: as ``--steps N`` instead (untimed), ``zero_is``: as ``--zero-is``."""
+    ``steps``: as ``--steps N`` instead (untimed), ``zero_is``: as ``--zero-is``, ``members``: as ``--members``.
+    ``keep``: "best" or "last" state of each member, instead of the default (``TrainConfig.keep_last``)."""
     torch.manual_seed(seed)
     image, labels = volume
     budget = {"steps": steps} if steps else {"minutes": minutes}
     pair = [(image, labels, "ZYX", spacing)]
     plan = plan_training(pair, task="instances", dims=3, seed=seed, zero_is=zero_is, **budget)
-    samples, validation = split_samples(plan.model.config, plan.config, plan.pairs)
-    trainer = Trainer(plan.model, config=plan.config, device="cpu", samples=samples, validation=validation)
-    run_to_end(trainer.run())
-    result = trainer.result()
+    if keep is not None:  # the best state by the held-out strip (early stop) or the last one (to the end)
+        plan = replace(plan, config=replace(plan.config, keep_last=keep == "last"))
+    timed = plan.config.time_budget is not None
+    count = members or default_members(3, plan.scratch, 1, timed, "instances")
+    run, lasts, notes = Members(plan.model, plan.config, plan.pairs, plan.background_slices, "cpu", count), [], []
+    for _, trainer in run.trainers():
+        result = run_to_end(trainer.run())
+        run.record(trainer, result)
+        lasts.append(copy.deepcopy(trainer.model).cpu().eval())  # the state at the end, for --last
+        strip = "-" if result.best_val_ap is None else f"{result.best_val_ap:.2f}"
+        notes.append(f"{result.best_step} of {result.steps} (strip AP {strip})")
+    joined = run.result()
+    patch, config = run.done[0].patch, run.done[0].config
     info = {
-        "last": copy.deepcopy(trainer.model).cpu().eval(),  # the state at the end, for --last
-        "steps": result.steps,
-        "seconds": trainer.elapsed,
-        "note": f"{count_parameters(plan.model) / 1e6:.2f} M params, patch {'x'.join(map(str, trainer.patch))} "
-        f"x{plan.config.batch_size}, best step {result.best_step}, val AP {result.best_val_ap}",
+        "last": join_members(lasts),
+        "steps": joined.steps,
+        "seconds": sum(t.elapsed for t in run.done),
+        "note": f"{count_parameters(plan.model) / 1e6:.2f} M params, patch {'x'.join(map(str, patch))} "
+        f"x{config.batch_size}, {len(joined.results)} member(s), kept step {'; '.join(notes)}",
     }
-    return result.trained_model, info
+    return joined.model, info
 
 
 def segment_ours(model, image: np.ndarray, spacing=SPACING) -> np.ndarray:
@@ -228,6 +248,10 @@ def main() -> None:
     parser.add_argument(
         "--zero-is", choices=["background", "slices"], default=None, help="with --slices (default: slices)"
     )
+    parser.add_argument("--members", type=int, default=None, help="ours: as train --members (default: train's)")
+    parser.add_argument(
+        "--keep", choices=["best", "last"], default=None, help="ours: each member's best or last state (default: last)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = tuple(int(round(int(v) * args.finer)) for v in args.shape.split(","))
@@ -252,7 +276,7 @@ def main() -> None:
     )
     rows = []
     if args.only in ("both", "ours"):
-        model, info = train_ours(train, args.minutes, args.seed, spacing, args.steps, zero_is)
+        model, info = train_ours(train, args.minutes, args.seed, spacing, args.steps, zero_is, args.members, args.keep)
         start = time.perf_counter()
         ap, tally = score(test, lambda image: segment_ours(model, image, spacing))
         info["note"] += f", {(time.perf_counter() - start) / len(test):.1f} s/volume to predict"

@@ -154,7 +154,6 @@ def test_new_3d_semantic_models_from_scratch_on_five_volumes_get_members_by_defa
     assert default_members(2, True, 20, timed=True) == 1  # 2D: a large image would predict 5 times slower
     assert default_members(3, False, 20, timed=True) == 1
     assert default_members(3, True, 20, timed=False) == 1  # a step count asks for one network of that many
-    assert default_members(3, True, 20, timed=True, task="instances") == 1  # not measured for objects
 
 
 def test_a_new_model_started_from_a_joined_one_takes_its_first_members_weights():

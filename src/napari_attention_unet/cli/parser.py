@@ -286,7 +286,8 @@ def _add_train(sub) -> None:
         type=_positive(int),
         default=None,
         help="networks the model averages, each trained holding out other images, while the time budget has room "
-        "(default: 5 for a new 3D semantic model with 5 or more volumes and a time budget, else 1; at most 8)",
+        "(default with a time budget: 5 for a new 3D semantic model with 5 or more volumes, 3 for a new 3D instance "
+        "model, each for a third of the time; else 1; at most 8)",
     )
     t.set_defaults(func=train.run)
 

@@ -175,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
         print(_spacing_note(plan, args.spacing), file=sys.stderr)
     elif args.spacing:
         print("--spacing is the voxel size of volumes for a 3D model: a 2D model does not use it", file=sys.stderr)
-    if count > 1:
+    if count > 1 and plan.config.keep_last and timed:  # new 3D instance models: core.train.folds
+        print(f"{count} members, each for an equal share of the time left, kept in its last state", file=sys.stderr)
+    elif count > 1:
         print(
             f"up to {count} members, each holding out other images, while the time budget has room (--members 1: one)",
             file=sys.stderr,

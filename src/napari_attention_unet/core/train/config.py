@@ -66,6 +66,10 @@ class TrainConfig:
     # of its budget, and on a few held-out images a later state a little below the best is within
     # their noise and does better elsewhere (benchmarks/README.md, bench_tasks.py, session 11).
     keep_within: float = 0.0
+    # Keep the last state instead of the best one, and train to the end of the budget (no early stop): a new 3D
+    # instance model's held-out strip holds 10-20 objects, too few to pick a state by, while its learning rate
+    # decays to the end of the budget (benchmarks/README.md, bench_instances_3d.py, session 32).
+    keep_last: bool = False
     # Keep the starting model unless a trained state beats it on the held-out strip. None: yes
     # when every labelled pixel of the strip is the user's (no record of edits: a full
     # annotation; or only painted pixels are trained on); no when the strip also holds

@@ -261,7 +261,7 @@ class Trainer:
             self.best_step, self.best_state = 0, None
 
     def _beats_best(self, scores: dict) -> bool:
-        return beats_best(scores, self.best_dice, self.best_ap, self.select_by)
+        return self.config.keep_last or beats_best(scores, self.best_dice, self.best_ap, self.select_by)
 
     def _near_top(self, scores: dict) -> bool:
         """A trained state was kept, and ``scores`` are within ``keep_within`` of the best Dice so far."""

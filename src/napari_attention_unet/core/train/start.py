@@ -207,7 +207,8 @@ def default_train_config(
 
     A new model (or a new head) is trained, not fine-tuned: batch norm learns, the learning rate is a
     new model's (1e-3, from the bundled weights too: benchmarks/README.md, "The learning rate of a new
-    model from the bundled weights"), the start is no bar to clear, and patience is long. Patches
+    model from the bundled weights"), the start is no bar to clear, and patience is long (a new 3D instance
+    model has none: it keeps its last state, :attr:`TrainConfig.keep_last`). Patches
     are fitted to the images (:func:`patch_3d` in 3D; 2D ones 256 px, less for smaller images), four
     per batch. Semantic models of volumes (3D, or 2D
     on their planes: ``from_volumes``) learn without flips: volumes are mostly anatomy, whose
@@ -232,6 +233,7 @@ def default_train_config(
         must_beat_start=False,
         keep_within=KEEP_WITHIN_SEMANTIC if task == "semantic" else 0.0,
         keep_share=1.0,  # a new model: all of it (its start is random, or a head of zeros)
+        keep_last=task == "instances" and spatial_dims == 3 and from_scratch,  # see TrainConfig.keep_last
     )
     return TrainConfig(**{**base, **settings})
 
