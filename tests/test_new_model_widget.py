@@ -213,6 +213,51 @@ def test_new_3d_model_from_a_labelled_volume(plugin_widget, qtbot, notes, sane):
     assert widget._current_slice.text == "current time point only (time series)"  # a 3D model takes volumes
 
 
+def test_new_3d_instance_model_from_a_labelled_volume_keeps_its_last_state(
+    plugin_widget, qtbot, notes, sane, monkeypatch
+):
+    """Nine nuclei in a volume: instances, a 3D model of one network, kept in its last state. Scored at every
+    step, with held-out scores scripted to fall (the network and its states are real): the best state is step 1."""
+    from dataclasses import replace
+
+    import napari_attention_unet.core.train.plan as plan_module
+    from napari_attention_unet.core.train import Trainer
+
+    defaults, real = plan_module.default_train_config, Trainer.validation_scores
+    monkeypatch.setattr(plan_module, "default_train_config", lambda *a, **k: replace(defaults(*a, **k), eval_every=1))
+
+    def falling(self, model=None):
+        return {**real(self, model), "dice": 0.9 - 0.1 * self.step, "ap": 0.9 - 0.1 * self.step}
+
+    monkeypatch.setattr(Trainer, "validation_scores", falling)
+    viewer, widget = plugin_widget
+    rng = np.random.default_rng(2)
+    zz, yy, xx = np.mgrid[:16, :48, :48]
+    labels = np.zeros((16, 48, 48), np.uint16)
+    for i, (cy, cx) in enumerate([(y, x) for y in (10, 24, 38) for x in (10, 24, 38)], start=1):
+        labels[(zz - 8) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 < 25] = i
+    volume = (np.where(labels > 0, 200.0, 20.0) + rng.normal(0, 8, labels.shape)).astype(np.float32)
+    viewer.add_image(volume, name="nuclei")
+    panel = widget.finetune
+    panel._corrected.value = viewer.add_labels(labels, name="nuclei labels")
+    widget._image.value = viewer.layers["nuclei"]
+    panel._start_from.value = _finetune_widget.NEW_MODEL
+    assert "9 objects: instances" in panel._task.value
+
+    panel.start(steps=4)
+    wait_idle(qtbot, widget)
+
+    assert not notes["error"], notes["error"]
+    model = widget.session.model
+    assert (model.config.spatial_dims, model.config.task, model.config.members) == (3, "instances", 1)
+    from napari_attention_unet.core.weights import read_metadata
+
+    _, info = read_metadata(widget.session.model_info.path)
+    assert info["steps"] == info["kept_step"] == 4  # TrainConfig.keep_last: the last state, not the best (step 1)
+    masks = viewer.layers["nuclei masks"]
+    assert masks.data.shape == labels.shape and np.issubdtype(masks.data.dtype, np.integer)
+
+
 def test_a_time_series_trains_on_the_time_point_shown(plugin_widget, qtbot, notes, sane, monkeypatch):
     """A 4D NIfTI series (3 time points) with labels of one volume: the time point on screen trains a one-channel
     3D model (before: the time points became 3 input channels, silently); a series too long for channels alike."""
