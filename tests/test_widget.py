@@ -132,6 +132,48 @@ def test_the_viewer_runs_its_timers_between_two_layer_adds(qtbot, with_nuclei, m
     assert all(later > earlier for earlier, later in zip(seen, seen[1:]))
 
 
+def test_each_result_layer_is_drawn_in_a_turn_of_its_own(qtbot, make_napari_viewer, tiny_model_path, monkeypatch):
+    """The canvas does not draw in the turn napari adds a result layer, and draws between two adds: an add and
+    the frame after it in one turn froze the viewer for 120-130 ms with software GL (benchmarks/README.md)."""
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
+
+    from napari_attention_unet.gui import turns
+
+    viewer = make_napari_viewer(show=True)  # a window on screen (Xvfb), so that the canvas really paints
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-attention-unet", "Attention U-Net")
+    viewer.open_sample("napari-attention-unet", "nuclei")
+    widget._tile_size.value = 128
+    (canvas,) = _dock.window().findChildren(QOpenGLWidget)  # napari's canvas, the window's one OpenGL widget
+    assert canvas in turns.scene_canvases()
+    paints, seen = [], []
+
+    class PaintCounter(QObject):
+        def eventFilter(self, watched, event):  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.Paint:
+                paints.append(time.perf_counter())
+            return False
+
+    counter = PaintCounter()
+    canvas.installEventFilter(counter)
+    apply = _layers.apply_results
+
+    def watched_apply(*args):
+        seen.append((canvas.updatesEnabled(), len(paints)))
+        return apply(*args)
+
+    monkeypatch.setattr(_layers, "apply_results", watched_apply)
+    qtbot.waitUntil(lambda: len(paints) > 0, timeout=5_000)  # the window's first frame
+    run_prediction(qtbot, widget)
+    qtbot.waitUntil(lambda: len(paints) > seen[-1][1], timeout=5_000)  # the last layer's frame
+    canvas.removeEventFilter(counter)
+    assert len(seen) == 3 and "nuclei attention gate2" in viewer.layers  # the masks and two maps (tiny model)
+    assert not any(enabled for enabled, _ in seen)  # held while napari adds each layer
+    frames = [count for _, count in seen]
+    assert all(later > earlier for earlier, later in zip(frames, frames[1:]))  # a frame between two adds
+    assert canvas.updatesEnabled()  # let go at the end
+
+
 def test_results_follow_scale_and_translate(qtbot, plugin_widget, nuclei_image):
     viewer, widget = plugin_widget
     image = viewer.add_image(nuclei_image[:96, :160], name="scaled", scale=(0.5, 2.0), translate=(10.0, -5.0))

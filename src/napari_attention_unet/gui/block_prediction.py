@@ -20,6 +20,7 @@ from napari_attention_unet.core.orientation import valid_orientation
 from napari_attention_unet.gui import layers as _layers
 from napari_attention_unet.gui import lazy as _lazy
 from napari_attention_unet.gui.scratch import ScratchStores
+from napari_attention_unet.gui.turns import add_one_per_turn
 from napari_attention_unet.models.versions import inherited_info
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class BlockPrediction:
             self.end()
             on_error(exc)
 
-        _layers.add_one_per_turn(self._viewer.layers, results, placement, added=added, done=done, failed=failed)
+        add_one_per_turn(self._viewer, results, placement, added=added, done=done, failed=failed)
 
     def refresh(self, force: bool = False) -> None:
         """Show the blocks written so far, unless the last refresh was too recent (``force``: now)."""

@@ -18,7 +18,7 @@ names the zarr store they read. :func:`predict_into_layers` does the hashing in 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -308,40 +308,6 @@ def apply_results(layers: LayerList, results: Sequence[ResultLayer], placement: 
             earlier[("masks", None)] = layer
         shown.append(layer)
     return shown
-
-
-def add_one_per_turn(
-    layers: LayerList,
-    results: Sequence[ResultLayer],
-    placement: Placement,
-    *,
-    added: Callable[[napari.layers.Layer], None] = lambda _: None,
-    done: Callable[[], None],
-    failed: Callable[[BaseException], None],
-) -> None:
-    """Put ``results`` in ``layers`` one per event-loop turn, each handed to ``added`` (if given), then select the
-    masks and call ``done``; a layer napari refuses stops there, with ``failed(exc)``.
-
-    napari takes 0.1-0.4 s to add one large layer: one per turn keeps the viewer answering between them instead of
-    freezing for the sum (benchmarks/README.md, bench_responsiveness). 1 ms timers: with 0 ms ones, which Qt 6
-    delivers as posted events, two layers went in back to back before the viewer's own timers and drawing ran.
-    """
-    from qtpy.QtCore import QTimer
-
-    def next_one(rest: list[ResultLayer]) -> None:
-        try:
-            for shown in apply_results(layers, rest[:1], placement):
-                added(shown)
-        except Exception as exc:  # noqa: BLE001 - a layer napari refused: say so, keep the widget usable
-            failed(exc)
-            return
-        if len(rest) > 1:
-            QTimer.singleShot(1, lambda: next_one(rest[1:]))
-            return
-        select_masks(layers, placement)
-        done()
-
-    QTimer.singleShot(1, lambda: next_one(list(results)))
 
 
 def source_is_open(layers: LayerList, placement: Placement) -> bool:

@@ -40,6 +40,7 @@ from napari_attention_unet.gui.session import (
     explain_error,
     missing_bundled_model_message,
 )
+from napari_attention_unet.gui.turns import add_one_per_turn
 from napari_attention_unet.gui.versions_widget import VersionsWidget
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class AttentionUNetWidget(Container):
         self._session = Session()
         self._worker: GeneratorWorker | None = None
         self._blocks = BlockPrediction(viewer, self._session)  # large and lazy images
-        self._adding = False  # result layers are going in, one per event-loop turn (gui.layers.add_one_per_turn)
+        self._adding = False  # result layers are going in, one per event-loop turn (gui.turns.add_one_per_turn)
         self._freeze = RunFreeze()  # napari's full garbage collections stalled the viewer for 0.3-0.4 s
         #: Block edge (px) for large and lazy images; smaller blocks show the first results sooner.
         self.block_size = _lazy.LAZY_BLOCK_SIZE
@@ -366,7 +367,7 @@ class AttentionUNetWidget(Container):
                 self._set_running(False)
 
         failed = lambda exc: finish(f"Not all result layers could be added: {exc}")  # noqa: E731
-        _layers.add_one_per_turn(self._viewer.layers, results, placement, done=finish, failed=failed)
+        add_one_per_turn(self._viewer, results, placement, done=finish, failed=failed)
 
     def _on_error(self, exc: BaseException) -> None:
         show_error(explain_error(exc))
