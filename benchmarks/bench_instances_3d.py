@@ -26,12 +26,13 @@ TP / (TP + FP + FN)), its mean, and the objects missed (FN) and false (FP) over 
 
     python benchmarks/bench_instances_3d.py [--minutes 5] [--n-test 3] [--threads 2] [--seed 0]
         [--shape 48,128,128] [--only both|ours|classic] [--min-distance 4]
-        [--irregular A] [--first-test 1] [--split-depths D,D,...] [--last] [--finer F]
+        [--irregular A] [--first-test 1] [--split-depths D,D,...] [--split-large F,F,...] [--last] [--finer F]
         [--steps N] [--slices N [--zero-is background|slices]] [--members N] [--keep best|last]
 
 ``--irregular A`` makes the nuclei lumpy (radii vary with the direction by about A);
 ``--first-test 4`` scores volumes 4.. (those the split depth was chosen on) instead of 1..;
-``--split-depths`` also scores our model with other split depths, ``--last`` its last state;
+``--split-depths`` also scores our model with other split depths, ``--split-large`` with other factors of the
+second split of large objects (0: none; ``core.instances.SPLIT_LARGE_3D``), ``--last`` its last state;
 ``--finer F`` samples the same scenes F times finer (voxels F times smaller, as many objects);
 ``--steps N`` trains ours for N steps instead of minutes (step-matched runs on a loaded machine);
 ``--slices N`` outlines the nuclei of only N evenly spread slices of the training volume, the
@@ -240,6 +241,11 @@ def main() -> None:
     parser.add_argument(
         "--split-depths", default=None, help="ours: also score these split depths (e.g. 0.25,0.5,1), same model"
     )
+    parser.add_argument(
+        "--split-large",
+        default=None,
+        help="ours: also score these factors of the second split of large objects (0: off; e.g. 0,2), same model",
+    )
     parser.add_argument("--finer", type=float, default=1.0, help="sample the same scenes this many times finer")
     parser.add_argument("--steps", type=int, default=None, help="ours: train this many steps (untimed), not minutes")
     parser.add_argument(
@@ -292,6 +298,13 @@ def main() -> None:
                 instances.SPLIT_DEPTH_3D = default
                 name = f"ours{state}" + ("" if depth is None else f", split depth {depth:g}")
                 rows.append((name, {**info, "note": "the same run"}, ap, tally))
+        for factor in [float(v) for v in args.split_large.split(",")] if args.split_large else []:
+            default = instances.SPLIT_LARGE_3D
+            instances.SPLIT_LARGE_3D = factor
+            ap, tally = score(test, lambda image: segment_ours(model, image, spacing))
+            instances.SPLIT_LARGE_3D = default
+            name = f"ours, large objects split again over {factor:g}x the median" if factor else "ours, no second split"
+            rows.append((name, {**info, "note": "the same run"}, ap, tally))
     if args.only in ("both", "classic"):
         start = time.perf_counter()
         # The classic's sizes are in voxels: scaled with the sampling (its best distance, 4, at --finer 1).
