@@ -108,13 +108,7 @@ def probabilities_to_instances(
     interior = (p_interior > seed_threshold) & foreground
     if not interior.any():
         return np.zeros(foreground.shape, dtype=np.int32)
-    parts = connected_components(interior)
-    boxes = ndimage.find_objects(parts)
-    distance = _interior_distance(interior, parts, boxes)
-    if smoothing:
-        distance = ndimage.gaussian_filter(distance, smoothing)
-    markers = _split_seeds(distance, interior, parts, boxes, split_depth)
-    labels = watershed(-distance, markers=markers, mask=foreground)
+    labels = _split(interior, foreground, split_depth, smoothing)
     # Foreground that no seed reaches (thin objects made only of boundary) keeps its own id.
     orphans = connected_components(foreground & (labels == 0))
     if orphans.max():
@@ -153,24 +147,28 @@ def split_large_objects(
         box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(boxes[i - 1], labels.shape))
         mine = labels[box] == i
         core = interior[box] & mine
-        parts = connected_components(core)
-        part_boxes = ndimage.find_objects(parts)
-        if not part_boxes:
+        if not core.any():
             continue
-        distance = _interior_distance(core, parts, part_boxes)
-        if smoothing:
-            distance = ndimage.gaussian_filter(distance, smoothing)
-        markers = _split_seeds(distance, core, parts, part_boxes, depth)
-        if markers.max() < 2:
-            continue
-        pieces = watershed(-distance, markers=markers, mask=mine)
-        if (np.bincount(pieces.ravel())[1:] < smallest).any():
+        pieces = _split(core, mine, depth, smoothing)
+        if pieces.max() < 2 or (np.bincount(pieces.ravel())[1:] < smallest).any():
             continue
         region = labels[box]
         for piece in range(2, int(pieces.max()) + 1):
             region[pieces == piece] = next_id
             next_id += 1
     return labels
+
+
+def _split(interior: np.ndarray, mask: np.ndarray, depth: float, smoothing: float) -> np.ndarray:
+    """One seed per peak of ``interior``'s (smoothed) distance transform that stands ``depth`` above its saddles
+    (:func:`_split_seeds`), grown over ``mask`` along that distance by a watershed."""
+    parts = connected_components(interior)
+    boxes = ndimage.find_objects(parts)
+    distance = _interior_distance(interior, parts, boxes)
+    if smoothing:
+        distance = ndimage.gaussian_filter(distance, smoothing)
+    markers = _split_seeds(distance, interior, parts, boxes, depth)
+    return watershed(-distance, markers=markers, mask=mask)
 
 
 def object_diameters(labels: np.ndarray) -> np.ndarray:
