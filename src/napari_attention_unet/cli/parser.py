@@ -278,6 +278,13 @@ def _add_train(sub) -> None:
         default=None,
         help="random flips and turns (default: on, but off for semantic models of volumes: anatomy has an orientation)",
     )
+    t.add_argument(
+        "--intensity",
+        choices=["auto", "image", "window"],
+        default="auto",
+        help="how images are normalised: each by its own percentiles (image), or all through one window spanning "
+        "the labelled voxels' intensities (window); auto: a window for CT-like images (Hounsfield units), else image",
+    )
     t.add_argument("--base-width", type=int, default=None, help="from scratch: channels of the first level")
     t.add_argument("--depth", type=int, default=None, help="from scratch: levels of the network")
     t.add_argument("--seed", type=int, default=0, help="random seed of the new weights and patches (default 0)")

@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             base_width=args.base_width,
             depth=args.depth,
             background_slices=marks,
+            intensity=args.intensity,
             seed=args.seed,
             precision=args.precision,
             **({} if args.flips is None else {"flips": args.flips}),

@@ -150,14 +150,19 @@ def normalize(
     high: float = 99.8,
     max_samples: int = 2_000_000,
     ranges: Sequence[tuple[float, float] | None] | None = None,
+    window: Sequence[tuple[float, float]] | None = None,
 ) -> np.ndarray:
     """Per-channel percentile normalisation of a channel-first image to float32.
 
     ``ranges`` (from :func:`intensity_ranges`, e.g. of the whole stack a plane comes from)
-    replaces the image's own percentiles. Constant channels (range None) become zeros instead
+    replaces the image's own percentiles. ``window`` (a model's fixed intensity window, e.g. in
+    Hounsfield units: :attr:`~.model.ModelConfig.intensity_window`) replaces both, and what lies
+    outside it is clipped to its ends. Constant channels (range None) become zeros instead
     of dividing by zero. Pixels that are not numbers (NaN) become 0, the low percentile.
     """
-    if ranges is None:
+    if window is not None:
+        ranges = window
+    elif ranges is None:
         ranges = intensity_ranges(image, low, high, max_samples)
     if len(ranges) != image.shape[0]:
         raise ValueError(f"{len(ranges)} intensity range(s) for an image of {image.shape[0]} channel(s)")
@@ -176,4 +181,6 @@ def normalize(
         # NaN pixels read as the image's low percentile (the background of most images), not as
         # NaN that would spread through every tile they touch; infinities as the ends of the range.
         np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    if window is not None:
+        np.clip(out, 0.0, 1.0, out=out)
     return out

@@ -105,6 +105,14 @@ class ModelConfig:
         return None if voxel is None else float(voxel)
 
     @property
+    def intensity_window(self) -> tuple[tuple[float, float], ...] | None:
+        """Per input channel, the fixed window every image is normalised and clipped to (a CT model's,
+        in Hounsfield units: ``extra["intensity_window"]``, see :mod:`core.intensity`); None: each
+        image's own percentiles."""
+        window = self.extra.get("intensity_window")
+        return None if window is None else tuple((float(lo), float(hi)) for lo, hi in window)
+
+    @property
     def size_multiple(self) -> int:
         """Spatial sizes the network accepts must be multiples of this."""
         return 2 ** (self.depth - 1)

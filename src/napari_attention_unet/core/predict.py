@@ -245,7 +245,11 @@ def predict(
     zoom = grid_zoom(options.spacing, ndim, voxel) if config.spatial_dims == 3 and ndim == 3 else None
     if config.spatial_dims == 3 and ndim == 3:  # a volume is predicted whole: refused before it takes the machine
         check_volume_memory(config, original_shape, options)
-    x = normalize(network_channels(channels_first, config.in_channels), ranges=options.intensity_range)
+    x = normalize(
+        network_channels(channels_first, config.in_channels),
+        ranges=options.intensity_range,
+        window=config.intensity_window,
+    )
     if options.zoom and config.spatial_dims == 2 and ndim == 2:
         zoom = (options.zoom,) * 2
     grid = x if zoom is None else resample(x, isotropic_shape(original_shape, zoom), antialias=True)

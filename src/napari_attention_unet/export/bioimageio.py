@@ -85,7 +85,8 @@ def reference_tensors(
     raw = np.ascontiguousarray(raw[(slice(None), *crop)], dtype=np.float32)[np.newaxis]
     network = ExportedNetwork(model).eval()
     with torch.inference_mode():
-        outputs = network(torch.from_numpy(normalize(raw[0])[np.newaxis]))
+        x = normalize(raw[0], window=model.config.intensity_window)
+        outputs = network(torch.from_numpy(x[np.newaxis]))
     return raw, {name: out.numpy() for name, out in zip(OUTPUT_NAMES, outputs)}
 
 
@@ -135,6 +136,21 @@ def _axes(channel_names: list[str], size: dict) -> list[dict]:
     ]
 
 
+def _normalisation(config) -> list[dict]:
+    """The rdf's preprocessing after the dtype: as :func:`~napari_attention_unet.core.images.normalize` does
+    it for this model (each image's percentiles, or the model's fixed window, clipped)."""
+    window = config.intensity_window
+    if window is None:
+        kwargs = {"axes": ["y", "x"], "min_percentile": LOW_PERCENTILE, "max_percentile": HIGH_PERCENTILE}
+        return [{"id": "scale_range", "kwargs": kwargs}]
+    gain = [1.0 / (hi - lo) for lo, hi in window]
+    offset = [-lo / (hi - lo) for lo, hi in window]
+    scale = {"gain": gain[0], "offset": offset[0]}
+    if len(window) > 1:
+        scale = {"axis": "channel", "gain": gain, "offset": offset}
+    return [{"id": "scale_linear", "kwargs": scale}, {"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}}]
+
+
 def _rdf(
     model: AttentionUNet, name: str, info: dict, files: dict[str, Path], contract: dict, license: str, cite: list
 ) -> dict:
@@ -171,17 +187,7 @@ def _rdf(
                 "axes": _axes(in_names, {a: {"min": multiple, "step": multiple} for a in "yx"}),
                 **tensors(INPUT_NAME),
                 "data": {"type": "float32"},
-                "preprocessing": [
-                    {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
-                    {
-                        "id": "scale_range",
-                        "kwargs": {
-                            "axes": ["y", "x"],
-                            "min_percentile": LOW_PERCENTILE,
-                            "max_percentile": HIGH_PERCENTILE,
-                        },
-                    },
-                ],
+                "preprocessing": [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}, *_normalisation(config)],
             }
         ],
         "outputs": [

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from napari_attention_unet import __version__
-from napari_attention_unet.core.model import AttentionUNet
+from napari_attention_unet.core.model import AttentionUNet, ModelConfig
 
 __all__ = [
     "ExportError",
@@ -44,6 +44,7 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "input_contract",
+    "normalisation_contract",
     "sidecar_path",
 ]
 
@@ -53,6 +54,25 @@ CONTRACT_KEY = "napari_attention_unet"  # ONNX metadata key and TorchScript extr
 LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.8
 ONNX_OPSET = 18
 INPUT_NAME, OUTPUT_NAMES = "image", ("probabilities", "attention")
+
+
+def normalisation_contract(config: ModelConfig) -> dict:
+    """How a consumer normalises the raw image: each image's percentiles, or the model's fixed window
+    (:attr:`~napari_attention_unet.core.model.ModelConfig.intensity_window`, e.g. a CT model's)."""
+    if config.intensity_window is not None:
+        return {
+            "method": "fixed window per channel, the same for every image, clipped",
+            "window": [list(w) for w in config.intensity_window],
+            "formula": "clip((x - low) / (high - low), 0, 1)",
+            "bioimageio": "scale_linear, clip",
+        }
+    return {
+        "method": "percentile, per channel, per image (not per tile)",
+        "low_percentile": LOW_PERCENTILE,
+        "high_percentile": HIGH_PERCENTILE,
+        "formula": "(x - p_low) / (p_high - p_low); a constant channel becomes 0",
+        "bioimageio": "scale_range",
+    }
 
 
 class ExportError(RuntimeError):
@@ -97,13 +117,7 @@ def input_contract(model: AttentionUNet, name: str, info: dict | None = None) ->
             "dtype": "float32",
             "channels": config.in_channels,
             "channels_note": "a grey image is repeated to fill the channels; RGB(A) images drop alpha",
-            "normalisation": {
-                "method": "percentile, per channel, per image (not per tile)",
-                "low_percentile": LOW_PERCENTILE,
-                "high_percentile": HIGH_PERCENTILE,
-                "formula": "(x - p_low) / (p_high - p_low); a constant channel becomes 0",
-                "bioimageio": "scale_range",
-            },
+            "normalisation": normalisation_contract(config),
             "spatial_size_multiple": config.size_multiple,
             "padding_note": "pad (e.g. by mirroring) to a multiple, predict, crop back",
         },

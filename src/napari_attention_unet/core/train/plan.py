@@ -14,6 +14,7 @@ import torch
 
 from napari_attention_unet.core.images import ImageShapeError, to_channel_first
 from napari_attention_unet.core.instances import as_instances
+from napari_attention_unet.core.intensity import choose_window
 from napari_attention_unet.core.model import AttentionUNet
 from napari_attention_unet.core.resampling import (
     MAX_VOXELS_3D,
@@ -95,6 +96,7 @@ def plan_training(
     base_width: int | None = None,
     depth: int | None = None,
     background_slices: Sequence[Sequence[int] | None] | None = None,
+    intensity: str = "auto",
     **settings,
 ) -> TrainingPlan:
     """Plan a new model's training on ``pairs`` of ``(image, labels, axes, spacing)``.
@@ -106,8 +108,11 @@ def plan_training(
     so that its median object is about 17 voxels across (``ModelConfig.voxel_size``, see
     :func:`core.resampling.object_voxel_size`). ``background_slices`` (with ``zero_is="slices"``): per
     pair, the slices without the structure that the user marked as background (a slice holding no
-    label is otherwise not labelled). ``settings`` are other :class:`TrainConfig` fields (seed,
-    precision, ...). Bad input raises ``ValueError`` / ``ImageShapeError`` with one line saying what works.
+    label is otherwise not labelled). ``intensity`` (:data:`core.intensity.INTENSITY_CHOICES`): ``"auto"``
+    gives a new model of CT-like images one fixed window (:func:`core.intensity.choose_window`), ``"image"``
+    each image's own percentiles, ``"window"`` a window whatever the images. ``settings`` are other
+    :class:`TrainConfig` fields (seed, precision, ...). Bad input raises ``ValueError`` / ``ImageShapeError``
+    with one line saying what works.
     """
     pairs, shapes, in_channels = _checked(pairs)
     original_shapes = list(shapes)
@@ -183,6 +188,7 @@ def plan_training(
     with torch.random.fork_rng(devices=[]):  # the new weights follow the seed, the caller's generator is left alone
         torch.manual_seed(settings.get("seed", 0))
         model = new_model(task, classes, dims, in_channels, start, base_width=base_width, depth=depth)
+    _set_window(model, pairs, in_channels, intensity, notes)
     if dims == 3 and task == "instances" and isinstance(start, str):
         objects = [as_instances(np.asarray(p[1])) for p in pairs]
         voxel = object_voxel_size(objects, [p[3] for p in pairs], sections=zero_is == "slices")
@@ -274,6 +280,26 @@ def _checked(pairs: Sequence[tuple]) -> tuple[list[tuple], list[tuple[int, ...]]
         shapes.append(tuple(channels_first.shape[1:]))
         channels = max(channels, min(channels_first.shape[0], 3))
     return out, shapes, channels
+
+
+def _set_window(model: AttentionUNet, pairs: list[tuple], in_channels: int, intensity: str, notes: list[str]) -> None:
+    """Give a new ``model`` one intensity window for every image, or none (:func:`core.intensity.choose_window`).
+    A starting model's window stays (its weights learnt on it) unless ``intensity`` is ``"image"``."""
+    extra = model.config.extra
+    if intensity == "image":
+        extra.pop("intensity_window", None)
+    if "intensity_window" in extra:
+        return
+    if in_channels != 1:
+        if intensity == "window":
+            raise ValueError(f"a fixed intensity window is for single-channel images, not {in_channels} channels")
+        return
+    images = [to_channel_first(p[0], p[2])[0][0] for p in pairs]
+    window, note = choose_window(images, [p[1] for p in pairs], intensity)
+    if window is not None:
+        extra["intensity_window"] = [list(w) for w in window]
+    if note:
+        notes.append(note)
 
 
 def _check_z_first(pairs: list[tuple]) -> None:

@@ -53,16 +53,21 @@ class TrainingSample:
 
 
 def prepare_image(
-    image: np.ndarray, axes: str | None, in_channels: int, intensity_range: tuple | None = None
+    image: np.ndarray,
+    axes: str | None,
+    in_channels: int,
+    intensity_range: tuple | None = None,
+    window: tuple | None = None,
 ) -> tuple[np.ndarray, str]:
     """Channel-first, normalised float32, exactly as :func:`core.predict.predict` sees it
-    (``intensity_range``: as :attr:`~core.predict.PredictOptions.intensity_range`).
+    (``intensity_range``: as :attr:`~core.predict.PredictOptions.intensity_range`; ``window``: the
+    model's :attr:`~.model.ModelConfig.intensity_window`, which wins).
 
     Grey images keep one channel (repeated to ``in_channels`` per batch, which is
     what predict does too) so that big data sets cost a third of the memory.
     """
     channels_first, spatial = to_channel_first(image, axes)
-    return normalize(network_channels(channels_first, in_channels), ranges=intensity_range), spatial
+    return normalize(network_channels(channels_first, in_channels), ranges=intensity_range, window=window), spatial
 
 
 def prepare_sample(
@@ -82,6 +87,7 @@ def prepare_sample(
     voxel: float | None = None,
     background_slices: Sequence[int] | None = None,
     held_out: bool = False,
+    window: tuple | None = None,
 ) -> TrainingSample:
     """Turn an (image, labels) pair into a :class:`TrainingSample`.
 
@@ -93,12 +99,13 @@ def prepare_sample(
     when there are edits); see :func:`held_out_region`. ``spacing`` (Z, Y, X) resamples a
     volume to cubic voxels (labels and masks nearest) as prediction does: of ``voxel`` world units
     when given (a 3D instance model's own size, see :func:`.resampling.grid_zoom`). ``intensity_range``
-    normalises with given percentiles (a plane with its stack's), as prediction then does.
+    normalises with given percentiles (a plane with its stack's), as prediction then does; ``window``
+    with the model's fixed window (:attr:`~.model.ModelConfig.intensity_window`) instead.
     ``background_slices`` (``zero_is="slices"``): planes marked as labelled background. ``held_out``:
     the whole sample is for validation only, its objects kept (``val_instances``) so that AP@0.5 is scored.
     """
     check_image(image, axes)
-    x, spatial = prepare_image(image, axes, in_channels, intensity_range)
+    x, spatial = prepare_image(image, axes, in_channels, intensity_range, window)
     labels = np.asarray(labels)
     check_labels_shape(labels.shape, x.shape[1:])
     zoom = grid_zoom(spacing, 3, voxel) if labels.ndim == 3 else None
@@ -166,11 +173,13 @@ def prepare_samples(
     voxel: float | None = None,
     background_slices: Sequence[Sequence[int] | None] | None = None,
     held_out: bool = False,
+    window: tuple | None = None,
 ) -> list[TrainingSample]:
     """:func:`prepare_sample` of every ``(image, labels)``, ``(image, labels, axes)``, ``(image,
     labels, axes, spacing)`` or ``(..., spacing, intensity_range)`` pair (a pair's spacing wins over
     ``spacing``), with the i-th ignore mask, weight map, edit mask and background slices (each list
-    may be None: none for any pair); ``held_out``: validation images, held out whole."""
+    may be None: none for any pair); ``held_out``: validation images, held out whole; ``window``: the
+    model's fixed intensity window (None: each image's percentiles)."""
     if not pairs:
         raise ValueError("training needs at least one (image, labels) pair")
     n = len(pairs)
@@ -191,6 +200,7 @@ def prepare_samples(
             voxel=voxel,
             background_slices=(background_slices or [None] * n)[i],
             held_out=held_out,
+            window=window,
         )
         for i, pair in enumerate(pairs)
     ]
@@ -224,6 +234,7 @@ def training_samples(
             spacing=config.spacing,
             voxel=model.voxel_size,
             background_slices=background_slices,
+            window=model.intensity_window,
         )
     samples = list(samples)
     validation = list(validation) if validation is not None else [s for s in samples if s.val_target is not None]

@@ -130,6 +130,8 @@ def new_model(
     config = ModelConfig(spatial_dims, channels, classes, source.base_width, source.depth, task=task)
     if source.voxel_size is not None:  # the grid the copied weights learnt on (core.resampling.grid_zoom)
         config.extra["voxel_size"] = source.voxel_size
+    if source.intensity_window is not None and channels == source.in_channels:  # the intensities they learnt on
+        config.extra["intensity_window"] = [list(w) for w in source.intensity_window]
     model = AttentionUNet(config)
     keep_head = source.task == task and source.classes == classes
     state, own = start.state_dict(), model.state_dict()
@@ -282,6 +284,7 @@ def split_samples(
         zero_is=train.zero_is,
         spacing=train.spacing,
         voxel=config.voxel_size,
+        window=config.intensity_window,
     )
     marks = list(background_slices or [None] * len(pairs))
     held = set(whole_images_held_out(len(pairs), train.val_fraction, fold))
