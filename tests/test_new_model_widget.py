@@ -451,6 +451,15 @@ def test_what_the_plan_inferred_is_shown_while_training_without_command_line_fla
         "starting model's names: membrane, mitochondria."
     )
     assert plan_notes(SimpleNamespace(plan=None)) == "" == plan_notes(SimpleNamespace(plan=SimpleNamespace(notes=[])))
+    # a CT's window is said in the readout, without the command line's flag
+    from napari_attention_unet.core.intensity import choose_window
+
+    scan = np.where(np.arange(64).reshape(4, 4, 4) % 2, -1000, 40).astype(np.int16)  # air and soft tissue, in HU
+    scan[1:3, 1:3, 1:3] = [[[60, 70], [80, 90]], [[65, 75], [85, 95]]]
+    note = choose_window([scan], [(scan > 50).astype(np.uint8)])[1]
+    ct = plan_notes(SimpleNamespace(plan=SimpleNamespace(notes=[note])))
+    assert ct.startswith(" Note: intensities look like Hounsfield units (a CT): every image is seen through one window")
+    assert ct.endswith("(the labelled voxels' 0.5-99.5 percentiles), not its own percentiles.") and "--" not in ct
 
 
 def test_fine_tuning_a_new_3d_semantic_model_in_the_dock_keeps_half_of_its_change(
