@@ -14,6 +14,7 @@ from napari_attention_unet.core.intensity import choose_window, foreground_windo
 from napari_attention_unet.core.predict import predict
 from napari_attention_unet.core.progress import run_to_end
 from napari_attention_unet.core.train.plan import plan_training
+from napari_attention_unet.core.train.samples import training_samples
 from napari_attention_unet.core.train.start import new_model, split_samples
 from napari_attention_unet.core.weights import load_model, read_metadata, save_model
 
@@ -125,6 +126,10 @@ def test_training_samples_and_models_started_from_a_window_model_keep_its_window
         assert (sample.image == 0.0).mean() > 0.3
     again = new_model("semantic", plan.model.config.classes, 3, 1, plan.model)
     assert again.config.intensity_window == plan.model.config.intensity_window
+    # fine-tuning (attention-unet finetune, the dock) prepares its images through the same window
+    tuned, _ = training_samples(plan.model.config, plan.config, plan.pairs[:1])
+    assert tuned[0].image.min() == 0.0 and tuned[0].image.max() == 1.0  # its own percentiles leave bone above 1
+    np.testing.assert_array_equal(tuned[0].image, samples[0].image)
 
 
 def test_train_intensity_on_the_command_line(tmp_path, monkeypatch, capsys):
