@@ -109,8 +109,8 @@ def new_model(
     input channels; a grey ``in_channels=1`` start from a colour model sums the first kernels over
     colours, which is the same network on a grey image repeated to colour), with every weight of
     matching shape copied, the head excepted unless ``model`` has this task and these classes (a
-    new head starts at zero), and the voxel size of its grid (a 3D instance model's
-    ``ModelConfig.voxel_size``).
+    new head starts at zero), the voxel size of its grid (a 3D instance model's
+    ``ModelConfig.voxel_size``) and its intensity window (a CT model's ``ModelConfig.intensity_window``).
     """
     classes = tuple(classes)
     if isinstance(start, str):
