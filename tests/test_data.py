@@ -100,6 +100,16 @@ def test_touching_instances_are_separated_by_boundary():
     two[5:15, 5:15] = two[5:15, 20:30] = 255
     np.testing.assert_array_equal(as_instances(two), as_instances(two > 0))
     assert as_instances(two).max() == 2
+    # a few pixels of other values (a smoothed edge, a stray 254) leave it a mask: values of 128 and above are in
+    big = np.zeros((20, 40), np.uint8)
+    big[2:18, 2:18] = big[2:18, 20:36] = 255
+    stray = big.copy()
+    stray[5, 5], stray[17, 35], stray[0, 39] = 254, 200, 3  # 3 of 512 labelled pixels
+    np.testing.assert_array_equal(as_instances(stray), as_instances(big))
+    # ids whose largest is 255 are objects, not a mask
+    ids = np.zeros((20, 40), np.uint8)
+    ids[5:15, 5:15], ids[5:15, 20:30], ids[0, 0] = 255, 254, 7
+    assert (as_instances(ids) == ids).all()
 
 
 def test_watershed_splits_touching_objects():

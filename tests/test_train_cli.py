@@ -142,6 +142,16 @@ def test_a_mask_of_0_and_255_is_a_mask(tmp_path, home, capsys):
     assert "taken as a mask (0 and 1)" in err and "2 classes found (0, 1): semantic" in err
     assert read_metadata(tmp_path / "region.safetensors")[0].classes == ("background", "class 1")
 
+    # a stray 254 (a smoothed edge) was "2 objects: instances", every blob of 255 one object
+    stray = np.where(classes > 0, 255, 0).astype(np.uint8)
+    stray[np.argwhere(classes > 0)[0][0], np.argwhere(classes > 0)[0][1]] = 254
+    tifffile.imwrite(tmp_path / "stray.tif", stray)
+    args[4] = str(tmp_path / "stray.tif")
+    assert main([*args, "--out", str(tmp_path / "strays"), "--start", "scratch", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "the labels hold 0 and 255, and 1 pixel(s) of other values: taken as a mask (0 and 1; values of 128" in err
+    assert f"a binary mask of {pieces} objects: instances" in err
+
 
 def test_instances_are_inferred_from_many_ids(tmp_path, home):
     from skimage.measure import label

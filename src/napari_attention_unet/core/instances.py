@@ -41,21 +41,40 @@ RESPLIT_DEPTH_3D = 0.1
 RESPLIT_MIN_SHARE = 0.25
 
 
+#: A mask saved as 0 and one of these may hold a few pixels of other values (edges smoothed by a resize or
+#: a brush with soft edges: a stray 254 made a 0/255 mask "2 objects") and is still a mask ...
+MASK_TOPS = (255, 65535)
+#: ... when they are at most this share of its labelled pixels.
+MASK_STRAYS = 0.01
+
+
 def mask_top(labels: np.ndarray):
     """The one value other than 0 of a label image that holds 0 and that value only (a mask: 0/1,
-    Fiji's 0/255); None when it holds several values, or only 0."""
+    Fiji's 0/255; a 0/255 or 0/65535 mask may hold up to :data:`MASK_STRAYS` of other values, see
+    :func:`as_mask`); None when it holds several values, or only 0."""
     labels = np.asarray(labels)
     top = labels.max(initial=0)
-    return top if top != 0 and ((labels == 0) | (labels == top)).all() else None
+    if top == 0:
+        return None
+    at_top = np.count_nonzero(labels == top)
+    others = np.count_nonzero(labels) - at_top
+    return top if others == 0 or (top in MASK_TOPS and others <= MASK_STRAYS * at_top) else None
+
+
+def as_mask(labels: np.ndarray, top) -> np.ndarray:
+    """A mask whose value is ``top`` (:func:`mask_top`) as 0/1: pixels of at least half of it are in (the
+    smoothed edges), the rest out."""
+    return (np.asarray(labels) >= top / 2).astype(np.uint8)
 
 
 def as_instances(labels: np.ndarray) -> np.ndarray:
     """Instance ids as they are; a binary mask (bool, 0/1, or 0 and one other value such as Fiji's
     0/255, :func:`mask_top`) split into its connected components."""
     labels = np.asarray(labels)
-    if labels.dtype == bool or labels.max(initial=0) <= 1 or mask_top(labels) is not None:
+    if labels.dtype == bool or labels.max(initial=0) <= 1:
         return connected_components(labels > 0)
-    return labels
+    top = mask_top(labels)
+    return labels if top is None else connected_components(as_mask(labels, top))
 
 
 def instances_to_classes(labels: np.ndarray) -> np.ndarray:

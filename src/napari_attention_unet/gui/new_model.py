@@ -16,6 +16,7 @@ from datetime import datetime
 import numpy as np
 
 from napari_attention_unet.core.images import ImageShapeError
+from napari_attention_unet.core.instances import as_mask
 from napari_attention_unet.core.orientation import (
     axcodes,
     labels_on_image_grid,
@@ -99,7 +100,7 @@ def describe_labels(labels: np.ndarray, zero_is: str, background_slices: Sequenc
     if labels.dtype.kind in "if" and labels.min() < 0:  # plan_training refuses them: say so before the click
         return None, f"negative values ({labels.min():g}): labels are 0 and 1, 2, ... (objects or classes)"
     if (value := mask_value([labels])) is not None:  # a 0/255 mask, taken as 0/1 as plan_training does
-        labels = (labels == value).astype(np.uint8)
+        labels = as_mask(labels, value)
     painted = np.unique(labels[labels > 0]) if zero_is != "background" else ()
     if len(painted) == 1:  # strokes of one value: a binary mask would be taken as objects, and refused
         return None, f"one class painted ({painted[0]}): paint a second one (the background as a class of its own)"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from napari_attention_unet.core.images import ImageShapeError, to_channel_first
-from napari_attention_unet.core.instances import as_instances
+from napari_attention_unet.core.instances import as_instances, as_mask
 from napari_attention_unet.core.intensity import choose_window
 from napari_attention_unet.core.model import AttentionUNet
 from napari_attention_unet.core.resampling import (
@@ -120,8 +120,14 @@ def plan_training(
     check_not_constant([p[1] for p in pairs], zero_is)
     check_not_negative([p[1] for p in pairs])
     if (value := mask_value([p[1] for p in pairs])) is not None:  # a 0/255 mask: 255 is not 255 objects or classes
-        pairs = [(p[0], (np.asarray(p[1]) == value).astype(np.uint8), *p[2:]) for p in pairs]
-        notes.append(f"the labels hold 0 and {value:g} only: taken as a mask (0 and 1)")
+        strays = sum(int(np.count_nonzero((np.asarray(p[1]) != 0) & (np.asarray(p[1]) != value))) for p in pairs)
+        pairs = [(p[0], as_mask(p[1], value), *p[2:]) for p in pairs]
+        notes.append(
+            f"the labels hold 0 and {value:g} only: taken as a mask (0 and 1)"
+            if not strays
+            else f"the labels hold 0 and {value:g}, and {strays} pixel(s) of other values: taken as a mask (0 and 1; "
+            f"values of {np.ceil(value / 2):g} and above in it)"
+        )
     inferred = task is None
     if task is None:
         task, why = infer_task([p[1] for p in pairs], zero_is)
